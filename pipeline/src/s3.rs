@@ -1,0 +1,80 @@
+//! Builds the S3 client for MinIO: static credentials, a custom endpoint with path-style
+//! addressing, an optional private CA, and checksum settings that keep the download path cheap.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+    StalledStreamProtectionConfig, timeout::TimeoutConfig,
+};
+use aws_smithy_http_client::tls;
+
+use crate::Secret;
+
+/// Where and how to reach the object store.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    /// `http://host:port` or `https://host:port`.
+    pub endpoint: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: Secret,
+    /// PEM file with extra CA certificates to trust for an `https` endpoint.
+    pub ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum S3SetupError {
+    #[error("read CA bundle {path}: {source}")]
+    ReadCaBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("CA bundle {path} holds no usable PEM certificate: {message}")]
+    BadCaBundle { path: PathBuf, message: String },
+    #[error("S3 endpoint {0:?} must start with http:// or https://")]
+    BadEndpoint(String),
+}
+
+/// Creates the client. Nothing is sent until the first request.
+pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, S3SetupError> {
+    if !(settings.endpoint.starts_with("http://") || settings.endpoint.starts_with("https://")) {
+        return Err(S3SetupError::BadEndpoint(settings.endpoint.clone()));
+    }
+    let credentials = Credentials::new(
+        settings.access_key.clone(),
+        settings.secret_key.expose().to_owned(),
+        None,
+        None,
+        "bucket-av-static",
+    );
+    let mut builder = aws_sdk_s3::config::Builder::new()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(settings.region.clone()))
+        .endpoint_url(settings.endpoint.clone())
+        .force_path_style(true)
+        .credentials_provider(credentials)
+        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).build())
+        // The scanner reads every byte into clamd already; checksumming each download again
+        // costs CPU on the hot path and proves nothing more about the bytes clamd saw.
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        // clamd applies back-pressure while it scans; a slow body is expected, not stalled.
+        .stalled_stream_protection(StalledStreamProtectionConfig::disabled());
+    if let Some(path) = &settings.ca_bundle {
+        let pem = std::fs::read(path).map_err(|source| S3SetupError::ReadCaBundle { path: path.clone(), source })?;
+        let trust_store = tls::TrustStore::default().with_pem_certificate(pem);
+        let context = tls::TlsContext::builder()
+            .with_trust_store(trust_store)
+            .build()
+            .map_err(|error| S3SetupError::BadCaBundle { path: path.clone(), message: error.to_string() })?;
+        let http_client = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+            .tls_context(context)
+            .build_https();
+        builder = builder.http_client(http_client);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(builder.build()))
+}

@@ -1,0 +1,24 @@
+//! Test harness for the real local stack (`just stack-up`): reads the stack's env file, builds
+//! clients for MinIO and RabbitMQ, runs worker processes, and receives webhooks. Every helper
+//! fails loudly when the stack is not there; nothing here skips or fakes a service.
+
+pub mod stack;
+pub mod webhook;
+pub mod worker;
+
+pub use stack::Stack;
+pub use webhook::{ReceivedWebhook, WebhookReceiver};
+pub use worker::WorkerProcess;
+
+/// A lowercase name unique to this run, usable as a bucket or queue name.
+pub fn unique_name(prefix: &str) -> String {
+    let suffix: u32 = rand::random();
+    format!("{prefix}-{suffix:08x}")
+}
+
+/// The EICAR test file: every antivirus engine detects it, and the stack's test signatures do.
+pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+/// A marker detected by the project's own test signature `BucketAV.Test.Marker`, anywhere in a
+/// file, for tests that must not use EICAR (it can sit inside larger content).
+pub const TEST_MARKER: &[u8] = b"BUCKET-AV-SCANNER-TEST-MARKER-7f3c9a";

@@ -1,0 +1,212 @@
+//! The AMQP side: connects (and reconnects), declares the topology, consumes with manual acks and
+//! a prefetch equal to the concurrency, settles each message as `process` decided, dead-letters
+//! with the reason, and drains on shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bucket_av_pipeline::Secret;
+use bucket_av_pipeline::topology::{Topology, header_u64};
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::metrics::{KindLabel, Metrics};
+use crate::process::{Disposition, Processor};
+
+/// Headers added to a dead-lettered message, beside its original headers.
+pub const REASON_HEADER: &str = "x-bucket-av-reason";
+pub const KIND_HEADER: &str = "x-bucket-av-error-kind";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("RabbitMQ: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error(transparent)]
+    Topology(#[from] bucket_av_pipeline::topology::TopologyError),
+    #[error("the broker cancelled the consumer (queue deleted?)")]
+    Cancelled,
+    #[error(
+        "the broker refused or could not route the dead-lettered copy; check that exchange {0} and its queue exist"
+    )]
+    DeadLetterRefused(String),
+}
+
+pub struct Consumer {
+    pub amqp_url: Secret,
+    pub topology: Topology,
+    pub declare_topology: bool,
+    pub concurrency: u16,
+    pub drain: Duration,
+    pub processor: Arc<Processor>,
+    pub metrics: Arc<Metrics>,
+    /// True while a consumer is registered with the broker; read by `/readyz`.
+    pub consuming: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the connection drops.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        let mut backoff = Duration::from_millis(500);
+        while !shutdown.is_cancelled() {
+            match self.consume_once(&shutdown, &tracker).await {
+                Ok(()) => backoff = Duration::from_millis(500),
+                Err(error) => {
+                    self.metrics.error("amqp");
+                    tracing::error!(error = %error, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ connection failed; reconnecting");
+                }
+            }
+            self.consuming.store(false, Ordering::SeqCst);
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+        tracker.close();
+        tracing::info!(in_flight = tracker.len(), drain_seconds = self.drain.as_secs(), "draining in-flight scans");
+        if tokio::time::timeout(self.drain, tracker.wait()).await.is_err() {
+            tracing::warn!(left = tracker.len(), "drain period over; unfinished messages go back to the queue");
+        }
+    }
+
+    async fn consume_once(&self, shutdown: &CancellationToken, tracker: &TaskTracker) -> Result<(), ConsumeError> {
+        let connection = Connection::connect(self.amqp_url.expose(), ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        if self.declare_topology {
+            self.topology.declare(&channel).await?;
+        }
+        // Dead-lettering publishes on a channel of its own in confirm mode, so a message is acked
+        // only after the broker has taken its dead-lettered copy.
+        let dead_letters = connection.create_channel().await?;
+        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel.basic_qos(self.concurrency, BasicQosOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.topology.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.consuming.store(true, Ordering::SeqCst);
+        tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
+        let dead_letters = Arc::new(dead_letters);
+        loop {
+            let delivery = tokio::select! {
+                () = shutdown.cancelled() => {
+                    // Stop new deliveries; in-flight ones finish and settle on the open channel.
+                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    self.consuming.store(false, Ordering::SeqCst);
+                    tracker.close();
+                    let _ = tokio::time::timeout(self.drain, tracker.wait()).await;
+                    let _ = connection.close(200, "worker shutting down".into()).await;
+                    return Ok(());
+                }
+                next = consumer.next() => next,
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(error.into()),
+                None => return Err(ConsumeError::Cancelled),
+            };
+            let processor = Arc::clone(&self.processor);
+            let metrics = Arc::clone(&self.metrics);
+            let dead_letters = Arc::clone(&dead_letters);
+            let topology = self.topology.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                let disposition = processor.handle(&delivery.data, &shutdown).await;
+                settle(&delivery, disposition, &dead_letters, &topology, &metrics).await;
+            });
+        }
+    }
+}
+
+/// Acks, hands back or dead-letters one delivery. Failures here leave the message unacked, so the
+/// broker redelivers it when the channel closes: nothing is lost, at worst scanned twice.
+async fn settle(
+    delivery: &Delivery,
+    disposition: Disposition,
+    dead_letters: &Channel,
+    topology: &Topology,
+    metrics: &Metrics,
+) {
+    let delivery_count =
+        delivery.properties.headers().as_ref().and_then(|h| header_u64(h, "x-delivery-count")).unwrap_or(0);
+    let disposition = match disposition {
+        // This delivery was the last the queue allows: dead-letter it here, with our reason,
+        // rather than let the broker do it with only "delivery_limit".
+        Disposition::Requeue(error) if delivery_count + 1 >= u64::from(topology.delivery_limit) => {
+            Disposition::DeadLetter {
+                kind: error.kind(),
+                reason: format!("gave up after {} deliveries: {error}", delivery_count + 1),
+            }
+        }
+        other => other,
+    };
+    let result = match disposition {
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
+        Disposition::Requeue(error) => {
+            tracing::warn!(error = %error, kind = error.kind(), delivery_count, "handing the message back for redelivery");
+            delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(drop)
+        }
+        Disposition::DeadLetter { kind, reason } => {
+            tracing::error!(kind, reason = %reason, delivery_count, "dead-lettering the message");
+            match publish_dead_letter(delivery, dead_letters, topology, kind, &reason).await {
+                Ok(()) => {
+                    metrics.dead_lettered.get_or_create(&KindLabel { kind }).inc();
+                    delivery.ack(BasicAckOptions::default()).await.map(drop)
+                }
+                Err(error) => {
+                    tracing::error!(error = %error, "could not publish to the dead-letter exchange; handing the message back");
+                    delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(drop)
+                }
+            }
+        }
+    };
+    if let Err(error) = result {
+        metrics.error("settle");
+        tracing::warn!(error = %error, "could not settle the message; the broker will redeliver it");
+    }
+}
+
+async fn publish_dead_letter(
+    delivery: &Delivery,
+    channel: &Channel,
+    topology: &Topology,
+    kind: &str,
+    reason: &str,
+) -> Result<(), ConsumeError> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())));
+    headers.insert(KIND_HEADER.into(), AMQPValue::LongString(LongString::from(kind.as_bytes().to_vec())));
+    let properties = BasicProperties::default()
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_content_type(delivery.properties.content_type().clone().unwrap_or_else(|| "application/json".into()));
+    let confirmation = channel
+        .basic_publish(
+            topology.dead_letter_exchange().as_str().into(),
+            topology.dead_letter_routing_key().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &delivery.data,
+            properties,
+        )
+        .await?
+        .await?;
+    if confirmation.is_ack() && confirmation.take_message().is_none() {
+        Ok(())
+    } else {
+        Err(ConsumeError::DeadLetterRefused(topology.dead_letter_exchange()))
+    }
+}

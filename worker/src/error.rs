@@ -1,0 +1,123 @@
+//! The worker's error type: one variant per step that can fail, each knowing whether retrying
+//! can help and whom to blame.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::clamd::ClamdError;
+use crate::verdict::ClamdReplyError;
+use crate::webhook::WebhookError;
+
+/// How a failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// A service the worker depends on is unreachable. Not the message's fault: it is held and
+    /// retried until the service is back, without spending its delivery budget.
+    Unavailable,
+    /// Might succeed later: retried a few times in place, then redelivered until the queue's
+    /// delivery limit, then dead-lettered with the reason.
+    Transient,
+    /// Will never succeed for this message: dead-lettered at once with the reason.
+    Permanent,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("get object: {message}")]
+    GetObject { message: String, class: ErrorClass },
+    #[error("scan with clamd: {0}")]
+    Scan(#[source] ClamdError),
+    #[error("{0}")]
+    ClamdReply(#[source] ClamdReplyError),
+    #[error("read object tags: {message}")]
+    GetTags { message: String, class: ErrorClass },
+    #[error("write object tags: {message}")]
+    PutTags { message: String, class: ErrorClass },
+    #[error("copy to quarantine bucket {bucket}: {message}")]
+    QuarantineCopy { bucket: String, message: String, class: ErrorClass },
+    #[error("verify quarantined copy {bucket}/{key}: {message}")]
+    QuarantineVerify { bucket: String, key: String, message: String },
+    #[error("delete object: {message}")]
+    Delete { message: String, class: ErrorClass },
+    #[error("{0}")]
+    Webhook(#[source] WebhookError),
+}
+
+impl ProcessError {
+    /// Metric label: the step that failed.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::GetObject { .. } => "get_object",
+            Self::Scan(_) => "clamd",
+            Self::ClamdReply(_) => "clamd_reply",
+            Self::GetTags { .. } => "get_tags",
+            Self::PutTags { .. } => "put_tags",
+            Self::QuarantineCopy { .. } => "quarantine_copy",
+            Self::QuarantineVerify { .. } => "quarantine_verify",
+            Self::Delete { .. } => "delete",
+            Self::Webhook(_) => "webhook",
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::GetObject { class, .. }
+            | Self::GetTags { class, .. }
+            | Self::PutTags { class, .. }
+            | Self::QuarantineCopy { class, .. }
+            | Self::Delete { class, .. } => *class,
+            Self::Scan(error) if error.is_connection() => ErrorClass::Unavailable,
+            Self::Scan(_) | Self::ClamdReply(_) | Self::QuarantineVerify { .. } => ErrorClass::Transient,
+            Self::Webhook(WebhookError::Rejected { .. }) => ErrorClass::Permanent,
+            Self::Webhook(WebhookError::Exhausted { .. }) => ErrorClass::Transient,
+        }
+    }
+}
+
+/// What an S3 call's failure says about the object and the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum S3Failure {
+    /// 404: the object, version or bucket does not exist (any more).
+    NotFound,
+    /// 412: the object no longer has the ETag the event named.
+    PreconditionFailed,
+    Other {
+        message: String,
+        class: ErrorClass,
+    },
+}
+
+/// Sorts an SDK error: no HTTP answer or a 5xx means MinIO is unavailable; a 4xx is about the
+/// request (expired or revoked credentials included) and is retried a bounded number of times.
+pub fn s3_failure<E, R>(error: &SdkError<E, R>) -> S3Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + HttpStatus,
+{
+    let message = DisplayErrorContext(error).to_string();
+    match error {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+            S3Failure::Other { message, class: ErrorClass::Unavailable }
+        }
+        SdkError::ServiceError(service) => match service.raw().http_status() {
+            404 => S3Failure::NotFound,
+            412 => S3Failure::PreconditionFailed,
+            status if status >= 500 => S3Failure::Other { message, class: ErrorClass::Unavailable },
+            _ => {
+                let code = service.err().code().unwrap_or("unknown");
+                S3Failure::Other { message: format!("{code}: {message}"), class: ErrorClass::Transient }
+            }
+        },
+        _ => S3Failure::Other { message, class: ErrorClass::Transient },
+    }
+}
+
+/// Lets `s3_failure` read the status of whichever response type the SDK error carries.
+pub trait HttpStatus {
+    fn http_status(&self) -> u16;
+}
+
+impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn http_status(&self) -> u16 {
+        self.status().as_u16()
+    }
+}

@@ -1,0 +1,128 @@
+//! The scanning worker: takes MinIO bucket events from RabbitMQ, streams each named object from
+//! S3 into clamd, and acts on the verdict (tags, quarantine or delete, webhook report).
+
+pub mod actions;
+pub mod clamd;
+pub mod config;
+pub mod consumer;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod process;
+pub mod scan;
+pub mod tags;
+pub mod verdict;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::clamd::Clamd;
+use crate::config::Config;
+use crate::consumer::Consumer;
+use crate::metrics::Metrics;
+use crate::process::{Policy, Processor};
+use crate::scan::ScanLimits;
+use crate::webhook::Webhook;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error(transparent)]
+    S3(#[from] bucket_av_pipeline::s3::S3SetupError),
+    #[error("build the webhook HTTP client: {0}")]
+    Webhook(#[source] reqwest::Error),
+    #[error("bind the HTTP server on {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Runs the worker until `shutdown` is cancelled and in-flight messages are settled or handed back.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
+    config.validate()?;
+    let metrics = Arc::new(Metrics::new());
+    let s3 = bucket_av_pipeline::s3::client(&config.s3_settings())?;
+    let clamd = Clamd::new(config.clamd.clone(), config.chunk_bytes as usize);
+    let webhook = match &config.webhook_url {
+        Some(url) => Some(
+            Webhook::new(
+                url.clone(),
+                config.webhook_secret.clone(),
+                config.webhook_attempts,
+                Duration::from_secs(config.webhook_timeout_seconds),
+            )
+            .map_err(StartError::Webhook)?,
+        ),
+        None => None,
+    };
+    let policy = Policy {
+        buckets: config.buckets.clone(),
+        tagging: config.tagging,
+        tag_prefix: config.tag_prefix.clone(),
+        on_infected: config.on_infected,
+        on_unscannable: config.on_unscannable,
+        quarantine_bucket: config.quarantine_bucket.clone(),
+        report_clean: config.report_clean,
+        limits: ScanLimits {
+            max_object_size: config.max_object_size,
+            clamd_stream_max_bytes: config.clamd_stream_max_bytes,
+            timeout: config.scan_timeout(),
+        },
+    };
+    let processor = Arc::new(Processor::new(s3, clamd.clone(), webhook, policy, Arc::clone(&metrics)));
+    let consuming = Arc::new(AtomicBool::new(false));
+
+    let http_state =
+        http::HttpState { metrics: Arc::clone(&metrics), consuming: Arc::clone(&consuming), clamd: clamd.clone() };
+    let http = http::serve(config.http_addr, http_state, shutdown.clone())
+        .await
+        .map_err(|source| StartError::Http { addr: config.http_addr, source })?;
+    let engine = tokio::spawn(refresh_engine_version(Arc::clone(&processor), shutdown.clone()));
+
+    tracing::info!(
+        clamd = %clamd.address(),
+        s3 = %config.s3_endpoint,
+        queue = %config.queue,
+        buckets = ?config.buckets,
+        on_infected = ?config.on_infected,
+        "worker starting"
+    );
+    let consumer = Consumer {
+        amqp_url: config.amqp_url.clone(),
+        topology: config.topology(),
+        declare_topology: config.declare_topology,
+        concurrency: config.concurrency,
+        drain: Duration::from_secs(config.drain_seconds),
+        processor,
+        metrics,
+        consuming,
+    };
+    consumer.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = engine.await;
+    let _ = http.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Keeps the engine and signature version for tags and reports current, so a signature update
+/// shows up in the next verdicts without a restart.
+async fn refresh_engine_version(processor: Arc<Processor>, shutdown: CancellationToken) {
+    loop {
+        match processor.clamd().command("VERSION", Duration::from_secs(5)).await {
+            Ok(version) => processor.set_engine(version),
+            Err(error) => tracing::warn!(error = %error, "clamd VERSION failed; keeping the last known engine version"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Handles one message from start to verdict: parse, filter, scan, tag, act, report, and decide
+//! whether the message is acknowledged, handed back or dead-lettered. Knows nothing of AMQP.
+
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bucket_av_pipeline::ObjectEvent;
+use bucket_av_pipeline::event::parse_event;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio_util::sync::CancellationToken;
+
+use crate::actions::{self, TagOutcome};
+use crate::clamd::Clamd;
+use crate::config::ActionKind;
+use crate::error::{ErrorClass, ProcessError};
+use crate::metrics::{Metrics, VerdictLabel};
+use crate::scan::{ScanLimits, ScanOutcome, scan_object};
+use crate::tags::VerdictTags;
+use crate::verdict::Verdict;
+use crate::webhook::{QuarantineLocation, Report, Timings, Webhook};
+
+/// What to do with a message once it has been handled.
+#[derive(Debug)]
+pub enum Disposition {
+    Ack,
+    /// Return it to the queue for another delivery.
+    Requeue(ProcessError),
+    /// Move it to the dead-letter queue with the reason; `kind` is a metric label.
+    DeadLetter {
+        kind: &'static str,
+        reason: String,
+    },
+}
+
+/// The verdict policy: what happens to objects once scanned.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub buckets: Vec<String>,
+    pub tagging: bool,
+    pub tag_prefix: String,
+    pub on_infected: ActionKind,
+    pub on_unscannable: ActionKind,
+    pub quarantine_bucket: Option<String>,
+    pub report_clean: bool,
+    pub limits: ScanLimits,
+}
+
+pub struct Processor {
+    s3: aws_sdk_s3::Client,
+    clamd: Clamd,
+    webhook: Option<Webhook>,
+    policy: Policy,
+    metrics: Arc<Metrics>,
+    /// clamd's VERSION answer (engine and signature database), refreshed in the background.
+    engine: RwLock<Option<String>>,
+    /// Attempts in place for transient failures before the message is handed back.
+    transient_attempts: u32,
+}
+
+impl Processor {
+    pub fn new(
+        s3: aws_sdk_s3::Client,
+        clamd: Clamd,
+        webhook: Option<Webhook>,
+        policy: Policy,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self { s3, clamd, webhook, policy, metrics, engine: RwLock::new(None), transient_attempts: 3 }
+    }
+
+    pub fn clamd(&self) -> &Clamd {
+        &self.clamd
+    }
+
+    pub fn set_engine(&self, version: String) {
+        *self.engine.write().expect("engine lock is never poisoned") = Some(version);
+    }
+
+    fn engine(&self) -> Option<String> {
+        self.engine.read().expect("engine lock is never poisoned").clone()
+    }
+
+    /// Handles one message body. `shutdown` cuts waits short so the message can be handed back.
+    pub async fn handle(&self, body: &[u8], shutdown: &CancellationToken) -> Disposition {
+        let events = match parse_event(body) {
+            Ok(events) => events,
+            Err(error) => {
+                self.metrics.ignored("malformed");
+                return Disposition::DeadLetter { kind: "malformed_event", reason: error.to_string() };
+            }
+        };
+        // Records are handled in order; a failure hands back the whole message, and the records
+        // already done are done again on redelivery, which every step tolerates.
+        for event in events {
+            if let Err(error) = self.handle_record(event, shutdown).await {
+                return match error.class() {
+                    ErrorClass::Permanent => Disposition::DeadLetter { kind: error.kind(), reason: error.to_string() },
+                    ErrorClass::Transient | ErrorClass::Unavailable => Disposition::Requeue(error),
+                };
+            }
+        }
+        Disposition::Ack
+    }
+
+    async fn handle_record(&self, mut event: ObjectEvent, shutdown: &CancellationToken) -> Result<(), ProcessError> {
+        if !self.policy.buckets.is_empty() && !self.policy.buckets.contains(&event.bucket) {
+            self.metrics.ignored("unwatched_bucket");
+            tracing::debug!(bucket = %event.bucket, key = %event.key, "ignored event of a bucket this worker does not watch");
+            return Ok(());
+        }
+        if event.created().is_none() {
+            // Tagging, retention and deletion events: never scanned, or the scanner's own tags
+            // would trigger scan after scan.
+            self.metrics.ignored("not_content_event");
+            tracing::debug!(bucket = %event.bucket, key = %event.key, event = %event.event_name, "ignored event that adds no content");
+            return Ok(());
+        }
+
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let scanned = self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits)).await;
+        self.metrics.in_flight.dec();
+        let scanned = scanned?;
+        let scan_time = started.elapsed();
+        let scanned_at = OffsetDateTime::now_utc();
+
+        let (verdict, label) = match &scanned {
+            ScanOutcome::Scanned { verdict, size, bytes } => {
+                event.size = *size;
+                self.metrics.scanned_bytes.inc_by(*bytes);
+                self.metrics.scan_duration.observe(scan_time.as_secs_f64());
+                (Some(verdict.clone()), verdict.label())
+            }
+            ScanOutcome::Missing => (None, "missing"),
+            ScanOutcome::Superseded => {
+                self.metrics.ignored("superseded");
+                tracing::info!(bucket = %event.bucket, key = %event.key, "object was replaced before its scan; the new upload has its own event");
+                return Ok(());
+            }
+        };
+        self.metrics.scans.get_or_create(&VerdictLabel { verdict: label }).inc();
+        let event_to_verdict = event.event_time.map(|t| (scanned_at - t).max(time::Duration::ZERO));
+        if let Some(elapsed) = event_to_verdict {
+            self.metrics.event_to_verdict.observe(elapsed.as_seconds_f64());
+        }
+
+        let actions_started = Instant::now();
+        let mut report = Report {
+            bucket: event.bucket.clone(),
+            key: event.key.clone(),
+            version_id: event.version_id.clone(),
+            etag: event.etag.clone(),
+            size: event.size,
+            verdict: label.to_owned(),
+            signature: None,
+            reason: None,
+            action: "none".into(),
+            quarantine: None,
+            tagged: false,
+            engine: self.engine(),
+            event_name: event.event_name.clone(),
+            event_time: event.event_time.and_then(|t| t.format(&Rfc3339).ok()),
+            scanned_at: scanned_at.format(&Rfc3339).expect("UTC times always format"),
+            timings: Timings::default(),
+        };
+        match &verdict {
+            Some(Verdict::Infected { signature }) => report.signature = Some(signature.clone()),
+            Some(Verdict::Unscannable { reason }) => report.reason = Some(reason.to_string()),
+            _ => {}
+        }
+        if let Some(verdict) = &verdict {
+            self.act(&event, verdict, &mut report, shutdown).await?;
+        }
+        report.timings = Timings {
+            scan_ms: millis(scan_time),
+            actions_ms: millis(actions_started.elapsed()),
+            event_to_verdict_ms: event_to_verdict.map(|d| d.whole_milliseconds().max(0) as u64),
+        };
+        tracing::info!(
+            bucket = %event.bucket,
+            key = %event.key,
+            version_id = event.version_id.as_deref().unwrap_or(""),
+            size = event.size,
+            verdict = label,
+            detail = report.signature.as_deref().or(report.reason.as_deref()).unwrap_or(""),
+            action = %report.action,
+            scan_ms = report.timings.scan_ms,
+            "scanned"
+        );
+
+        let wanted = label != "clean" || self.policy.report_clean;
+        if let (Some(webhook), true) = (&self.webhook, wanted) {
+            match webhook.send(&report).await {
+                Ok(()) => self.metrics.webhook("delivered"),
+                Err(error) => {
+                    self.metrics.webhook("failed");
+                    let error = ProcessError::Webhook(error);
+                    self.metrics.error(error.kind());
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tags, then quarantines or deletes. Tagging comes first so a quarantined copy carries the
+    /// verdict with it.
+    async fn act(
+        &self,
+        event: &ObjectEvent,
+        verdict: &Verdict,
+        report: &mut Report,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ProcessError> {
+        if self.policy.tagging {
+            let tags = VerdictTags {
+                status: verdict.label().to_owned(),
+                detail: verdict.detail(),
+                scanned_at: report.scanned_at.clone(),
+                engine: report.engine.clone(),
+            };
+            let outcome =
+                self.retrying(shutdown, || actions::tag(&self.s3, event, &self.policy.tag_prefix, &tags)).await?;
+            match outcome {
+                TagOutcome::Tagged(merged) => {
+                    report.tagged = !merged.status_missing(&self.policy.tag_prefix);
+                    if !merged.dropped.is_empty() {
+                        self.metrics.tags_without_room.inc();
+                        tracing::warn!(
+                            bucket = %event.bucket,
+                            key = %event.key,
+                            dropped = ?merged.dropped,
+                            "the object's own tags leave no room for these verdict tags; the verdict is still reported"
+                        );
+                    }
+                }
+                TagOutcome::ObjectGone => {
+                    tracing::info!(bucket = %event.bucket, key = %event.key, "object deleted after its scan; nothing to tag");
+                    return Ok(());
+                }
+            }
+        }
+        let action = match verdict {
+            Verdict::Clean => ActionKind::None,
+            Verdict::Infected { .. } => self.policy.on_infected,
+            Verdict::Unscannable { .. } => self.policy.on_unscannable,
+        };
+        match action {
+            ActionKind::None => {}
+            ActionKind::Delete => {
+                self.retrying(shutdown, || actions::delete(&self.s3, event)).await?;
+                report.action = "deleted".into();
+            }
+            ActionKind::Quarantine => {
+                let bucket = self.policy.quarantine_bucket.as_deref().expect("validated: quarantine has a bucket");
+                let key = self.retrying(shutdown, || actions::quarantine(&self.s3, event, bucket)).await?;
+                report.action = "quarantined".into();
+                report.quarantine = Some(QuarantineLocation { bucket: bucket.to_owned(), key });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs `step` until it succeeds or fails for good: while a service is unavailable it waits
+    /// (backing off up to 15 s) for as long as it takes, since the message is not to blame;
+    /// transient failures get a few attempts here before the message is handed back.
+    async fn retrying<T, F, Fut>(&self, shutdown: &CancellationToken, mut step: F) -> Result<T, ProcessError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ProcessError>>,
+    {
+        let mut backoff = Duration::from_millis(200);
+        let mut transient_failures = 0;
+        loop {
+            let error = match step().await {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
+            };
+            self.metrics.error(error.kind());
+            match error.class() {
+                ErrorClass::Permanent => return Err(error),
+                ErrorClass::Transient => {
+                    transient_failures += 1;
+                    if transient_failures >= self.transient_attempts {
+                        return Err(error);
+                    }
+                }
+                ErrorClass::Unavailable => {}
+            }
+            tracing::warn!(error = %error, kind = error.kind(), retry_in_ms = millis(backoff), "step failed; retrying");
+            tokio::select! {
+                () = shutdown.cancelled() => return Err(error),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(15));
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}

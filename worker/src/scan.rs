@@ -1,0 +1,117 @@
+//! Streams the exact object an event names from S3 into clamd and returns the verdict. The GET
+//! body flows straight into INSTREAM: no temporary file, and memory stays at one chunk per scan
+//! whatever the object's size.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bucket_av_pipeline::ObjectEvent;
+
+use crate::clamd::Clamd;
+use crate::error::{ProcessError, S3Failure, s3_failure};
+use crate::verdict::{Unscannable, Verdict, parse_instream_reply};
+
+/// What came of trying to scan an event's object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanOutcome {
+    /// `size` is the object's size as stored (the event's may be stale); `bytes` what clamd saw.
+    Scanned { verdict: Verdict, size: u64, bytes: u64 },
+    /// The object (or the event's version of it) was deleted before it could be scanned.
+    Missing,
+    /// A newer upload replaced the object before the scan; that upload has an event of its own.
+    Superseded,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanLimits {
+    pub max_object_size: u64,
+    pub clamd_stream_max_bytes: Option<u64>,
+    pub timeout: Duration,
+}
+
+impl ScanLimits {
+    /// A verdict decided from the size alone, so that the object is never downloaded.
+    fn by_size(&self, size: u64) -> Option<Verdict> {
+        if size > self.max_object_size {
+            return Some(Verdict::Unscannable { reason: Unscannable::TooLarge { size, limit: self.max_object_size } });
+        }
+        match self.clamd_stream_max_bytes {
+            Some(limit) if size > limit => Some(Verdict::Unscannable { reason: Unscannable::StreamLimit }),
+            _ => None,
+        }
+    }
+}
+
+/// Scans the event's object: its `versionId` when the bucket is versioned, otherwise the current
+/// object guarded by the event's ETag so that a replacement is never scanned in its place.
+pub async fn scan_object(
+    s3: &aws_sdk_s3::Client,
+    clamd: &Clamd,
+    event: &ObjectEvent,
+    limits: &ScanLimits,
+) -> Result<ScanOutcome, ProcessError> {
+    if let Some(verdict) = limits.by_size(event.size) {
+        return Ok(ScanOutcome::Scanned { verdict, size: event.size, bytes: 0 });
+    }
+    let mut request = s3.get_object().bucket(&event.bucket).key(&event.key);
+    request = match (&event.version_id, &event.etag) {
+        (Some(version), _) => request.version_id(version),
+        (None, Some(etag)) => request.if_match(format!("\"{etag}\"")),
+        (None, None) => request,
+    };
+    let output = match request.send().await {
+        Ok(output) => output,
+        Err(error) => {
+            return match s3_failure(&error) {
+                S3Failure::NotFound => Ok(ScanOutcome::Missing),
+                S3Failure::PreconditionFailed => Ok(ScanOutcome::Superseded),
+                S3Failure::Other { message, class } => Err(ProcessError::GetObject { message, class }),
+            };
+        }
+    };
+    // The event's size can be absent or stale (Copy events); the response's is authoritative.
+    let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(event.size);
+    if let Some(verdict) = limits.by_size(size) {
+        return Ok(ScanOutcome::Scanned { verdict, size, bytes: 0 });
+    }
+    let streamed = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&streamed);
+    let body = futures::stream::unfold(output.body, move |mut body| {
+        let counter = Arc::clone(&counter);
+        async move {
+            let next = body.next().await?;
+            if let Ok(bytes) = &next {
+                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+            }
+            Some((next, body))
+        }
+    });
+    let reply = clamd.instream(Box::pin(body), limits.timeout).await.map_err(|error| match error {
+        // A body that breaks off mid-stream is MinIO's failure, not clamd's.
+        crate::clamd::ClamdError::Source(message) => {
+            ProcessError::GetObject { message, class: crate::error::ErrorClass::Unavailable }
+        }
+        other => ProcessError::Scan(other),
+    })?;
+    let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
+    Ok(ScanOutcome::Scanned { verdict, size, bytes: streamed.load(Ordering::Relaxed) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_alone_decides_objects_over_either_limit() {
+        let limits =
+            ScanLimits { max_object_size: 100, clamd_stream_max_bytes: Some(50), timeout: Duration::from_secs(1) };
+        assert_eq!(limits.by_size(10), None);
+        assert_eq!(limits.by_size(50), None);
+        assert_eq!(limits.by_size(51), Some(Verdict::Unscannable { reason: Unscannable::StreamLimit }));
+        assert_eq!(
+            limits.by_size(101),
+            Some(Verdict::Unscannable { reason: Unscannable::TooLarge { size: 101, limit: 100 } })
+        );
+    }
+}

@@ -1,0 +1,126 @@
+//! What a scan found, and how clamd's reply text maps onto it. Pure: no I/O.
+
+use std::fmt;
+
+/// The result of scanning one object's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Clean,
+    Infected {
+        signature: String,
+    },
+    /// The bytes could not be judged; the object is neither clean nor known to be infected.
+    Unscannable {
+        reason: Unscannable,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unscannable {
+    /// Over `--max-object-size`; never downloaded.
+    TooLarge { size: u64, limit: u64 },
+    /// Over clamd's StreamMaxLength.
+    StreamLimit,
+    /// clamd stopped early at one of its scan limits (file size, recursion, file count...).
+    ScanLimit { heuristic: String },
+    /// An encrypted archive or document whose content clamd cannot read.
+    Encrypted { heuristic: String },
+}
+
+impl Verdict {
+    /// The tag and metric value: `clean`, `infected` or `unscannable`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::Infected { .. } => "infected",
+            Self::Unscannable { .. } => "unscannable",
+        }
+    }
+
+    /// The signature name or the reason, for tags and reports; `None` when clean.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            Self::Clean => None,
+            Self::Infected { signature } => Some(signature.clone()),
+            Self::Unscannable { reason } => Some(reason.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Unscannable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { size, limit } => write!(f, "too-large: {size} bytes, limit {limit}"),
+            Self::StreamLimit => f.write_str("too-large: over clamd StreamMaxLength"),
+            Self::ScanLimit { heuristic } => write!(f, "scan-limit: {heuristic}"),
+            Self::Encrypted { heuristic } => write!(f, "encrypted: {heuristic}"),
+        }
+    }
+}
+
+/// clamd answered, but not with a verdict.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("clamd answered with an error: {0}")]
+pub struct ClamdReplyError(pub String);
+
+/// Maps an INSTREAM reply to a verdict. `Heuristics.Limits.Exceeded.*` and
+/// `Heuristics.Encrypted.*` come from `AlertExceedsMax` / `AlertEncrypted`: they say clamd could
+/// not see everything, not that it found malware, so they are unscannable rather than infected.
+pub fn parse_instream_reply(reply: &str) -> Result<Verdict, ClamdReplyError> {
+    if reply.contains("size limit exceeded") {
+        return Ok(Verdict::Unscannable { reason: Unscannable::StreamLimit });
+    }
+    let body = reply.strip_prefix("stream:").map(str::trim).unwrap_or(reply);
+    if body == "OK" {
+        return Ok(Verdict::Clean);
+    }
+    if let Some(signature) = body.strip_suffix(" FOUND") {
+        let signature = signature.trim().to_owned();
+        let bare = signature.trim_end_matches(".UNOFFICIAL");
+        return Ok(if bare.starts_with("Heuristics.Limits.Exceeded") {
+            Verdict::Unscannable { reason: Unscannable::ScanLimit { heuristic: signature } }
+        } else if bare.starts_with("Heuristics.Encrypted") {
+            Verdict::Unscannable { reason: Unscannable::Encrypted { heuristic: signature } }
+        } else {
+            Verdict::Infected { signature }
+        });
+    }
+    Err(ClamdReplyError(reply.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clamd_replies_map_to_verdicts() {
+        assert_eq!(parse_instream_reply("stream: OK"), Ok(Verdict::Clean));
+        assert_eq!(
+            parse_instream_reply("stream: Eicar-Test-Signature.UNOFFICIAL FOUND"),
+            Ok(Verdict::Infected { signature: "Eicar-Test-Signature.UNOFFICIAL".into() })
+        );
+        assert_eq!(
+            parse_instream_reply("INSTREAM size limit exceeded. ERROR"),
+            Ok(Verdict::Unscannable { reason: Unscannable::StreamLimit })
+        );
+        assert_eq!(
+            parse_instream_reply("stream: Heuristics.Limits.Exceeded.MaxRecursion FOUND").unwrap().label(),
+            "unscannable"
+        );
+        assert!(matches!(
+            parse_instream_reply("stream: Heuristics.Encrypted.Zip FOUND"),
+            Ok(Verdict::Unscannable { reason: Unscannable::Encrypted { .. } })
+        ));
+        assert_eq!(
+            parse_instream_reply("stream: Can't allocate memory ERROR"),
+            Err(ClamdReplyError("stream: Can't allocate memory ERROR".into()))
+        );
+    }
+
+    #[test]
+    fn details_name_the_signature_or_reason() {
+        assert_eq!(Verdict::Clean.detail(), None);
+        let too_large = Verdict::Unscannable { reason: Unscannable::TooLarge { size: 10, limit: 5 } };
+        assert_eq!(too_large.detail().unwrap(), "too-large: 10 bytes, limit 5");
+    }
+}

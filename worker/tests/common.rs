@@ -1,0 +1,139 @@
+//! Shared set-up of the worker's stack tests: a watched bucket, a worker process on its own queue
+//! and, when asked, a webhook receiver.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use bucket_av_testing::{Stack, WebhookReceiver, WorkerProcess, unique_name};
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
+
+pub const VERDICT_TIMEOUT: Duration = Duration::from_secs(30);
+pub const WORKER: &str = env!("CARGO_BIN_EXE_bucket-av-worker");
+
+pub struct Scenario {
+    pub stack: Stack,
+    pub bucket: String,
+    pub worker: Option<WorkerProcess>,
+    pub queue: String,
+    pub args: Vec<String>,
+}
+
+impl Scenario {
+    /// A fresh bucket and a worker that watches only it, started with `args`.
+    pub async fn start(name: &str, versioned: bool, args: &[&str]) -> Self {
+        let scenario = Self::prepare(name, versioned, args).await;
+        scenario.with_worker().await
+    }
+
+    /// The bucket and the queue (declared, bound, empty), without a worker yet: events queue up.
+    pub async fn prepare(name: &str, versioned: bool, args: &[&str]) -> Self {
+        let stack = Stack::load();
+        let bucket = stack.watched_bucket(name, versioned).await;
+        let queue = unique_name(&format!("test-{name}"));
+        let mut all_args: Vec<String> = vec!["--bucket".into(), bucket.clone(), "--delivery-limit".into(), "3".into()];
+        all_args.extend(args.iter().map(|arg| arg.to_string()));
+        let connection = stack.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        stack.topology(&queue, 3).declare(&channel).await.expect("declare the test queue");
+        connection.close(200, "done".into()).await.ok();
+        Self { stack, bucket, worker: None, queue, args: all_args }
+    }
+
+    pub async fn with_worker(mut self) -> Self {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        self.worker = Some(WorkerProcess::start(WORKER, &self.stack, &self.queue, &args).await);
+        self
+    }
+
+    pub fn worker(&self) -> &WorkerProcess {
+        self.worker.as_ref().expect("worker started")
+    }
+
+    /// Publishes a raw message as MinIO would, to reach this scenario's queue.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let connection = self.stack.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .basic_publish(
+                self.stack.var("BAVS_EXCHANGE").into(),
+                self.stack.var("BAVS_ROUTING_KEY").into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        connection.close(200, "done".into()).await.ok();
+    }
+
+    /// Waits for a message in the dead-letter queue and returns its body and headers.
+    pub async fn dead_letter(&self, timeout: Duration) -> lapin::message::BasicGetMessage {
+        let connection = self.stack.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        let dlq = self.stack.topology(&self.queue, 3).dead_letter_queue();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(message) =
+                channel.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
+            {
+                return message;
+            }
+            assert!(std::time::Instant::now() < deadline, "nothing reached {dlq} within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Messages waiting in the work queue and in the dead-letter queue.
+    pub async fn queue_depths(&self) -> (u32, u32) {
+        let connection = self.stack.amqp().await;
+        let topology = self.stack.topology(&self.queue, 3);
+        let work =
+            bucket_av_pipeline::topology::ready_messages(&connection.create_channel().await.unwrap(), &self.queue)
+                .await
+                .unwrap();
+        let dead = bucket_av_pipeline::topology::ready_messages(
+            &connection.create_channel().await.unwrap(),
+            &topology.dead_letter_queue(),
+        )
+        .await
+        .unwrap();
+        connection.close(200, "done".into()).await.ok();
+        (work, dead)
+    }
+
+    /// Stops the worker and deletes the scenario's queues.
+    pub async fn finish(mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.terminate(Duration::from_secs(40)).await;
+        }
+        let connection = self.stack.amqp().await;
+        let channel = connection.create_channel().await.unwrap();
+        let topology = self.stack.topology(&self.queue, 3);
+        for queue in [self.queue.clone(), topology.dead_letter_queue()] {
+            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.ok();
+        }
+        channel.exchange_delete(topology.dead_letter_exchange().as_str().into(), Default::default()).await.ok();
+        connection.close(200, "done".into()).await.ok();
+    }
+}
+
+pub async fn webhook() -> WebhookReceiver {
+    WebhookReceiver::start().await
+}
+
+/// Bytes that are clean to clamd but not trivially empty.
+pub fn clean_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b"bucket-av clean payload\n"[i % 24]).collect()
+}
+
+/// `len` bytes of clean content with the test marker signature at the end.
+pub fn marked_bytes(len: usize) -> Vec<u8> {
+    let marker = bucket_av_testing::TEST_MARKER;
+    let mut bytes = clean_bytes(len - marker.len());
+    bytes.extend_from_slice(marker);
+    bytes
+}
