@@ -1,0 +1,282 @@
+#!/usr/bin/env bash
+# Start a fresh local stack for the real-stack tests: RabbitMQ (with the
+# management plugin), clamd (with the test signatures in testing/signatures)
+# and MinIO (with an AMQP notification target pointing at that RabbitMQ).
+#
+#   bash testing/stack/stack-up.sh          (or: just stack-up)
+#
+# The stack lives in ${BAVS_STACK_DIR:-<repo>/target/stack} and is throwaway:
+# every stack-up stops a stack still running there, wipes it and generates new
+# credentials. Connection details go to <stack>/stack.env (KEY=value lines).
+# Stop it with stack-down.sh; control single services with service.sh.
+# Ports and limits can be overridden by environment variables: see
+# bavs_defaults in lib.sh.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=testing/stack/lib.sh
+. "$here/lib.sh"
+# shellcheck source=testing/stack/provision.sh
+. "$here/provision.sh"
+
+started=$SECONDS
+bavs_defaults
+bavs_paths
+
+# ---- sanity checks on the configuration -------------------------------------
+if [[ $BAVS_STACK_DIR != /* ]]; then
+    BAVS_STACK_DIR="$PWD/$BAVS_STACK_DIR"
+    bavs_paths
+fi
+[[ $BAVS_STACK_DIR =~ ^/[A-Za-z0-9._/+-]+$ ]] ||
+    bavs_die "BAVS_STACK_DIR=$BAVS_STACK_DIR: use a path made of letters, digits and ._/+- only (it goes unquoted into stack.env)"
+((${#CLAMD_SOCKET} < 100)) ||
+    bavs_die "clamd socket path $CLAMD_SOCKET is too long for a unix socket; use a shorter BAVS_STACK_DIR"
+for v in BAVS_RABBITMQ_PORT BAVS_RABBITMQ_MANAGEMENT_PORT BAVS_RABBITMQ_DIST_PORT BAVS_RABBITMQ_EPMD_PORT \
+    BAVS_RABBITMQ_CTL_DIST_PORT_MIN BAVS_MINIO_PORT BAVS_MINIO_CONSOLE_PORT BAVS_CLAMD_PORT; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]] || ((${!v} < 1 || ${!v} > 65535)); then
+        bavs_die "$v=${!v} is not a port number"
+    fi
+done
+for v in BAVS_CLAMD_STREAM_MAX_LENGTH BAVS_CLAMD_MAX_FILE_SIZE BAVS_CLAMD_MAX_SCAN_SIZE; do
+    [[ ${!v} =~ ^[0-9]+[KkMm]?$ ]] || bavs_die "$v=${!v}: expected <n>, <n>K or <n>M"
+done
+[[ $BAVS_NOTIFY_TARGET_ID =~ ^[A-Za-z0-9_]+$ ]] || bavs_die "BAVS_NOTIFY_TARGET_ID must be [A-Za-z0-9_]+"
+
+# ---- 1. tools -----------------------------------------------------------------
+bavs_step "provision (pinned tools)"
+bavs_provision | sed 's/^/    /'
+
+# ---- 2. stop whatever still runs from this stack dir ------------------------
+if [[ -f $STACK_ENV ]]; then
+    bavs_step "stopping the previous stack in $BAVS_STACK_DIR"
+    BAVS_STACK_DIR=$BAVS_STACK_DIR bash "$here/stack-down.sh" --quiet
+fi
+
+bavs_require_free rabbitmq "$BAVS_RABBITMQ_PORT" "$BAVS_RABBITMQ_MANAGEMENT_PORT" "$BAVS_RABBITMQ_DIST_PORT"
+bavs_require_free clamd "$BAVS_CLAMD_PORT"
+bavs_require_free minio "$BAVS_MINIO_PORT" "$BAVS_MINIO_CONSOLE_PORT"
+# epmd on our private port may only be one we started (recorded in epmd.pid) - it was stopped above
+bavs_require_free "rabbitmq epmd" "$BAVS_RABBITMQ_EPMD_PORT"
+
+# ---- 3. fresh stack dir -------------------------------------------------------
+bavs_step "creating $BAVS_STACK_DIR"
+if [[ -e $BAVS_STACK_DIR ]]; then
+    if [[ ! -f $STACK_MARKER ]] && [[ -n $(ls -A "$BAVS_STACK_DIR") ]]; then
+        bavs_die "$BAVS_STACK_DIR exists, is not empty and was not created by stack-up.sh (no .bavs-stack marker); refusing to wipe it"
+    fi
+    rm -rf "$BAVS_STACK_DIR"
+fi
+umask 077
+mkdir -p "$BAVS_STACK_DIR" "$RMQ_HOME" "$RMQ_MNESIA" "$RMQ_LOG_DIR" \
+    "$MINIO_DATA" "$MINIO_QUEUE_DIR" "$MINIO_DIR/certs" \
+    "$CLAMD_DB" "$CLAMD_TMP"
+echo "created by testing/stack/stack-up.sh; wiped by the next stack-up" >"$STACK_MARKER"
+
+# Random credentials (hex: nothing URL-special, no '&').
+bavs_rand_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
+BAVS_RABBITMQ_USER=bavs-$(bavs_rand_hex 4)
+BAVS_RABBITMQ_PASSWORD=$(bavs_rand_hex 16)
+BAVS_S3_ACCESS_KEY=bavs$(bavs_rand_hex 8)
+BAVS_S3_SECRET_KEY=$(bavs_rand_hex 20)
+BAVS_NOTIFY_ARN="arn:minio:sqs::$BAVS_NOTIFY_TARGET_ID:amqp"  # verified against the server below
+BAVS_CLAMD_STREAM_MAX_BYTES=$(bavs_size_bytes "$BAVS_CLAMD_STREAM_MAX_LENGTH")
+
+# ---- RabbitMQ: its own node, everything under the stack dir -------------------
+# The Erlang cookie is shared by the node and the CLI tools through HOME.
+bavs_rand_hex 16 >"$RMQ_HOME/.erlang.cookie"
+chmod 400 "$RMQ_HOME/.erlang.cookie"
+: >"$RMQ_DIR/rabbitmq-env.conf" # keeps /etc/rabbitmq/rabbitmq-env.conf out
+cat >"$RMQ_ENV_FILE" <<EOF
+# Environment of the stack's RabbitMQ node and its CLI tools (sourced, POSIX sh).
+HOME='$RMQ_HOME'
+RABBITMQ_NODENAME='$BAVS_RABBITMQ_NODENAME'
+RABBITMQ_USE_LONGNAME=false
+RABBITMQ_CONF_ENV_FILE='$RMQ_DIR/rabbitmq-env.conf'
+RABBITMQ_CONFIG_FILE='$RMQ_CONF'
+RABBITMQ_ADVANCED_CONFIG_FILE='$RMQ_DIR/advanced.config'
+RABBITMQ_ENABLED_PLUGINS_FILE='$RMQ_PLUGINS_FILE'
+RABBITMQ_MNESIA_BASE='$RMQ_MNESIA'
+RABBITMQ_LOG_BASE='$RMQ_LOG_DIR'
+RABBITMQ_PID_FILE='$RMQ_PID'
+RABBITMQ_DIST_PORT='$BAVS_RABBITMQ_DIST_PORT'
+RABBITMQ_CTL_DIST_PORT_MIN='$BAVS_RABBITMQ_CTL_DIST_PORT_MIN'
+RABBITMQ_CTL_DIST_PORT_MAX='$BAVS_RABBITMQ_CTL_DIST_PORT_MAX'
+RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+RABBITMQ_CTL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
+ERL_EPMD_PORT='$BAVS_RABBITMQ_EPMD_PORT'
+ERL_EPMD_ADDRESS=127.0.0.1
+EOF
+cat >"$RMQ_CONF" <<EOF
+# Generated by testing/stack/stack-up.sh
+listeners.tcp.default = 127.0.0.1:$BAVS_RABBITMQ_PORT
+management.tcp.ip = 127.0.0.1
+management.tcp.port = $BAVS_RABBITMQ_MANAGEMENT_PORT
+default_vhost = /
+default_user = $BAVS_RABBITMQ_USER
+default_pass = $BAVS_RABBITMQ_PASSWORD
+default_user_tags.administrator = true
+default_permissions.configure = .*
+default_permissions.read = .*
+default_permissions.write = .*
+# 1 hour: a scan may keep a delivery unacked for a long time
+consumer_timeout = 3600000
+log.file.level = info
+EOF
+echo '[rabbitmq_management].' >"$RMQ_PLUGINS_FILE"
+
+# ---- clamd ------------------------------------------------------------------------
+cp "$BAVS_REPO_ROOT"/testing/signatures/*.hdb "$BAVS_REPO_ROOT"/testing/signatures/*.ndb "$CLAMD_DB/"
+cat >"$CLAMD_CONF" <<EOF
+# Generated by testing/stack/stack-up.sh
+Foreground no
+PidFile $CLAMD_PID
+LogFile $CLAMD_LOG
+LogTime yes
+LogFileMaxSize 0
+LogClean no
+DatabaseDirectory $CLAMD_DB
+TemporaryDirectory $CLAMD_TMP
+LocalSocket $CLAMD_SOCKET
+LocalSocketMode 660
+FixStaleSocket yes
+TCPSocket $BAVS_CLAMD_PORT
+TCPAddr 127.0.0.1
+MaxThreads 12
+MaxQueue 200
+StreamMaxLength $BAVS_CLAMD_STREAM_MAX_LENGTH
+MaxFileSize $BAVS_CLAMD_MAX_FILE_SIZE
+MaxScanSize $BAVS_CLAMD_MAX_SCAN_SIZE
+AlertExceedsMax yes
+AlertEncrypted yes
+EOF
+
+# ---- MinIO ------------------------------------------------------------------------
+id=$BAVS_NOTIFY_TARGET_ID
+cat >"$MINIO_ENV_FILE" <<EOF
+# Environment of the stack's MinIO server (sourced).
+MINIO_ROOT_USER=$BAVS_S3_ACCESS_KEY
+MINIO_ROOT_PASSWORD=$BAVS_S3_SECRET_KEY
+MINIO_UPDATE=off
+MINIO_NOTIFY_AMQP_ENABLE_$id=on
+MINIO_NOTIFY_AMQP_URL_$id=amqp://$BAVS_RABBITMQ_USER:$BAVS_RABBITMQ_PASSWORD@127.0.0.1:$BAVS_RABBITMQ_PORT/
+MINIO_NOTIFY_AMQP_EXCHANGE_$id=$BAVS_EXCHANGE
+MINIO_NOTIFY_AMQP_EXCHANGE_TYPE_$id=$BAVS_EXCHANGE_TYPE
+MINIO_NOTIFY_AMQP_ROUTING_KEY_$id=$BAVS_ROUTING_KEY
+MINIO_NOTIFY_AMQP_DURABLE_$id=on
+MINIO_NOTIFY_AMQP_DELIVERY_MODE_$id=2
+MINIO_NOTIFY_AMQP_QUEUE_DIR_$id=$MINIO_QUEUE_DIR
+MINIO_NOTIFY_AMQP_QUEUE_LIMIT_$id=100000
+MINIO_NOTIFY_AMQP_PUBLISHING_CONFIRMS_$id=on
+MINIO_NOTIFY_AMQP_MANDATORY_$id=off
+MINIO_NOTIFY_AMQP_INTERNAL_$id=off
+MINIO_NOTIFY_AMQP_AUTO_DELETED_$id=off
+MINIO_NOTIFY_AMQP_NO_WAIT_$id=off
+EOF
+
+# ---- stack.env --------------------------------------------------------------------
+bavs_write_stack_env() {
+    local tmp=$STACK_ENV.tmp
+    cat >"$tmp" <<EOF
+# Local test stack of bucket-av-scanner, generated by testing/stack/stack-up.sh
+# on $(date -u +%Y-%m-%dT%H:%M:%SZ). One KEY=value per line, no quoting; recreated
+# (with new credentials) by every stack-up.
+
+BAVS_STACK_DIR=$BAVS_STACK_DIR
+# start|stop|restart|status rabbitmq|minio|clamd
+BAVS_STACK_SERVICE_SCRIPT=$BAVS_STACK_SCRIPTS/service.sh
+
+# MinIO (S3 API; path-style addressing)
+BAVS_S3_ENDPOINT=http://127.0.0.1:$BAVS_MINIO_PORT
+BAVS_S3_REGION=us-east-1
+BAVS_S3_ACCESS_KEY=$BAVS_S3_ACCESS_KEY
+BAVS_S3_SECRET_KEY=$BAVS_S3_SECRET_KEY
+BAVS_NOTIFY_TARGET_ID=$BAVS_NOTIFY_TARGET_ID
+BAVS_NOTIFY_ARN=$BAVS_NOTIFY_ARN
+BAVS_MINIO_QUEUE_DIR=$MINIO_QUEUE_DIR
+BAVS_MINIO_LOG=$MINIO_LOG
+
+# RabbitMQ (what MinIO publishes to)
+BAVS_AMQP_URL=amqp://$BAVS_RABBITMQ_USER:$BAVS_RABBITMQ_PASSWORD@127.0.0.1:$BAVS_RABBITMQ_PORT/%2f
+BAVS_RABBITMQ_MANAGEMENT_URL=http://127.0.0.1:$BAVS_RABBITMQ_MANAGEMENT_PORT
+BAVS_RABBITMQ_USER=$BAVS_RABBITMQ_USER
+BAVS_RABBITMQ_PASSWORD=$BAVS_RABBITMQ_PASSWORD
+BAVS_EXCHANGE=$BAVS_EXCHANGE
+BAVS_EXCHANGE_TYPE=$BAVS_EXCHANGE_TYPE
+BAVS_ROUTING_KEY=$BAVS_ROUTING_KEY
+BAVS_RABBITMQ_LOG_DIR=$RMQ_LOG_DIR
+
+# clamd (test signatures only: Eicar-Test-Signature.UNOFFICIAL, BucketAV.Test.Marker.UNOFFICIAL)
+BAVS_CLAMD_TCP=127.0.0.1:$BAVS_CLAMD_PORT
+BAVS_CLAMD_SOCKET=$CLAMD_SOCKET
+BAVS_CLAMD_STREAM_MAX_BYTES=$BAVS_CLAMD_STREAM_MAX_BYTES
+BAVS_CLAMD_MAX_FILE_SIZE_BYTES=$(bavs_size_bytes "$BAVS_CLAMD_MAX_FILE_SIZE")
+BAVS_CLAMD_MAX_SCAN_SIZE_BYTES=$(bavs_size_bytes "$BAVS_CLAMD_MAX_SCAN_SIZE")
+BAVS_CLAMD_LOG=$CLAMD_LOG
+
+# Settings the stack scripts reuse (service.sh, stack-down.sh)
+BAVS_MINIO_BIN=$BAVS_MINIO_BIN
+BAVS_RABBITMQ_NODENAME=$BAVS_RABBITMQ_NODENAME
+BAVS_RABBITMQ_PORT=$BAVS_RABBITMQ_PORT
+BAVS_RABBITMQ_MANAGEMENT_PORT=$BAVS_RABBITMQ_MANAGEMENT_PORT
+BAVS_RABBITMQ_DIST_PORT=$BAVS_RABBITMQ_DIST_PORT
+BAVS_RABBITMQ_EPMD_PORT=$BAVS_RABBITMQ_EPMD_PORT
+BAVS_RABBITMQ_CTL_DIST_PORT_MIN=$BAVS_RABBITMQ_CTL_DIST_PORT_MIN
+BAVS_MINIO_PORT=$BAVS_MINIO_PORT
+BAVS_MINIO_CONSOLE_PORT=$BAVS_MINIO_CONSOLE_PORT
+BAVS_CLAMD_PORT=$BAVS_CLAMD_PORT
+BAVS_CLAMD_STREAM_MAX_LENGTH=$BAVS_CLAMD_STREAM_MAX_LENGTH
+BAVS_CLAMD_MAX_FILE_SIZE=$BAVS_CLAMD_MAX_FILE_SIZE
+BAVS_CLAMD_MAX_SCAN_SIZE=$BAVS_CLAMD_MAX_SCAN_SIZE
+BAVS_RABBITMQ_TIMEOUT=$BAVS_RABBITMQ_TIMEOUT
+BAVS_MINIO_TIMEOUT=$BAVS_MINIO_TIMEOUT
+BAVS_CLAMD_TIMEOUT=$BAVS_CLAMD_TIMEOUT
+EOF
+    chmod 600 "$tmp"
+    mv -f "$tmp" "$STACK_ENV"
+}
+bavs_write_stack_env
+
+# ---- 4. start the services (MinIO last: its AMQP target needs RabbitMQ) -----
+t=$SECONDS
+bavs_step "starting rabbitmq ($BAVS_RABBITMQ_NODENAME, AMQP 127.0.0.1:$BAVS_RABBITMQ_PORT)"
+bavs_rabbitmq_start
+bavs_info "ready in $((SECONDS - t))s"
+
+t=$SECONDS
+bavs_step "starting clamd (127.0.0.1:$BAVS_CLAMD_PORT + $CLAMD_SOCKET)"
+bavs_clamd_start
+bavs_info "ready in $((SECONDS - t))s"
+
+t=$SECONDS
+bavs_step "starting minio (127.0.0.1:$BAVS_MINIO_PORT)"
+bavs_minio_start
+bavs_info "ready in $((SECONDS - t))s"
+
+# ---- 5. self-checks ---------------------------------------------------------------
+bavs_step "checking clamd detections and the MinIO notification ARN"
+python3 "$here/probe.py" clamd-selftest --tcp "127.0.0.1:$BAVS_CLAMD_PORT" --unix "$CLAMD_SOCKET" ||
+    bavs_fail_with_log clamd "$CLAMD_LOG" "test signatures not detected as expected"
+arn=$(python3 "$here/probe.py" notify-arn --endpoint "http://127.0.0.1:$BAVS_MINIO_PORT" \
+    --access-key "$BAVS_S3_ACCESS_KEY" --secret-key "$BAVS_S3_SECRET_KEY" --region us-east-1 \
+    --target-id "$BAVS_NOTIFY_TARGET_ID") ||
+    bavs_fail_with_log minio "$MINIO_LOG" "no queue ARN for target $BAVS_NOTIFY_TARGET_ID accepted by PutBucketNotificationConfiguration"
+if [[ $arn != "$BAVS_NOTIFY_ARN" ]]; then
+    BAVS_NOTIFY_ARN=$arn
+    bavs_write_stack_env
+fi
+
+# ---- summary ----------------------------------------------------------------------
+prefix=""
+[[ $BAVS_STACK_DIR == "$BAVS_REPO_ROOT/target/stack" ]] || prefix="BAVS_STACK_DIR=$BAVS_STACK_DIR "
+cat <<EOF
+==> stack up in $((SECONDS - started))s
+    S3 (MinIO)       http://127.0.0.1:$BAVS_MINIO_PORT  (console http://127.0.0.1:$BAVS_MINIO_CONSOLE_PORT)
+    notify ARN       $BAVS_NOTIFY_ARN  -> exchange $BAVS_EXCHANGE ($BAVS_EXCHANGE_TYPE), key $BAVS_ROUTING_KEY
+    AMQP             amqp://127.0.0.1:$BAVS_RABBITMQ_PORT/%2f  (user $BAVS_RABBITMQ_USER)
+    RabbitMQ mgmt    http://127.0.0.1:$BAVS_RABBITMQ_MANAGEMENT_PORT
+    clamd            127.0.0.1:$BAVS_CLAMD_PORT, $CLAMD_SOCKET
+    env file         $STACK_ENV   (credentials; source it or read KEY=value lines)
+    control          ${prefix}bash testing/stack/service.sh {start|stop|restart|status} {rabbitmq|minio|clamd}
+    stop             ${prefix}bash testing/stack/stack-down.sh
+EOF
