@@ -264,7 +264,7 @@ impl Processor {
     }
 
     /// Runs `step` until it succeeds or fails for good: while a service is unavailable it waits
-    /// (backing off up to 15 s) for as long as it takes, since the message is not to blame;
+    /// (backing off up to 5 s) for as long as it takes, since the message is not to blame;
     /// transient failures get a few attempts here before the message is handed back.
     async fn retrying<T, F, Fut>(&self, shutdown: &CancellationToken, mut step: F) -> Result<T, ProcessError>
     where
@@ -294,7 +294,7 @@ impl Processor {
                 () = shutdown.cancelled() => return Err(error),
                 () = tokio::time::sleep(backoff) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(15));
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

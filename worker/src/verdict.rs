@@ -50,7 +50,7 @@ impl Verdict {
 impl fmt::Display for Unscannable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::TooLarge { size, limit } => write!(f, "too-large: {size} bytes, limit {limit}"),
+            Self::TooLarge { size, limit } => write!(f, "too-large: {size} bytes over the {limit} byte limit"),
             Self::StreamLimit => f.write_str("too-large: over clamd StreamMaxLength"),
             Self::ScanLimit { heuristic } => write!(f, "scan-limit: {heuristic}"),
             Self::Encrypted { heuristic } => write!(f, "encrypted: {heuristic}"),
@@ -121,6 +121,6 @@ mod tests {
     fn details_name_the_signature_or_reason() {
         assert_eq!(Verdict::Clean.detail(), None);
         let too_large = Verdict::Unscannable { reason: Unscannable::TooLarge { size: 10, limit: 5 } };
-        assert_eq!(too_large.detail().unwrap(), "too-large: 10 bytes, limit 5");
+        assert_eq!(too_large.detail().unwrap(), "too-large: 10 bytes over the 5 byte limit");
     }
 }

@@ -173,7 +173,7 @@ async fn an_object_over_the_size_limit_is_unscannable_and_never_downloaded() {
     scenario.stack.put(&scenario.bucket, "fits.bin", clean_bytes(1000)).await;
     let tags = scenario.stack.wait_for_verdict(&scenario.bucket, "too-big.bin", None, VERDICT_TIMEOUT).await;
     assert_eq!(tags["av-status"], "unscannable");
-    assert_eq!(tags["av-detail"], "too-large: 5000 bytes, limit 1000");
+    assert_eq!(tags["av-detail"], "too-large: 5000 bytes over the 1000 byte limit");
     let fits = scenario.stack.wait_for_verdict(&scenario.bucket, "fits.bin", None, VERDICT_TIMEOUT).await;
     assert_eq!(fits["av-status"], "clean");
     // Only the object that fits was streamed to clamd.
