@@ -26,3 +26,28 @@ stack-service action service:
 # Smoke-test the running stack: clamd detections, end-to-end MinIO -> RabbitMQ event
 stack-check:
     @bash testing/stack/check.sh
+
+# ---------------------------------------------------------------------------
+# The two commands of the README, and the benchmark
+# ---------------------------------------------------------------------------
+
+# Everything at once: lints, unit tests, and integration tests against a fresh real stack
+test:
+    @bash testing/run-tests.sh
+
+# Show the pipeline on a clean file and EICAR (--keep-running: leave the worker up)
+demo *flags:
+    @bash testing/stack/stack-up.sh
+    @cargo build --release --locked -p bucket-av-worker -p bucket-av-testing --bins
+    @WORKER_LOG=warn target/release/demo --worker target/release/bucket-av-worker {{ flags }}
+    @echo "The stack keeps running (see target/stack/stack.env); stop it with: just stack-down"
+
+# Measure the worker against raw clamd on the same machine and bytes; see BENCHMARKS.md
+bench-worker *flags:
+    @BAVS_CLAMD_STREAM_MAX_LENGTH=1100M BAVS_CLAMD_MAX_FILE_SIZE=1100M BAVS_CLAMD_MAX_SCAN_SIZE=1100M bash testing/stack/stack-up.sh
+    @cargo build --release --locked -p bucket-av-worker -p bucket-av-testing --bins
+    @WORKER_LOG=warn target/release/bench-worker --worker target/release/bucket-av-worker {{ flags }}
+
+# Format the code
+fmt:
+    cargo fmt --all

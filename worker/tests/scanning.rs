@@ -471,7 +471,7 @@ async fn metrics_and_health_endpoints_answer() {
 #[tokio::test]
 async fn sigterm_lets_the_scan_in_flight_finish_and_exits() {
     let scenario = Scenario::start("drain", false, &["--drain-seconds", "60"]).await;
-    scenario.stack.put(&scenario.bucket, "slow.bin", marked_bytes(200 * 1024 * 1024)).await;
+    scenario.stack.put(&scenario.bucket, "slow.bin", marked_bytes(100 * 1024 * 1024)).await;
     // Wait until the scan is in flight, then ask the worker to stop.
     let worker = scenario.worker();
     let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;

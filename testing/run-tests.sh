@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project against a fresh real stack, then stops the stack,
+# also when a test fails. `just test` calls this; so does CI (through `just test`).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "Formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "Building the tests"
+cargo test --workspace --locked --no-run
+
+step "Starting the real stack (RabbitMQ, MinIO, clamd)"
+bash testing/stack/stack-up.sh
+trap 'step "Stopping the stack"; bash testing/stack/stack-down.sh' EXIT
+
+step "Running every test (unit, then integration against the stack)"
+# Integration tests spend their time waiting on services, so more run at once than there are
+# cores. Test binaries run one after another, which keeps the clamd outage suite on its own.
+WORKER_LOG=${WORKER_LOG:-warn} cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"
