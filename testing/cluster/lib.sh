@@ -1,0 +1,137 @@
+# shellcheck shell=bash disable=SC2034 # variables are used by the scripts that source this file
+# Shared settings and helpers of the local Kubernetes control plane
+# (etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok).
+# Sourced by provision.sh, cluster-up.sh and cluster-down.sh; not meant to be run.
+
+BAVS_CLUSTER_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BAVS_REPO_ROOT="$(cd "$BAVS_CLUSTER_SCRIPTS/../.." && pwd)"
+
+# ---- pinned versions ---------------------------------------------------------
+# Kubernetes and etcd are pinned by the wrapper modules next to this file
+# (k8s/go.mod, etcd/go.mod, with their go.sum): the versions are read from
+# there so that they cannot drift apart. kwok has no replace directives and is
+# built with `go install sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION`.
+KWOK_VERSION=v0.8.0
+KWOK_MODULE=sigs.k8s.io/kwok
+
+# The module proxy does not say which git commit a release tag points at; the
+# binaries report this value as gitCommit (empty = unknown; set it when known).
+K8S_GIT_COMMIT=""
+# ------------------------------------------------------------------------------
+
+bavs__gomod_require() { # FILE MODULE -> version
+    awk -v m="$2" '($1 == "require" && $2 == m) { print $3; exit } ($1 == m && $2 ~ /^v/) { print $2; exit }' "$1"
+}
+
+K8S_VERSION=$(bavs__gomod_require "$BAVS_CLUSTER_SCRIPTS/k8s/go.mod" k8s.io/kubernetes)
+ETCD_VERSION=$(bavs__gomod_require "$BAVS_CLUSTER_SCRIPTS/etcd/go.mod" go.etcd.io/etcd/server/v3)
+
+BAVS_TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/bucket-av-scanner/tools"
+BAVS_K8S_DIR="$BAVS_TOOLS_DIR/kubernetes-$K8S_VERSION"
+BAVS_ETCD_DIR="$BAVS_TOOLS_DIR/etcd-$ETCD_VERSION"
+BAVS_KWOK_DIR="$BAVS_TOOLS_DIR/kwok-$KWOK_VERSION"
+BAVS_K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# kwok's default Stages (node-initialize, node-heartbeat-with-lease, pod-ready,
+# pod-complete, pod-delete), copied from the kwok module at build time.
+BAVS_KWOK_STAGES="$BAVS_KWOK_DIR/stages.yaml"
+
+# ---------------------------------------------------------------- output ----
+
+bavs_step() { printf '==> %s\n' "$*"; }
+bavs_info() { printf '    %s\n' "$*"; }
+bavs_warn() { printf 'WARNING: %s\n' "$*" >&2; }
+bavs_die() {
+    printf 'ERROR: %s\n' "$*" >&2
+    exit 1
+}
+
+# bavs_fail_with_log COMPONENT LOGFILE MESSAGE: fail, showing the tail of a log.
+bavs_fail_with_log() {
+    local component=$1 log=$2 msg=$3
+    {
+        printf 'ERROR: %s: %s\n' "$component" "$msg"
+        printf '       log: %s\n' "$log"
+        if [[ -s $log ]]; then
+            printf '       last 20 lines:\n'
+            tail -n 20 "$log" | sed 's/^/       | /'
+        else
+            printf '       (log is empty or missing)\n'
+        fi
+        printf '       (stop what is left with: BAVS_CLUSTER_DIR=%s bash testing/cluster/cluster-down.sh)\n' "${BAVS_CLUSTER_DIR:-}"
+    } >&2
+    exit 1
+}
+
+# ------------------------------------------------------------- config ----
+
+BAVS_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok)
+
+# Defaults for a new cluster; each is overridable from the environment of
+# cluster-up.sh and then frozen into cluster.env.
+bavs_cluster_defaults() {
+    : "${BAVS_CLUSTER_DIR:=$BAVS_REPO_ROOT/target/cluster}"
+    : "${BAVS_ETCD_PORT:=32379}"
+    : "${BAVS_ETCD_PEER_PORT:=32380}"
+    : "${BAVS_KUBE_APISERVER_PORT:=36443}"
+    : "${BAVS_KUBE_CONTROLLER_MANAGER_PORT:=36444}"
+    : "${BAVS_KUBE_SCHEDULER_PORT:=36445}"
+    : "${BAVS_KWOK_PORT:=36450}"
+    : "${BAVS_KWOK_NODES:=2}"
+    # Service ClusterIPs exist only in the API: nothing routes them.
+    : "${BAVS_KUBE_SERVICE_CIDR:=10.96.0.0/16}"
+    # Fake pod IPs handed out by kwok (never routed either).
+    : "${BAVS_KWOK_POD_CIDR:=10.244.0.0/16}"
+    # kube-apiserver --enable-aggregator-routing (see README: APIService backends)
+    : "${BAVS_KUBE_AGGREGATOR_ROUTING:=true}"
+    # seconds to wait for each component to become ready
+    : "${BAVS_CLUSTER_TIMEOUT:=90}"
+    if [[ $BAVS_CLUSTER_DIR != /* ]]; then
+        BAVS_CLUSTER_DIR="$PWD/$BAVS_CLUSTER_DIR"
+    fi
+}
+
+# Derived paths inside the cluster dir.
+bavs_cluster_paths() {
+    CLUSTER_ENV=$BAVS_CLUSTER_DIR/cluster.env
+    PKI=$BAVS_CLUSTER_DIR/pki
+    LOGS=$BAVS_CLUSTER_DIR/logs
+    KUBECONFIG_ADMIN=$BAVS_CLUSTER_DIR/kubeconfig
+    KUBECTL=$BAVS_K8S_DIR/kubectl
+}
+
+bavs_pidfile() { printf '%s/%s.pid\n' "$BAVS_CLUSTER_DIR" "$1"; }
+bavs_logfile() { printf '%s/%s.log\n' "$LOGS" "$1"; }
+
+# bavs_component_pid COMPONENT: print the pid of a running component of THIS
+# cluster (pid file present, process alive and its command line mentions the
+# cluster dir, so a recycled pid is never taken for ours); fail otherwise.
+bavs_component_pid() {
+    local pidf pid
+    pidf=$(bavs_pidfile "$1")
+    [[ -s $pidf ]] || return 1
+    pid=$(<"$pidf")
+    [[ $pid =~ ^[0-9]+$ ]] || return 1
+    [[ -r /proc/$pid/cmdline ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$BAVS_CLUSTER_DIR/" || return 1
+    printf '%s\n' "$pid"
+}
+
+# bavs_stop_component COMPONENT [TIMEOUT]: SIGTERM, then SIGKILL after TIMEOUT s.
+bavs_stop_component() {
+    local c=$1 timeout=${2:-15} pid i
+    pid=$(bavs_component_pid "$c") || return 0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < timeout * 10; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        # a zombie (not reaped by its parent) counts as stopped
+        [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && return 0
+        sleep 0.1
+    done
+    bavs_warn "$c (pid $pid) did not stop within ${timeout}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    return 1
+}

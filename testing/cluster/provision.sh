@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# Build and cache the binaries of the local Kubernetes control plane at pinned
+# versions, under ${XDG_CACHE_HOME:-~/.cache}/bucket-av-scanner/tools/:
+#   kubernetes-<v>/  kube-apiserver kube-controller-manager kube-scheduler kubectl
+#                    (k8s.io/kubernetes through the wrapper module k8s/)
+#   etcd-<v>/etcd    (go.etcd.io/etcd/server/v3 through the wrapper module etcd/)
+#   kwok-<v>/kwok    (go install sigs.k8s.io/kwok/cmd/kwok@<v>) and stages.yaml
+# Idempotent: when everything is cached nothing is built and a run takes well
+# under a second. Prints one line per component.
+#
+#   bash testing/cluster/provision.sh
+#
+# Builds run under `nice -n 19`. BAVS_GO_BUILD_JOBS=N passes `-p N` to go
+# (default: Go's own, one job per core). A cold build takes ~25 min on 2 cores.
+
+# shellcheck source=testing/cluster/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+bavs__go_env() {
+    command -v go >/dev/null 2>&1 || bavs_die "'go' is not on PATH; Go >= 1.26 is needed to build the control plane"
+    # The wrapper modules are built exactly as committed (go.sum), never as
+    # part of a go.work that may exist above the repo.
+    export GOWORK=off CGO_ENABLED=0
+    BAVS_GO_JOBS=()
+    [[ -n ${BAVS_GO_BUILD_JOBS:-} ]] && BAVS_GO_JOBS=(-p "$BAVS_GO_BUILD_JOBS")
+    return 0
+}
+
+# bavs__tmpdir NAME: a fresh build dir on the cache's filesystem (so that the
+# final `mv` is an atomic rename); leftovers of killed builds are removed here
+# (we hold the provisioning lock).
+bavs__tmpdir() {
+    rm -rf "$BAVS_TOOLS_DIR/.$1.build."*
+    mktemp -d "$BAVS_TOOLS_DIR/.$1.build.XXXXXX"
+}
+
+# bavs__install_dir TMP FINAL: replace FINAL by TMP in one rename.
+bavs__install_dir() {
+    local tmp=$1 final=$2
+    if [[ -e $final ]]; then
+        mv "$final" "$tmp.old"
+        rm -rf "$tmp.old"
+    fi
+    mv "$tmp" "$final"
+}
+
+bavs__build_failed() { # NAME LOG
+    printf 'ERROR: %s build failed; last lines of %s:\n' "$1" "$2" >&2
+    tail -n 20 "$2" >&2
+    exit 1
+}
+
+bavs__provision_k8s() {
+    local b complete=1 tmp log start ldflags pkg
+    for b in "${BAVS_K8S_BINARIES[@]}"; do
+        [[ -x $BAVS_K8S_DIR/$b ]] || complete=0
+    done
+    if ((complete)); then
+        for b in "${BAVS_K8S_BINARIES[@]}"; do
+            printf '%-24s cached  %s (%s)\n' "$b" "$K8S_VERSION" "$BAVS_K8S_DIR/$b"
+        done
+        return 0
+    fi
+    bavs__go_env
+    tmp=$(bavs__tmpdir "kubernetes-$K8S_VERSION")
+    log=$BAVS_TOOLS_DIR/kubernetes-$K8S_VERSION.build.log
+    # Version stamps as upstream's hack/lib/version.sh sets them; without them
+    # every binary reports v0.0.0-master.
+    local major minor
+    major=${K8S_VERSION#v}
+    major=${major%%.*}
+    minor=${K8S_VERSION#v*.}
+    minor=${minor%%.*}
+    ldflags="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+        ldflags+=" -X $pkg.gitCommit=$K8S_GIT_COMMIT -X $pkg.gitTreeState=archive"
+        ldflags+=" -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    done
+    printf 'building kubernetes %s (%s) with %s (cold: ~25 min on 2 cores; log: %s)\n' \
+        "$K8S_VERSION" "${BAVS_K8S_BINARIES[*]}" "$(go env GOVERSION)" "$log"
+    start=$SECONDS
+    (
+        cd "$BAVS_CLUSTER_SCRIPTS/k8s" &&
+            nice -n 19 go build "${BAVS_GO_JOBS[@]}" -trimpath -tags selinux,notest -ldflags "$ldflags" \
+                -o "$tmp/" "${BAVS_K8S_BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
+    ) >"$log" 2>&1 || bavs__build_failed kubernetes "$log"
+    local got
+    got=$("$tmp/kubectl" version --client -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | head -n1)
+    [[ $got == "$K8S_VERSION" ]] || bavs_die "kubectl built from $K8S_VERSION reports version '$got'"
+    bavs__install_dir "$tmp" "$BAVS_K8S_DIR"
+    for b in "${BAVS_K8S_BINARIES[@]}"; do
+        printf '%-24s built   %s (%s)\n' "$b" "$K8S_VERSION" "$BAVS_K8S_DIR/$b"
+    done
+    printf '%-24s         built in %ss\n' kubernetes "$((SECONDS - start))"
+}
+
+bavs__provision_etcd() {
+    local tmp log start
+    if [[ -x $BAVS_ETCD_DIR/etcd ]]; then
+        printf '%-24s cached  %s (%s)\n' etcd "$ETCD_VERSION" "$BAVS_ETCD_DIR/etcd"
+        return 0
+    fi
+    bavs__go_env
+    tmp=$(bavs__tmpdir "etcd-$ETCD_VERSION")
+    log=$BAVS_TOOLS_DIR/etcd-$ETCD_VERSION.build.log
+    printf 'building etcd %s with %s (log: %s)\n' "$ETCD_VERSION" "$(go env GOVERSION)" "$log"
+    start=$SECONDS
+    (
+        cd "$BAVS_CLUSTER_SCRIPTS/etcd" &&
+            nice -n 19 go build "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+    ) >"$log" 2>&1 || bavs__build_failed etcd "$log"
+    "$tmp/etcd" --version >>"$log" 2>&1 || bavs__build_failed etcd "$log"
+    bavs__install_dir "$tmp" "$BAVS_ETCD_DIR"
+    printf '%-24s built   %s (%s, %ss)\n' etcd "$ETCD_VERSION" "$BAVS_ETCD_DIR/etcd" "$((SECONDS - start))"
+}
+
+bavs__provision_kwok() {
+    local tmp log start src s
+    if [[ -x $BAVS_KWOK_DIR/kwok && -s $BAVS_KWOK_STAGES ]]; then
+        printf '%-24s cached  %s (%s)\n' kwok "$KWOK_VERSION" "$BAVS_KWOK_DIR/kwok"
+        return 0
+    fi
+    bavs__go_env
+    tmp=$(bavs__tmpdir "kwok-$KWOK_VERSION")
+    log=$BAVS_TOOLS_DIR/kwok-$KWOK_VERSION.build.log
+    printf 'building kwok %s with %s (log: %s)\n' "$KWOK_VERSION" "$(go env GOVERSION)" "$log"
+    start=$SECONDS
+    (
+        cd "$tmp" &&
+            GOBIN=$tmp nice -n 19 go install "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" "$KWOK_MODULE/cmd/kwok@$KWOK_VERSION"
+    ) >"$log" 2>&1 || bavs__build_failed kwok "$log"
+    # kwok ships its default Stages as YAML in the module (kustomize/stage/...);
+    # kwokctl passes the same set to kwok (node-initialize, node heartbeat with
+    # lease, pod-ready, pod-complete, pod-delete). Keep them with the binary.
+    src=$(cd "$tmp" && go mod download -json "$KWOK_MODULE@$KWOK_VERSION" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [[ -d $src/kustomize/stage ]] || bavs_die "kwok: no kustomize/stage in the module source ($src)"
+    {
+        printf '# Default kwok Stages, copied from %s@%s kustomize/stage/.\n' "$KWOK_MODULE" "$KWOK_VERSION"
+        for s in node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+            pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+            printf -- '---\n'
+            cat "$src/kustomize/stage/$s"
+        done
+    } >"$tmp/stages.yaml"
+    bavs__install_dir "$tmp" "$BAVS_KWOK_DIR"
+    printf '%-24s built   %s (%s, %ss)\n' kwok "$KWOK_VERSION" "$BAVS_KWOK_DIR/kwok" "$((SECONDS - start))"
+}
+
+# openssl makes the cluster's certificates, curl probes health endpoints.
+bavs__provision_apt() {
+    local missing=() c
+    for c in openssl curl; do
+        command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+    done
+    ((${#missing[@]})) || return 0
+    [[ $(id -u) == 0 ]] || bavs_die "missing: ${missing[*]}; run as root: apt-get install -y ${missing[*]}"
+    printf 'installing Debian packages: %s\n' "${missing[*]}"
+    if ! { DEBIAN_FRONTEND=noninteractive apt-get update &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } >/dev/null; then
+        bavs_die "apt-get install ${missing[*]} failed"
+    fi
+}
+
+bavs_cluster_provision() {
+    [[ -n $K8S_VERSION && -n $ETCD_VERSION ]] || bavs_die "cannot read the pinned versions from $BAVS_CLUSTER_SCRIPTS/{k8s,etcd}/go.mod"
+    mkdir -p "$BAVS_TOOLS_DIR"
+    # Serialise concurrent provisioning (parallel test runs, two terminals).
+    exec 9>"$BAVS_TOOLS_DIR/.cluster-provision.lock"
+    flock 9
+    trap 'rm -rf "$BAVS_TOOLS_DIR"/.{kubernetes,etcd,kwok}-*.build.*' EXIT
+    trap 'exit 130' INT TERM
+    bavs__provision_apt
+    bavs__provision_etcd
+    bavs__provision_kwok
+    bavs__provision_k8s
+    trap - EXIT INT TERM
+    flock -u 9
+    exec 9>&-
+}
+
+if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
+    set -euo pipefail
+    bavs_cluster_provision
+fi
