@@ -38,8 +38,8 @@ test:
 # Show the pipeline on a clean file and EICAR (--keep-running: leave the worker up)
 demo *flags:
     @bash testing/stack/stack-up.sh
-    @cargo build --release --locked -p bucket-av-worker -p bucket-av-testing --bins
-    @WORKER_LOG=warn target/release/demo --worker target/release/bucket-av-worker {{ flags }}
+    @cargo build --locked -p bucket-av-worker -p bucket-av-testing --bins
+    @WORKER_LOG=warn target/debug/demo --worker target/debug/bucket-av-worker {{ flags }}
     @echo "The stack keeps running (see target/stack/stack.env); stop it with: just stack-down"
 
 # Measure the worker against raw clamd on the same machine and bytes; see BENCHMARKS.md

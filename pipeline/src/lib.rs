@@ -2,6 +2,7 @@
 //! format, the RabbitMQ topology that carries events, the S3 client set-up and the bucket
 //! notification configuration. Nothing here scans or decides a verdict.
 
+pub mod amqp;
 pub mod event;
 pub mod notification;
 pub mod s3;

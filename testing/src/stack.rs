@@ -90,8 +90,14 @@ impl Stack {
         assert!(status.success(), "service.sh {action} {service} failed");
     }
 
-    /// Creates a bucket (versioned on request) whose uploads are published to the stack's AMQP target.
+    /// Creates a bucket (versioned on request) whose uploads are published to the stack's durable
+    /// AMQP target (with `queue_dir`).
     pub async fn watched_bucket(&self, prefix: &str, versioned: bool) -> String {
+        self.bucket_routed_to(prefix, versioned, self.notify_arn()).await
+    }
+
+    /// Creates a bucket whose uploads are published to the notification target `arn`.
+    pub async fn bucket_routed_to(&self, prefix: &str, versioned: bool, arn: &str) -> String {
         let bucket = crate::unique_name(prefix);
         let s3 = self.s3();
         s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
@@ -105,7 +111,7 @@ impl Stack {
                 .await
                 .expect("enable versioning");
         }
-        notification::ensure(&s3, &bucket, self.notify_arn(), "bucket-av-test", &[KeyFilter::default()])
+        notification::ensure(&s3, &bucket, arn, "bucket-av-test", &[KeyFilter::default()])
             .await
             .expect("route the bucket's uploads to the stack's AMQP target");
         bucket

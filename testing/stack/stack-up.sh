@@ -172,6 +172,18 @@ MINIO_NOTIFY_AMQP_MANDATORY_$id=off
 MINIO_NOTIFY_AMQP_INTERNAL_$id=off
 MINIO_NOTIFY_AMQP_AUTO_DELETED_$id=off
 MINIO_NOTIFY_AMQP_NO_WAIT_$id=off
+# A second target to the same exchange WITHOUT queue_dir, for latency measurements only: with
+# queue_dir MinIO sends stored events from a 3 s replay ticker (internal/store/store.go), which
+# dominates upload-to-verdict latency; without it events go out at once but are lost while
+# RabbitMQ is down. Production uses the durable target.
+MINIO_NOTIFY_AMQP_ENABLE_${id}DIRECT=on
+MINIO_NOTIFY_AMQP_URL_${id}DIRECT=amqp://$BAVS_RABBITMQ_USER:$BAVS_RABBITMQ_PASSWORD@127.0.0.1:$BAVS_RABBITMQ_PORT/
+MINIO_NOTIFY_AMQP_EXCHANGE_${id}DIRECT=$BAVS_EXCHANGE
+MINIO_NOTIFY_AMQP_EXCHANGE_TYPE_${id}DIRECT=$BAVS_EXCHANGE_TYPE
+MINIO_NOTIFY_AMQP_ROUTING_KEY_${id}DIRECT=$BAVS_ROUTING_KEY
+MINIO_NOTIFY_AMQP_DURABLE_${id}DIRECT=on
+MINIO_NOTIFY_AMQP_DELIVERY_MODE_${id}DIRECT=2
+MINIO_NOTIFY_AMQP_PUBLISHING_CONFIRMS_${id}DIRECT=on
 EOF
 
 # ---- stack.env --------------------------------------------------------------------
@@ -193,6 +205,8 @@ BAVS_S3_ACCESS_KEY=$BAVS_S3_ACCESS_KEY
 BAVS_S3_SECRET_KEY=$BAVS_S3_SECRET_KEY
 BAVS_NOTIFY_TARGET_ID=$BAVS_NOTIFY_TARGET_ID
 BAVS_NOTIFY_ARN=$BAVS_NOTIFY_ARN
+# same exchange and routing key, no queue_dir: for latency benchmarks only
+BAVS_NOTIFY_DIRECT_ARN=arn:minio:sqs::${BAVS_NOTIFY_TARGET_ID}DIRECT:amqp
 BAVS_MINIO_QUEUE_DIR=$MINIO_QUEUE_DIR
 BAVS_MINIO_LOG=$MINIO_LOG
 

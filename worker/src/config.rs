@@ -21,6 +21,9 @@ pub struct Config {
     /// AMQP URL of RabbitMQ (`amqp://` or `amqps://`), credentials included.
     #[arg(long, env = "BAVS_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Secret,
+    /// PEM file of CA certificates to trust for an `amqps://` URL (system roots otherwise).
+    #[arg(long, env = "BAVS_AMQP_CA_BUNDLE")]
+    pub amqp_ca_bundle: Option<PathBuf>,
     /// Exchange the MinIO notification target publishes to.
     #[arg(long, env = "BAVS_EXCHANGE", default_value = "bucket-av.events")]
     pub exchange: String,

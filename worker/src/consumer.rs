@@ -15,7 +15,7 @@ use lapin::options::{
     ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -31,6 +31,8 @@ pub enum ConsumeError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
+    Connect(#[from] bucket_av_pipeline::amqp::ConnectError),
+    #[error(transparent)]
     Topology(#[from] bucket_av_pipeline::topology::TopologyError),
     #[error("the broker cancelled the consumer (queue deleted?)")]
     Cancelled,
@@ -42,6 +44,7 @@ pub enum ConsumeError {
 
 pub struct Consumer {
     pub amqp_url: Secret,
+    pub amqp_ca_bundle: Option<std::path::PathBuf>,
     pub topology: Topology,
     pub declare_topology: bool,
     pub concurrency: u16,
@@ -80,7 +83,7 @@ impl Consumer {
     }
 
     async fn consume_once(&self, shutdown: &CancellationToken, tracker: &TaskTracker) -> Result<(), ConsumeError> {
-        let connection = Connection::connect(self.amqp_url.expose(), ConnectionProperties::default()).await?;
+        let connection = bucket_av_pipeline::amqp::connect(&self.amqp_url, self.amqp_ca_bundle.as_deref()).await?;
         let channel = connection.create_channel().await?;
         if self.declare_topology {
             self.topology.declare(&channel).await?;
@@ -143,20 +146,9 @@ async fn settle(
 ) {
     let delivery_count =
         delivery.properties.headers().as_ref().and_then(|h| header_u64(h, "x-delivery-count")).unwrap_or(0);
-    let disposition = match disposition {
-        // This delivery was the last the queue allows: dead-letter it here, with our reason,
-        // rather than let the broker do it with only "delivery_limit".
-        Disposition::Requeue(error) if delivery_count + 1 >= u64::from(topology.delivery_limit) => {
-            Disposition::DeadLetter {
-                kind: error.kind(),
-                reason: format!("gave up after {} deliveries: {error}", delivery_count + 1),
-            }
-        }
-        other => other,
-    };
-    let result = match disposition {
+    let result = match escalate(disposition, delivery_count, topology.delivery_limit) {
         Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
-        Disposition::Requeue(error) => {
+        Disposition::Requeue(error) | Disposition::Release(error) => {
             tracing::warn!(error = %error, kind = error.kind(), delivery_count, "handing the message back for redelivery");
             delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(drop)
         }
@@ -177,6 +169,19 @@ async fn settle(
     if let Err(error) = result {
         metrics.error("settle");
         tracing::warn!(error = %error, "could not settle the message; the broker will redeliver it");
+    }
+}
+
+/// Turns a requeue on the last delivery the queue allows into a dead-letter with our reason,
+/// rather than letting the broker dead-letter it with only "delivery_limit".
+/// `delivery_count` is the broker's `x-delivery-count`: 0 on the first delivery.
+fn escalate(disposition: Disposition, delivery_count: u64, delivery_limit: u32) -> Disposition {
+    match disposition {
+        Disposition::Requeue(error) if delivery_count + 1 >= u64::from(delivery_limit) => Disposition::DeadLetter {
+            kind: error.kind(),
+            reason: format!("gave up after {} deliveries: {error}", delivery_count + 1),
+        },
+        other => other,
     }
 }
 
@@ -208,5 +213,43 @@ async fn publish_dead_letter(
         Ok(())
     } else {
         Err(ConsumeError::DeadLetterRefused(topology.dead_letter_exchange()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{ErrorClass, ProcessError};
+
+    fn failure(class: ErrorClass) -> ProcessError {
+        ProcessError::GetObject { message: "boom".into(), class }
+    }
+
+    #[test]
+    fn a_requeue_on_the_last_allowed_delivery_becomes_a_dead_letter_with_the_reason() {
+        assert!(matches!(
+            escalate(Disposition::Requeue(failure(ErrorClass::Transient)), 0, 3),
+            Disposition::Requeue(_)
+        ));
+        assert!(matches!(
+            escalate(Disposition::Requeue(failure(ErrorClass::Transient)), 1, 3),
+            Disposition::Requeue(_)
+        ));
+        match escalate(Disposition::Requeue(failure(ErrorClass::Transient)), 2, 3) {
+            Disposition::DeadLetter { kind, reason } => {
+                assert_eq!(kind, "get_object");
+                assert_eq!(reason, "gave up after 3 deliveries: get object: boom");
+            }
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_release_because_a_service_is_down_is_never_dead_lettered() {
+        assert!(matches!(
+            escalate(Disposition::Release(failure(ErrorClass::Unavailable)), 9, 3),
+            Disposition::Release(_)
+        ));
+        assert!(matches!(escalate(Disposition::Ack, 9, 3), Disposition::Ack));
     }
 }

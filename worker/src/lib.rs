@@ -96,6 +96,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     );
     let consumer = Consumer {
         amqp_url: config.amqp_url.clone(),
+        amqp_ca_bundle: config.amqp_ca_bundle.clone(),
         topology: config.topology(),
         declare_topology: config.declare_topology,
         concurrency: config.concurrency,

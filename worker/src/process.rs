@@ -25,8 +25,11 @@ use crate::webhook::{QuarantineLocation, Report, Timings, Webhook};
 #[derive(Debug)]
 pub enum Disposition {
     Ack,
-    /// Return it to the queue for another delivery.
+    /// Return it to the queue for another delivery; it counts against the delivery limit.
     Requeue(ProcessError),
+    /// Hand it back untouched because a service it needs is down (or the worker is stopping):
+    /// not the message's fault, so it is never dead-lettered for it.
+    Release(ProcessError),
     /// Move it to the dead-letter queue with the reason; `kind` is a metric label.
     DeadLetter {
         kind: &'static str,
@@ -97,7 +100,8 @@ impl Processor {
             if let Err(error) = self.handle_record(event, shutdown).await {
                 return match error.class() {
                     ErrorClass::Permanent => Disposition::DeadLetter { kind: error.kind(), reason: error.to_string() },
-                    ErrorClass::Transient | ErrorClass::Unavailable => Disposition::Requeue(error),
+                    ErrorClass::Transient => Disposition::Requeue(error),
+                    ErrorClass::Unavailable => Disposition::Release(error),
                 };
             }
         }

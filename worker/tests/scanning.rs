@@ -211,22 +211,16 @@ async fn an_object_deleted_before_its_scan_is_acknowledged_and_reported_missing(
     // No worker yet: the event waits in the queue while the object is deleted.
     let scenario = Scenario::prepare("missing", false, &["--webhook-url", &url]).await;
     scenario.stack.put(&scenario.bucket, "gone.txt", clean_bytes(10)).await;
-    wait_for_queue_depth(&scenario, 1).await;
+    scenario.wait_for_queued_events(1).await;
     scenario.stack.s3().delete_object().bucket(&scenario.bucket).key("gone.txt").send().await.unwrap();
     let scenario = scenario.with_worker().await;
     let report = hooks.wait_for_key("gone.txt", VERDICT_TIMEOUT).await;
     assert_eq!(report.json["verdict"], "missing");
-    wait_for_queue_depth(&scenario, 0).await;
-    assert_eq!(scenario.queue_depths().await, (0, 0), "the message must be acknowledged, not dead-lettered");
+    assert_eq!(report.json["action"], "none");
+    scenario.wait_for_queued_events(0).await;
+    assert_eq!(scenario.queue_depths().await.1, 0, "the message must be acknowledged, not dead-lettered");
+    assert_eq!(scenario.worker().metric("bucket_av_worker_scans_total{verdict=\"missing\"}").await, 1.0);
     scenario.finish().await;
-}
-
-async fn wait_for_queue_depth(scenario: &Scenario, depth: u32) {
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while scenario.queue_depths().await.0 != depth {
-        assert!(std::time::Instant::now() < deadline, "queue never reached depth {depth}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -251,11 +245,11 @@ async fn an_object_replaced_before_its_scan_is_not_scanned_in_place_of_the_origi
     let scenario = Scenario::prepare("replaced", false, &["--webhook-url", &url, "--report-clean", "true"]).await;
     scenario.stack.put(&scenario.bucket, "swap.bin", marked_bytes(500)).await;
     scenario.stack.put(&scenario.bucket, "swap.bin", clean_bytes(500)).await;
-    wait_for_queue_depth(&scenario, 2).await;
+    scenario.wait_for_queued_events(2).await;
     let scenario = scenario.with_worker().await;
     let tags = scenario.stack.wait_for_verdict(&scenario.bucket, "swap.bin", None, VERDICT_TIMEOUT).await;
     assert_eq!(tags["av-status"], "clean");
-    wait_for_queue_depth(&scenario, 0).await;
+    scenario.wait_for_queued_events(0).await;
     // The first event's ETag no longer matches: skipped, never reported as the new content.
     let reports = hooks.received();
     assert_eq!(reports.len(), 1, "{:?}", reports.iter().map(|r| &r.json).collect::<Vec<_>>());
@@ -484,6 +478,7 @@ async fn sigterm_lets_the_scan_in_flight_finish_and_exits() {
     // The in-flight scan was finished and acknowledged before the exit.
     let tags = scenario.stack.tags(&scenario.bucket, "slow.bin", None).await.unwrap();
     assert_eq!(tags.get("av-status").map(String::as_str), Some("infected"), "exited after {took:?} without finishing");
-    assert_eq!(scenario.queue_depths().await, (0, 0));
+    assert!(scenario.queued_events_of_bucket().await.is_empty(), "the finished scan's message must be acknowledged");
+    assert_eq!(scenario.queue_depths().await.1, 0);
     scenario.finish().await;
 }

@@ -51,14 +51,15 @@ impl Scenario {
         self.worker.as_ref().expect("worker started")
     }
 
-    /// Publishes a raw message as MinIO would, to reach this scenario's queue.
+    /// Puts a raw message into this scenario's queue only (through the default exchange), so the
+    /// other suites' queues, bound to the shared exchange, never see it.
     pub async fn publish_raw(&self, body: &[u8]) {
         let connection = self.stack.amqp().await;
         let channel = connection.create_channel().await.unwrap();
         channel
             .basic_publish(
-                self.stack.var("BAVS_EXCHANGE").into(),
-                self.stack.var("BAVS_ROUTING_KEY").into(),
+                "".into(),
+                self.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 body,
                 BasicProperties::default().with_delivery_mode(2),
@@ -84,6 +85,45 @@ impl Scenario {
             }
             assert!(std::time::Instant::now() < deadline, "nothing reached {dlq} within {timeout:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Bodies of the messages waiting in this scenario's queue that name its bucket, read through
+    /// the management API without consuming them (`ack_requeue_true`). Every test queue is bound
+    /// to the shared exchange and so also holds the other suites' events; this filters them out.
+    pub async fn queued_events_of_bucket(&self) -> Vec<String> {
+        let url = format!("{}/api/queues/%2F/{}/get", self.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL"), self.queue);
+        let response = reqwest::Client::new()
+            .post(url)
+            .basic_auth(self.stack.var("BAVS_RABBITMQ_USER"), Some(self.stack.var("BAVS_RABBITMQ_PASSWORD")))
+            .json(&serde_json::json!({"count": 10000, "ackmode": "ack_requeue_true", "encoding": "auto"}))
+            .send()
+            .await
+            .expect("RabbitMQ management API");
+        assert!(response.status().is_success(), "management API: {}", response.status());
+        let messages: Vec<serde_json::Value> = response.json().await.expect("management API JSON");
+        let needle = format!("\"name\":\"{}\"", self.bucket);
+        messages
+            .into_iter()
+            .filter_map(|message| message["payload"].as_str().map(str::to_owned))
+            .filter(|payload| payload.contains(&needle))
+            .collect()
+    }
+
+    /// Waits until `count` events of this scenario's bucket wait in its queue.
+    pub async fn wait_for_queued_events(&self, count: usize) {
+        let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
+        loop {
+            let queued = self.queued_events_of_bucket().await.len();
+            if queued == count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "expected {count} queued events of {}, saw {queued}",
+                self.bucket
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
