@@ -1,0 +1,744 @@
+//! The `BucketScanPolicy` API types: spec, status and the CRD derived from them. Everything the API
+//! server can check is declared here as schema or CEL rules; nothing here talks to a cluster.
+
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validation::messages;
+
+/// Pattern of an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
+/// ending with a letter or digit.
+pub const BUCKET_NAME_PATTERN: &str = "^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$";
+/// Pattern of the name of a Secret or ConfigMap (an RFC 1123 subdomain).
+pub const OBJECT_NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$";
+/// Pattern of a key in a Secret or ConfigMap.
+pub const DATA_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
+/// Pattern of a MinIO notification target ID.
+pub const TARGET_ID_PATTERN: &str = "^[A-Za-z0-9_]{1,64}$";
+/// Pattern of a RabbitMQ exchange or queue name this API accepts.
+pub const AMQP_NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
+/// Longest queue name accepted, leaving room for the `.dead` and `.dlx` suffixes within
+/// RabbitMQ's 255-byte limit.
+pub const MAX_QUEUE_NAME_LEN: usize = 240;
+
+/// Scans the objects uploaded to MinIO buckets for malware: the operator routes the buckets'
+/// upload events through a RabbitMQ queue to scanning workers, which tag, delete or quarantine
+/// what they find and report it to an optional webhook.
+// Clippy takes the repeated `type_` of the printer columns for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "bucketav.dev",
+    version = "v1alpha1",
+    kind = "BucketScanPolicy",
+    plural = "bucketscanpolicies",
+    singular = "bucketscanpolicy",
+    shortname = "bsp",
+    category = "bucket-av",
+    namespaced,
+    status = "BucketScanPolicyStatus",
+    derive = "PartialEq",
+    doc = "Scans the objects uploaded to MinIO buckets for malware, through a RabbitMQ queue and autoscaled scanning workers",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Buckets", type_ = "string", json_path = ".status.buckets"),
+    printcolumn(name = "Queue Depth", type_ = "integer", json_path = ".status.queueDepth"),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(
+        "!has(self.actions) || !has(self.actions.quarantineBucket) || !self.buckets.exists(b, b.name == self.actions.quarantineBucket)"
+    )
+    .message(messages::QUARANTINE_IS_SCANNED)
+    .field_path(".actions.quarantineBucket")
+)]
+pub struct BucketScanPolicySpec {
+    /// The MinIO server that holds the buckets, and how to reach it.
+    pub minio: MinioSpec,
+
+    /// The buckets to scan (1 to 100 entries). A bucket may be listed more than once with
+    /// different prefix/suffix filters; filters of the same bucket must not overlap.
+    #[schemars(length(min = 1, max = 100))]
+    pub buckets: Vec<BucketSpec>,
+
+    /// How MinIO is made to publish the buckets' upload events to RabbitMQ.
+    #[serde(default)]
+    pub notification: NotificationSpec,
+
+    /// The RabbitMQ exchange and queue that carry the upload events to the workers.
+    pub rabbitmq: RabbitMqSpec,
+
+    /// Where the workers find clamd and the limits of one scan.
+    pub scanner: ScannerSpec,
+
+    /// What the workers do with an object after scanning it.
+    #[serde(default)]
+    pub actions: ActionsSpec,
+
+    /// The scanning worker Deployment and its autoscaling on queue depth.
+    #[serde(default)]
+    pub workers: WorkersSpec,
+
+    /// What happens to the RabbitMQ queues when the policy is deleted: Retain (default) keeps the
+    /// queues and any events still in them; Delete removes them. The bucket notification entries
+    /// and the workers are removed either way.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// The MinIO server that holds the buckets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MinioSpec {
+    /// URL of MinIO's S3 API, for example `https://minio.minio.svc:9000`; the admin API is
+    /// reached at the same address. Must start with http:// or https://.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+            .message(messages::BAD_MINIO_ENDPOINT)
+    )]
+    pub endpoint: String,
+
+    /// Region MinIO is configured with (its `MINIO_REGION`); part of the notification target's ARN.
+    #[serde(default = "default_region")]
+    #[schemars(length(max = 64))]
+    pub region: String,
+
+    /// Secret in the policy's namespace with MinIO credentials. The operator needs
+    /// `admin:ConfigUpdate` (Managed notifications), `admin:ServerUpdate` (restart), and
+    /// Get/PutBucketNotification; the workers need GetObject, Get/PutObjectTagging,
+    /// DeleteObject and, for quarantine, PutObject on the quarantine bucket.
+    pub credentials_secret: MinioCredentialsSecretRef,
+
+    /// PEM bundle of CA certificates to trust for an https endpoint signed by a private CA.
+    /// Without it the system's trusted roots are used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+}
+
+/// A Secret holding MinIO's access key and secret key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MinioCredentialsSecretRef {
+    /// Name of the Secret, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key of the Secret that holds the access key.
+    #[serde(default = "default_access_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    pub access_key_key: String,
+    /// Key of the Secret that holds the secret key.
+    #[serde(default = "default_secret_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    pub secret_key_key: String,
+}
+
+/// A PEM bundle of CA certificates in a ConfigMap or a Secret of the policy's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CaBundleRef {
+    /// Kind of object holding the bundle: ConfigMap (default) or Secret.
+    #[serde(default)]
+    pub kind: CaBundleSource,
+    /// Name of the ConfigMap or Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key that holds the PEM bundle.
+    #[serde(default = "default_ca_bundle_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// Kind of object a CA bundle is read from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CaBundleSource {
+    #[default]
+    ConfigMap,
+    Secret,
+}
+
+/// One bucket to scan, optionally narrowed to keys with a prefix and/or suffix.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSpec {
+    /// Name of the bucket: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
+    /// ending with a letter or digit.
+    #[schemars(length(min = 3, max = 63), regex(pattern = BUCKET_NAME_PATTERN))]
+    pub name: String,
+    /// Only objects whose key starts with this are scanned, for example `uploads/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub prefix: Option<String>,
+    /// Only objects whose key ends with this are scanned, for example `.pdf`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub suffix: Option<String>,
+}
+
+/// How MinIO is made to publish upload events to RabbitMQ.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Existing' || has(self.targetId)")
+        .message(messages::EXISTING_WITHOUT_TARGET_ID)
+        .field_path(".targetId")
+        .reason(Reason::FieldValueRequired)
+)]
+pub struct NotificationSpec {
+    /// Managed (default): the operator configures a MinIO AMQP notification target for this
+    /// policy through MinIO's admin API, then routes the buckets' events to it. Existing: an
+    /// administrator has configured the target already (`targetId` names it) and the operator
+    /// only routes the buckets' events to it.
+    #[serde(default)]
+    pub mode: NotificationMode,
+
+    /// ID of the MinIO AMQP notification target (letters, digits and underscores, at most 64).
+    /// Required when mode is Existing. When mode is Managed and this is unset, the operator
+    /// derives a stable ID from the policy's namespace and name (`BAVS_` and a hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = TARGET_ID_PATTERN))]
+    pub target_id: Option<String>,
+
+    /// Let the operator restart MinIO after changing the notification target: MinIO applies a
+    /// new or changed target only after a restart, which interrupts every client of the server.
+    /// When false (default), the operator sets status.restartPending and the condition
+    /// NotificationConfigured to False until someone restarts MinIO.
+    #[serde(default)]
+    pub allow_restart: bool,
+
+    /// Absolute directory on the MinIO server where MinIO stores events it could not publish
+    /// while RabbitMQ was unreachable, and retries them from (the target's `queue_dir`). Without
+    /// such a store, events raised during a RabbitMQ outage are lost. Used in Managed mode.
+    #[serde(default = "default_queue_dir")]
+    #[schemars(length(min = 1, max = 4096))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::RELATIVE_QUEUE_DIR))]
+    pub queue_dir: String,
+}
+
+/// Who configures the MinIO notification target.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NotificationMode {
+    /// The operator configures the target through MinIO's admin API.
+    #[default]
+    Managed,
+    /// The target exists already; the operator only routes bucket events to it.
+    Existing,
+}
+
+/// The RabbitMQ exchange and queue that carry upload events to the workers.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RabbitMqSpec {
+    /// Secret holding the AMQP URL (`amqp://user:password@host:5672/vhost` or `amqps://...`)
+    /// that both MinIO and the workers use to reach RabbitMQ. MinIO must be able to reach that
+    /// address too.
+    pub url_secret: AmqpUrlSecretRef,
+
+    /// PEM bundle of CA certificates the workers trust for an `amqps://` URL signed by a private
+    /// CA; without it the system's trusted roots are used. MinIO trusts CAs through its own
+    /// `certs/CAs` directory, which this does not change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+
+    /// Exchange MinIO publishes events to; declared durable by MinIO and the operator alike.
+    /// Several policies may share it when its type is direct or topic.
+    #[serde(default = "default_exchange")]
+    #[schemars(length(min = 1, max = 240), regex(pattern = AMQP_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("!self.startsWith('amq.')").message(messages::RESERVED_EXCHANGE))]
+    pub exchange: String,
+
+    /// Type of the exchange: direct (default), fanout or topic. Events are published with the
+    /// queue's name as routing key; a fanout exchange ignores it, so give each policy its own
+    /// fanout exchange. Must match an exchange of that name that exists already.
+    #[serde(default)]
+    pub exchange_type: ExchangeType,
+
+    /// Quorum queue the workers consume. Default: `bucket-av.<namespace>.<name>` of the policy.
+    /// Messages delivered deliveryLimit times without success go to the dead-letter queue
+    /// `<queue>.dead` (through the exchange `<queue>.dlx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 240), regex(pattern = AMQP_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new("!self.startsWith('amq.')").message(messages::RESERVED_QUEUE))]
+    pub queue: Option<String>,
+
+    /// Deliveries of one event (the first included) before RabbitMQ moves it to the dead-letter
+    /// queue; at least 2 so that a worker crash mid-scan does not dead-letter the event.
+    #[serde(default = "default_delivery_limit")]
+    #[schemars(range(min = 2, max = 1000))]
+    pub delivery_limit: u32,
+}
+
+/// A Secret holding the AMQP URL of RabbitMQ.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AmqpUrlSecretRef {
+    /// Name of the Secret, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key of the Secret that holds the URL.
+    #[serde(default = "default_amqp_url_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// Type of a RabbitMQ exchange.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ExchangeType {
+    #[default]
+    Direct,
+    Fanout,
+    Topic,
+}
+
+impl ExchangeType {
+    /// The name RabbitMQ and MinIO use for this type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+        }
+    }
+}
+
+/// Where the workers find clamd, and the limits of one scan.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.sidecar) != has(self.external)").message(messages::SCANNER_CHOICE))]
+pub struct ScannerSpec {
+    /// Run clamd as a sidecar container in every worker pod. Exactly one of sidecar and external
+    /// must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<SidecarScanner>,
+
+    /// Use a clamd that runs elsewhere. Exactly one of sidecar and external must be set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalScanner>,
+
+    /// Objects larger than this are marked unscannable and never downloaded: a number of bytes
+    /// or a quantity such as 512Mi or 2Gi. Default 1Gi.
+    #[serde(default = "default_max_object_size")]
+    #[x_kube(
+        validation = Rule::new(
+            "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))"
+        )
+        .message(messages::BAD_MAX_OBJECT_SIZE)
+    )]
+    pub max_object_size: Quantity,
+
+    /// clamd's StreamMaxLength, when known (a number of bytes or a quantity such as 100Mi):
+    /// larger objects are marked unscannable without being downloaded. Unset: clamd's refusal
+    /// is detected while streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(
+        validation = Rule::new(
+            "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))"
+        )
+        .message(messages::BAD_STREAM_MAX_BYTES)
+    )]
+    pub stream_max_bytes: Option<Quantity>,
+
+    /// Seconds one scan may take before it counts as failed and the event is retried.
+    #[serde(default = "default_scan_timeout_seconds")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub scan_timeout_seconds: u32,
+
+    /// Bytes sent to clamd per chunk (4096 to 16777216); worker memory use is about this times
+    /// the concurrency.
+    #[serde(default = "default_chunk_bytes")]
+    #[schemars(range(min = 4096, max = 16777216))]
+    pub chunk_bytes: u32,
+}
+
+/// clamd as a sidecar container of each worker pod.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SidecarScanner {
+    /// Container image of clamd (with freshclam).
+    #[serde(default = "default_clamav_image")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// CPU and memory of the clamd container. clamd holds the whole signature database in
+    /// memory: plan for at least 1.5Gi (3Gi while it reloads signatures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Where freshclam gets signatures. Unset: the public ClamAV mirrors.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signatures: Option<SignatureSource>,
+}
+
+/// Where clamd's signature database comes from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMap) != has(self.mirror)").message(messages::SIGNATURES_CHOICE))]
+pub struct SignatureSource {
+    /// Name of a ConfigMap (in the policy's namespace) whose binary data holds the signature
+    /// files (`main.cvd`, `daily.cvd`, ...), for clusters without Internet access; freshclam
+    /// does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub config_map: Option<String>,
+
+    /// URL of a private ClamAV database mirror for freshclam (its `PrivateMirror`), starting with
+    /// http:// or https://.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+            .message(messages::BAD_MIRROR_URL)
+    )]
+    pub mirror: Option<String>,
+}
+
+/// A clamd that runs outside the worker pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalScanner {
+    /// Address of clamd: `host:port`, `tcp://host:port`, or `unix:///path/to/clamd.sock` for a
+    /// socket the worker pods can reach.
+    #[schemars(length(min = 3, max = 1024))]
+    #[x_kube(
+        validation = Rule::new("self.matches('^(unix:///[^\\\\s]+|(tcp://)?[^\\\\s/]+:[0-9]{1,5})$')")
+            .message(messages::BAD_CLAMD_ADDRESS)
+    )]
+    pub address: String,
+}
+
+/// What the workers do with an object after scanning it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new(
+        "!(self.onInfected == 'Quarantine' || self.onUnscannable == 'Quarantine') || has(self.quarantineBucket)"
+    )
+    .message(messages::QUARANTINE_WITHOUT_BUCKET)
+    .field_path(".quarantineBucket")
+    .reason(Reason::FieldValueRequired)
+)]
+pub struct ActionsSpec {
+    /// Tagging of scanned objects with the verdict.
+    #[serde(default)]
+    pub tagging: TaggingSpec,
+
+    /// What to do with an infected object: None (default; leave it, the tags say what was
+    /// found), Delete, or Quarantine (move it to quarantineBucket).
+    #[serde(default)]
+    pub on_infected: ObjectAction,
+
+    /// What to do with an object that could not be scanned (too large, over clamd's limits,
+    /// encrypted): None (default), Delete, or Quarantine.
+    #[serde(default)]
+    pub on_unscannable: ObjectAction,
+
+    /// Bucket that receives quarantined objects under `<source bucket>/<key>`. Required when
+    /// onInfected or onUnscannable is Quarantine; must not be one of the scanned buckets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 63), regex(pattern = BUCKET_NAME_PATTERN))]
+    pub quarantine_bucket: Option<String>,
+
+    /// An HTTP endpoint that receives a JSON verdict for every object that is not clean.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookSpec>,
+}
+
+/// Tagging of scanned objects.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TaggingSpec {
+    /// Tag every scanned object with the verdict (`<prefix>status`, `<prefix>detail`, ...).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Prefix of the tag keys: 1 to 64 characters, without '&' or '='.
+    #[serde(default = "default_tag_prefix")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[^&=]+$"))]
+    pub prefix: String,
+}
+
+/// What happens to a scanned object.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ObjectAction {
+    /// Leave the object where it is.
+    #[default]
+    None,
+    /// Delete the object (the scanned version, on a versioned bucket).
+    Delete,
+    /// Copy the object to the quarantine bucket, verify the copy, then delete the original.
+    Quarantine,
+}
+
+impl ObjectAction {
+    /// The value of the worker's `--on-infected` / `--on-unscannable` flags.
+    pub fn worker_flag_value(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Delete => "delete",
+            Self::Quarantine => "quarantine",
+        }
+    }
+}
+
+/// A webhook that receives scan verdicts.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSpec {
+    /// URL the verdicts are POSTed to, starting with http:// or https://.
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+            .message(messages::BAD_WEBHOOK_URL)
+    )]
+    pub url: String,
+
+    /// Secret holding the key of the `X-Bucket-AV-Signature` HMAC-SHA256 header. Unset: requests
+    /// are not signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<WebhookSecretRef>,
+
+    /// Report clean verdicts too, not only infected and unscannable ones.
+    #[serde(default)]
+    pub report_clean: bool,
+
+    /// Attempts per verdict (1 to 20) before the event is handed back to the queue for a later
+    /// delivery.
+    #[serde(default = "default_webhook_attempts")]
+    #[schemars(range(min = 1, max = 20))]
+    pub attempts: u32,
+}
+
+/// A Secret holding the webhook's signing key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSecretRef {
+    /// Name of the Secret, in the policy's namespace.
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub name: String,
+    /// Key of the Secret that holds the signing key.
+    #[serde(default = "default_webhook_secret_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DATA_KEY_PATTERN))]
+    pub key: String,
+}
+
+/// The scanning workers and their autoscaling.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message(messages::MIN_ABOVE_MAX_REPLICAS))]
+pub struct WorkersSpec {
+    /// Container image of the worker. Unset: the worker image the operator is deployed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+
+    /// Scans one worker runs at once (1 to 1024); also its RabbitMQ prefetch.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: u16,
+
+    /// Fewest worker replicas; 0 lets the workers scale to zero while the queue is empty.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+
+    /// Most worker replicas; at least minReplicas.
+    #[serde(default = "default_max_replicas")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+
+    /// Queued events per worker replica the autoscaler aims for.
+    #[serde(default = "default_target_queue_depth")]
+    #[schemars(range(min = 1))]
+    pub target_queue_depth: u32,
+
+    /// Seconds the queue must stay shallow before workers are scaled down.
+    #[serde(default = "default_scale_down_stabilization_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: u32,
+
+    /// Seconds a stopping worker lets its in-flight scans finish before handing them back to the
+    /// queue; the pod's termination grace period is longer than this.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub drain_seconds: u32,
+
+    /// CPU and memory of the worker container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// What deleting the policy does to its RabbitMQ queues.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeletionPolicy {
+    /// Keep the queues and the events still in them.
+    #[default]
+    Retain,
+    /// Delete the queues, the dead-letter queue and the dead-letter exchange.
+    Delete,
+}
+
+/// What the operator last observed and did for the policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketScanPolicyStatus {
+    /// The metadata.generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, NotificationConfigured, QueueReady and WorkersAvailable; each True, False or
+    /// Unknown with a reason and a message.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Events waiting in the queue at the last check (ready, not yet delivered to a worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_depth: Option<i64>,
+
+    /// Worker replicas that exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Worker replicas the autoscaler wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+
+    /// The scanned buckets, for display (for example `uploads, media/images/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buckets: Option<String>,
+
+    /// ARN of the MinIO notification target the buckets' events are routed to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_target_arn: Option<String>,
+
+    /// MinIO has a notification target change that takes effect only after MinIO restarts.
+    #[serde(default)]
+    pub restart_pending: bool,
+}
+
+// Defaults, shared by serde (missing fields) and the schema (`default` in the CRD).
+
+fn default_region() -> String {
+    "us-east-1".to_owned()
+}
+
+fn default_access_key_key() -> String {
+    "accessKey".to_owned()
+}
+
+fn default_secret_key_key() -> String {
+    "secretKey".to_owned()
+}
+
+fn default_ca_bundle_key() -> String {
+    "ca.crt".to_owned()
+}
+
+fn default_queue_dir() -> String {
+    "/data/.bucket-av-events".to_owned()
+}
+
+fn default_exchange() -> String {
+    "bucket-av.events".to_owned()
+}
+
+fn default_amqp_url_key() -> String {
+    "url".to_owned()
+}
+
+fn default_delivery_limit() -> u32 {
+    10
+}
+
+fn default_max_object_size() -> Quantity {
+    Quantity("1Gi".to_owned())
+}
+
+fn default_scan_timeout_seconds() -> u32 {
+    600
+}
+
+fn default_chunk_bytes() -> u32 {
+    256 * 1024
+}
+
+fn default_clamav_image() -> String {
+    "docker.io/clamav/clamav:1.4".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_tag_prefix() -> String {
+    "av-".to_owned()
+}
+
+fn default_webhook_attempts() -> u32 {
+    4
+}
+
+fn default_webhook_secret_key() -> String {
+    "secret".to_owned()
+}
+
+fn default_concurrency() -> u16 {
+    4
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+
+fn default_max_replicas() -> i32 {
+    10
+}
+
+fn default_target_queue_depth() -> u32 {
+    20
+}
+
+fn default_scale_down_stabilization_seconds() -> u32 {
+    300
+}
+
+fn default_drain_seconds() -> u32 {
+    30
+}
+
+impl Default for NotificationSpec {
+    fn default() -> Self {
+        Self {
+            mode: NotificationMode::default(),
+            target_id: None,
+            allow_restart: false,
+            queue_dir: default_queue_dir(),
+        }
+    }
+}
+
+impl Default for TaggingSpec {
+    fn default() -> Self {
+        Self { enabled: true, prefix: default_tag_prefix() }
+    }
+}
+
+impl Default for WorkersSpec {
+    fn default() -> Self {
+        Self {
+            image: None,
+            concurrency: default_concurrency(),
+            min_replicas: default_min_replicas(),
+            max_replicas: default_max_replicas(),
+            target_queue_depth: default_target_queue_depth(),
+            scale_down_stabilization_seconds: default_scale_down_stabilization_seconds(),
+            drain_seconds: default_drain_seconds(),
+            resources: None,
+        }
+    }
+}
