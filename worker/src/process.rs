@@ -131,7 +131,7 @@ impl Processor {
         let scanned_at = OffsetDateTime::now_utc();
 
         let (verdict, label) = match &scanned {
-            ScanOutcome::Scanned { verdict, size, bytes } => {
+            ScanOutcome::Scanned { verdict, size, bytes, .. } => {
                 event.size = *size;
                 self.metrics.scanned_bytes.inc_by(*bytes);
                 self.metrics.scan_duration.observe(scan_time.as_secs_f64());
@@ -175,7 +175,11 @@ impl Processor {
             _ => {}
         }
         if let Some(verdict) = &verdict {
-            self.act(&event, verdict, &mut report, shutdown).await?;
+            let known_tag_count = match &scanned {
+                ScanOutcome::Scanned { tag_count, .. } => *tag_count,
+                _ => None,
+            };
+            self.act(&event, verdict, known_tag_count, &mut report, shutdown).await?;
         }
         report.timings = Timings {
             scan_ms: millis(scan_time),
@@ -215,6 +219,7 @@ impl Processor {
         &self,
         event: &ObjectEvent,
         verdict: &Verdict,
+        known_tag_count: Option<usize>,
         report: &mut Report,
         shutdown: &CancellationToken,
     ) -> Result<(), ProcessError> {
@@ -225,8 +230,9 @@ impl Processor {
                 scanned_at: report.scanned_at.clone(),
                 engine: report.engine.clone(),
             };
-            let outcome =
-                self.retrying(shutdown, || actions::tag(&self.s3, event, &self.policy.tag_prefix, &tags)).await?;
+            let outcome = self
+                .retrying(shutdown, || actions::tag(&self.s3, event, &self.policy.tag_prefix, &tags, known_tag_count))
+                .await?;
             match outcome {
                 TagOutcome::Tagged(merged) => {
                     report.tagged = !merged.status_missing(&self.policy.tag_prefix);

@@ -15,8 +15,9 @@ use crate::verdict::{Unscannable, Verdict, parse_instream_reply};
 /// What came of trying to scan an event's object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanOutcome {
-    /// `size` is the object's size as stored (the event's may be stale); `bytes` what clamd saw.
-    Scanned { verdict: Verdict, size: u64, bytes: u64 },
+    /// `size` is the object's size as stored (the event's may be stale); `bytes` what clamd saw;
+    /// `tag_count` the number of tags the GET response reported, when it was downloaded.
+    Scanned { verdict: Verdict, size: u64, bytes: u64, tag_count: Option<usize> },
     /// The object (or the event's version of it) was deleted before it could be scanned.
     Missing,
     /// A newer upload replaced the object before the scan; that upload has an event of its own.
@@ -52,7 +53,7 @@ pub async fn scan_object(
     limits: &ScanLimits,
 ) -> Result<ScanOutcome, ProcessError> {
     if let Some(verdict) = limits.by_size(event.size) {
-        return Ok(ScanOutcome::Scanned { verdict, size: event.size, bytes: 0 });
+        return Ok(ScanOutcome::Scanned { verdict, size: event.size, bytes: 0, tag_count: None });
     }
     let mut request = s3.get_object().bucket(&event.bucket).key(&event.key);
     request = match (&event.version_id, &event.etag) {
@@ -72,8 +73,10 @@ pub async fn scan_object(
     };
     // The event's size can be absent or stale (Copy events); the response's is authoritative.
     let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(event.size);
+    // S3 omits x-amz-tagging-count on untagged objects, so absent means none.
+    let tag_count = Some(output.tag_count().and_then(|n| usize::try_from(n).ok()).unwrap_or(0));
     if let Some(verdict) = limits.by_size(size) {
-        return Ok(ScanOutcome::Scanned { verdict, size, bytes: 0 });
+        return Ok(ScanOutcome::Scanned { verdict, size, bytes: 0, tag_count });
     }
     let streamed = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&streamed);
@@ -95,7 +98,7 @@ pub async fn scan_object(
         other => ProcessError::Scan(other),
     })?;
     let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
-    Ok(ScanOutcome::Scanned { verdict, size, bytes: streamed.load(Ordering::Relaxed) })
+    Ok(ScanOutcome::Scanned { verdict, size, bytes: streamed.load(Ordering::Relaxed), tag_count })
 }
 
 #[cfg(test)]

@@ -26,8 +26,8 @@ struct Args {
     /// Objects in the 4 KiB backlog run.
     #[arg(long, default_value_t = 2000)]
     small_objects: usize,
-    /// Samples in the latency run.
-    #[arg(long, default_value_t = 200)]
+    /// Samples per target in the latency runs.
+    #[arg(long, default_value_t = 100)]
     latency_samples: usize,
     /// Size in MiB of the large-object runs.
     #[arg(long, default_value_t = 256)]
