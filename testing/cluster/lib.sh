@@ -81,8 +81,13 @@ bavs_cluster_defaults() {
     : "${BAVS_KUBE_SERVICE_CIDR:=10.96.0.0/16}"
     # Fake pod IPs handed out by kwok (never routed either).
     : "${BAVS_KWOK_POD_CIDR:=10.244.0.0/16}"
-    # kube-apiserver --enable-aggregator-routing (see README: APIService backends)
-    : "${BAVS_KUBE_AGGREGATOR_ROUTING:=true}"
+    # kube-apiserver --enable-aggregator-routing. Off by default: with it on, the
+    # API server sends aggregated-API (and webhook) traffic to EndpointSlice
+    # addresses, which may never be loopback, so nothing on this machine could
+    # serve an APIService. With it off, an APIService whose Service is of type
+    # ExternalName (externalName: localhost) reaches a server on 127.0.0.1
+    # (see README.md, "Aggregated APIs").
+    : "${BAVS_KUBE_AGGREGATOR_ROUTING:=false}"
     # seconds to wait for each component to become ready
     : "${BAVS_CLUSTER_TIMEOUT:=90}"
     if [[ $BAVS_CLUSTER_DIR != /* ]]; then

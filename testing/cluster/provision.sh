@@ -41,6 +41,7 @@ bavs__install_dir() {
         mv "$final" "$tmp.old"
         rm -rf "$tmp.old"
     fi
+    chmod 755 "$tmp"
     mv "$tmp" "$final"
 }
 
