@@ -286,7 +286,8 @@ impl AdminClient {
                 break;
             }
         }
-        tracing::info!(endpoint = %self.endpoint, waited_ms = requested.elapsed().as_millis() as u64, "minio restarted");
+        let waited_ms = u64::try_from(requested.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(endpoint = %self.endpoint, waited_ms, seen_down, "minio restarted");
         Ok(())
     }
 

@@ -64,6 +64,8 @@ async fn an_amqp_target_is_stored_and_deleted_without_a_restart() {
 
     assert_eq!(admin.delete_amqp_target(&id).await.expect("delete"), Some(ConfigChange::NeedsRestart));
     assert_eq!(admin.delete_amqp_target(&id).await.expect("delete again"), None, "already gone counts as done");
+    // MinIO created the queue directory while validating the target and leaves it behind.
+    let _ = std::fs::remove_dir_all(desired.queue_dir.as_deref().unwrap());
 }
 
 /// The stack configures its own target through environment variables; `get-config-kv` reports
@@ -132,6 +134,7 @@ async fn a_target_minio_cannot_reach_is_refused_with_the_reason_and_no_password(
     assert!(matches!(error, Error::Rejected { status: 400, .. }), "{error:?}");
     assert!(!error.to_string().contains("hunter22"), "{error}");
     assert_eq!(admin(&stack).amqp_target(&target.id).await.unwrap(), None, "nothing was stored");
+    let _ = std::fs::remove_dir_all(target.queue_dir.as_deref().unwrap());
 }
 
 #[tokio::test]
