@@ -27,10 +27,12 @@ fi
 
 # Clients first, etcd last (reverse start order).
 left=()
+stopped=0
 for ((i = ${#BAVS_COMPONENTS[@]} - 1; i >= 0; i--)); do
     c=${BAVS_COMPONENTS[i]}
     if pid=$(bavs_component_pid "$c"); then
         say "stopping $c (pid $pid)"
+        stopped=$((stopped + 1))
         bavs_stop_component "$c" 15 || true
         if bavs_component_pid "$c" >/dev/null; then
             left+=("$c")
@@ -41,4 +43,8 @@ for ((i = ${#BAVS_COMPONENTS[@]} - 1; i >= 0; i--)); do
 done
 ((${#left[@]} == 0)) || bavs_die "still running: ${left[*]}"
 
-say "cluster stopped; data and logs kept in $BAVS_CLUSTER_DIR (wiped by the next cluster-up)"
+if ((stopped)); then
+    say "cluster stopped; data and logs kept in $BAVS_CLUSTER_DIR (wiped by the next cluster-up)"
+else
+    say "no process of the cluster in $BAVS_CLUSTER_DIR is running: nothing to stop"
+fi

@@ -34,6 +34,8 @@ for v in "${PORT_VARS[@]}"; do
         bavs_die "$v=${!v} is not a port number"
     fi
 done
+dups=$(for v in "${PORT_VARS[@]}"; do echo "${!v}"; done | sort | uniq -d)
+[[ -z $dups ]] || bavs_die "the same port is configured twice: $dups ($(for v in "${PORT_VARS[@]}"; do printf '%s=%s ' "$v" "${!v}"; done))"
 [[ $BAVS_KWOK_NODES =~ ^[0-9]+$ ]] || bavs_die "BAVS_KWOK_NODES=$BAVS_KWOK_NODES is not a number"
 [[ $BAVS_KUBE_AGGREGATOR_ROUTING == true || $BAVS_KUBE_AGGREGATOR_ROUTING == false ]] ||
     bavs_die "BAVS_KUBE_AGGREGATOR_ROUTING must be true or false"

@@ -57,7 +57,7 @@ bavs_fail_with_log() {
         else
             printf '       (log is empty or missing)\n'
         fi
-        printf '       (stop what is left with: BAVS_CLUSTER_DIR=%s bash testing/cluster/cluster-down.sh)\n' "${BAVS_CLUSTER_DIR:-}"
+        printf '       (cluster-up stops what it started; logs stay in %s)\n' "${BAVS_CLUSTER_DIR:-}"
     } >&2
     exit 1
 }

@@ -11,7 +11,8 @@
 #   bash testing/cluster/provision.sh
 #
 # Builds run under `nice -n 19`. BAVS_GO_BUILD_JOBS=N passes `-p N` to go
-# (default: Go's own, one job per core). A cold build takes ~25 min on 2 cores.
+# (default: Go's own, one job per core). A cold build takes ~30 min on 2 cores
+# (37 min measured on a busy machine), see README.md.
 
 # shellcheck source=testing/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -78,7 +79,7 @@ bavs__provision_k8s() {
         ldflags+=" -X $pkg.gitCommit=$K8S_GIT_COMMIT -X $pkg.gitTreeState=archive"
         ldflags+=" -X $pkg.buildDate=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
     done
-    printf 'building kubernetes %s (%s) with %s (cold: ~25 min on 2 cores; log: %s)\n' \
+    printf 'building kubernetes %s (%s) with %s (cold: ~30 min on 2 cores; log: %s)\n' \
         "$K8S_VERSION" "${BAVS_K8S_BINARIES[*]}" "$(go env GOVERSION)" "$log"
     start=$SECONDS
     (
