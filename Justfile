@@ -27,6 +27,18 @@ stack-service action service:
 stack-check:
     @bash testing/stack/check.sh
 
+# Build/cache the control plane's tools (Kubernetes, etcd, kwok from their Go modules)
+cluster-provision:
+    @bash testing/cluster/provision.sh
+
+# Start a fresh local control plane; writes target/cluster/cluster.env and kubeconfig
+cluster-up:
+    @bash testing/cluster/cluster-up.sh
+
+# Stop the control plane (data and logs are kept until the next cluster-up)
+cluster-down:
+    @bash testing/cluster/cluster-down.sh
+
 # ---------------------------------------------------------------------------
 # The two commands of the README, and the benchmark
 # ---------------------------------------------------------------------------

@@ -18,7 +18,14 @@ step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 bash testing/stack/stack-up.sh
 trap 'step "Stopping the stack"; bash testing/stack/stack-down.sh' EXIT
 
+step "Starting the local control plane (etcd, kube-apiserver, controller manager, scheduler, kwok)"
+bash testing/cluster/cluster-up.sh
+trap 'step "Stopping the control plane and the stack"; bash testing/cluster/cluster-down.sh; bash testing/stack/stack-down.sh' EXIT
+
 step "Running every test (unit, then integration against the stack)"
 # Integration tests spend their time waiting on services, so more run at once than there are
 # cores. Test binaries run one after another, which keeps the clamd outage suite on its own.
 WORKER_LOG=${WORKER_LOG:-warn} cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"
+
+step "MinIO admin API across a MinIO restart (restarts the stack's MinIO, so it runs on its own)"
+BAVS_ALLOW_MINIO_RESTART=1 cargo test --locked -p bucket-av-minio-admin --test restart -- --ignored

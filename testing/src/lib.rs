@@ -2,10 +2,12 @@
 //! clients for MinIO and RabbitMQ, runs worker processes, and receives webhooks. Every helper
 //! fails loudly when the stack is not there; nothing here skips or fakes a service.
 
+pub mod cluster;
 pub mod stack;
 pub mod webhook;
 pub mod worker;
 
+pub use cluster::Cluster;
 pub use stack::Stack;
 pub use webhook::{ReceivedWebhook, WebhookReceiver};
 pub use worker::WorkerProcess;

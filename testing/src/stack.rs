@@ -175,7 +175,7 @@ impl Stack {
     }
 }
 
-fn parse_env_file(text: &str) -> HashMap<String, String> {
+pub(crate) fn parse_env_file(text: &str) -> HashMap<String, String> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
