@@ -1,0 +1,100 @@
+//! Wires the reconciler into a kube-rs `Controller`: it watches BucketScanPolicy objects, the
+//! worker Deployments they own, and the Secrets they refer to, so that a rotated credential is
+//! picked up without waiting for the next resync.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use bucket_av_crds::BucketScanPolicy;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
+use tracing::{debug, info, warn};
+
+use crate::context::Context;
+use crate::reconcile::{error_policy, reconcile};
+use crate::secrets::referenced_secrets;
+use crate::workload::MANAGER;
+
+/// Fails when the BucketScanPolicy CRD is not installed or not readable, so a misdeployed
+/// operator says so at once instead of retrying watches forever.
+pub async fn check_crd(client: &kube::Client) -> Result<(), kube::Error> {
+    Api::<BucketScanPolicy>::all(client.clone()).list(&ListParams::default().limit(1)).await.map(drop)
+}
+
+/// Runs the controller until `shutdown` completes, then lets in-flight reconciles finish.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let policies = Api::<BucketScanPolicy>::all(client.clone());
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), owned)
+        .watches(Api::<Secret>::all(client), watcher::Config::default(), move |secret| {
+            policies_referencing(&store.state(), &secret)
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((policy, _)) => debug!(policy = %policy.name, namespace = ?policy.namespace, "reconciled"),
+                Err(error) => warn!(%error, "controller error"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+}
+
+/// The policies in the Secret's namespace that refer to it.
+pub fn policies_referencing(policies: &[Arc<BucketScanPolicy>], secret: &Secret) -> Vec<ObjectRef<BucketScanPolicy>> {
+    let namespace = secret.namespace();
+    let name = secret.name_any();
+    policies
+        .iter()
+        .filter(|policy| policy.namespace() == namespace && referenced_secrets(policy).contains(&name))
+        .map(|policy| ObjectRef::from_obj(policy.as_ref()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn policy(namespace: &str, name: &str) -> Arc<BucketScanPolicy> {
+        let mut policy: BucketScanPolicy =
+            serde_norway::from_str(include_str!("../../crds/examples/bucketscanpolicy.yaml")).unwrap();
+        policy.metadata.namespace = Some(namespace.into());
+        policy.metadata.name = Some(name.into());
+        Arc::new(policy)
+    }
+
+    fn secret(namespace: &str, name: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                namespace: Some(namespace.into()),
+                name: Some(name.into()),
+                ..ObjectMeta::default()
+            },
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_policies_of_its_namespace_that_use_it() {
+        let policies = [policy("media", "uploads"), policy("media", "archive"), policy("other", "uploads")];
+        let found = policies_referencing(&policies, &secret("media", "minio-scanner"));
+        let names: Vec<&str> = found.iter().map(|reference| reference.name.as_str()).collect();
+        assert_eq!(names, ["uploads", "archive"]);
+        assert!(found.iter().all(|reference| reference.namespace.as_deref() == Some("media")));
+        assert!(policies_referencing(&policies, &secret("media", "unrelated")).is_empty());
+        assert_eq!(policies_referencing(&policies, &secret("other", "bucket-av-webhook")).len(), 1);
+    }
+}

@@ -1,0 +1,137 @@
+//! The operator's one error type. Each variant is named after the reconcile step that failed;
+//! `kind()` gives that name for condition reasons and metric labels. Messages are lowercase and
+//! say what to do when the user can act on them.
+
+use std::path::PathBuf;
+
+use bucket_av_crds::SpecError;
+use bucket_av_pipeline::amqp::ConnectError;
+use bucket_av_pipeline::notification::NotificationError;
+use bucket_av_pipeline::s3::S3SetupError;
+use bucket_av_pipeline::topology::TopologyError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec breaks a rule of the CRD (possible when it reached us past an older CRD).
+    #[error("invalid spec: {0}")]
+    InvalidSpec(#[source] SpecError),
+
+    #[error("policy has no namespace")]
+    MissingNamespace,
+
+    #[error("read {kind} {namespace}/{name}: {source}")]
+    ReadReference {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("{kind} {name} does not exist in namespace {namespace}: create it or fix the reference in the policy")]
+    ReferenceMissing { kind: &'static str, namespace: String, name: String },
+    #[error("{kind} {name} has no key {key}: add it or set the key the policy reads")]
+    ReferenceKeyMissing { kind: &'static str, name: String, key: String },
+    #[error("{kind} {name} key {key} is not UTF-8 text")]
+    ReferenceNotText { kind: &'static str, name: String, key: String },
+    #[error("write CA bundle to {path}: {source}")]
+    WriteCaBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    ConnectRabbitMq(#[source] Box<ConnectError>),
+    #[error("open a RabbitMQ channel: {0}")]
+    OpenChannel(#[source] Box<lapin::Error>),
+    #[error("{0}")]
+    DeclareTopology(#[source] Box<TopologyError>),
+    #[error("read the depth of queue {queue}: {source}")]
+    ReadQueueDepth {
+        queue: String,
+        #[source]
+        source: Box<TopologyError>,
+    },
+    #[error("delete {what} {name}: {source}")]
+    DeleteQueue {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: Box<lapin::Error>,
+    },
+
+    #[error("set up the S3 client for MinIO: {0}")]
+    S3Client(#[source] Box<S3SetupError>),
+    #[error("MinIO has no notification target {target_id} (ARN {arn}): {hint}")]
+    TargetMissing { target_id: String, arn: String, hint: &'static str },
+    #[error("{0}")]
+    PutNotification(#[source] Box<NotificationError>),
+    #[error("{0}")]
+    RemoveNotification(#[source] Box<NotificationError>),
+
+    #[error("apply {kind} {name}: {source}")]
+    ApplyChild {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("patch the status of the policy: {0}")]
+    PatchStatus(#[source] Box<kube::Error>),
+    #[error("{0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// The step that failed, in CamelCase: a condition reason and a bounded metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::InvalidSpec(error) => error.kind(),
+            Self::MissingNamespace => "MissingNamespace",
+            Self::ReadReference { .. } => "ReadReference",
+            Self::ReferenceMissing { .. } => "ReferenceMissing",
+            Self::ReferenceKeyMissing { .. } => "ReferenceKeyMissing",
+            Self::ReferenceNotText { .. } => "ReferenceNotText",
+            Self::WriteCaBundle { .. } => "WriteCaBundle",
+            Self::ConnectRabbitMq(_) => "ConnectRabbitMq",
+            Self::OpenChannel(_) => "OpenChannel",
+            Self::DeclareTopology(_) => "DeclareTopology",
+            Self::ReadQueueDepth { .. } => "ReadQueueDepth",
+            Self::DeleteQueue { .. } => "DeleteQueue",
+            Self::S3Client(_) => "S3Client",
+            Self::TargetMissing { .. } => "TargetMissing",
+            Self::PutNotification(_) => "PutNotification",
+            Self::RemoveNotification(_) => "RemoveNotification",
+            Self::ApplyChild { .. } => "ApplyChild",
+            Self::PatchStatus(_) => "PatchStatus",
+            Self::Finalizer(error) => match error.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.kind(),
+                kube::runtime::finalizer::Error::AddFinalizer(_) => "AddFinalizer",
+                kube::runtime::finalizer::Error::RemoveFinalizer(_) => "RemoveFinalizer",
+                kube::runtime::finalizer::Error::UnnamedObject => "UnnamedObject",
+                kube::runtime::finalizer::Error::InvalidFinalizer => "InvalidFinalizer",
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_name_the_failed_step_and_messages_say_what_to_fix() {
+        let error = Error::ReferenceKeyMissing { kind: "secret", name: "minio-creds".into(), key: "accessKey".into() };
+        assert_eq!(error.kind(), "ReferenceKeyMissing");
+        assert_eq!(
+            error.to_string(),
+            "secret minio-creds has no key accessKey: add it or set the key the policy reads"
+        );
+        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(error)));
+        assert_eq!(wrapped.kind(), "ReferenceKeyMissing");
+        assert_eq!(Error::InvalidSpec(SpecError::ScannerChoice).kind(), "ScannerChoice");
+    }
+}

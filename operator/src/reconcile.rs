@@ -1,0 +1,687 @@
+//! Reconciles one `BucketScanPolicy`: validate -> dereference its Secrets -> declare the RabbitMQ
+//! topology -> route the buckets' events to the MinIO target -> apply the worker objects ->
+//! report conditions in the status. Cleanup (behind the `bucketav.dev/cleanup` finalizer) removes
+//! only this policy's bucket notification entries and, with `deletionPolicy: Delete`, its queues.
+//!
+//! Reconcile never branches on why it was called; each step checks its piece of state on its own.
+//! It never writes a secret value into an object, a status, an event or a log line.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, DeletionPolicy, condition_types};
+use bucket_av_pipeline::Secret;
+use bucket_av_pipeline::notification::{self, KeyFilter, NotificationError};
+use bucket_av_pipeline::s3::S3Settings;
+use bucket_av_pipeline::topology::{Topology, ready_messages};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
+use kube::{Api, Resource, ResourceExt};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::error::{Error, Result};
+use crate::secrets;
+use crate::workload::{self, MANAGER};
+
+/// The finalizer that holds a deleted policy until its MinIO entries (and queues) are removed.
+pub const FINALIZER: &str = "bucketav.dev/cleanup";
+/// How often a healthy policy is looked at again (queue depth, worker availability).
+pub const RESYNC: Duration = Duration::from_secs(60);
+
+/// Reconciles `policy`; the controller calls this for every change of the policy, its children
+/// and the Secrets it refers to.
+pub async fn reconcile(policy: Arc<BucketScanPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let key = object_key(&policy);
+    let result = reconcile_inner(policy, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        ctx.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
+    }
+    result
+}
+
+async fn reconcile_inner(policy: Arc<BucketScanPolicy>, ctx: &Context) -> Result<Action> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<BucketScanPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            FinalizerEvent::Apply(policy) => apply(&policy, ctx).await,
+            FinalizerEvent::Cleanup(policy) => cleanup(&policy, ctx).await,
+        }
+    })
+    .await
+    .map_err(|error| Error::Finalizer(Box::new(error)))
+}
+
+/// Requeues a failed policy with exponential backoff (5 s doubling to 5 min), per policy.
+pub fn error_policy(policy: Arc<BucketScanPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = object_key(&policy);
+    let mut failures = ctx.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let attempt = failures.entry(key).or_insert(0);
+    *attempt = attempt.saturating_add(1);
+    let delay = backoff_delay(*attempt);
+    warn!(
+        policy = %policy.name_any(),
+        namespace = policy.namespace().unwrap_or_default(),
+        kind = error.kind(),
+        error = %error,
+        retry_in_seconds = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// The wait before retry number `attempt` (from 1): 5 s, 10 s, 20 s, ... at most 300 s.
+pub fn backoff_delay(attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(6);
+    Duration::from_secs((5u64 << exponent).min(300))
+}
+
+fn object_key(policy: &BucketScanPolicy) -> String {
+    format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())
+}
+
+/// What the reconcile learned, turned into the status at the end.
+struct Report {
+    status: BucketScanPolicyStatus,
+    generation: Option<i64>,
+    first_error: Option<Error>,
+}
+
+impl Report {
+    fn set(&mut self, condition_type: &str, status: bool, reason: &str, message: impl Into<String>) {
+        self.set_status(condition_type, if status { "True" } else { "False" }, reason, message);
+    }
+
+    fn set_status(&mut self, condition_type: &str, status: &str, reason: &str, message: impl Into<String>) {
+        self.status.set_condition(condition(condition_type, status, reason, message.into(), self.generation));
+    }
+
+    fn is_true(&self, condition_type: &str) -> bool {
+        self.status.condition(condition_type).is_some_and(|condition| condition.status == "True")
+    }
+
+    /// Records `error` as the reason `condition_type` is False; the first error decides the
+    /// reconcile's result (and so the backoff).
+    fn fail(&mut self, condition_type: &str, error: Error) {
+        self.set(condition_type, false, error.kind(), error.to_string());
+        if self.first_error.is_none() {
+            self.first_error = Some(error);
+        }
+    }
+}
+
+/// A condition observed now; `set_condition` keeps the old transition time when the status
+/// did not change.
+pub fn condition(
+    condition_type: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: condition_type.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        // The API server refuses condition messages over 32768 bytes.
+        message: truncate(message, 4096),
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::now()),
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// Brings MinIO, RabbitMQ and the worker objects in line with the policy.
+async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
+    let old_status = policy.status.clone().unwrap_or_default();
+    let mut report = Report { status: old_status.clone(), generation: policy.metadata.generation, first_error: None };
+    report.status.observed_generation = policy.metadata.generation;
+    report.status.buckets = Some(bucket_summary(policy));
+    report.status.notification_target_arn = Some(policy.target_arn());
+
+    if let Err(error) = policy.spec.validate() {
+        // Nothing will change until the spec does: no retries.
+        let error = Error::InvalidSpec(error);
+        report.set(condition_types::READY, false, error.kind(), error.to_string());
+        finish(policy, ctx, &old_status, &report).await?;
+        return Ok(Action::await_change());
+    }
+
+    match dereference(policy, ctx).await {
+        Err(error) => {
+            let message = format!("cannot reach RabbitMQ and MinIO: {error}");
+            report.set(condition_types::QUEUE_READY, false, error.kind(), message.clone());
+            report.set(condition_types::NOTIFICATION_CONFIGURED, false, error.kind(), message);
+            report.first_error = Some(error);
+        }
+        Ok(resolved) => {
+            match declare_topology(policy, &resolved).await {
+                Ok(depth) => {
+                    report.status.queue_depth = Some(i64::from(depth));
+                    let message =
+                        format!("queue {} is bound to exchange {}", policy.queue_name(), policy.spec.rabbitmq.exchange);
+                    report.set(condition_types::QUEUE_READY, true, "Declared", message);
+                }
+                Err(error) => report.fail(condition_types::QUEUE_READY, error),
+            }
+            if report.is_true(condition_types::QUEUE_READY) {
+                match configure_notifications(policy, &resolved.s3).await {
+                    Ok(()) => {
+                        let message =
+                            format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
+                        report.set(condition_types::NOTIFICATION_CONFIGURED, true, "Configured", message);
+                    }
+                    Err(error) => report.fail(condition_types::NOTIFICATION_CONFIGURED, error),
+                }
+            } else {
+                report.set(
+                    condition_types::NOTIFICATION_CONFIGURED,
+                    false,
+                    "WaitingForQueue",
+                    "bucket events are routed only once their queue exists, or MinIO would publish them to nowhere",
+                );
+            }
+        }
+    }
+
+    match apply_workload(policy, ctx).await {
+        Ok(deployment) => {
+            let deployment_status = deployment.status.clone().unwrap_or_default();
+            report.status.replicas = deployment_status.replicas;
+            report.status.desired_replicas = deployment.spec.replicas;
+            let (available, reason, message) =
+                workers_available(policy.spec.workers.min_replicas, &deployment_status, report.status.queue_depth);
+            report.set(condition_types::WORKERS_AVAILABLE, available, reason, message);
+        }
+        Err(error) => report.fail(condition_types::WORKERS_AVAILABLE, error),
+    }
+
+    let (ready, reason, message) = readiness(&report.status);
+    report.set(condition_types::READY, ready, &reason, message);
+    finish(policy, ctx, &old_status, &report).await?;
+    match report.first_error {
+        Some(error) => Err(error),
+        None => Ok(Action::requeue(RESYNC)),
+    }
+}
+
+/// Patches the status and publishes an event when Ready changed.
+async fn finish(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    old_status: &BucketScanPolicyStatus,
+    report: &Report,
+) -> Result<()> {
+    patch_status(policy, ctx, &report.status).await?;
+    let old = old_status.condition(condition_types::READY);
+    let new = report.status.condition(condition_types::READY);
+    if let Some(new) = new
+        && old.is_none_or(|old| old.status != new.status || old.reason != new.reason)
+    {
+        let type_ = if new.status == "True" { EventType::Normal } else { EventType::Warning };
+        let event = KubeEvent {
+            type_,
+            reason: new.reason.clone(),
+            note: Some(truncate(new.message.clone(), 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+            warn!(policy = %policy.name_any(), error = %error, "could not publish event");
+        }
+        info!(policy = %policy.name_any(), ready = %new.status, reason = %new.reason, "readiness changed");
+    }
+    Ok(())
+}
+
+async fn patch_status(policy: &BucketScanPolicy, ctx: &Context, status: &BucketScanPolicyStatus) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let api: Api<BucketScanPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": BucketScanPolicy::api_version(&()),
+        "kind": BucketScanPolicy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(&policy.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(|error| Error::PatchStatus(Box::new(error)))?;
+    Ok(())
+}
+
+/// Ready is True when every other condition is; otherwise it carries the first failing one's
+/// reason and message.
+pub fn readiness(status: &BucketScanPolicyStatus) -> (bool, String, String) {
+    let others =
+        [condition_types::QUEUE_READY, condition_types::NOTIFICATION_CONFIGURED, condition_types::WORKERS_AVAILABLE];
+    for condition_type in others {
+        match status.condition(condition_type) {
+            Some(condition) if condition.status == "True" => {}
+            Some(condition) => {
+                return (false, condition.reason.clone(), format!("{condition_type}: {}", condition.message));
+            }
+            None => return (false, "Pending".into(), format!("{condition_type} has not been checked yet")),
+        }
+    }
+    (true, "Ready".into(), "upload events flow from the buckets through the queue to available workers".into())
+}
+
+/// WorkersAvailable: at least one replica is available, or the policy allows zero replicas and
+/// the queue is empty.
+pub fn workers_available(
+    min_replicas: i32,
+    deployment: &DeploymentStatus,
+    queue_depth: Option<i64>,
+) -> (bool, &'static str, String) {
+    let available = deployment.available_replicas.unwrap_or(0);
+    let replicas = deployment.replicas.unwrap_or(0);
+    if available > 0 {
+        return (true, "Available", format!("{available} of {replicas} worker replicas are available"));
+    }
+    if min_replicas == 0 && queue_depth == Some(0) {
+        return (true, "ScaledToZero", "no worker runs and the queue is empty".into());
+    }
+    if replicas == 0 {
+        return (false, "NoReplicas", "no worker replica exists yet".into());
+    }
+    (false, "NoneAvailable", format!("none of {replicas} worker replicas is available yet"))
+}
+
+/// The scanned buckets for display: `uploads, media/images/*.jpg`.
+pub fn bucket_summary(policy: &BucketScanPolicy) -> String {
+    policy
+        .spec
+        .buckets
+        .iter()
+        .map(|bucket| {
+            let mut text = bucket.name.clone();
+            if bucket.prefix.is_some() || bucket.suffix.is_some() {
+                text.push('/');
+                text.push_str(bucket.prefix.as_deref().unwrap_or(""));
+                if let Some(suffix) = &bucket.suffix {
+                    text.push('*');
+                    text.push_str(suffix);
+                }
+            }
+            text
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Each bucket once, with every filter it is listed with, in the order of the spec.
+pub fn bucket_filters(policy: &BucketScanPolicy) -> Vec<(String, Vec<KeyFilter>)> {
+    let mut grouped: Vec<(String, Vec<KeyFilter>)> = Vec::new();
+    for bucket in &policy.spec.buckets {
+        let filter = KeyFilter { prefix: bucket.prefix.clone(), suffix: bucket.suffix.clone() };
+        match grouped.iter_mut().find(|(name, _)| name == &bucket.name) {
+            Some((_, filters)) => filters.push(filter),
+            None => grouped.push((bucket.name.clone(), vec![filter])),
+        }
+    }
+    grouped
+}
+
+/// The RabbitMQ objects of the policy.
+pub fn topology(policy: &BucketScanPolicy) -> Topology {
+    let rabbitmq = &policy.spec.rabbitmq;
+    Topology {
+        exchange: rabbitmq.exchange.clone(),
+        exchange_type: rabbitmq.exchange_type.as_str().to_owned(),
+        routing_key: policy.routing_key(),
+        queue: policy.queue_name(),
+        delivery_limit: rabbitmq.delivery_limit,
+    }
+}
+
+/// The connection settings read from the policy's Secrets and ConfigMaps.
+struct Resolved {
+    amqp_url: Secret,
+    amqp_ca: Option<PathBuf>,
+    s3: S3Settings,
+}
+
+async fn dereference(policy: &BucketScanPolicy, ctx: &Context) -> Result<Resolved> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let name = policy.name_any();
+    let spec = &policy.spec;
+    let client = &ctx.client;
+    let amqp_url =
+        secrets::read_secret(client, &namespace, &spec.rabbitmq.url_secret.name, &spec.rabbitmq.url_secret.key).await?;
+    let credentials = &spec.minio.credentials_secret;
+    let access_key = secrets::read_secret(client, &namespace, &credentials.name, &credentials.access_key_key).await?;
+    let secret_key = secrets::read_secret(client, &namespace, &credentials.name, &credentials.secret_key_key).await?;
+    let amqp_ca = match &spec.rabbitmq.ca_bundle {
+        Some(ca) => {
+            let pem = secrets::read_ca_bundle(client, &namespace, ca).await?;
+            Some(secrets::write_ca_file(&ctx.scratch_dir, &namespace, &name, "amqp-ca.pem", &pem)?)
+        }
+        None => None,
+    };
+    let s3_ca = match &spec.minio.ca_bundle {
+        Some(ca) => {
+            let pem = secrets::read_ca_bundle(client, &namespace, ca).await?;
+            Some(secrets::write_ca_file(&ctx.scratch_dir, &namespace, &name, "s3-ca.pem", &pem)?)
+        }
+        None => None,
+    };
+    let s3 = S3Settings {
+        endpoint: spec.minio.endpoint.clone(),
+        region: spec.minio.region.clone(),
+        access_key: access_key.expose().to_owned(),
+        secret_key,
+        ca_bundle: s3_ca,
+    };
+    Ok(Resolved { amqp_url, amqp_ca, s3 })
+}
+
+/// Declares the exchange, queues and bindings on a fresh connection and returns the number of
+/// ready messages in the work queue.
+async fn declare_topology(policy: &BucketScanPolicy, resolved: &Resolved) -> Result<u32> {
+    let topology = topology(policy);
+    let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
+        .await
+        .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
+    let result = async {
+        let channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+        topology.declare(&channel).await.map_err(|error| Error::DeclareTopology(Box::new(error)))?;
+        // A passive declare of a missing queue closes its channel: give it its own.
+        let depth_channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+        ready_messages(&depth_channel, &topology.queue)
+            .await
+            .map_err(|source| Error::ReadQueueDepth { queue: topology.queue.clone(), source: Box::new(source) })
+    }
+    .await;
+    let _ = connection.close(200, "bucket-av-operator done".into()).await;
+    result
+}
+
+/// Routes every bucket's upload events to the policy's target. A target MinIO does not know is
+/// reported as TargetMissing: it has to be configured in MinIO first.
+async fn configure_notifications(policy: &BucketScanPolicy, s3: &S3Settings) -> Result<()> {
+    let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+    let arn = policy.target_arn();
+    let id_prefix = entry_id_prefix(policy);
+    for (bucket, filters) in bucket_filters(policy) {
+        if let Err(error) = notification::ensure(&client, &bucket, &arn, &id_prefix, &filters).await {
+            return Err(match error {
+                NotificationError::Write { ref message, .. } if is_unknown_target(message) => Error::TargetMissing {
+                    target_id: policy.target_id(),
+                    arn: arn.clone(),
+                    hint: target_missing_hint(policy),
+                },
+                other => Error::PutNotification(Box::new(other)),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// IDs of this policy's notification entries start with this.
+fn entry_id_prefix(policy: &BucketScanPolicy) -> String {
+    format!("bucket-av-{}-{}", policy.namespace().unwrap_or_default(), policy.name_any())
+}
+
+/// Whether MinIO refused a notification configuration because it has no target with the ARN:
+/// `ARNNotFound`, or `InvalidArgument` about the destination ARN (MinIO's ErrARNNotification).
+pub fn is_unknown_target(message: &str) -> bool {
+    message.contains("ARNNotFound") || (message.contains("InvalidArgument") && message.contains("ARN"))
+}
+
+fn target_missing_hint(policy: &BucketScanPolicy) -> &'static str {
+    if policy.manages_target() {
+        "mode Managed: this operator version cannot create MinIO targets yet; configure notify_amqp with that ID \
+         (exchange, exchange type and routing key as in the policy, durable on, delivery_mode 2) and restart MinIO, \
+         or set notification.mode Existing with the ID of a target that exists"
+    } else {
+        "configure notify_amqp with that ID in MinIO and restart MinIO, or fix notification.targetId"
+    }
+}
+
+/// Applies the ConfigMap (sidecar only), Deployment and Service, and returns the Deployment as
+/// the API server has it (with its status).
+async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Deployment> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let params = PatchParams::apply(MANAGER).force();
+    let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
+    match workload::clamav_config(policy) {
+        Some(config_map) => {
+            apply_child(&config_maps, "ConfigMap", config_map, &params).await?;
+        }
+        None => {
+            // Left over from a time the policy used the sidecar.
+            let name = workload::clamav_config_name(policy);
+            match config_maps.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(source) => return Err(Error::ApplyChild { kind: "ConfigMap", name, source: Box::new(source) }),
+            }
+        }
+    }
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let deployment =
+        apply_child(&deployments, "Deployment", workload::worker_deployment(policy, &ctx.defaults), &params).await?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply_child(&services, "Service", workload::metrics_service(policy), &params).await?;
+    Ok(deployment)
+}
+
+async fn apply_child<K>(api: &Api<K>, kind: &'static str, object: K, params: &PatchParams) -> Result<K>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    // Server-side apply needs apiVersion and kind in the body; k8s-openapi types leave them out.
+    let mut body = serde_json::to_value(&object).map_err(|error| Error::ApplyChild {
+        kind,
+        name: name.clone(),
+        source: Box::new(kube::Error::SerdeError(error)),
+    })?;
+    body["apiVersion"] = json!(K::api_version(&()));
+    body["kind"] = json!(K::kind(&()));
+    api.patch(&name, params, &Patch::Apply(&body)).await.map_err(|source| Error::ApplyChild {
+        kind,
+        name,
+        source: Box::new(source),
+    })
+}
+
+/// Removes what the policy put outside Kubernetes. Children inside Kubernetes go with their
+/// owner reference. A referenced Secret that is gone (as when the whole namespace is deleted)
+/// makes that part impossible: it is skipped with a Warning event instead of blocking deletion.
+async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
+    let name = policy.name_any();
+    let resolved = match dereference(policy, ctx).await {
+        Ok(resolved) => Some(resolved),
+        Err(error @ Error::ReferenceMissing { .. }) => {
+            let note = format!(
+                "{error}; the buckets' notification entries for {} and the queues are left in place",
+                policy.target_arn()
+            );
+            warn!(policy = %name, %note, "cleanup skipped");
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: "CleanupSkipped".into(),
+                note: Some(truncate(note, 1000)),
+                action: "Cleanup".into(),
+                secondary: None,
+            };
+            if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+                warn!(policy = %name, error = %error, "could not publish event");
+            }
+            None
+        }
+        Err(other) => return Err(other),
+    };
+    if let Some(resolved) = resolved {
+        let client = bucket_av_pipeline::s3::client(&resolved.s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+        let arn = policy.target_arn();
+        for (bucket, _) in bucket_filters(policy) {
+            notification::remove(&client, &bucket, &arn)
+                .await
+                .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
+        }
+        if policy.spec.deletion_policy == DeletionPolicy::Delete {
+            delete_queues(&topology(policy), &resolved).await?;
+        }
+    }
+    if let Some(namespace) = policy.namespace() {
+        let _ = std::fs::remove_dir_all(ctx.scratch_dir.join(namespace).join(&name));
+    }
+    info!(policy = %name, "cleaned up");
+    Ok(Action::await_change())
+}
+
+/// Deletes the work queue, the dead-letter queue and the dead-letter exchange; ones that are
+/// already gone count as deleted. The events exchange may be shared and stays.
+async fn delete_queues(topology: &Topology, resolved: &Resolved) -> Result<()> {
+    let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
+        .await
+        .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
+    let result = async {
+        for (what, name) in [("queue", topology.queue.clone()), ("queue", topology.dead_letter_queue())] {
+            // A failed operation closes its channel: one channel per operation.
+            let channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+            match channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await {
+                Ok(_) => {}
+                Err(error) if is_not_found(&error) => {}
+                Err(source) => return Err(Error::DeleteQueue { what, name, source: Box::new(source) }),
+            }
+        }
+        let channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+        let dlx = topology.dead_letter_exchange();
+        match channel.exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default()).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(source) => Err(Error::DeleteQueue { what: "exchange", name: dlx, source: Box::new(source) }),
+        }
+    }
+    .await;
+    let _ = connection.close(200, "bucket-av-operator done".into()).await;
+    result
+}
+
+fn is_not_found(error: &lapin::Error) -> bool {
+    error.to_string().contains("NOT_FOUND")
+}
+
+/// Failures per policy, for the backoff of `error_policy`.
+pub type FailureCounts = std::sync::Mutex<HashMap<String, u32>>;
+
+#[cfg(test)]
+mod tests {
+    use bucket_av_crds::BucketSpec;
+
+    use super::*;
+
+    fn example() -> BucketScanPolicy {
+        serde_norway::from_str(include_str!("../../crds/examples/bucketscanpolicy.yaml")).unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_from_five_seconds_to_five_minutes() {
+        let delays: Vec<u64> = (1..=9).map(|attempt| backoff_delay(attempt).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+        assert_eq!(backoff_delay(u32::MAX).as_secs(), 300);
+    }
+
+    #[test]
+    fn a_bucket_listed_twice_gets_both_filters_in_one_entry_set() {
+        let mut policy = example();
+        policy.spec.buckets.push(BucketSpec { name: "user-uploads".into(), prefix: Some("b/".into()), suffix: None });
+        let grouped = bucket_filters(&policy);
+        assert_eq!(grouped.len(), 2);
+        assert_eq!(grouped[0].0, "user-uploads");
+        assert_eq!(grouped[0].1, [KeyFilter::default(), KeyFilter { prefix: Some("b/".into()), suffix: None }]);
+        assert_eq!(grouped[1].0, "partner-drop");
+        assert_eq!(grouped[1].1, [KeyFilter { prefix: Some("incoming/".into()), suffix: Some(".pdf".into()) }]);
+        assert_eq!(bucket_summary(&policy), "user-uploads, partner-drop/incoming/*.pdf, user-uploads/b/");
+    }
+
+    #[test]
+    fn topology_routes_by_the_queue_name() {
+        let topology = topology(&example());
+        assert_eq!(topology.exchange, "bucket-av.events");
+        assert_eq!(topology.exchange_type, "direct");
+        assert_eq!(topology.queue, "media-uploads-scan");
+        assert_eq!(topology.routing_key, "media-uploads-scan");
+        assert_eq!(topology.delivery_limit, 5);
+    }
+
+    #[test]
+    fn workers_are_available_with_one_ready_replica_or_scaled_to_zero_on_an_empty_queue() {
+        let status = |replicas, available| DeploymentStatus {
+            replicas: Some(replicas),
+            available_replicas: Some(available),
+            ..DeploymentStatus::default()
+        };
+        assert_eq!(workers_available(1, &status(2, 1), Some(5)).1, "Available");
+        assert_eq!(workers_available(1, &status(2, 0), Some(5)).1, "NoneAvailable");
+        assert_eq!(workers_available(1, &DeploymentStatus::default(), None).1, "NoReplicas");
+        assert!(workers_available(0, &DeploymentStatus::default(), Some(0)).0);
+        assert!(!workers_available(0, &DeploymentStatus::default(), Some(3)).0);
+        assert!(!workers_available(0, &DeploymentStatus::default(), None).0, "an unknown depth is not empty");
+    }
+
+    #[test]
+    fn ready_follows_the_first_condition_that_is_not_true() {
+        let mut status = BucketScanPolicyStatus::default();
+        assert_eq!(readiness(&status).1, "Pending");
+        for condition_type in
+            [condition_types::QUEUE_READY, condition_types::NOTIFICATION_CONFIGURED, condition_types::WORKERS_AVAILABLE]
+        {
+            status.set_condition(condition(condition_type, "True", "Fine", "ok".into(), Some(1)));
+        }
+        assert!(readiness(&status).0);
+        status.set_condition(condition(
+            condition_types::NOTIFICATION_CONFIGURED,
+            "False",
+            "TargetMissing",
+            "MinIO has no notification target".into(),
+            Some(1),
+        ));
+        let (ready, reason, message) = readiness(&status);
+        assert!(!ready);
+        assert_eq!(reason, "TargetMissing");
+        assert_eq!(message, "NotificationConfigured: MinIO has no notification target");
+    }
+
+    #[test]
+    fn unknown_targets_are_recognised_in_minio_errors() {
+        assert!(is_unknown_target("service error: ARNNotFound: ..."));
+        assert!(is_unknown_target("InvalidArgument: A specified destination ARN does not exist or is not well-formed"));
+        assert!(!is_unknown_target("AccessDenied: Access Denied."));
+        assert!(!is_unknown_target("InvalidArgument: filter rules overlap"));
+    }
+
+    #[test]
+    fn condition_messages_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(3000);
+        let cut = condition("Ready", "False", "X", long, None).message;
+        assert!(cut.len() <= 4096);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
+}

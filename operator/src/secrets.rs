@@ -1,0 +1,179 @@
+//! Reads the Secrets and ConfigMaps a policy refers to, with errors that name the object and key
+//! ("secret minio-creds has no key accessKey"). Values are returned as `Secret` so they never
+//! reach a log line; nothing here writes to the API server.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource};
+use bucket_av_pipeline::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret as KubeSecret};
+use kube::{Api, Client};
+
+use crate::error::{Error, Result};
+
+/// The names of every Secret the policy refers to: a change to any of them must trigger a
+/// reconcile (and a rollout of the workers, which read them as environment variables).
+pub fn referenced_secrets(policy: &BucketScanPolicy) -> BTreeSet<String> {
+    let spec = &policy.spec;
+    let mut names = BTreeSet::from([spec.minio.credentials_secret.name.clone(), spec.rabbitmq.url_secret.name.clone()]);
+    if let Some(secret) = spec.actions.webhook.as_ref().and_then(|webhook| webhook.secret_ref.as_ref()) {
+        names.insert(secret.name.clone());
+    }
+    for ca in [&spec.minio.ca_bundle, &spec.rabbitmq.ca_bundle].into_iter().flatten() {
+        if ca.kind == CaBundleSource::Secret {
+            names.insert(ca.name.clone());
+        }
+    }
+    names
+}
+
+/// The text under `key` of a Secret.
+pub fn secret_value(secret: &KubeSecret, key: &str) -> Result<Secret> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let bytes = secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| Error::ReferenceKeyMissing {
+        kind: "secret",
+        name: name.clone(),
+        key: key.to_owned(),
+    })?;
+    let text = String::from_utf8(bytes.0.clone()).map_err(|_| Error::ReferenceNotText {
+        kind: "secret",
+        name,
+        key: key.to_owned(),
+    })?;
+    Ok(Secret::new(text))
+}
+
+/// The text under `key` of a ConfigMap, from `data` or `binaryData`.
+pub fn config_map_value(config_map: &ConfigMap, key: &str) -> Result<String> {
+    let name = config_map.metadata.name.clone().unwrap_or_default();
+    if let Some(text) = config_map.data.as_ref().and_then(|data| data.get(key)) {
+        return Ok(text.clone());
+    }
+    let bytes = config_map
+        .binary_data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .ok_or_else(|| Error::ReferenceKeyMissing { kind: "configmap", name: name.clone(), key: key.to_owned() })?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| Error::ReferenceNotText {
+        kind: "configmap",
+        name,
+        key: key.to_owned(),
+    })
+}
+
+/// Reads the value under `key` of the Secret `namespace/name`.
+pub async fn read_secret(client: &Client, namespace: &str, name: &str, key: &str) -> Result<Secret> {
+    let secret = get(Api::<KubeSecret>::namespaced(client.clone(), namespace), "secret", namespace, name).await?;
+    secret_value(&secret, key)
+}
+
+/// Reads a CA bundle from its ConfigMap or Secret.
+pub async fn read_ca_bundle(client: &Client, namespace: &str, ca: &CaBundleRef) -> Result<String> {
+    match ca.kind {
+        CaBundleSource::ConfigMap => {
+            let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+            config_map_value(&get(api, "configmap", namespace, &ca.name).await?, &ca.key)
+        }
+        CaBundleSource::Secret => {
+            let api = Api::<KubeSecret>::namespaced(client.clone(), namespace);
+            let secret = get(api, "secret", namespace, &ca.name).await?;
+            Ok(secret_value(&secret, &ca.key)?.expose().to_owned())
+        }
+    }
+}
+
+async fn get<K>(api: Api<K>, kind: &'static str, namespace: &str, name: &str) -> Result<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.get_opt(name).await {
+        Ok(Some(object)) => Ok(object),
+        Ok(None) => Err(Error::ReferenceMissing { kind, namespace: namespace.to_owned(), name: name.to_owned() }),
+        Err(source) => Err(Error::ReadReference {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// Writes a PEM bundle where the S3 and AMQP clients can read it (they take file paths):
+/// `<dir>/<namespace>/<policy>/<file>`. The directory must be writable (an emptyDir at /tmp
+/// when the operator's root filesystem is read-only).
+pub fn write_ca_file(dir: &Path, namespace: &str, policy: &str, file: &str, pem: &str) -> Result<PathBuf> {
+    let folder = dir.join(namespace).join(policy);
+    let path = folder.join(file);
+    std::fs::create_dir_all(&folder)
+        .and_then(|()| std::fs::write(&path, pem))
+        .map_err(|source| Error::WriteCaBundle { path: path.clone(), source })?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn secret(data: &[(&str, &[u8])]) -> KubeSecret {
+        KubeSecret {
+            metadata: ObjectMeta { name: Some("minio-creds".into()), ..ObjectMeta::default() },
+            data: Some(data.iter().map(|(key, value)| (key.to_string(), ByteString(value.to_vec()))).collect()),
+            ..KubeSecret::default()
+        }
+    }
+
+    #[test]
+    fn secret_values_are_read_and_missing_keys_named() {
+        let creds = secret(&[("accessKey", b"scanner"), ("bad", &[0xff, 0xfe])]);
+        assert_eq!(secret_value(&creds, "accessKey").unwrap().expose(), "scanner");
+        let missing = secret_value(&creds, "secretKey").unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "secret minio-creds has no key secretKey: add it or set the key the policy reads"
+        );
+        assert_eq!(secret_value(&creds, "bad").unwrap_err().kind(), "ReferenceNotText");
+    }
+
+    #[test]
+    fn config_map_values_come_from_data_or_binary_data() {
+        let config_map = ConfigMap {
+            metadata: ObjectMeta { name: Some("cluster-ca".into()), ..ObjectMeta::default() },
+            data: Some(BTreeMap::from([("ca.crt".to_owned(), "PEM".to_owned())])),
+            binary_data: Some(BTreeMap::from([("other.crt".to_owned(), ByteString(b"BIN".to_vec()))])),
+            ..ConfigMap::default()
+        };
+        assert_eq!(config_map_value(&config_map, "ca.crt").unwrap(), "PEM");
+        assert_eq!(config_map_value(&config_map, "other.crt").unwrap(), "BIN");
+        assert_eq!(
+            config_map_value(&config_map, "nope").unwrap_err().to_string(),
+            "configmap cluster-ca has no key nope: add it or set the key the policy reads"
+        );
+    }
+
+    #[test]
+    fn referenced_secrets_include_webhook_and_secret_ca_bundles_only() {
+        let mut policy: BucketScanPolicy =
+            serde_norway::from_str(include_str!("../../crds/examples/bucketscanpolicy.yaml")).unwrap();
+        let names: Vec<String> = referenced_secrets(&policy).into_iter().collect();
+        // The example's MinIO CA bundle is a ConfigMap and its webhook has a secretRef.
+        assert_eq!(names, ["bucket-av-webhook", "minio-scanner", "rabbitmq-scanner"]);
+        policy.spec.rabbitmq.ca_bundle =
+            Some(CaBundleRef { kind: CaBundleSource::Secret, name: "amqp-ca".into(), key: "ca.crt".into() });
+        assert!(referenced_secrets(&policy).contains("amqp-ca"));
+    }
+
+    #[test]
+    fn ca_files_land_under_namespace_and_policy() {
+        let dir = std::env::temp_dir().join(format!("bucket-av-operator-test-{}", std::process::id()));
+        let path = write_ca_file(&dir, "media", "uploads", "s3-ca.pem", "PEM").unwrap();
+        assert_eq!(path, dir.join("media/uploads/s3-ca.pem"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "PEM");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

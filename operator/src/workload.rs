@@ -1,0 +1,523 @@
+//! Pure builders of the Kubernetes objects that run a policy's scanning workers: the worker
+//! Deployment (with the optional clamd sidecar), the ConfigMap holding the sidecar's clamd and
+//! freshclam configuration, and the metrics Service. Nothing here talks to the API server; the
+//! reconciler applies what these return.
+//!
+//! Secrets reach the pods only as `secretKeyRef` environment variables or volumes, never as
+//! literal values, so nothing secret is ever written into a Deployment.
+
+use std::collections::BTreeMap;
+
+use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource, SidecarScanner, quantity_bytes};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+/// The operator's field manager for server-side apply, and the `managed-by` label value.
+pub const MANAGER: &str = "bucket-av-operator";
+/// Label naming the policy a child object belongs to.
+pub const POLICY_LABEL: &str = "bucketav.dev/policy";
+/// Port of the worker's health and metrics server.
+pub const WORKER_HTTP_PORT: i32 = 8080;
+/// clamd's TCP port inside the pod (sidecar mode).
+pub const CLAMD_PORT: i32 = 3310;
+/// User and group the worker runs as (the conventional "nonroot" of distroless images).
+pub const WORKER_UID: i64 = 65532;
+/// User the clamd and freshclam containers run as: the `clamav` user (uid 100, gid 101) of the
+/// official `clamav/clamav` image, so files the image ships for that user stay readable. Our own
+/// configuration (no `User` directive, writable paths on emptyDir volumes only) lets both run
+/// without ever being root, which the image's own entrypoint would need.
+pub const CLAMAV_UID: i64 = 100;
+/// Group of the `clamav` user in the official image.
+pub const CLAMAV_GID: i64 = 101;
+/// Where clamd keeps its signature database (an emptyDir, or the signatures ConfigMap).
+pub const CLAMAV_DB_DIR: &str = "/var/lib/clamav";
+/// Where the generated clamd.conf and freshclam.conf are mounted.
+pub const CLAMAV_CONFIG_DIR: &str = "/etc/bucket-av/clamav";
+/// Mount point of the MinIO CA bundle in the worker container.
+pub const S3_CA_DIR: &str = "/etc/bucket-av/s3-ca";
+/// Mount point of the RabbitMQ CA bundle in the worker container.
+pub const AMQP_CA_DIR: &str = "/etc/bucket-av/amqp-ca";
+/// File name of a CA bundle inside its mount directory.
+pub const CA_FILE: &str = "ca.crt";
+/// Seconds added to drain plus scan timeout for the pod's termination grace period.
+pub const GRACE_MARGIN_SECONDS: i64 = 10;
+
+/// Settings of the operator that apply to every policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorDefaults {
+    /// Worker image used when the policy names none (`--worker-image`).
+    pub worker_image: String,
+}
+
+/// Name of the policy's worker Deployment.
+pub fn deployment_name(policy: &BucketScanPolicy) -> String {
+    format!("{}-worker", policy.name_any())
+}
+
+/// Name of the policy's worker metrics Service.
+pub fn metrics_service_name(policy: &BucketScanPolicy) -> String {
+    format!("{}-worker-metrics", policy.name_any())
+}
+
+/// Name of the ConfigMap with the clamd sidecar's configuration.
+pub fn clamav_config_name(policy: &BucketScanPolicy) -> String {
+    format!("{}-clamav", policy.name_any())
+}
+
+/// Labels every child object of the policy carries.
+pub fn labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(policy);
+    labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
+    labels.insert(POLICY_LABEL.into(), policy.name_any());
+    labels
+}
+
+/// The labels that select the policy's worker pods (immutable in a Deployment: keep them few).
+pub fn selector_labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), "bucket-av-worker".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), policy.name_any()),
+    ])
+}
+
+fn metadata(policy: &BucketScanPolicy, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: policy.namespace(),
+        labels: Some(labels(policy)),
+        owner_references: owner_reference(policy).map(|owner| vec![owner]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The controller owner reference to the policy; `None` only for a policy never stored in the
+/// API server (no uid), as in some unit tests.
+fn owner_reference(policy: &BucketScanPolicy) -> Option<OwnerReference> {
+    policy.controller_owner_ref(&())
+}
+
+/// The Deployment that runs the policy's scanning workers.
+pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Deployment {
+    let spec = &policy.spec;
+    let mut volumes = vec![empty_dir("tmp")];
+    let mut worker_mounts = vec![mount("tmp", "/tmp", false)];
+    if let Some(ca) = &spec.minio.ca_bundle {
+        volumes.push(ca_volume("s3-ca", ca));
+        worker_mounts.push(mount("s3-ca", S3_CA_DIR, true));
+    }
+    if let Some(ca) = &spec.rabbitmq.ca_bundle {
+        volumes.push(ca_volume("amqp-ca", ca));
+        worker_mounts.push(mount("amqp-ca", AMQP_CA_DIR, true));
+    }
+
+    let worker = Container {
+        name: "worker".into(),
+        image: Some(spec.workers.image.clone().unwrap_or_else(|| defaults.worker_image.clone())),
+        env: Some(worker_env(policy)),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: WORKER_HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        resources: spec.workers.resources.clone(),
+        security_context: Some(restricted_container(None)),
+        volume_mounts: Some(worker_mounts),
+        ..Container::default()
+    };
+
+    let mut containers = vec![worker];
+    let mut init_containers = Vec::new();
+    if let Some(sidecar) = &spec.scanner.sidecar {
+        let clamav = ClamavPod::new(policy, sidecar);
+        volumes.extend(clamav.volumes);
+        init_containers.extend(clamav.init_containers);
+        containers.extend(clamav.containers);
+    }
+
+    let grace =
+        i64::from(spec.workers.drain_seconds) + i64::from(spec.scanner.scan_timeout_seconds) + GRACE_MARGIN_SECONDS;
+    Deployment {
+        metadata: metadata(policy, deployment_name(policy)),
+        spec: DeploymentSpec {
+            replicas: Some(spec.workers.min_replicas),
+            selector: LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() },
+            // A new worker must be ready before an old one starts draining: capacity never drops.
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(policy)), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    termination_grace_period_seconds: Some(grace),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(WORKER_UID),
+                        run_as_group: Some(WORKER_UID),
+                        fs_group: Some(WORKER_UID),
+                        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+                        ..PodSecurityContext::default()
+                    }),
+                    init_containers: (!init_containers.is_empty()).then_some(init_containers),
+                    containers,
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The Service that exposes the workers' `/metrics` (port 8080, named `http`).
+pub fn metrics_service(policy: &BucketScanPolicy) -> Service {
+    Service {
+        metadata: metadata(policy, metrics_service_name(policy)),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(policy)),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: WORKER_HTTP_PORT,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..ServicePort::default()
+            }]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+/// The ConfigMap with `clamd.conf` and `freshclam.conf` for the sidecar; `None` when the policy
+/// uses an external clamd.
+pub fn clamav_config(policy: &BucketScanPolicy) -> Option<ConfigMap> {
+    let sidecar = policy.spec.scanner.sidecar.as_ref()?;
+    let mut data = BTreeMap::from([("clamd.conf".to_owned(), clamd_conf(policy))]);
+    if let Some(freshclam) = freshclam_conf(sidecar) {
+        data.insert("freshclam.conf".to_owned(), freshclam);
+    }
+    Some(ConfigMap { metadata: metadata(policy, clamav_config_name(policy)), data: Some(data), ..ConfigMap::default() })
+}
+
+/// clamd listens on loopback only (the worker is its only client) and writes nothing outside
+/// its emptyDir volumes. StreamMaxLength is the policy's streamMaxBytes, else maxObjectSize, so
+/// every object the worker downloads fits into one INSTREAM.
+fn clamd_conf(policy: &BucketScanPolicy) -> String {
+    let stream_max = stream_max_bytes(policy).unwrap_or(1024 * 1024 * 1024);
+    format!(
+        "# Generated by bucket-av-operator for BucketScanPolicy {name}; edits are overwritten.\n\
+         Foreground yes\n\
+         LogTime yes\n\
+         DatabaseDirectory {db}\n\
+         TemporaryDirectory /tmp\n\
+         PidFile /tmp/clamd.pid\n\
+         TCPSocket {port}\n\
+         TCPAddr 127.0.0.1\n\
+         StreamMaxLength {stream_max}\n\
+         SelfCheck 600\n",
+        name = policy.name_any(),
+        db = CLAMAV_DB_DIR,
+        port = CLAMD_PORT,
+    )
+}
+
+/// freshclam's configuration, or `None` when signatures come from a ConfigMap (no freshclam).
+fn freshclam_conf(sidecar: &SidecarScanner) -> Option<String> {
+    let source = match sidecar.signatures.as_ref() {
+        Some(signatures) if signatures.config_map.is_some() => return None,
+        Some(signatures) => match &signatures.mirror {
+            Some(mirror) => format!("PrivateMirror {mirror}\n"),
+            None => "DatabaseMirror database.clamav.net\n".to_owned(),
+        },
+        None => "DatabaseMirror database.clamav.net\n".to_owned(),
+    };
+    Some(format!(
+        "# Generated by bucket-av-operator; edits are overwritten.\n\
+         DatabaseDirectory {CLAMAV_DB_DIR}\n\
+         Foreground yes\n\
+         LogTime yes\n\
+         Checks 12\n\
+         {source}"
+    ))
+}
+
+/// The clamd bytes limit the workers are told about: streamMaxBytes, or in sidecar mode (where
+/// the operator writes clamd.conf) maxObjectSize.
+fn stream_max_bytes(policy: &BucketScanPolicy) -> Option<u64> {
+    let scanner = &policy.spec.scanner;
+    match &scanner.stream_max_bytes {
+        Some(quantity) => quantity_bytes(quantity),
+        None if scanner.sidecar.is_some() => quantity_bytes(&scanner.max_object_size),
+        None => None,
+    }
+}
+
+/// The containers and volumes clamd adds to a worker pod.
+struct ClamavPod {
+    volumes: Vec<Volume>,
+    init_containers: Vec<Container>,
+    containers: Vec<Container>,
+}
+
+impl ClamavPod {
+    fn new(policy: &BucketScanPolicy, sidecar: &SidecarScanner) -> Self {
+        let config_volume = Volume {
+            name: "clamav-config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: clamav_config_name(policy),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let signatures_config_map = sidecar.signatures.as_ref().and_then(|signatures| signatures.config_map.clone());
+        let db_volume = match &signatures_config_map {
+            Some(config_map) => Volume {
+                name: "clamav-db".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config_map.clone(),
+                    ..ConfigMapVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            None => empty_dir("clamav-db"),
+        };
+        let volumes = vec![config_volume, db_volume, empty_dir("clamav-tmp")];
+        // Signatures from a ConfigMap are read-only and never updated by freshclam.
+        let db_read_only = signatures_config_map.is_some();
+        let mounts = vec![
+            mount("clamav-config", CLAMAV_CONFIG_DIR, true),
+            mount("clamav-db", CLAMAV_DB_DIR, db_read_only),
+            mount("clamav-tmp", "/tmp", false),
+        ];
+        let clamav_container = |name: &str, command: Vec<String>| Container {
+            name: name.into(),
+            image: Some(sidecar.image.clone()),
+            command: Some(command),
+            security_context: Some(restricted_container(Some(CLAMAV_UID))),
+            volume_mounts: Some(mounts.clone()),
+            ..Container::default()
+        };
+        let clamd = Container {
+            ports: Some(vec![ContainerPort {
+                name: Some("clamd".into()),
+                container_port: CLAMD_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]),
+            // Loading the full signature database takes tens of seconds: allow up to 10 minutes.
+            startup_probe: Some(Probe { failure_threshold: Some(120), ..tcp_probe(5) }),
+            readiness_probe: Some(tcp_probe(10)),
+            liveness_probe: Some(Probe { failure_threshold: Some(6), ..tcp_probe(20) }),
+            resources: sidecar.resources.clone(),
+            ..clamav_container(
+                "clamd",
+                vec!["clamd".into(), "--foreground".into(), format!("--config-file={CLAMAV_CONFIG_DIR}/clamd.conf")],
+            )
+        };
+        let freshclam_config = format!("--config-file={CLAMAV_CONFIG_DIR}/freshclam.conf");
+        let (init_containers, containers) = if db_read_only {
+            (Vec::new(), vec![clamd])
+        } else {
+            // clamd refuses to start on an empty database: fetch it once before clamd starts,
+            // then keep it fresh beside clamd (which reloads it on its own SelfCheck).
+            let initial = clamav_container(
+                "freshclam-init",
+                vec!["freshclam".into(), "--stdout".into(), freshclam_config.clone()],
+            );
+            let daemon = clamav_container(
+                "freshclam",
+                vec!["freshclam".into(), "--daemon".into(), "--foreground".into(), "--stdout".into(), freshclam_config],
+            );
+            (vec![initial], vec![clamd, daemon])
+        };
+        Self { volumes, init_containers, containers }
+    }
+}
+
+/// Every worker setting, as the worker's `BAVS_*` environment variables.
+pub fn worker_env(policy: &BucketScanPolicy) -> Vec<EnvVar> {
+    let spec = &policy.spec;
+    let rabbitmq = &spec.rabbitmq;
+    let minio = &spec.minio;
+    let scanner = &spec.scanner;
+    let actions = &spec.actions;
+    let workers = &spec.workers;
+
+    let mut buckets: Vec<&str> = Vec::new();
+    for bucket in &spec.buckets {
+        if !buckets.contains(&bucket.name.as_str()) {
+            buckets.push(&bucket.name);
+        }
+    }
+    let clamd = match (&scanner.sidecar, &scanner.external) {
+        (_, Some(external)) => external.address.clone(),
+        _ => format!("127.0.0.1:{CLAMD_PORT}"),
+    };
+
+    let mut env = vec![
+        secret_env("BAVS_AMQP_URL", &rabbitmq.url_secret.name, &rabbitmq.url_secret.key),
+        value_env("BAVS_EXCHANGE", &rabbitmq.exchange),
+        value_env("BAVS_EXCHANGE_TYPE", rabbitmq.exchange_type.as_str()),
+        value_env("BAVS_ROUTING_KEY", policy.routing_key()),
+        value_env("BAVS_QUEUE", policy.queue_name()),
+        value_env("BAVS_DELIVERY_LIMIT", rabbitmq.delivery_limit.to_string()),
+        // The operator declares the topology; workers only consume.
+        value_env("BAVS_DECLARE_TOPOLOGY", "false"),
+        value_env("BAVS_BUCKETS", buckets.join(",")),
+        value_env("BAVS_S3_ENDPOINT", &minio.endpoint),
+        value_env("BAVS_S3_REGION", &minio.region),
+        secret_env("BAVS_S3_ACCESS_KEY", &minio.credentials_secret.name, &minio.credentials_secret.access_key_key),
+        secret_env("BAVS_S3_SECRET_KEY", &minio.credentials_secret.name, &minio.credentials_secret.secret_key_key),
+        value_env("BAVS_CLAMD", clamd),
+    ];
+    if rabbitmq.ca_bundle.is_some() {
+        env.push(value_env("BAVS_AMQP_CA_BUNDLE", format!("{AMQP_CA_DIR}/{CA_FILE}")));
+    }
+    if minio.ca_bundle.is_some() {
+        env.push(value_env("BAVS_S3_CA_BUNDLE", format!("{S3_CA_DIR}/{CA_FILE}")));
+    }
+    if let Some(bytes) = stream_max_bytes(policy) {
+        env.push(value_env("BAVS_CLAMD_STREAM_MAX_BYTES", bytes.to_string()));
+    }
+    // validate() guarantees a well-formed maxObjectSize; the worker's default applies otherwise.
+    if let Some(bytes) = quantity_bytes(&scanner.max_object_size) {
+        env.push(value_env("BAVS_MAX_OBJECT_SIZE", bytes.to_string()));
+    }
+    env.extend([
+        value_env("BAVS_CHUNK_BYTES", scanner.chunk_bytes.to_string()),
+        value_env("BAVS_SCAN_TIMEOUT_SECONDS", scanner.scan_timeout_seconds.to_string()),
+        value_env("BAVS_CONCURRENCY", workers.concurrency.to_string()),
+        value_env("BAVS_TAGGING", actions.tagging.enabled.to_string()),
+        value_env("BAVS_TAG_PREFIX", &actions.tagging.prefix),
+        value_env("BAVS_ON_INFECTED", actions.on_infected.worker_flag_value()),
+        value_env("BAVS_ON_UNSCANNABLE", actions.on_unscannable.worker_flag_value()),
+    ]);
+    if let Some(bucket) = &actions.quarantine_bucket {
+        env.push(value_env("BAVS_QUARANTINE_BUCKET", bucket));
+    }
+    if let Some(webhook) = &actions.webhook {
+        env.push(value_env("BAVS_WEBHOOK_URL", &webhook.url));
+        if let Some(secret) = &webhook.secret_ref {
+            env.push(secret_env("BAVS_WEBHOOK_SECRET", &secret.name, &secret.key));
+        }
+        env.push(value_env("BAVS_REPORT_CLEAN", webhook.report_clean.to_string()));
+        env.push(value_env("BAVS_WEBHOOK_ATTEMPTS", webhook.attempts.to_string()));
+    }
+    env.extend([
+        value_env("BAVS_HTTP_ADDR", format!("0.0.0.0:{WORKER_HTTP_PORT}")),
+        value_env("BAVS_DRAIN_SECONDS", workers.drain_seconds.to_string()),
+        value_env("BAVS_LOG_FORMAT", "json"),
+    ]);
+    env
+}
+
+fn value_env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), value_from: None }
+}
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector { name: secret.into(), key: key.into(), optional: Some(false) }),
+            ..EnvVarSource::default()
+        }),
+    }
+}
+
+/// A volume holding one CA bundle key, projected to the file `ca.crt`.
+fn ca_volume(name: &str, ca: &CaBundleRef) -> Volume {
+    let items = Some(vec![KeyToPath { key: ca.key.clone(), path: CA_FILE.into(), ..KeyToPath::default() }]);
+    match ca.kind {
+        CaBundleSource::ConfigMap => Volume {
+            name: name.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: ca.name.clone(),
+                items,
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        CaBundleSource::Secret => Volume {
+            name: name.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.name.clone()),
+                items,
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
+}
+
+fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        ..VolumeMount::default()
+    }
+}
+
+/// The container security context Pod Security Standards "restricted" asks for, running as
+/// `run_as_user` when given (the pod's user otherwise).
+fn restricted_container(run_as_user: Option<i64>) -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user,
+        run_as_group: run_as_user.map(|_| CLAMAV_GID),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
+        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..Default::default() }),
+        ..SecurityContext::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(3),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+fn tcp_probe(period_seconds: i32) -> Probe {
+    Probe {
+        tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(CLAMD_PORT), host: None }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(3),
+        ..Probe::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,340 @@
+//! The worker objects built for the example policy and variations of it, checked against what
+//! the worker, the API server and Pod Security Standards "restricted" expect.
+
+use super::*;
+use bucket_av_crds::{BucketScanPolicy, ExternalScanner, SignatureSource, WebhookSecretRef};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+const EXAMPLE: &str = include_str!("../../../crds/examples/bucketscanpolicy.yaml");
+
+fn example() -> BucketScanPolicy {
+    let mut policy: BucketScanPolicy = serde_norway::from_str(EXAMPLE).unwrap();
+    policy.metadata.uid = Some("6c1f7c55-1a70-4a0e-9d0e-3c0f1f0d2a11".into());
+    policy.spec.validate().unwrap();
+    policy
+}
+
+fn external(mut policy: BucketScanPolicy) -> BucketScanPolicy {
+    policy.spec.scanner.sidecar = None;
+    policy.spec.scanner.external = Some(ExternalScanner { address: "clamd.av.svc:3310".into() });
+    policy.spec.scanner.stream_max_bytes = None;
+    policy.spec.validate().unwrap();
+    policy
+}
+
+fn defaults() -> OperatorDefaults {
+    OperatorDefaults { worker_image: "registry.example/bucket-av-worker:1.0".into() }
+}
+
+fn pod_spec(deployment: &Deployment) -> &PodSpec {
+    deployment.spec.template.spec.as_ref().unwrap()
+}
+
+fn all_containers(pod: &PodSpec) -> Vec<&Container> {
+    pod.init_containers.iter().flatten().chain(pod.containers.iter()).collect()
+}
+
+fn container<'a>(pod: &'a PodSpec, name: &str) -> &'a Container {
+    pod.containers.iter().find(|container| container.name == name).unwrap_or_else(|| panic!("no container {name}"))
+}
+
+fn env_map(container: &Container) -> BTreeMap<String, EnvVar> {
+    container.env.iter().flatten().map(|env| (env.name.clone(), env.clone())).collect()
+}
+
+fn value<'a>(env: &'a BTreeMap<String, EnvVar>, name: &str) -> &'a str {
+    env.get(name).and_then(|env| env.value.as_deref()).unwrap_or_else(|| panic!("{name} has no literal value"))
+}
+
+fn secret_ref<'a>(env: &'a BTreeMap<String, EnvVar>, name: &str) -> &'a SecretKeySelector {
+    let var = env.get(name).unwrap_or_else(|| panic!("{name} is not set"));
+    assert_eq!(var.value, None, "{name} must not carry a literal value");
+    var.value_from.as_ref().and_then(|from| from.secret_key_ref.as_ref()).unwrap()
+}
+
+#[test]
+fn deployment_is_named_labelled_and_owned_by_the_policy() {
+    let policy = example();
+    let deployment = worker_deployment(&policy, &defaults());
+    assert_eq!(deployment.metadata.name.as_deref(), Some("uploads-worker"));
+    assert_eq!(deployment.metadata.namespace.as_deref(), Some("media"));
+    let labels = deployment.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/name"], "bucket-av-worker");
+    assert_eq!(labels["app.kubernetes.io/instance"], "uploads");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "bucket-av-operator");
+    assert_eq!(labels["bucketav.dev/policy"], "uploads");
+    let owners = deployment.metadata.owner_references.as_ref().unwrap();
+    assert_eq!(owners.len(), 1);
+    assert_eq!(owners[0].kind, "BucketScanPolicy");
+    assert_eq!(owners[0].api_version, "bucketav.dev/v1alpha1");
+    assert_eq!(owners[0].name, "uploads");
+    assert_eq!(owners[0].controller, Some(true));
+
+    let spec = &deployment.spec;
+    assert_eq!(spec.replicas, Some(1));
+    let selector = spec.selector.match_labels.as_ref().unwrap();
+    let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
+    assert!(selector.iter().all(|(key, value)| pod_labels.get(key) == Some(value)), "the selector matches the pods");
+}
+
+#[test]
+fn every_container_meets_the_restricted_pod_security_standard() {
+    for policy in [example(), external(example())] {
+        let deployment = worker_deployment(&policy, &defaults());
+        let pod = pod_spec(&deployment);
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let pod_security = pod.security_context.as_ref().unwrap();
+        assert_eq!(pod_security.run_as_non_root, Some(true));
+        assert_eq!(pod_security.run_as_user, Some(65532));
+        assert_eq!(pod_security.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        for container in all_containers(pod) {
+            let security = container.security_context.as_ref().unwrap();
+            assert_eq!(security.allow_privilege_escalation, Some(false), "{}", container.name);
+            assert_eq!(security.read_only_root_filesystem, Some(true), "{}", container.name);
+            assert_ne!(security.run_as_non_root, Some(false), "{}", container.name);
+            assert_ne!(security.run_as_user, Some(0), "{}", container.name);
+            assert_eq!(
+                security.capabilities.as_ref().unwrap().drop,
+                Some(vec!["ALL".to_owned()]),
+                "{}",
+                container.name
+            );
+            assert_eq!(security.capabilities.as_ref().unwrap().add, None, "{}", container.name);
+            assert_ne!(security.privileged, Some(true), "{}", container.name);
+        }
+        for volume in pod.volumes.iter().flatten() {
+            assert!(volume.host_path.is_none(), "restricted pods have no hostPath volumes");
+        }
+    }
+}
+
+#[test]
+fn secrets_reach_the_worker_only_by_reference() {
+    let mut policy = example();
+    policy.spec.actions.webhook.as_mut().unwrap().secret_ref =
+        Some(WebhookSecretRef { name: "hook".into(), key: "hmac".into() });
+    let deployment = worker_deployment(&policy, &defaults());
+    let worker = container(pod_spec(&deployment), "worker");
+    let env = env_map(worker);
+    let amqp = secret_ref(&env, "BAVS_AMQP_URL");
+    assert_eq!((amqp.name.as_str(), amqp.key.as_str()), ("rabbitmq-scanner", "url"));
+    let access = secret_ref(&env, "BAVS_S3_ACCESS_KEY");
+    assert_eq!((access.name.as_str(), access.key.as_str()), ("minio-scanner", "accessKey"));
+    let secret = secret_ref(&env, "BAVS_S3_SECRET_KEY");
+    assert_eq!((secret.name.as_str(), secret.key.as_str()), ("minio-scanner", "secretKey"));
+    let webhook = secret_ref(&env, "BAVS_WEBHOOK_SECRET");
+    assert_eq!((webhook.name.as_str(), webhook.key.as_str()), ("hook", "hmac"));
+    for container in all_containers(pod_spec(&deployment)) {
+        for var in container.env.iter().flatten() {
+            let from_config_map = var.value_from.as_ref().is_some_and(|from| from.config_map_key_ref.is_some());
+            assert!(!from_config_map, "{} must not come from a ConfigMap", var.name);
+        }
+    }
+}
+
+#[test]
+fn every_setting_of_the_policy_reaches_the_worker() {
+    let policy = example();
+    let deployment = worker_deployment(&policy, &defaults());
+    let env = env_map(container(pod_spec(&deployment), "worker"));
+    let expected = [
+        ("BAVS_EXCHANGE", "bucket-av.events"),
+        ("BAVS_EXCHANGE_TYPE", "direct"),
+        ("BAVS_ROUTING_KEY", "media-uploads-scan"),
+        ("BAVS_QUEUE", "media-uploads-scan"),
+        ("BAVS_DELIVERY_LIMIT", "5"),
+        ("BAVS_DECLARE_TOPOLOGY", "false"),
+        ("BAVS_BUCKETS", "user-uploads,partner-drop"),
+        ("BAVS_S3_ENDPOINT", "https://minio.minio.svc.cluster.local:9000"),
+        ("BAVS_S3_REGION", "us-east-1"),
+        ("BAVS_S3_CA_BUNDLE", "/etc/bucket-av/s3-ca/ca.crt"),
+        ("BAVS_CLAMD", "127.0.0.1:3310"),
+        ("BAVS_CLAMD_STREAM_MAX_BYTES", "2147483648"),
+        ("BAVS_MAX_OBJECT_SIZE", "2147483648"),
+        ("BAVS_CHUNK_BYTES", "262144"),
+        ("BAVS_SCAN_TIMEOUT_SECONDS", "900"),
+        ("BAVS_CONCURRENCY", "8"),
+        ("BAVS_TAGGING", "true"),
+        ("BAVS_TAG_PREFIX", "av-"),
+        ("BAVS_ON_INFECTED", "quarantine"),
+        ("BAVS_ON_UNSCANNABLE", "none"),
+        ("BAVS_QUARANTINE_BUCKET", "quarantine"),
+        ("BAVS_WEBHOOK_URL", "https://security.example.com/hooks/bucket-av"),
+        ("BAVS_REPORT_CLEAN", "false"),
+        ("BAVS_WEBHOOK_ATTEMPTS", "4"),
+        ("BAVS_HTTP_ADDR", "0.0.0.0:8080"),
+        ("BAVS_DRAIN_SECONDS", "60"),
+        ("BAVS_LOG_FORMAT", "json"),
+    ];
+    for (name, expected) in expected {
+        assert_eq!(value(&env, name), expected, "{name}");
+    }
+    assert!(!env.contains_key("BAVS_AMQP_CA_BUNDLE"), "no RabbitMQ CA bundle in the example");
+    let names: Vec<&str> =
+        container(pod_spec(&deployment), "worker").env.iter().flatten().map(|e| e.name.as_str()).collect();
+    let mut unique = names.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "no variable is set twice: {names:?}");
+}
+
+/// Every variable the operator sets must be one the worker reads (worker/src/config.rs).
+#[test]
+fn only_variables_the_worker_reads_are_set() {
+    let worker_config = include_str!("../../../worker/src/config.rs");
+    let mut policy = example();
+    policy.spec.rabbitmq.ca_bundle = policy.spec.minio.ca_bundle.clone();
+    policy.spec.actions.webhook.as_mut().unwrap().secret_ref =
+        Some(WebhookSecretRef { name: "hook".into(), key: "secret".into() });
+    let deployment = worker_deployment(&policy, &defaults());
+    for var in container(pod_spec(&deployment), "worker").env.iter().flatten() {
+        assert!(worker_config.contains(&format!("env = \"{}\"", var.name)), "the worker has no flag for {}", var.name);
+    }
+}
+
+#[test]
+fn ca_bundles_are_mounted_and_pointed_at() {
+    let mut policy = example();
+    let mut amqp_ca = policy.spec.minio.ca_bundle.clone().unwrap();
+    amqp_ca.kind = CaBundleSource::Secret;
+    amqp_ca.name = "rabbitmq-ca".into();
+    amqp_ca.key = "bundle.pem".into();
+    policy.spec.rabbitmq.ca_bundle = Some(amqp_ca);
+    let deployment = worker_deployment(&policy, &defaults());
+    let pod = pod_spec(&deployment);
+    let worker = container(pod, "worker");
+    let env = env_map(worker);
+    assert_eq!(value(&env, "BAVS_AMQP_CA_BUNDLE"), "/etc/bucket-av/amqp-ca/ca.crt");
+    assert_eq!(value(&env, "BAVS_S3_CA_BUNDLE"), "/etc/bucket-av/s3-ca/ca.crt");
+    let volume = |name: &str| pod.volumes.iter().flatten().find(|volume| volume.name == name).unwrap();
+    let s3 = volume("s3-ca").config_map.as_ref().unwrap();
+    assert_eq!(s3.name, "cluster-ca");
+    assert_eq!(s3.items.as_ref().unwrap()[0].key, "ca.crt");
+    let amqp = volume("amqp-ca").secret.as_ref().unwrap();
+    assert_eq!(amqp.secret_name.as_deref(), Some("rabbitmq-ca"));
+    assert_eq!(amqp.items.as_ref().unwrap()[0].key, "bundle.pem");
+    assert_eq!(amqp.items.as_ref().unwrap()[0].path, "ca.crt");
+    let mounts = worker.volume_mounts.as_ref().unwrap();
+    for (volume, path) in [("s3-ca", "/etc/bucket-av/s3-ca"), ("amqp-ca", "/etc/bucket-av/amqp-ca")] {
+        let mount = mounts.iter().find(|mount| mount.name == volume).unwrap();
+        assert_eq!(mount.mount_path, path);
+        assert_eq!(mount.read_only, Some(true));
+    }
+}
+
+#[test]
+fn the_sidecar_runs_clamd_and_freshclam_from_the_mirror() {
+    let policy = example();
+    let deployment = worker_deployment(&policy, &defaults());
+    let pod = pod_spec(&deployment);
+    let names: Vec<&str> = pod.containers.iter().map(|container| container.name.as_str()).collect();
+    assert_eq!(names, ["worker", "clamd", "freshclam"]);
+    let init: Vec<&str> = pod.init_containers.iter().flatten().map(|container| container.name.as_str()).collect();
+    assert_eq!(init, ["freshclam-init"]);
+    let clamd = container(pod, "clamd");
+    assert_eq!(clamd.image.as_deref(), Some("docker.io/clamav/clamav:1.4"));
+    assert_eq!(clamd.resources, policy.spec.scanner.sidecar.as_ref().unwrap().resources);
+    let readiness = clamd.readiness_probe.as_ref().unwrap();
+    assert_eq!(readiness.tcp_socket.as_ref().unwrap().port, IntOrString::Int(3310));
+    assert!(clamd.startup_probe.is_some(), "loading signatures is slow; a startup probe covers it");
+    assert_eq!(clamd.security_context.as_ref().unwrap().run_as_user, Some(100));
+    let db = clamd.volume_mounts.iter().flatten().find(|mount| mount.mount_path == CLAMAV_DB_DIR).unwrap();
+    assert_ne!(db.read_only, Some(true), "freshclam writes the database");
+    let db_volume = pod.volumes.iter().flatten().find(|volume| volume.name == db.name).unwrap();
+    assert!(db_volume.empty_dir.is_some());
+
+    let config = clamav_config(&policy).unwrap();
+    assert_eq!(config.metadata.name.as_deref(), Some("uploads-clamav"));
+    let data = config.data.as_ref().unwrap();
+    assert!(data["freshclam.conf"].contains("PrivateMirror https://clamav-mirror.internal.example.com\n"));
+    assert!(!data["freshclam.conf"].contains("DatabaseMirror"));
+    let clamd_conf = &data["clamd.conf"];
+    assert!(clamd_conf.contains("TCPSocket 3310\n"));
+    assert!(clamd_conf.contains("TCPAddr 127.0.0.1\n"));
+    assert!(clamd_conf.contains("StreamMaxLength 2147483648\n"));
+    assert!(!clamd_conf.contains("User "), "clamd must not try to switch users");
+}
+
+#[test]
+fn signatures_from_a_config_map_are_mounted_read_only_without_freshclam() {
+    let mut policy = example();
+    policy.spec.scanner.sidecar.as_mut().unwrap().signatures =
+        Some(SignatureSource { config_map: Some("clamav-sigs".into()), mirror: None });
+    let deployment = worker_deployment(&policy, &defaults());
+    let pod = pod_spec(&deployment);
+    let names: Vec<&str> = pod.containers.iter().map(|container| container.name.as_str()).collect();
+    assert_eq!(names, ["worker", "clamd"]);
+    assert!(pod.init_containers.is_none());
+    let db = container(pod, "clamd").volume_mounts.iter().flatten().find(|m| m.mount_path == CLAMAV_DB_DIR).unwrap();
+    assert_eq!(db.read_only, Some(true));
+    let volume = pod.volumes.iter().flatten().find(|volume| volume.name == db.name).unwrap();
+    assert_eq!(volume.config_map.as_ref().unwrap().name, "clamav-sigs");
+    assert!(!clamav_config(&policy).unwrap().data.unwrap().contains_key("freshclam.conf"));
+}
+
+#[test]
+fn an_external_clamd_means_no_sidecar() {
+    let policy = external(example());
+    let deployment = worker_deployment(&policy, &defaults());
+    let pod = pod_spec(&deployment);
+    assert_eq!(pod.containers.len(), 1);
+    assert!(pod.init_containers.is_none());
+    assert!(pod.volumes.iter().flatten().all(|volume| !volume.name.starts_with("clamav")));
+    let env = env_map(container(pod, "worker"));
+    assert_eq!(value(&env, "BAVS_CLAMD"), "clamd.av.svc:3310");
+    assert!(!env.contains_key("BAVS_CLAMD_STREAM_MAX_BYTES"), "unknown for a clamd the operator does not configure");
+    assert!(clamav_config(&policy).is_none());
+
+    let mut with_limit = policy.clone();
+    with_limit.spec.scanner.stream_max_bytes = Some(Quantity("100Mi".into()));
+    let deployment = worker_deployment(&with_limit, &defaults());
+    let env = env_map(container(pod_spec(&deployment), "worker"));
+    assert_eq!(value(&env, "BAVS_CLAMD_STREAM_MAX_BYTES"), "104857600");
+}
+
+#[test]
+fn grace_period_outlasts_drain_and_the_longest_scan() {
+    let policy = example();
+    let deployment = worker_deployment(&policy, &defaults());
+    // drainSeconds 60 + scanTimeoutSeconds 900 + 10.
+    assert_eq!(pod_spec(&deployment).termination_grace_period_seconds, Some(970));
+}
+
+#[test]
+fn the_worker_image_defaults_to_the_operators() {
+    let mut policy = example();
+    policy.spec.workers.image = None;
+    let deployment = worker_deployment(&policy, &defaults());
+    assert_eq!(
+        container(pod_spec(&deployment), "worker").image.as_deref(),
+        Some("registry.example/bucket-av-worker:1.0")
+    );
+    policy.spec.workers.image = Some("mine:2".into());
+    let deployment = worker_deployment(&policy, &defaults());
+    assert_eq!(container(pod_spec(&deployment), "worker").image.as_deref(), Some("mine:2"));
+}
+
+#[test]
+fn worker_probes_use_the_named_http_port() {
+    let deployment = worker_deployment(&example(), &defaults());
+    let worker = container(pod_spec(&deployment), "worker");
+    let port = &worker.ports.as_ref().unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.container_port), (Some("http"), 8080));
+    let liveness = worker.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!((liveness.path.as_deref(), &liveness.port), (Some("/healthz"), &IntOrString::String("http".into())));
+    let readiness = worker.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap();
+    assert_eq!(readiness.path.as_deref(), Some("/readyz"));
+}
+
+#[test]
+fn metrics_service_selects_the_worker_pods() {
+    let policy = example();
+    let service = metrics_service(&policy);
+    assert_eq!(service.metadata.name.as_deref(), Some("uploads-worker-metrics"));
+    assert_eq!(service.metadata.owner_references.as_ref().unwrap()[0].name, "uploads");
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.selector.as_ref(), Some(&selector_labels(&policy)));
+    let port = &spec.ports.as_ref().unwrap()[0];
+    assert_eq!(port.port, 8080);
+    assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
+}
