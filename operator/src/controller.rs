@@ -3,6 +3,7 @@
 //! picked up without waiting for the next resync.
 
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bucket_av_crds::BucketScanPolicy;
@@ -11,8 +12,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -31,8 +32,17 @@ pub async fn check_crd(client: &kube::Client) -> Result<(), kube::Error> {
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let policies = Api::<BucketScanPolicy>::all(client.clone());
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let (store, writer) = reflector::store();
+    // Every reconcile writes the status (queue depth, replicas); reacting to those writes would
+    // reconcile again at once, in a loop while the queue depth moves. Only a change of the spec
+    // (generation, which deletion bumps too) or of the finalizers starts a reconcile; Deployment
+    // and Secret changes, and the periodic resync, cover the rest.
+    let changes = watcher(policies, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_finalizers, PredicateConfig::default());
+    let controller = Controller::for_stream(changes, store.clone());
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     controller
         .owns(Api::<Deployment>::all(client.clone()), owned)
@@ -49,6 +59,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         })
         .await;
     info!("controller stopped");
+}
+
+/// A hash of what should start a reconcile of a policy: its generation and its finalizers.
+pub fn spec_or_finalizers(policy: &BucketScanPolicy) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    policy.metadata.generation.hash(&mut hasher);
+    policy.metadata.finalizers.hash(&mut hasher);
+    policy.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// The policies in the Secret's namespace that refer to it.
@@ -85,6 +104,24 @@ mod tests {
             },
             ..Secret::default()
         }
+    }
+
+    #[test]
+    fn status_updates_do_not_start_a_reconcile_but_spec_and_finalizer_changes_do() {
+        let mut policy = policy("media", "uploads").as_ref().clone();
+        policy.metadata.generation = Some(1);
+        let before = spec_or_finalizers(&policy);
+        let mut status_only = policy.clone();
+        status_only.status =
+            Some(bucket_av_crds::BucketScanPolicyStatus { queue_depth: Some(42), ..Default::default() });
+        status_only.metadata.resource_version = Some("99".into());
+        assert_eq!(spec_or_finalizers(&status_only), before);
+        let mut finalized = policy.clone();
+        finalized.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
+        assert_ne!(spec_or_finalizers(&finalized), before);
+        let mut changed = policy.clone();
+        changed.metadata.generation = Some(2);
+        assert_ne!(spec_or_finalizers(&changed), before);
     }
 
     #[test]

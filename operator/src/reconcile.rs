@@ -481,12 +481,40 @@ async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Depl
             }
         }
     }
+    let mut deployment = workload::worker_deployment(policy, &ctx.defaults);
+    workload::set_secret_versions(&mut deployment, &secret_versions(policy, ctx, &namespace).await?);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let deployment =
-        apply_child(&deployments, "Deployment", workload::worker_deployment(policy, &ctx.defaults), &params).await?;
+    let deployment = apply_child(&deployments, "Deployment", deployment, &params).await?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     apply_child(&services, "Service", workload::metrics_service(policy), &params).await?;
     Ok(deployment)
+}
+
+/// The resourceVersion of every Secret the workers read (`absent` for one that does not exist:
+/// its pods cannot start until it does, and its creation then rolls them).
+async fn secret_versions(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<std::collections::BTreeMap<String, String>> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let mut versions = std::collections::BTreeMap::new();
+    for name in secrets::referenced_secrets(policy) {
+        let version = match api.get_metadata_opt(&name).await {
+            Ok(Some(secret)) => secret.metadata.resource_version.unwrap_or_default(),
+            Ok(None) => "absent".to_owned(),
+            Err(source) => {
+                return Err(Error::ReadReference {
+                    kind: "secret",
+                    namespace: namespace.to_owned(),
+                    name,
+                    source: Box::new(source),
+                });
+            }
+        };
+        versions.insert(name, version);
+    }
+    Ok(versions)
 }
 
 async fn apply_child<K>(api: &Api<K>, kind: &'static str, object: K, params: &PatchParams) -> Result<K>

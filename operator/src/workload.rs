@@ -186,6 +186,18 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
     }
 }
 
+/// Annotation of the worker pod template recording the resourceVersion of every Secret the
+/// workers read. The workers take Secrets as environment variables, which never change in a
+/// running pod: a changed Secret changes this annotation, and so rolls the workers.
+pub const SECRET_VERSIONS_ANNOTATION: &str = "bucketav.dev/secret-versions";
+
+/// Records `versions` (Secret name to resourceVersion) in the pod template of `deployment`.
+pub fn set_secret_versions(deployment: &mut Deployment, versions: &BTreeMap<String, String>) {
+    let text = versions.iter().map(|(name, version)| format!("{name}={version}")).collect::<Vec<_>>().join(",");
+    let metadata = deployment.spec.template.metadata.get_or_insert_with(ObjectMeta::default);
+    metadata.annotations.get_or_insert_with(BTreeMap::new).insert(SECRET_VERSIONS_ANNOTATION.to_owned(), text);
+}
+
 /// The Service that exposes the workers' `/metrics` (port 8080, named `http`).
 pub fn metrics_service(policy: &BucketScanPolicy) -> Service {
     Service {

@@ -338,3 +338,21 @@ fn metrics_service_selects_the_worker_pods() {
     assert_eq!(port.port, 8080);
     assert_eq!(port.target_port, Some(IntOrString::String("http".into())));
 }
+
+#[test]
+fn a_changed_secret_changes_the_pod_template() {
+    let policy = example();
+    let mut first = worker_deployment(&policy, &defaults());
+    let mut second = first.clone();
+    let versions = BTreeMap::from([
+        ("minio-scanner".to_owned(), "10".to_owned()),
+        ("rabbitmq-scanner".to_owned(), "7".to_owned()),
+    ]);
+    set_secret_versions(&mut first, &versions);
+    let annotations = first.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
+    assert_eq!(annotations[SECRET_VERSIONS_ANNOTATION], "minio-scanner=10,rabbitmq-scanner=7");
+    let mut rotated = versions.clone();
+    rotated.insert("minio-scanner".to_owned(), "11".to_owned());
+    set_secret_versions(&mut second, &rotated);
+    assert_ne!(first.spec.template, second.spec.template);
+}
