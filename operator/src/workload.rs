@@ -12,8 +12,8 @@ use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource, SidecarScann
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, TCPSocketAction, Volume,
+    EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -327,16 +327,11 @@ impl ClamavPod {
             ..Container::default()
         };
         let clamd = Container {
-            ports: Some(vec![ContainerPort {
-                name: Some("clamd".into()),
-                container_port: CLAMD_PORT,
-                protocol: Some("TCP".into()),
-                ..ContainerPort::default()
-            }]),
+            // No container port: clamd listens on loopback only (see `ping_probe`).
             // Loading the full signature database takes tens of seconds: allow up to 10 minutes.
-            startup_probe: Some(Probe { failure_threshold: Some(120), ..tcp_probe(5) }),
-            readiness_probe: Some(tcp_probe(10)),
-            liveness_probe: Some(Probe { failure_threshold: Some(6), ..tcp_probe(20) }),
+            startup_probe: Some(Probe { failure_threshold: Some(120), ..ping_probe(5) }),
+            readiness_probe: Some(ping_probe(10)),
+            liveness_probe: Some(Probe { failure_threshold: Some(6), ..ping_probe(20) }),
             resources: sidecar.resources.clone(),
             ..clamav_container(
                 "clamd",
@@ -522,11 +517,20 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
     }
 }
 
-fn tcp_probe(period_seconds: i32) -> Probe {
+/// Asks clamd for PONG from inside its container. A tcpSocket probe would connect to the pod IP,
+/// where clamd deliberately does not listen: clamd has no authentication and obeys SHUTDOWN from
+/// any client, so it is bound to 127.0.0.1 and only the worker beside it can reach it.
+fn ping_probe(period_seconds: i32) -> Probe {
     Probe {
-        tcp_socket: Some(TCPSocketAction { port: IntOrString::Int(CLAMD_PORT), host: None }),
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "clamdscan".into(),
+                format!("--config-file={CLAMAV_CONFIG_DIR}/clamd.conf"),
+                "--ping=1".into(),
+            ]),
+        }),
         period_seconds: Some(period_seconds),
-        timeout_seconds: Some(3),
+        timeout_seconds: Some(5),
         ..Probe::default()
     }
 }

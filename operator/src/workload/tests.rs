@@ -234,8 +234,11 @@ fn the_sidecar_runs_clamd_and_freshclam_from_the_mirror() {
     let clamd = container(pod, "clamd");
     assert_eq!(clamd.image.as_deref(), Some("docker.io/clamav/clamav:1.4"));
     assert_eq!(clamd.resources, policy.spec.scanner.sidecar.as_ref().unwrap().resources);
-    let readiness = clamd.readiness_probe.as_ref().unwrap();
-    assert_eq!(readiness.tcp_socket.as_ref().unwrap().port, IntOrString::Int(3310));
+    // clamd listens on loopback only, so its probes run inside the container.
+    let readiness = clamd.readiness_probe.as_ref().unwrap().exec.as_ref().unwrap().command.as_ref().unwrap();
+    assert_eq!(readiness[0], "clamdscan");
+    assert!(readiness.contains(&"--ping=1".to_owned()));
+    assert!(readiness.contains(&"--config-file=/etc/bucket-av/clamav/clamd.conf".to_owned()));
     assert!(clamd.startup_probe.is_some(), "loading signatures is slow; a startup probe covers it");
     assert_eq!(clamd.security_context.as_ref().unwrap().run_as_user, Some(100));
     let db = clamd.volume_mounts.iter().flatten().find(|mount| mount.mount_path == CLAMAV_DB_DIR).unwrap();
