@@ -18,6 +18,10 @@ pub struct Config {
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(long, env = "BAVS_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Watch only this namespace (default: all namespaces). With it, the operator needs its
+    /// permissions in that namespace only.
+    #[arg(long, env = "BAVS_OPERATOR_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
     /// Run the controller only while holding the leader Lease (for more than one replica).
     #[arg(long, env = "BAVS_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,

@@ -24,14 +24,20 @@ use crate::workload::MANAGER;
 
 /// Fails when the BucketScanPolicy CRD is not installed or not readable, so a misdeployed
 /// operator says so at once instead of retrying watches forever.
-pub async fn check_crd(client: &kube::Client) -> Result<(), kube::Error> {
-    Api::<BucketScanPolicy>::all(client.clone()).list(&ListParams::default().limit(1)).await.map(drop)
+pub async fn check_crd(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+    api::<BucketScanPolicy>(client, namespace).list(&ListParams::default().limit(1)).await.map(drop)
 }
 
 /// Runs the controller until `shutdown` completes, then lets in-flight reconciles finish.
-pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+/// With `namespace`, only policies (and their Deployments and Secrets) of that namespace are
+/// watched; otherwise all namespaces are.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
     let client = ctx.client.clone();
-    let policies = Api::<BucketScanPolicy>::all(client.clone());
+    let policies: Api<BucketScanPolicy> = api(&client, namespace.as_deref());
     let (store, writer) = reflector::store();
     // Every reconcile writes the status (queue depth, replicas); reacting to those writes would
     // reconcile again at once, in a loop while the queue depth moves. Only a change of the spec
@@ -45,8 +51,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
     let controller = Controller::for_stream(changes, store.clone());
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     controller
-        .owns(Api::<Deployment>::all(client.clone()), owned)
-        .watches(Api::<Secret>::all(client), watcher::Config::default(), move |secret| {
+        .owns(api::<Deployment>(&client, namespace.as_deref()), owned)
+        .watches(api::<Secret>(&client, namespace.as_deref()), watcher::Config::default(), move |secret| {
             policies_referencing(&store.state(), &secret)
         })
         .graceful_shutdown_on(shutdown)
@@ -59,6 +65,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         })
         .await;
     info!("controller stopped");
+}
+
+fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
 }
 
 /// A hash of what should start a reconcile of a policy: its generation and its finalizers.

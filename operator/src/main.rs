@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("bind {}", config.http_addr))?;
 
     let client = kube::Client::try_default().await.context("connect to the Kubernetes API server")?;
-    controller::check_crd(&client)
+    controller::check_crd(&client, config.watch_namespace.as_deref())
         .await
         .context("list BucketScanPolicy objects: is the CRD (crds/bucketscanpolicy.yaml) installed and readable?")?;
     ready.store(true, Ordering::SeqCst);
@@ -81,14 +81,15 @@ async fn main() -> anyhow::Result<()> {
             },
             move |stop| {
                 let ctx = ctx.clone();
-                async move { controller::run(ctx, async move { stop.cancelled().await }).await }
+                let namespace = config.watch_namespace.clone();
+                async move { controller::run(ctx, namespace, async move { stop.cancelled().await }).await }
             },
         )
         .await;
     } else {
         metrics.leader.set(1);
         let stop = shutdown.clone();
-        controller::run(ctx, async move { stop.cancelled().await }).await;
+        controller::run(ctx, config.watch_namespace.clone(), async move { stop.cancelled().await }).await;
     }
     shutdown.cancel();
     let _ = server.await;
