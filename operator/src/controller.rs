@@ -50,8 +50,14 @@ pub async fn run(
         .predicate_filter(spec_or_finalizers, PredicateConfig::default());
     let controller = Controller::for_stream(changes, store.clone());
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    // A rollout updates a Deployment's status many times a second; only what WorkersAvailable
+    // and the replica counts read (or a spec change by someone else) starts a reconcile.
+    let deployments = watcher(api::<Deployment>(&client, namespace.as_deref()), owned)
+        .default_backoff()
+        .touched_objects()
+        .predicate_filter(availability, PredicateConfig::default());
     controller
-        .owns(api::<Deployment>(&client, namespace.as_deref()), owned)
+        .owns_stream(deployments)
         .watches(api::<Secret>(&client, namespace.as_deref()), watcher::Config::default(), move |secret| {
             policies_referencing(&store.state(), &secret)
         })
@@ -83,6 +89,18 @@ pub fn spec_or_finalizers(policy: &BucketScanPolicy) -> Option<u64> {
     policy.metadata.generation.hash(&mut hasher);
     policy.metadata.finalizers.hash(&mut hasher);
     policy.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// A hash of what a policy reads from its worker Deployment: generation, replica counts, and
+/// whether it is being deleted.
+pub fn availability(deployment: &Deployment) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    deployment.metadata.generation.hash(&mut hasher);
+    deployment.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    let status = deployment.status.as_ref();
+    status.and_then(|status| status.replicas).hash(&mut hasher);
+    status.and_then(|status| status.available_replicas).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -138,6 +156,23 @@ mod tests {
         let mut changed = policy.clone();
         changed.metadata.generation = Some(2);
         assert_ne!(spec_or_finalizers(&changed), before);
+    }
+
+    #[test]
+    fn only_availability_changes_of_a_deployment_start_a_reconcile() {
+        use k8s_openapi::api::apps::v1::DeploymentStatus;
+        let deployment = |available, ready| Deployment {
+            metadata: ObjectMeta { generation: Some(3), ..ObjectMeta::default() },
+            status: Some(DeploymentStatus {
+                replicas: Some(2),
+                available_replicas: Some(available),
+                ready_replicas: Some(ready),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        };
+        assert_eq!(availability(&deployment(1, 1)), availability(&deployment(1, 2)));
+        assert_ne!(availability(&deployment(1, 1)), availability(&deployment(2, 2)));
     }
 
     #[test]
