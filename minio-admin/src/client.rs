@@ -141,7 +141,7 @@ impl AdminClient {
     /// running server has no such target.
     pub async fn get_config_kv(&self, key: &str) -> Result<String> {
         let operation = "get-config-kv";
-        let query = format!("key={}", encode_query_value(key));
+        let query = format!("key={}", bucket_av_pipeline::s3::percent_encode(key, b""));
         let response = self.send(Method::GET, "/get-config-kv", &query, Vec::new(), operation, CONFIG_UPDATE).await;
         let response = match response {
             Err(Error::Rejected { status: 400 | 404, code, message, .. })
@@ -394,19 +394,6 @@ fn redact_urls(message: &str) -> String {
     out
 }
 
-/// Percent-encodes a query value the way SigV4 canonicalises it (unreserved characters kept).
-fn encode_query_value(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,8 +410,8 @@ mod tests {
 
     #[test]
     fn query_values_are_encoded_like_sigv4() {
-        assert_eq!(encode_query_value("notify_amqp:TEST-1"), "notify_amqp%3ATEST-1");
-        assert_eq!(encode_query_value("a b/c"), "a%20b%2Fc");
+        assert_eq!(bucket_av_pipeline::s3::percent_encode("notify_amqp:TEST-1", b""), "notify_amqp%3ATEST-1");
+        assert_eq!(bucket_av_pipeline::s3::percent_encode("a b/c", b""), "a%20b%2Fc");
     }
 
     #[test]

@@ -37,30 +37,9 @@ BAVS_KWOK_STAGES="$BAVS_KWOK_DIR/stages.yaml"
 
 # ---------------------------------------------------------------- output ----
 
-bavs_step() { printf '==> %s\n' "$*"; }
-bavs_info() { printf '    %s\n' "$*"; }
-bavs_warn() { printf 'WARNING: %s\n' "$*" >&2; }
-bavs_die() {
-    printf 'ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-# bavs_fail_with_log COMPONENT LOGFILE MESSAGE: fail, showing the tail of a log.
-bavs_fail_with_log() {
-    local component=$1 log=$2 msg=$3
-    {
-        printf 'ERROR: %s: %s\n' "$component" "$msg"
-        printf '       log: %s\n' "$log"
-        if [[ -s $log ]]; then
-            printf '       last 20 lines:\n'
-            tail -n 20 "$log" | sed 's/^/       | /'
-        else
-            printf '       (log is empty or missing)\n'
-        fi
-        printf '       (cluster-up stops what it started; logs stay in %s)\n' "${BAVS_CLUSTER_DIR:-}"
-    } >&2
-    exit 1
-}
+# shellcheck source=testing/output.sh
+source "$BAVS_REPO_ROOT/testing/output.sh"
+bavs_fail_hint() { printf 'cluster-up stops what it started; logs stay in %s' "${BAVS_CLUSTER_DIR:-}"; }
 
 # ------------------------------------------------------------- config ----
 

@@ -17,30 +17,9 @@ CLAMD_BIN=/usr/sbin/clamd
 
 # ---------------------------------------------------------------- output ----
 
-bavs_step() { printf '==> %s\n' "$*"; }
-bavs_info() { printf '    %s\n' "$*"; }
-bavs_warn() { printf 'WARNING: %s\n' "$*" >&2; }
-bavs_die() {
-    printf 'ERROR: %s\n' "$*" >&2
-    exit 1
-}
-
-# bavs_fail_with_log SERVICE LOGFILE MESSAGE: fail, showing the tail of a log.
-bavs_fail_with_log() {
-    local service=$1 log=$2 msg=$3
-    {
-        printf 'ERROR: %s: %s\n' "$service" "$msg"
-        printf '       log: %s\n' "$log"
-        if [[ -s $log ]]; then
-            printf '       last 20 lines:\n'
-            tail -n 20 "$log" | sed 's/^/       | /'
-        else
-            printf '       (log is empty or missing)\n'
-        fi
-        printf '       (stop what is left with: BAVS_STACK_DIR=%s bash testing/stack/stack-down.sh)\n' "$BAVS_STACK_DIR"
-    } >&2
-    exit 1
-}
+# shellcheck source=testing/output.sh
+source "$BAVS_REPO_ROOT/testing/output.sh"
+bavs_fail_hint() { printf 'stop what is left with: BAVS_STACK_DIR=%s bash testing/stack/stack-down.sh' "${BAVS_STACK_DIR:-}"; }
 
 # ------------------------------------------------------------- config ----
 

@@ -3,6 +3,7 @@
 
 use aws_sdk_s3::types::{MetadataDirective, Tag, Tagging, TaggingDirective};
 use bucket_av_pipeline::ObjectEvent;
+use bucket_av_pipeline::s3::percent_encode;
 
 use crate::error::{ErrorClass, ProcessError, S3Failure, s3_failure};
 use crate::tags::{self, MergedTags, VerdictTags};
@@ -118,10 +119,10 @@ pub async fn quarantine(
     quarantine_bucket: &str,
 ) -> Result<String, ProcessError> {
     let key = quarantine_key(event);
-    let mut source = format!("{}/{}", event.bucket, encode_copy_source_key(&event.key));
+    let mut source = format!("{}/{}", event.bucket, percent_encode(&event.key, b"/"));
     if let Some(version) = &event.version_id {
         source.push_str("?versionId=");
-        source.push_str(&encode_copy_source_key(version));
+        source.push_str(&percent_encode(version, b""));
     }
     let copy_error =
         |message, class| ProcessError::QuarantineCopy { bucket: quarantine_bucket.to_owned(), message, class };
@@ -174,27 +175,4 @@ async fn verify_copy(
         }
     }
     Ok(())
-}
-
-/// Percent-encodes a key for `x-amz-copy-source`, keeping `/` as the path separator.
-fn encode_copy_source_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for byte in key.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~/".contains(&byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_source_keys_are_percent_encoded_except_slashes() {
-        assert_eq!(encode_copy_source_key("a b/c+d%e?✓"), "a%20b/c%2Bd%25e%3F%E2%9C%93");
-    }
 }
