@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -40,11 +40,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use bucket_av_pipeline::service::LogFormat;
 
 #[cfg(test)]
 mod tests {

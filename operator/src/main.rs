@@ -5,38 +5,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use bucket_av_operator::config::{Config, LogFormat};
+use bucket_av_operator::config::Config;
 use bucket_av_operator::http::{self, HttpState};
 use bucket_av_operator::lease::{self, LeaseConfig};
 use bucket_av_operator::metrics::Metrics;
 use bucket_av_operator::{Context, OperatorDefaults, controller};
+use bucket_av_pipeline::service::{init_logging, shutdown_on_signal};
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    match config.log_format {
-        LogFormat::Plain => tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-    }
-
-    let shutdown = CancellationToken::new();
-    let mut terminate = signal(SignalKind::terminate())?;
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: stopping"),
-        }
-        on_signal.cancel();
-    });
+    init_logging(config.log_format);
+    let shutdown = shutdown_on_signal("stopping")?;
 
     let metrics = Arc::new(Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));

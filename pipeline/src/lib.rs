@@ -7,6 +7,7 @@ pub mod event;
 pub mod notification;
 pub mod s3;
 pub mod secret;
+pub mod service;
 pub mod topology;
 
 pub use event::{CreatedEvent, EventError, ObjectEvent};

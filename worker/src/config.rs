@@ -136,11 +136,7 @@ pub enum ActionKind {
     Quarantine,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
+pub use bucket_av_pipeline::service::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -1,0 +1,38 @@
+//! What both long-running binaries (worker and operator) set up the same way: logging and the
+//! shutdown signal. Nothing here knows what the binary does.
+
+use clap::ValueEnum;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// Logs to stdout at the level `RUST_LOG` sets (`info` by default); colours only on a terminal.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    match format {
+        LogFormat::Plain => tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C; `stopping` is logged with the signal's name.
+pub fn shutdown_on_signal(stopping: &'static str) -> std::io::Result<CancellationToken> {
+    let shutdown = CancellationToken::new();
+    let mut terminate = signal(SignalKind::terminate())?;
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "{stopping}"),
+            _ = tokio::signal::ctrl_c() => tracing::info!(signal = "interrupt", "{stopping}"),
+        }
+        on_signal.cancel();
+    });
+    Ok(shutdown)
+}
