@@ -8,6 +8,7 @@ use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
 use crate::metrics::Metrics;
+use crate::minio_target::RestartGate;
 use crate::reconcile::FailureCounts;
 use crate::workload::{MANAGER, OperatorDefaults};
 
@@ -20,6 +21,8 @@ pub struct Context {
     pub scratch_dir: PathBuf,
     /// Consecutive failures per policy (`namespace/name`), for the retry backoff.
     pub failures: FailureCounts,
+    /// One MinIO restart at a time, and none repeated too soon for the same target.
+    pub restarts: RestartGate,
 }
 
 impl Context {
@@ -27,6 +30,14 @@ impl Context {
         let reporter = Reporter { controller: MANAGER.into(), instance };
         let recorder = Recorder::new(client.clone(), reporter);
         let scratch_dir = std::env::temp_dir().join(MANAGER);
-        Self { client, defaults, metrics, recorder, scratch_dir, failures: FailureCounts::default() }
+        Self {
+            client,
+            defaults,
+            metrics,
+            recorder,
+            scratch_dir,
+            failures: FailureCounts::default(),
+            restarts: RestartGate::default(),
+        }
     }
 }

@@ -66,6 +66,21 @@ pub enum Error {
     S3Client(#[source] Box<S3SetupError>),
     #[error("MinIO has no notification target {target_id} (ARN {arn}): {hint}")]
     TargetMissing { target_id: String, arn: String, hint: &'static str },
+    #[error("MinIO admin API, {step}: {source}")]
+    MinioAdmin {
+        step: &'static str,
+        #[source]
+        source: Box<bucket_av_minio_admin::Error>,
+    },
+    #[error(
+        "MinIO still does not run notification target {target_id} as configured after a restart (differs in: \
+         {keys}); environment variables MINIO_NOTIFY_AMQP_*_{target_id} on the MinIO server override stored \
+         configuration: remove them or use mode Existing; the operator restarts MinIO for this target at most once \
+         every 10 minutes"
+    )]
+    TargetNotApplied { target_id: String, keys: String },
+    #[error("MinIO notification target {target_id} cannot feed this policy's queue: {mismatches}")]
+    TargetMismatch { target_id: String, mismatches: String },
     #[error("{0}")]
     PutNotification(#[source] Box<NotificationError>),
     #[error("{0}")]
@@ -102,6 +117,15 @@ impl Error {
             Self::DeleteQueue { .. } => "DeleteQueue",
             Self::S3Client(_) => "S3Client",
             Self::TargetMissing { .. } => "TargetMissing",
+            Self::MinioAdmin { source, .. } => match source.kind() {
+                "denied" => "MinioAdminDenied",
+                "credentials" => "MinioCredentials",
+                "connection" => "MinioUnreachable",
+                "restart" | "timeout" => "MinioRestartFailed",
+                _ => "MinioAdmin",
+            },
+            Self::TargetNotApplied { .. } => "TargetNotApplied",
+            Self::TargetMismatch { .. } => "TargetMismatch",
             Self::PutNotification(_) => "PutNotification",
             Self::RemoveNotification(_) => "RemoveNotification",
             Self::ApplyChild { .. } => "ApplyChild",

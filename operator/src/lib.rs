@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod minio_target;
 pub mod reconcile;
 pub mod secrets;
 pub mod workload;

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::context::Context;
 use crate::error::{Error, Result};
+use crate::minio_target::{self, TargetState};
 use crate::secrets;
 use crate::workload::{self, MANAGER};
 
@@ -38,6 +39,8 @@ use crate::workload::{self, MANAGER};
 pub const FINALIZER: &str = "bucketav.dev/cleanup";
 /// How often a healthy policy is looked at again (queue depth, worker availability).
 pub const RESYNC: Duration = Duration::from_secs(60);
+/// How often a policy waiting for a MinIO restart checks whether it happened.
+pub const RESTART_PENDING_RESYNC: Duration = Duration::from_secs(15);
 
 /// Reconciles `policy`; the controller calls this for every change of the policy, its children
 /// and the Secrets it refers to.
@@ -162,6 +165,7 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     report.status.observed_generation = policy.metadata.generation;
     report.status.buckets = Some(bucket_summary(policy));
     report.status.notification_target_arn = Some(policy.target_arn());
+    let mut pending_restart = false;
 
     if let Err(error) = policy.spec.validate() {
         // Nothing will change until the spec does: no retries.
@@ -179,31 +183,56 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
             report.first_error = Some(error);
         }
         Ok(resolved) => {
-            match declare_topology(policy, &resolved).await {
+            let target = minio_target::ensure(policy, &resolved.s3, &resolved.amqp_url, &ctx.restarts).await;
+            if let Ok(TargetState::Live { restarted: true, .. }) = &target {
+                let note = format!("restarted MinIO to load notification target {}", policy.target_id());
+                publish_event(policy, ctx, EventType::Normal, "RestartedMinIO", note, "ConfigureTarget").await;
+            }
+            // Events carry the target's routing key; without a live target, the policy's own.
+            let routing_key = match &target {
+                Ok(TargetState::Live { routing_key, .. }) => routing_key.clone(),
+                _ => policy.routing_key(),
+            };
+            match declare_topology(policy, &routing_key, &resolved).await {
                 Ok(depth) => {
                     report.status.queue_depth = Some(i64::from(depth));
-                    let message =
-                        format!("queue {} is bound to exchange {}", policy.queue_name(), policy.spec.rabbitmq.exchange);
+                    let message = format!(
+                        "queue {} is bound to exchange {} with routing key {routing_key}",
+                        policy.queue_name(),
+                        policy.spec.rabbitmq.exchange
+                    );
                     report.set(condition_types::QUEUE_READY, true, "Declared", message);
                 }
                 Err(error) => report.fail(condition_types::QUEUE_READY, error),
             }
-            if report.is_true(condition_types::QUEUE_READY) {
-                match configure_notifications(policy, &resolved.s3).await {
-                    Ok(()) => {
-                        let message =
-                            format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
-                        report.set(condition_types::NOTIFICATION_CONFIGURED, true, "Configured", message);
-                    }
-                    Err(error) => report.fail(condition_types::NOTIFICATION_CONFIGURED, error),
+            report.status.restart_pending = matches!(target, Ok(TargetState::RestartPending));
+            match target {
+                Err(error) => report.fail(condition_types::NOTIFICATION_CONFIGURED, error),
+                Ok(TargetState::RestartPending) => {
+                    report.set(
+                        condition_types::NOTIFICATION_CONFIGURED,
+                        false,
+                        "RestartPending",
+                        restart_pending_message(policy),
+                    );
+                    pending_restart = true;
                 }
-            } else {
-                report.set(
+                Ok(TargetState::Live { .. }) if report.is_true(condition_types::QUEUE_READY) => {
+                    match configure_notifications(policy, &resolved.s3).await {
+                        Ok(()) => {
+                            let message =
+                                format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
+                            report.set(condition_types::NOTIFICATION_CONFIGURED, true, "Configured", message);
+                        }
+                        Err(error) => report.fail(condition_types::NOTIFICATION_CONFIGURED, error),
+                    }
+                }
+                Ok(TargetState::Live { .. }) => report.set(
                     condition_types::NOTIFICATION_CONFIGURED,
                     false,
                     "WaitingForQueue",
                     "bucket events are routed only once their queue exists, or MinIO would publish them to nowhere",
-                );
+                ),
             }
         }
     }
@@ -225,6 +254,8 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     finish(policy, ctx, &old_status, &report).await?;
     match report.first_error {
         Some(error) => Err(error),
+        // Someone restarts MinIO outside our view: look soon, not only at the next resync.
+        None if pending_restart => Ok(Action::requeue(RESTART_PENDING_RESYNC)),
         None => Ok(Action::requeue(RESYNC)),
     }
 }
@@ -243,19 +274,41 @@ async fn finish(
         && old.is_none_or(|old| old.status != new.status || old.reason != new.reason)
     {
         let type_ = if new.status == "True" { EventType::Normal } else { EventType::Warning };
-        let event = KubeEvent {
-            type_,
-            reason: new.reason.clone(),
-            note: Some(truncate(new.message.clone(), 1000)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-            warn!(policy = %policy.name_any(), error = %error, "could not publish event");
-        }
+        publish_event(policy, ctx, type_, &new.reason, new.message.clone(), "Reconcile").await;
         info!(policy = %policy.name_any(), ready = %new.status, reason = %new.reason, "readiness changed");
     }
     Ok(())
+}
+
+/// Publishes an event about the policy; a failure to publish is logged, never fatal.
+async fn publish_event(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    type_: EventType,
+    reason: &str,
+    note: String,
+    action: &str,
+) {
+    let event = KubeEvent {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1000)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        warn!(policy = %policy.name_any(), error = %error, "could not publish event");
+    }
+}
+
+/// What to do about a target that waits for a MinIO restart.
+fn restart_pending_message(policy: &BucketScanPolicy) -> String {
+    format!(
+        "notification target {} is written to MinIO's configuration, and MinIO loads it only when it restarts: \
+         restart MinIO (`mc admin service restart <alias>`) or set notification.allowRestart to true; \
+         buckets are routed to it once MinIO runs it",
+        policy.target_id()
+    )
 }
 
 async fn patch_status(policy: &BucketScanPolicy, ctx: &Context, status: &BucketScanPolicyStatus) -> Result<()> {
@@ -400,8 +453,8 @@ async fn dereference(policy: &BucketScanPolicy, ctx: &Context) -> Result<Resolve
 
 /// Declares the exchange, queues and bindings on a fresh connection and returns the number of
 /// ready messages in the work queue.
-async fn declare_topology(policy: &BucketScanPolicy, resolved: &Resolved) -> Result<u32> {
-    let topology = topology(policy);
+async fn declare_topology(policy: &BucketScanPolicy, routing_key: &str, resolved: &Resolved) -> Result<u32> {
+    let topology = Topology { routing_key: routing_key.to_owned(), ..topology(policy) };
     let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
         .await
         .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
@@ -453,9 +506,8 @@ pub fn is_unknown_target(message: &str) -> bool {
 
 fn target_missing_hint(policy: &BucketScanPolicy) -> &'static str {
     if policy.manages_target() {
-        "mode Managed: this operator version cannot create MinIO targets yet; configure notify_amqp with that ID \
-         (exchange, exchange type and routing key as in the policy, durable on, delivery_mode 2) and restart MinIO, \
-         or set notification.mode Existing with the ID of a target that exists"
+        "MinIO's admin API reports the target running but its S3 API does not know the ARN: \
+         check that minio.region is the region MinIO runs with"
     } else {
         "configure notify_amqp with that ID in MinIO and restart MinIO, or fix notification.targetId"
     }
@@ -550,16 +602,7 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                 policy.target_arn()
             );
             warn!(policy = %name, %note, "cleanup skipped");
-            let event = KubeEvent {
-                type_: EventType::Warning,
-                reason: "CleanupSkipped".into(),
-                note: Some(truncate(note, 1000)),
-                action: "Cleanup".into(),
-                secondary: None,
-            };
-            if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-                warn!(policy = %name, error = %error, "could not publish event");
-            }
+            publish_event(policy, ctx, EventType::Warning, "CleanupSkipped", note, "Cleanup").await;
             None
         }
         Err(other) => return Err(other),
@@ -572,6 +615,9 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                 .await
                 .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
         }
+        if policy.manages_target() {
+            remove_target(policy, ctx, &resolved.s3).await?;
+        }
         if policy.spec.deletion_policy == DeletionPolicy::Delete {
             delete_queues(&topology(policy), &resolved).await?;
         }
@@ -581,6 +627,21 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     }
     info!(policy = %name, "cleaned up");
     Ok(Action::await_change())
+}
+
+/// Deletes the managed target from MinIO's stored configuration. Credentials without the admin
+/// permission cannot, and never will: that is a Warning event, not a deletion blocked forever.
+async fn remove_target(policy: &BucketScanPolicy, ctx: &Context, s3: &S3Settings) -> Result<()> {
+    match minio_target::remove(policy, s3).await {
+        Ok(_) => Ok(()),
+        Err(error @ Error::MinioAdmin { .. }) if matches!(error.kind(), "MinioAdminDenied" | "MinioCredentials") => {
+            let note = format!("{error}; notification target {} stays in MinIO's configuration", policy.target_id());
+            warn!(policy = %policy.name_any(), %note, "target cleanup skipped");
+            publish_event(policy, ctx, EventType::Warning, "CleanupSkipped", note, "Cleanup").await;
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// Deletes the work queue, the dead-letter queue and the dead-letter exchange; ones that are
