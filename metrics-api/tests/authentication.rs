@@ -1,0 +1,153 @@
+//! Direct connections to the server (not through the aggregator), against the real control
+//! plane's authentication ConfigMap: only the front proxy's certificate gets an answer.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucket_av_metrics_api::{Config, MetricValue, Quantity, ServingCert};
+use bucket_av_testing::Cluster;
+use common::{ClientIdentity, Endpoint, RunningServer, SERVICE, TestCa, TestNamespace, TestSource, kube_client};
+
+#[tokio::test]
+async fn only_the_front_proxy_certificate_is_answered() {
+    common::captured_logs();
+    let cluster = Cluster::load();
+    let namespace = TestNamespace::create(&cluster, "bavs-metrics-auth");
+    let source = Arc::new(TestSource::default());
+    source.set("queue_depth", vec![MetricValue::new(Quantity::from_int(3)).with_label("queue", "a")]);
+    let server = RunningServer::start(kube_client(&cluster).await, source.clone(), &namespace.name, None).await;
+    let endpoint = Endpoint::of(&server, &namespace.name);
+    let discovery = "/apis/external.metrics.k8s.io/v1beta1";
+    let metric_path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/queue_depth", namespace.name);
+
+    // No client certificate: refused in the handshake (TLS 1.3 alert certificate_required).
+    let error = endpoint.get(None, discovery, &[]).await.expect_err("no client cert must be refused");
+    assert!(error.contains("CertificateRequired"), "{error}");
+
+    // A certificate with the allowed CN from another CA: alert unknown_ca.
+    let other_ca = TestCa::generate("not-the-front-proxy-ca");
+    let error = endpoint.get(Some(&other_ca.client("front-proxy-client")), discovery, &[]).await.expect_err("other CA");
+    assert!(error.contains("UnknownCA"), "{error}");
+
+    // The front-proxy CA, but a CN not in requestheader-allowed-names: alert access_denied.
+    let front_proxy_ca = cluster.var("BAVS_FRONT_PROXY_CA");
+    let front_proxy_ca_key = front_proxy_ca.replace(".crt", ".key");
+    let front_proxy = TestCa::from_files(front_proxy_ca, &front_proxy_ca_key);
+    let error = endpoint.get(Some(&front_proxy.client("intruder")), discovery, &[]).await.expect_err("CN not allowed");
+    assert!(error.contains("AccessDenied"), "{error}");
+    assert!(common::logs_text().contains("its CN is not in requestheader-allowed-names"));
+
+    // The aggregator's own client certificate is answered.
+    let aggregator = ClientIdentity::from_files(
+        cluster.var("BAVS_FRONT_PROXY_CLIENT_CERT"),
+        cluster.var("BAVS_FRONT_PROXY_CLIENT_KEY"),
+    );
+    let (status, body) = endpoint.get(Some(&aggregator), discovery, &[]).await.expect("discovery");
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list["kind"], "APIResourceList");
+    assert_eq!(list["resources"][0]["name"], "queue_depth");
+
+    // So is a certificate the front-proxy CA issued for the allowed name, with a user forwarded.
+    let allowed = front_proxy.client("front-proxy-client");
+    let headers =
+        [("X-Remote-User", "alice"), ("X-Remote-Group", "team-a"), ("X-Remote-Group", "system:authenticated")];
+    let (status, body) =
+        endpoint.get(Some(&allowed), &format!("{metric_path}?labelSelector=queue%3Da"), &headers).await.expect("get");
+    assert_eq!(status, 200, "{body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list["items"][0]["value"], "3");
+    assert_eq!(list["items"][0]["metricLabels"]["queue"], "a");
+    let logs = common::logs_text();
+    assert!(
+        logs.lines()
+            .any(|line| line.contains("user=\"alice\"") && line.contains("team-a") && line.contains("queue_depth")),
+        "the forwarded user is logged:\n{logs}"
+    );
+
+    // Errors are Kubernetes Status objects.
+    let (status, body) =
+        endpoint.get(Some(&aggregator), &format!("{metric_path}?labelSelector=a%20b"), &[]).await.expect("get");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("\"reason\":\"BadRequest\"") && body.contains("invalid label selector"), "{body}");
+    let (status, body) = endpoint
+        .get(Some(&aggregator), "/apis/external.metrics.k8s.io/v1beta1/namespaces/x/nope", &[])
+        .await
+        .expect("get");
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("\"kind\":\"Status\"") && body.contains("not served here"), "{body}");
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_rotated_request_header_ca_is_used_without_a_restart() {
+    common::captured_logs();
+    let cluster = Cluster::load();
+    let namespace = TestNamespace::create(&cluster, "bavs-metrics-rotate");
+    let first_ca = TestCa::generate("first-front-proxy-ca");
+    let second_ca = TestCa::generate("second-front-proxy-ca");
+    let config_map = |ca: &TestCa| {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "test-authentication", "namespace": namespace.name},
+            "data": {
+                "requestheader-client-ca-file": ca.pem,
+                "requestheader-allowed-names": "[\"proxy\"]",
+                "requestheader-username-headers": "[\"X-Remote-User\"]",
+                "requestheader-group-headers": "[\"X-Remote-Group\"]",
+            },
+        })
+        .to_string()
+    };
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&config_map(&first_ca)));
+
+    let source = Arc::new(TestSource::default());
+    source.set("queue_depth", vec![MetricValue::new(Quantity::from_int(1))]);
+    let cert = ServingCert::self_signed_for_service(SERVICE, &namespace.name).expect("serving cert");
+    let mut config = Config::new("127.0.0.1:0".parse().expect("address"), cert);
+    config.authentication_config_map = (namespace.name.clone(), "test-authentication".to_owned());
+    let server = RunningServer::start(kube_client(&cluster).await, source, &namespace.name, Some(config)).await;
+    let endpoint = Endpoint::of(&server, &namespace.name);
+    let first = first_ca.client("proxy");
+    let second = second_ca.client("proxy");
+    let discovery = "/apis/external.metrics.k8s.io/v1beta1";
+
+    assert_eq!(endpoint.get(Some(&first), discovery, &[]).await.expect("first CA accepted").0, 200);
+    assert!(
+        endpoint.get(Some(&second), discovery, &[]).await.expect_err("second CA not yet trusted").contains("UnknownCA")
+    );
+
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&config_map(&second_ca)));
+    let start = std::time::Instant::now();
+    loop {
+        if endpoint.get(Some(&second), discovery, &[]).await.is_ok() {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the rotated CA was not picked up in 20 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("rotated CA in use after {:?}", start.elapsed());
+    assert!(
+        endpoint.get(Some(&first), discovery, &[]).await.expect_err("old CA no longer trusted").contains("UnknownCA")
+    );
+
+    // An unusable update keeps the last good CA.
+    let broken = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "test-authentication", "namespace": namespace.name},
+        "data": {"requestheader-client-ca-file": "not PEM"},
+    });
+    cluster.kubectl_ok(&["replace", "-f", "-"], Some(&broken.to_string()));
+    let start = std::time::Instant::now();
+    while !common::logs_text().contains("ignoring an unusable update") {
+        assert!(start.elapsed() < Duration::from_secs(20), "the broken update was not seen");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(endpoint.get(Some(&second), discovery, &[]).await.expect("still the second CA").0, 200);
+
+    server.stop().await;
+}
