@@ -62,6 +62,33 @@ pub fn external_metric_value_list(metric: &str, values: &[MetricValue], now: Off
     json!({ "kind": "ExternalMetricValueList", "apiVersion": GROUP_VERSION, "metadata": {}, "items": items })
 }
 
+/// `GET /openapi/v2`: an empty Swagger document. The aggregator downloads it from every
+/// APIService and merges it into the cluster's `/openapi/v2`; answering 404 makes kube-apiserver
+/// log "loading OpenAPI spec ... failed" and retry forever.
+pub fn openapi_v2() -> Value {
+    json!({
+        "swagger": "2.0",
+        "info": { "title": "bucket-av-metrics-api", "version": VERSION },
+        "paths": {},
+    })
+}
+
+/// `GET /openapi/v3`: the list of per-group-version documents (one, see [`openapi_v3_group_version`]).
+pub fn openapi_v3_discovery() -> Value {
+    let path = format!("apis/{GROUP_VERSION}");
+    json!({ "paths": { path.clone(): { "serverRelativeURL": format!("/openapi/v3/{path}") } } })
+}
+
+/// `GET /openapi/v3/apis/external.metrics.k8s.io/v1beta1`: an OpenAPI 3 document without paths.
+pub fn openapi_v3_group_version() -> Value {
+    json!({
+        "openapi": "3.0.0",
+        "info": { "title": "bucket-av-metrics-api", "version": VERSION },
+        "paths": {},
+        "components": {},
+    })
+}
+
 /// The reasons this server answers with, and their HTTP codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
@@ -188,6 +215,17 @@ mod tests {
     fn an_empty_value_list_still_has_an_items_array() {
         let list = external_metric_value_list("m", &[], OffsetDateTime::UNIX_EPOCH);
         assert_eq!(list["items"], json!([]));
+    }
+
+    #[test]
+    fn openapi_v3_discovery_points_at_the_group_version_document() {
+        assert_eq!(
+            openapi_v3_discovery(),
+            json!({"paths": {"apis/external.metrics.k8s.io/v1beta1": {
+                "serverRelativeURL": "/openapi/v3/apis/external.metrics.k8s.io/v1beta1"}}})
+        );
+        assert_eq!(openapi_v3_group_version()["openapi"], "3.0.0");
+        assert_eq!(openapi_v2()["swagger"], "2.0");
     }
 
     #[test]

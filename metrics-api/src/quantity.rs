@@ -26,8 +26,9 @@ impl Quantity {
     /// values beyond the milli range.
     pub fn from_f64(value: f64) -> Option<Self> {
         let milli = (value * 1000.0).round();
-        // i64::MAX as f64 rounds up to 2^63, so `<` keeps the cast in range.
-        (milli.is_finite() && milli >= i64::MIN as f64 && milli < i64::MAX as f64).then(|| Self { milli: milli as i64 })
+        // i64::MAX as f64 rounds up to 2^63, so `<` keeps the value in range (`as` saturates anyway).
+        (milli.is_finite() && milli >= i64::MIN as f64 && milli < i64::MAX as f64)
+            .then_some(Self { milli: milli as i64 })
     }
 
     pub const fn milli(self) -> i64 {

@@ -334,6 +334,11 @@ async fn route(state: &State, method: &Method, path: &str, query: &str) -> Respo
                 "kind": "APIGroupList", "apiVersion": "v1", "groups": [api::api_group()],
             }),
         ),
+        "/openapi/v2" => json_response(StatusCode::OK, &api::openapi_v2()),
+        "/openapi/v3" => json_response(StatusCode::OK, &api::openapi_v3_discovery()),
+        _ if path == format!("/openapi/v3/apis/{GROUP_VERSION}") => {
+            json_response(StatusCode::OK, &api::openapi_v3_group_version())
+        }
         _ if path == group_path => json_response(StatusCode::OK, &api::api_group()),
         _ if path == version_path => {
             json_response(StatusCode::OK, &api::api_resource_list(&state.source.metric_names()))

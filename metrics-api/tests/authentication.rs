@@ -151,3 +151,31 @@ async fn a_rotated_request_header_ca_is_used_without_a_restart() {
 
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_request_in_flight_finish_and_stops_accepting() {
+    common::captured_logs();
+    let cluster = Cluster::load();
+    let namespace = TestNamespace::create(&cluster, "bavs-metrics-shutdown");
+    let source = Arc::new(TestSource::default());
+    source.set("queue_depth", vec![MetricValue::new(Quantity::from_int(5))]);
+    *source.delay.lock().expect("lock") = Duration::from_millis(1500);
+    let server = RunningServer::start(kube_client(&cluster).await, source, &namespace.name, None).await;
+    let endpoint = Arc::new(Endpoint::of(&server, &namespace.name));
+    let aggregator = Arc::new(ClientIdentity::from_files(
+        cluster.var("BAVS_FRONT_PROXY_CLIENT_CERT"),
+        cluster.var("BAVS_FRONT_PROXY_CLIENT_KEY"),
+    ));
+    let path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/queue_depth", namespace.name);
+    let in_flight = {
+        let (endpoint, aggregator) = (endpoint.clone(), aggregator.clone());
+        tokio::spawn(async move { endpoint.get(Some(&aggregator), &path, &[]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let address = server.address;
+    server.stop().await;
+    let (status, body) = in_flight.await.expect("request task").expect("the request in flight is answered");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"value\":\"5\""), "{body}");
+    assert!(tokio::net::TcpStream::connect(address).await.is_err(), "no longer listening");
+}

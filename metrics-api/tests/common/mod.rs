@@ -55,6 +55,8 @@ impl Drop for TestNamespace<'_> {
 pub struct TestSource {
     pub values: Mutex<BTreeMap<String, Result<Vec<MetricValue>, String>>>,
     pub calls: Mutex<Vec<(String, String, String)>>,
+    /// How long each call takes.
+    pub delay: Mutex<Duration>,
 }
 
 impl TestSource {
@@ -84,6 +86,8 @@ impl ExternalMetricSource for TestSource {
         selector: &LabelSelector,
     ) -> Result<Vec<MetricValue>, SourceError> {
         self.calls.lock().expect("lock").push((namespace.to_owned(), metric.to_owned(), selector.to_string()));
+        let delay = *self.delay.lock().expect("lock");
+        tokio::time::sleep(delay).await;
         match self.values.lock().expect("lock").get(metric).cloned() {
             Some(Ok(values)) => Ok(values.into_iter().filter(|value| selector.matches(&value.labels)).collect()),
             Some(Err(message)) => Err(SourceError::Unavailable {
