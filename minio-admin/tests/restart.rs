@@ -75,7 +75,7 @@ async fn a_new_amqp_target_works_after_a_restart_through_the_admin_api() {
         .await
         .expect("route a bucket to the new target's ARN");
 
-    notification::remove(&s3, &bucket, &arn).await.expect("unroute the bucket");
+    notification::remove(&s3, &bucket, &arn, "admin-test").await.expect("unroute the bucket");
     s3.delete_bucket().bucket(&bucket).send().await.expect("delete bucket");
     assert_eq!(admin.delete_amqp_target(&id).await.expect("delete"), Some(ConfigChange::NeedsRestart));
     admin.restart_and_wait(RESTART_TIMEOUT).await.expect("restart MinIO after deleting the target");

@@ -493,9 +493,10 @@ async fn configure_notifications(policy: &BucketScanPolicy, s3: &S3Settings) -> 
     Ok(())
 }
 
-/// IDs of this policy's notification entries start with this.
-fn entry_id_prefix(policy: &BucketScanPolicy) -> String {
-    format!("bucket-av-{}-{}", policy.namespace().unwrap_or_default(), policy.name_any())
+/// IDs of this policy's notification entries are this and `.<index>`. A namespace has no dots,
+/// so no two policies share the prefix.
+pub fn entry_id_prefix(policy: &BucketScanPolicy) -> String {
+    format!("bucket-av.{}.{}", policy.namespace().unwrap_or_default(), policy.name_any())
 }
 
 /// Whether MinIO refused a notification configuration because it has no target with the ARN:
@@ -611,7 +612,7 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         let client = bucket_av_pipeline::s3::client(&resolved.s3).map_err(|error| Error::S3Client(Box::new(error)))?;
         let arn = policy.target_arn();
         for (bucket, _) in bucket_filters(policy) {
-            notification::remove(&client, &bucket, &arn)
+            notification::remove(&client, &bucket, &arn, &entry_id_prefix(policy))
                 .await
                 .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
         }

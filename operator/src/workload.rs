@@ -26,6 +26,8 @@ pub const MANAGER: &str = "bucket-av-operator";
 pub const POLICY_LABEL: &str = "bucketav.dev/policy";
 /// Port of the worker's health and metrics server.
 pub const WORKER_HTTP_PORT: i32 = 8080;
+/// The worker binary's path in the worker image (see `worker/Dockerfile`).
+pub const WORKER_COMMAND: &str = "/usr/local/bin/bucket-av-worker";
 /// clamd's TCP port inside the pod (sidecar mode).
 pub const CLAMD_PORT: i32 = 3310;
 /// User and group the worker runs as (the conventional "nonroot" of distroless images).
@@ -121,6 +123,8 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
     let worker = Container {
         name: "worker".into(),
         image: Some(spec.workers.image.clone().unwrap_or_else(|| defaults.worker_image.clone())),
+        // Named, not left to the image's entrypoint: a custom image cannot change what runs.
+        command: Some(vec![WORKER_COMMAND.into()]),
         env: Some(worker_env(policy)),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),

@@ -1,6 +1,8 @@
 //! Bucket notification entries that route a bucket's upload events to one MinIO notification
 //! target. A bucket's notification configuration is one document shared by every user of the
-//! bucket, so changes are read-merge-write and only ever touch entries for our target's ARN.
+//! bucket, so changes are read-merge-write and only ever touch our own entries: those for our
+//! target's ARN whose ID is `<id_prefix>.<index>`. Matching on the ID too matters when several
+//! users route buckets to one shared target (an existing target named by several policies).
 
 use aws_sdk_s3::types::{
     Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter, QueueConfiguration,
@@ -21,18 +23,25 @@ pub struct KeyFilter {
     pub suffix: Option<String>,
 }
 
-/// Returns `existing` with every entry for `arn` replaced by one entry per filter, subscribed to
-/// the content-creating events only (never `s3:ObjectCreated:*`, which includes tagging).
+/// Returns `existing` with our entries for `arn` (IDs `<id_prefix>.<index>`) replaced by one
+/// entry per filter, subscribed to the content-creating events only (never
+/// `s3:ObjectCreated:*`, which includes tagging). Every other entry is kept as it was.
 pub fn merge(
     existing: NotificationConfiguration,
     arn: &str,
     id_prefix: &str,
     filters: &[KeyFilter],
 ) -> NotificationConfiguration {
-    let mut queues: Vec<QueueConfiguration> =
-        existing.queue_configurations.unwrap_or_default().into_iter().filter(|entry| entry.queue_arn != arn).collect();
+    let mut queues: Vec<QueueConfiguration> = existing
+        .queue_configurations
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|entry| {
+            !(same_target(&entry.queue_arn, arn) && entry.id.as_deref().is_some_and(|id| is_entry_of(id, id_prefix)))
+        })
+        .collect();
     for (index, filter) in filters.iter().enumerate() {
-        queues.push(queue_entry(arn, &format!("{id_prefix}-{index}"), filter));
+        queues.push(queue_entry(arn, &format!("{id_prefix}.{index}"), filter));
     }
     NotificationConfiguration::builder()
         .set_topic_configurations(existing.topic_configurations)
@@ -40,6 +49,32 @@ pub fn merge(
         .set_lambda_function_configurations(existing.lambda_function_configurations)
         .set_event_bridge_configuration(existing.event_bridge_configuration)
         .build()
+}
+
+/// Whether two target ARNs name the same target. MinIO accepts an ARN with its region but
+/// reports entries back without it (`arn:minio:sqs::ID:amqp`), so the region is not compared.
+pub fn same_target(left: &str, right: &str) -> bool {
+    let without_region = |arn: &str| {
+        let parts: Vec<&str> = arn.split(':').collect();
+        match parts.as_slice() {
+            ["arn", partition, service, _region, rest @ ..] => {
+                Some((partition.to_string(), service.to_string(), rest.join(":")))
+            }
+            _ => None,
+        }
+    };
+    match (without_region(left), without_region(right)) {
+        (Some(left), Some(right)) => left == right,
+        _ => left == right,
+    }
+}
+
+/// Whether `id` is `<id_prefix>.<index>`: an entry written by `merge` for that prefix. A prefix
+/// that merely starts another's (`p.a` and `p.a.b`) does not match it.
+pub fn is_entry_of(id: &str, id_prefix: &str) -> bool {
+    id.strip_prefix(id_prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .is_some_and(|index| !index.is_empty() && index.bytes().all(|byte| byte.is_ascii_digit()))
 }
 
 fn queue_entry(arn: &str, id: &str, filter: &KeyFilter) -> QueueConfiguration {
@@ -86,22 +121,24 @@ pub async fn ensure(
     write(client, bucket, merge(existing, arn, id_prefix, filters)).await
 }
 
-/// Removes every entry for `arn` from the bucket; a bucket that is gone counts as done.
-pub async fn remove(client: &aws_sdk_s3::Client, bucket: &str, arn: &str) -> Result<(), NotificationError> {
+/// Removes our entries (see [`merge`]) from the bucket; a bucket that is gone counts as done.
+pub async fn remove(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    arn: &str,
+    id_prefix: &str,
+) -> Result<(), NotificationError> {
     let existing = match read(client, bucket).await {
         Ok(existing) => existing,
         Err(NotificationError::Read { message, .. }) if message.contains("NoSuchBucket") => return Ok(()),
         Err(other) => return Err(other),
     };
-    write(client, bucket, merge(existing, arn, "", &[])).await
+    write(client, bucket, merge(existing, arn, id_prefix, &[])).await
 }
 
 async fn read(client: &aws_sdk_s3::Client, bucket: &str) -> Result<NotificationConfiguration, NotificationError> {
     let output = client.get_bucket_notification_configuration().bucket(bucket).send().await.map_err(|error| {
-        NotificationError::Read {
-            bucket: bucket.to_owned(),
-            message: aws_sdk_s3::error::DisplayErrorContext(&error).to_string(),
-        }
+        NotificationError::Read { bucket: bucket.to_owned(), message: crate::s3::describe_error(&error) }
     })?;
     Ok(NotificationConfiguration::builder()
         .set_topic_configurations(output.topic_configurations)
@@ -125,7 +162,7 @@ async fn write(
         .map(drop)
         .map_err(|error| NotificationError::Write {
             bucket: bucket.to_owned(),
-            message: aws_sdk_s3::error::DisplayErrorContext(&error).to_string(),
+            message: crate::s3::describe_error(&error),
         })
 }
 
@@ -147,7 +184,7 @@ mod tests {
         let ours = amqp_target_arn("", "SCAN");
         let existing = NotificationConfiguration::builder()
             .queue_configurations(foreign_entry())
-            .queue_configurations(queue_entry(&ours, "old", &KeyFilter::default()))
+            .queue_configurations(queue_entry(&ours, "bucket-av.7", &KeyFilter::default()))
             .build();
         let filters = [KeyFilter { prefix: Some("in/".into()), suffix: Some(".pdf".into()) }];
         let merged = merge(existing, &ours, "bucket-av", &filters);
@@ -173,13 +210,43 @@ mod tests {
     }
 
     #[test]
-    fn removing_keeps_foreign_entries() {
+    fn removing_keeps_foreign_entries_even_on_the_same_target() {
         let ours = amqp_target_arn("", "SCAN");
+        let same_target_other_owner = queue_entry(&ours, "bucket-av.ns.a.b.0", &KeyFilter::default());
         let existing = NotificationConfiguration::builder()
             .queue_configurations(foreign_entry())
-            .queue_configurations(queue_entry(&ours, "a", &KeyFilter::default()))
+            .queue_configurations(queue_entry(&ours, "bucket-av.ns.a.0", &KeyFilter::default()))
+            .queue_configurations(same_target_other_owner.clone())
             .build();
-        let merged = merge(existing, &ours, "", &[]);
-        assert_eq!(merged.queue_configurations.unwrap(), vec![foreign_entry()]);
+        let merged = merge(existing, &ours, "bucket-av.ns.a", &[]);
+        assert_eq!(merged.queue_configurations.unwrap(), vec![foreign_entry(), same_target_other_owner]);
+    }
+
+    #[test]
+    fn minio_reports_our_arn_without_its_region() {
+        assert!(same_target("arn:minio:sqs:us-east-1:SCAN:amqp", "arn:minio:sqs::SCAN:amqp"));
+        assert!(same_target("arn:minio:sqs::SCAN:amqp", "arn:minio:sqs::SCAN:amqp"));
+        assert!(!same_target("arn:minio:sqs::SCAN:amqp", "arn:minio:sqs::SCAN:webhook"));
+        assert!(!same_target("arn:minio:sqs::SCAN:amqp", "arn:minio:sqs::SCANDIRECT:amqp"));
+        assert!(!same_target("not-an-arn", "arn:minio:sqs::SCAN:amqp"));
+    }
+
+    #[test]
+    fn an_entry_read_back_without_the_region_is_still_ours() {
+        let written = amqp_target_arn("us-east-1", "SCAN");
+        let read_back = queue_entry(&amqp_target_arn("", "SCAN"), "bucket-av.ns.a.0", &KeyFilter::default());
+        let existing = NotificationConfiguration::builder().queue_configurations(read_back).build();
+        let merged = merge(existing, &written, "bucket-av.ns.a", &[KeyFilter::default()]);
+        assert_eq!(merged.queue_configurations.unwrap().len(), 1, "replaced, not duplicated");
+    }
+
+    #[test]
+    fn entry_ids_belong_to_exactly_one_prefix() {
+        assert!(is_entry_of("bucket-av.ns.a.0", "bucket-av.ns.a"));
+        assert!(is_entry_of("bucket-av.ns.a.12", "bucket-av.ns.a"));
+        assert!(!is_entry_of("bucket-av.ns.a.b.0", "bucket-av.ns.a"));
+        assert!(!is_entry_of("bucket-av.ns.ab.0", "bucket-av.ns.a"));
+        assert!(!is_entry_of("bucket-av.ns.a.", "bucket-av.ns.a"));
+        assert!(!is_entry_of("bucket-av.ns.a", "bucket-av.ns.a"));
     }
 }

@@ -93,6 +93,26 @@ pub fn percent_encode(value: &str, also_keep: &[u8]) -> String {
     out
 }
 
+/// A short description of an S3 SDK error for logs, conditions and dead-letter reasons: MinIO's
+/// error code and message for an answer it gave (`AccessDenied: Access Denied.`), the whole
+/// cause chain when no answer came (connection refused, timeout), never the raw response dump.
+pub fn describe_error<E, R>(error: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+    if let SdkError::ServiceError(service) = error {
+        let err = service.err();
+        match (err.code(), err.message()) {
+            (Some(code), Some(message)) => return format!("{code}: {message}"),
+            (Some(code), None) => return code.to_owned(),
+            _ => {}
+        }
+    }
+    DisplayErrorContext(error).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

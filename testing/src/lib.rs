@@ -3,11 +3,17 @@
 //! fails loudly when the stack is not there; nothing here skips or fakes a service.
 
 pub mod cluster;
+pub mod operator;
+pub mod pod_spec;
+pub mod process;
 pub mod stack;
 pub mod webhook;
 pub mod worker;
 
 pub use cluster::Cluster;
+pub use operator::OperatorProcess;
+pub use pod_spec::ContainerLaunch;
+pub use process::ServiceProcess;
 pub use stack::Stack;
 pub use webhook::{ReceivedWebhook, WebhookReceiver};
 pub use worker::WorkerProcess;

@@ -5,7 +5,6 @@
 use bucket_av_crds::messages;
 use bucket_av_testing::Cluster;
 
-const CRD: &str = "crds/bucketscanpolicy.yaml";
 const EXAMPLE: &str = "crds/examples/bucketscanpolicy.yaml";
 
 fn repo_file(path: &str) -> String {
@@ -13,22 +12,11 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(&full).unwrap_or_else(|error| panic!("read {}: {error}", full.display()))
 }
 
-/// Installs the CRD and waits until the API server serves it; idempotent across tests.
+/// The control plane with the CRD installed and the namespace `media`.
 fn cluster_with_crd() -> Cluster {
     let cluster = Cluster::load();
-    cluster.kubectl_ok(
-        &["apply", "--server-side", "--field-manager", "bucket-av-tests", "-f", "-"],
-        Some(&repo_file(CRD)),
-    );
-    cluster.kubectl_ok(
-        &["wait", "--for", "condition=Established", "crd/bucketscanpolicies.bucketav.dev", "--timeout", "60s"],
-        None,
-    );
-    let namespaces = cluster.kubectl_ok(&["get", "namespace", "-o", "name"], None);
-    if !namespaces.lines().any(|line| line == "namespace/media") {
-        let created = cluster.kubectl(&["create", "namespace", "media"], None);
-        assert!(created.success || created.stderr.contains("AlreadyExists"), "{}", created.stderr);
-    }
+    cluster.install_crd();
+    cluster.ensure_namespace("media");
     cluster
 }
 

@@ -1,7 +1,7 @@
 //! The worker's error type: one variant per step that can fail, each knowing whether retrying
 //! can help and whom to blame.
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
 use crate::clamd::ClamdError;
 use crate::verdict::ClamdReplyError;
@@ -93,7 +93,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + HttpStatus,
 {
-    let message = DisplayErrorContext(error).to_string();
+    let message = bucket_av_pipeline::s3::describe_error(error);
     match error {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             S3Failure::Other { message, class: ErrorClass::Unavailable }
@@ -102,10 +102,7 @@ where
             404 => S3Failure::NotFound,
             412 => S3Failure::PreconditionFailed,
             status if status >= 500 => S3Failure::Other { message, class: ErrorClass::Unavailable },
-            _ => {
-                let code = service.err().code().unwrap_or("unknown");
-                S3Failure::Other { message: format!("{code}: {message}"), class: ErrorClass::Transient }
-            }
+            _ => S3Failure::Other { message, class: ErrorClass::Transient },
         },
         _ => S3Failure::Other { message, class: ErrorClass::Transient },
     }

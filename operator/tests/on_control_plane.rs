@@ -1,0 +1,216 @@
+//! The operator against the real local control plane, MinIO and RabbitMQ, with policies on the
+//! stack's existing notification target `SCAN` (so nothing here restarts MinIO and these tests
+//! run beside the others; `managed_target.rs` covers targets the operator writes itself).
+//!
+//! Each test runs its own operator process confined to its own namespace.
+
+mod common;
+
+use std::time::Duration;
+
+use bucket_av_testing::{ContainerLaunch, EICAR, OperatorProcess, WorkerProcess, process::free_port, unique_name};
+use common::{Bucket, CONTENT_EVENTS, Fixture, Target, condition, filter_rules};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Apply -> everything read back from the real systems -> uploads scanned by a worker started
+/// exactly as the Deployment describes it -> update converges -> delete removes only ours.
+#[tokio::test]
+async fn a_policy_routes_its_buckets_runs_workers_converges_on_change_and_cleans_up_only_its_own() {
+    let fixture = Fixture::new("op-lifecycle", true);
+    let stack = &fixture.stack;
+    let s3 = stack.s3();
+    let bucket = unique_name("op-lifecycle");
+    let second_bucket = unique_name("op-lifecycle-2");
+    for name in [&bucket, &second_bucket] {
+        s3.create_bucket().bucket(name).send().await.expect("create bucket");
+    }
+    // Someone else's entry on the same bucket, on another target: it must survive everything.
+    let foreign_arn = stack.var("BAVS_NOTIFY_DIRECT_ARN").to_owned();
+    let foreign = [bucket_av_pipeline::notification::KeyFilter { prefix: Some("foreign/".into()), suffix: None }];
+    bucket_av_pipeline::notification::ensure(&s3, &bucket, &foreign_arn, "someone-else", &foreign)
+        .await
+        .expect("write the foreign entry");
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let policy_yaml =
+        fixture.policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: None }], "");
+    fixture.apply(&policy_yaml);
+    let policy = fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+
+    // Status: what kubectl get bsp shows, and no secret anywhere in it.
+    let status = &policy["status"];
+    let arn = status["notificationTargetArn"].as_str().expect("target ARN in the status").to_owned();
+    assert_eq!(arn, format!("arn:minio:sqs:{}:SCAN:amqp", stack.var("BAVS_S3_REGION")));
+    assert_eq!(status["buckets"], bucket.as_str());
+    assert_eq!(status["queueDepth"], 0);
+    assert_eq!(status["restartPending"], false);
+    let queue = format!("bucket-av.{}.scan", fixture.namespace);
+    let queue_ready = condition(&policy, "QueueReady").unwrap();
+    assert!(queue_ready["message"].as_str().unwrap().ends_with("with routing key scan"), "{queue_ready}");
+    let printed = fixture.kubectl(&["get", "bsp", "scan"]);
+    assert!(printed.contains("True") && printed.contains(&bucket), "kubectl get bsp:\n{printed}");
+
+    // MinIO: our entry with the four content events and no filter; the foreign entry intact.
+    let ours = fixture.entries_for(&bucket, &arn).await;
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    let events: Vec<&str> = ours[0].events.iter().map(|event| event.as_str()).collect();
+    assert_eq!(events, CONTENT_EVENTS);
+    assert!(filter_rules(&ours[0]).is_empty());
+    assert_eq!(fixture.entries_for(&bucket, &foreign_arn).await.len(), 1, "the foreign entry survives apply");
+
+    // RabbitMQ: the work queue and its dead-letter queue exist.
+    assert_eq!(fixture.queue_depth(&queue).await, Some(0));
+    assert_eq!(fixture.queue_depth(&format!("{queue}.dead")).await, Some(0));
+
+    // The Deployment: secrets by reference only, never as values.
+    let deployment = fixture.cluster.get_json(&fixture.namespace, "deployment", "scan-worker");
+    let rendered = deployment.to_string();
+    for secret in [stack.var("BAVS_S3_SECRET_KEY"), stack.var("BAVS_AMQP_URL")] {
+        assert!(!rendered.contains(secret), "a secret value is in the Deployment");
+    }
+    assert!(!policy.to_string().contains(stack.var("BAVS_S3_SECRET_KEY")), "a secret value is in the policy");
+
+    // Uploads reach the queue through MinIO's target, the exchange and our binding.
+    stack.put(&bucket, "docs/clean.txt", b"nothing to see".to_vec()).await;
+    stack.put(&bucket, "docs/eicar.com", EICAR.to_vec()).await;
+    fixture.wait_for_queued(&queue, 2, Duration::from_secs(30)).await;
+
+    // A worker started from the Deployment's spec scans them.
+    let launch = ContainerLaunch::from_deployment(&fixture.cluster, &fixture.namespace, "scan-worker", "worker");
+    assert_eq!(launch.env("BAVS_QUEUE"), Some(queue.as_str()));
+    assert_eq!(launch.env("BAVS_DECLARE_TOPOLOGY"), Some("false"));
+    let http = format!("127.0.0.1:{}", free_port());
+    let command = launch.local_command(&[("BAVS_HTTP_ADDR", &http), ("BAVS_LOG_FORMAT", "plain")]);
+    let worker = WorkerProcess::from_command(command, http, &queue).await;
+    let clean = stack.wait_for_verdict(&bucket, "docs/clean.txt", None, Duration::from_secs(30)).await;
+    assert_eq!(clean["av-status"], "clean");
+    let infected = stack.wait_for_verdict(&bucket, "docs/eicar.com", None, Duration::from_secs(30)).await;
+    assert_eq!(infected["av-status"], "infected");
+    assert!(infected["av-detail"].contains("Eicar"), "{infected:?}");
+
+    // Update: a prefix on the first bucket, a second bucket. The worker pods roll (their
+    // bucket allowlist changes): here, the old worker stops and one from the new spec starts.
+    worker.terminate(Duration::from_secs(30)).await;
+    let updated = fixture.policy_yaml(
+        "scan",
+        &Target::Existing("SCAN"),
+        &[Bucket { name: &bucket, prefix: Some("docs/") }, Bucket { name: &second_bucket, prefix: None }],
+        "",
+    );
+    fixture.apply(&updated);
+    let policy = fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
+    assert_eq!(policy["status"]["observedGeneration"], 2);
+    let ours = fixture.entries_for(&bucket, &arn).await;
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(filter_rules(&ours[0]), [("prefix".to_owned(), "docs/".to_owned())]);
+    assert_eq!(fixture.entries_for(&second_bucket, &arn).await.len(), 1);
+    let launch = ContainerLaunch::from_deployment(&fixture.cluster, &fixture.namespace, "scan-worker", "worker");
+    assert_eq!(launch.env("BAVS_BUCKETS"), Some(format!("{bucket},{second_bucket}").as_str()));
+    let http = format!("127.0.0.1:{}", free_port());
+    let command = launch.local_command(&[("BAVS_HTTP_ADDR", &http), ("BAVS_LOG_FORMAT", "plain")]);
+    let worker = WorkerProcess::from_command(command, http, &queue).await;
+    stack.put(&second_bucket, "late.txt", b"also scanned".to_vec()).await;
+    let late = stack.wait_for_verdict(&second_bucket, "late.txt", None, Duration::from_secs(30)).await;
+    assert_eq!(late["av-status"], "clean");
+    worker.terminate(Duration::from_secs(30)).await;
+
+    // Delete: our entries and queues go, the foreign entry stays.
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    assert!(fixture.entries_for(&bucket, &arn).await.is_empty());
+    assert!(fixture.entries_for(&second_bucket, &arn).await.is_empty());
+    assert_eq!(fixture.entries_for(&bucket, &foreign_arn).await.len(), 1, "the foreign entry survives delete");
+    assert_eq!(fixture.queue_depth(&queue).await, None, "deletionPolicy Delete removes the queue");
+    assert_eq!(fixture.queue_depth(&format!("{queue}.dead")).await, None);
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// A policy whose AMQP Secret does not exist yet: the condition says which, an event is
+/// recorded, retries back off instead of looping, and creating the Secret brings the policy to
+/// Ready at once (the Secret watch), not at the next backoff.
+#[tokio::test]
+async fn a_missing_secret_is_reported_and_the_policy_recovers_as_soon_as_it_appears() {
+    let fixture = Fixture::new("op-secret", false);
+    fixture.create_minio_secret();
+    let bucket = unique_name("op-secret");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    fixture.apply(&fixture.policy_yaml(
+        "scan",
+        &Target::Existing("SCAN"),
+        &[Bucket { name: &bucket, prefix: None }],
+        "",
+    ));
+
+    let policy = fixture.wait_condition("scan", "QueueReady", "False", Some("ReferenceMissing"), READY_TIMEOUT).await;
+    let message = condition(&policy, "QueueReady").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("secret rabbitmq-url does not exist"), "{message}");
+    let ready = condition(&policy, "Ready").unwrap();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ReferenceMissing")));
+    assert!(
+        fixture.events("scan").iter().any(|event| event.starts_with("ReferenceMissing: ")),
+        "events: {:?}",
+        fixture.events("scan")
+    );
+
+    // Three failures take the backoff to 20 s (5, 10, 20): recovery faster than that is the watch.
+    let failures = "bucket_av_operator_reconcile_failures_total{kind=\"ReferenceMissing\"}";
+    let waited = std::time::Instant::now();
+    while operator.metric(failures).await < 3.0 {
+        assert!(waited.elapsed() < Duration::from_secs(60), "fewer than 3 failed reconciles in 60 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let failed = operator.metric(failures).await;
+    assert!(failed <= 4.0, "{failed} failed reconciles in ~{:?}: retries must back off", waited.elapsed());
+    fixture.create_amqp_secret();
+    let created = std::time::Instant::now();
+    fixture.wait_condition("scan", "Ready", "True", Some("Ready"), Duration::from_secs(15)).await;
+    eprintln!("Ready {:?} after the Secret was created", created.elapsed());
+
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// Two operator replicas: only the Lease holder reconciles; when it stops, the other takes
+/// over and reconciles the next change.
+#[tokio::test]
+async fn of_two_operators_only_the_leader_reconciles_and_the_other_takes_over() {
+    let fixture = Fixture::new("op-leader", true);
+    let bucket = unique_name("op-leader");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let first = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--pod-name=first"]).await;
+    let waited = std::time::Instant::now();
+    while !first.is_leader().await {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the only candidate did not become leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let second = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--pod-name=second"]).await;
+    let lease = fixture.cluster.get_json(&fixture.namespace, "lease", "bucket-av-operator");
+    assert!(lease["spec"]["holderIdentity"].as_str().unwrap().starts_with("first_"), "{lease}");
+
+    let buckets = [Bucket { name: &bucket, prefix: None }];
+    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, ""));
+    fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
+    assert!(first.reconciles().await >= 1.0);
+    assert!(!second.is_leader().await);
+    assert_eq!(second.reconciles().await, 0.0, "the replica without the lease must not reconcile");
+
+    // The leader stops (it releases the Lease on SIGTERM): the other takes over.
+    first.terminate(Duration::from_secs(30)).await;
+    let waited = std::time::Instant::now();
+    while !second.is_leader().await {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the second replica did not take over within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("the second replica led {:?} after the first stopped", waited.elapsed());
+    let changed = fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, "  workers:\n    concurrency: 2\n");
+    fixture.apply(&changed);
+    let policy = fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
+    assert_eq!(policy["status"]["observedGeneration"], 2);
+    assert!(second.reconciles().await >= 1.0);
+    let launch = ContainerLaunch::from_deployment(&fixture.cluster, &fixture.namespace, "scan-worker", "worker");
+    assert_eq!(launch.env("BAVS_CONCURRENCY"), Some("2"));
+
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    second.terminate(Duration::from_secs(30)).await;
+}

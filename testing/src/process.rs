@@ -1,0 +1,109 @@
+//! A long-running binary of ours (worker or operator) as a child process: started, awaited until
+//! its `/readyz` answers, inspected through `/metrics`, and stopped by its own PID only.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+pub struct ServiceProcess {
+    child: Child,
+    /// What the process is, for messages (`worker`, `operator`).
+    pub name: String,
+    /// `host:port` of its health and metrics server.
+    pub http: String,
+}
+
+impl ServiceProcess {
+    /// Spawns `command` (killed when dropped) and waits until `http`/readyz answers 2xx.
+    pub async fn spawn(name: &str, mut command: Command, http: String, ready_timeout: Duration) -> Self {
+        command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let child = command.spawn().unwrap_or_else(|error| panic!("start {name} ({command:?}): {error}"));
+        let mut process = Self { child, name: name.to_owned(), http };
+        process.wait_ready(ready_timeout).await;
+        process
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let url = format!("http://{}/readyz", self.http);
+        loop {
+            if let Ok(response) = reqwest::get(&url).await
+                && response.status().is_success()
+            {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("{} exited before it was ready: {status}", self.name);
+            }
+            assert!(Instant::now() < deadline, "{} not ready within {timeout:?} ({url})", self.name);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.http))
+            .await
+            .unwrap_or_else(|error| panic!("{} metrics: {error}", self.name))
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    /// The value of one sample line of `/metrics`, such as `bucket_av_worker_scans_total{verdict="clean"}`;
+    /// 0 when the sample is absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines().find_map(|line| line.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or_else(|| panic!("{} is not running", self.name))
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends SIGTERM and waits for a clean exit; returns how long it took.
+    pub async fn terminate(mut self, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        signal(self.pid(), "-TERM");
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {timeout:?} of SIGTERM", self.name))
+            .expect("wait for the process");
+        assert!(status.success(), "{} exited with {status} after SIGTERM", self.name);
+        started.elapsed()
+    }
+
+    /// SIGKILL: the process dies mid-work, as on an OOM kill or node loss.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap_or_else(|error| panic!("kill {}: {error}", self.name));
+    }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill").arg(signal).arg(pid.to_string()).status().expect("run kill");
+    assert!(status.success(), "kill {signal} {pid} failed");
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+}
+
+/// A binary of this workspace, built into the same target directory as the running test
+/// (`cargo build --bins` builds them; `just test` does). Panics with that advice when missing.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("path of the running test");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let profile_dir =
+        test_exe.parent().and_then(|deps| deps.parent()).expect("test binary sits in target/<profile>/deps");
+    let binary = profile_dir.join(name);
+    assert!(binary.is_file(), "{} is not built: run `cargo build --bins` (or `just test`) first", binary.display());
+    binary
+}
