@@ -271,6 +271,18 @@ pub struct RabbitMqSpec {
     #[serde(default = "default_delivery_limit")]
     #[schemars(range(min = 2, max = 1000))]
     pub delivery_limit: u32,
+
+    /// RabbitMQ's management API (`http://rabbitmq.rabbitmq.svc:15672`), reached with the user
+    /// and password of the AMQP URL. With it, the queue depth the autoscaler sees counts the
+    /// messages being scanned (unacknowledged) besides those waiting; without it only waiting
+    /// messages count, which AMQP alone can report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 8, max = 2048))]
+    #[x_kube(
+        validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+            .message(messages::BAD_MANAGEMENT_URL)
+    )]
+    pub management_url: Option<String>,
 }
 
 /// A Secret holding the AMQP URL of RabbitMQ.

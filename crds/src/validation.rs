@@ -13,6 +13,7 @@ pub mod messages {
         "actions.quarantineBucket must not be one of buckets[].name: quarantined objects would be scanned again";
     pub const MIN_ABOVE_MAX_REPLICAS: &str = "workers.minReplicas must not be greater than workers.maxReplicas";
     pub const BAD_MINIO_ENDPOINT: &str = "minio.endpoint must start with http:// or https://";
+    pub const BAD_MANAGEMENT_URL: &str = "rabbitmq.managementUrl must start with http:// or https://";
     pub const BAD_WEBHOOK_URL: &str = "actions.webhook.url must start with http:// or https://";
     pub const BAD_MIRROR_URL: &str = "scanner.sidecar.signatures.mirror must start with http:// or https://";
     pub const SCANNER_CHOICE: &str =
@@ -45,6 +46,8 @@ pub enum SpecError {
     BadMinioEndpoint,
     #[error("{}", messages::BAD_WEBHOOK_URL)]
     BadWebhookUrl,
+    #[error("{}", messages::BAD_MANAGEMENT_URL)]
+    BadManagementUrl,
     #[error("{}", messages::BAD_MIRROR_URL)]
     BadMirrorUrl,
     #[error("{}", messages::SCANNER_CHOICE)]
@@ -84,6 +87,7 @@ impl SpecError {
             Self::MinReplicasAboveMax { .. } => "MinReplicasAboveMax",
             Self::BadMinioEndpoint => "BadMinioEndpoint",
             Self::BadWebhookUrl => "BadWebhookUrl",
+            Self::BadManagementUrl => "BadManagementUrl",
             Self::BadMirrorUrl => "BadMirrorUrl",
             Self::ScannerChoice => "ScannerChoice",
             Self::SignaturesChoice => "SignaturesChoice",
@@ -127,6 +131,12 @@ impl BucketScanPolicySpec {
         if let Some(ca_bundle) = &minio.ca_bundle {
             check_object_name("minio.caBundle.name", &ca_bundle.name)?;
             check_data_key("minio.caBundle.key", &ca_bundle.key)?;
+        }
+
+        if let Some(url) = &self.rabbitmq.management_url
+            && !is_http_url(url)
+        {
+            return Err(SpecError::BadManagementUrl);
         }
 
         if self.buckets.is_empty() || self.buckets.len() > 100 {
