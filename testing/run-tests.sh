@@ -11,8 +11,9 @@ step "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "Building the tests"
+step "Building the tests and the binaries they run"
 cargo test --workspace --locked --no-run
+cargo build --workspace --locked --bins
 
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 bash testing/stack/stack-up.sh
@@ -27,5 +28,6 @@ step "Running every test (unit, then integration against the stack)"
 # cores. Test binaries run one after another, which keeps the clamd outage suite on its own.
 WORKER_LOG=${WORKER_LOG:-warn} cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"
 
-step "MinIO admin API across a MinIO restart (restarts the stack's MinIO, so it runs on its own)"
+step "Suites that restart the stack's MinIO, on their own: the admin API, managed notification targets"
 BAVS_ALLOW_MINIO_RESTART=1 cargo test --locked -p bucket-av-minio-admin --test restart -- --ignored
+BAVS_ALLOW_MINIO_RESTART=1 cargo test --locked -p bucket-av-operator --test managed_target -- --ignored --test-threads 1

@@ -1,0 +1,146 @@
+//! Managed notification targets: the operator writes the policy's AMQP target through MinIO's
+//! admin API and MinIO loads it only on a restart. These tests restart the stack's MinIO, which
+//! breaks uploads of anything running beside them, so they are ignored by default and run on
+//! their own (`just test` does, after the other suites):
+//!
+//! BAVS_ALLOW_MINIO_RESTART=1 cargo test -p bucket-av-operator --test managed_target -- --ignored --test-threads 1
+
+mod common;
+
+use std::time::Duration;
+
+use bucket_av_minio_admin::AdminClient;
+use bucket_av_pipeline::Secret;
+use bucket_av_testing::{OperatorProcess, Stack, unique_name};
+use common::{Bucket, Fixture, Target, condition};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn require_restart_permission() {
+    assert_eq!(
+        std::env::var("BAVS_ALLOW_MINIO_RESTART").as_deref(),
+        Ok("1"),
+        "these tests restart the stack's MinIO, which breaks anyone else's run on the same stack; \
+         set BAVS_ALLOW_MINIO_RESTART=1 once nobody else uses it"
+    );
+}
+
+fn admin(stack: &Stack) -> AdminClient {
+    AdminClient::new(
+        stack.var("BAVS_S3_ENDPOINT"),
+        stack.var("BAVS_S3_ACCESS_KEY"),
+        Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
+        None,
+    )
+    .expect("admin client")
+}
+
+/// The policy's target ID, from the ARN in its status (`arn:minio:sqs:<region>:<ID>:amqp`).
+fn target_id(policy: &serde_json::Value) -> String {
+    let arn = policy["status"]["notificationTargetArn"].as_str().expect("ARN in the status");
+    arn.split(':').nth(4).expect("ARN has an ID").to_owned()
+}
+
+#[tokio::test]
+#[ignore = "restarts the stack's MinIO: run with BAVS_ALLOW_MINIO_RESTART=1 and -- --ignored"]
+async fn the_operator_writes_the_target_restarts_minio_when_allowed_and_removes_the_target_on_delete() {
+    require_restart_permission();
+    let fixture = Fixture::new("op-managed", true);
+    let stack = &fixture.stack;
+    let bucket = unique_name("op-managed");
+    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let buckets = [Bucket { name: &bucket, prefix: Some("in/") }];
+    fixture.apply(&fixture.policy_yaml("managed", &Target::Managed { allow_restart: true }, &buckets, ""));
+    let policy = fixture.wait_condition("managed", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    assert_eq!(policy["status"]["restartPending"], false);
+    assert!(
+        fixture.events("managed").iter().any(|event| event.starts_with("RestartedMinIO: ")),
+        "events: {:?}",
+        fixture.events("managed")
+    );
+
+    // MinIO runs the target exactly as the operator means it.
+    let id = target_id(&policy);
+    assert!(id.starts_with("BAVS_"), "{id}");
+    let queue = format!("bucket-av.{}.managed", fixture.namespace);
+    let running = admin(stack).amqp_target(&id).await.expect("read the target").expect("MinIO runs the target");
+    for (key, expected) in [
+        ("exchange", stack.var("BAVS_EXCHANGE")),
+        ("exchange_type", stack.var("BAVS_EXCHANGE_TYPE")),
+        ("routing_key", queue.as_str()),
+        ("durable", "on"),
+        ("delivery_mode", "2"),
+        ("publisher_confirms", "on"),
+    ] {
+        assert_eq!(running.effective(key), Some(expected), "{key} of the running target");
+    }
+    let queue_ready = condition(&policy, "QueueReady").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(queue_ready.ends_with(&format!("with routing key {queue}")), "{queue_ready}");
+
+    // Only uploads under the prefix reach the policy's queue, through the new target.
+    stack.put(&bucket, "in/a.txt", b"a".to_vec()).await;
+    stack.put(&bucket, "elsewhere/b.txt", b"b".to_vec()).await;
+    fixture.wait_for_queued(&queue, 1, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fixture.queue_depth(&queue).await, Some(1), "the upload outside the prefix is not routed");
+
+    // A second reconcile (forced by a spec change) finds the target running: no second restart.
+    let changed = fixture.policy_yaml(
+        "managed",
+        &Target::Managed { allow_restart: true },
+        &buckets,
+        "  workers:\n    concurrency: 3\n",
+    );
+    fixture.apply(&changed);
+    fixture.wait_condition("managed", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let restarts = fixture.events("managed").iter().filter(|event| event.starts_with("RestartedMinIO: ")).count();
+    assert_eq!(restarts, 1, "MinIO restarted again for a target it already runs");
+
+    fixture.delete_policy("managed", Duration::from_secs(60)).await;
+    assert!(
+        fixture.entries_for(&bucket, &policy["status"]["notificationTargetArn"].as_str().unwrap()).await.is_empty()
+    );
+    assert_eq!(
+        admin(stack).delete_amqp_target(&id).await.expect("delete again"),
+        None,
+        "the operator removed the target from MinIO's stored configuration"
+    );
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+#[ignore = "restarts the stack's MinIO: run with BAVS_ALLOW_MINIO_RESTART=1 and -- --ignored"]
+async fn without_allow_restart_the_policy_says_a_restart_is_pending_and_is_ready_once_someone_restarts() {
+    require_restart_permission();
+    let fixture = Fixture::new("op-pending", true);
+    let stack = &fixture.stack;
+    let bucket = unique_name("op-pending");
+    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let buckets = [Bucket { name: &bucket, prefix: None }];
+    fixture.apply(&fixture.policy_yaml("pending", &Target::Managed { allow_restart: false }, &buckets, ""));
+    let policy = fixture
+        .wait_condition("pending", "NotificationConfigured", "False", Some("RestartPending"), READY_TIMEOUT)
+        .await;
+    assert_eq!(policy["status"]["restartPending"], true);
+    let message = condition(&policy, "NotificationConfigured").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("allowRestart"), "the message says what to do: {message}");
+    let ready = condition(&policy, "Ready").unwrap();
+    assert_eq!(ready["reason"], "RestartPending");
+    assert!(
+        fixture.entries_for(&bucket, policy["status"]["notificationTargetArn"].as_str().unwrap()).await.is_empty(),
+        "no bucket is routed to a target MinIO does not run"
+    );
+
+    // An administrator restarts MinIO; the operator notices on its own.
+    admin(stack).restart_and_wait(Duration::from_secs(60)).await.expect("restart MinIO");
+    let restarted = std::time::Instant::now();
+    let policy = fixture.wait_condition("pending", "Ready", "True", Some("Ready"), Duration::from_secs(45)).await;
+    eprintln!("Ready {:?} after MinIO restarted", restarted.elapsed());
+    assert_eq!(policy["status"]["restartPending"], false);
+    assert!(fixture.events("pending").iter().all(|event| !event.starts_with("RestartedMinIO: ")));
+
+    fixture.delete_policy("pending", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
