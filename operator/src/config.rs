@@ -2,6 +2,7 @@
 //! variable (`BAVS_OPERATOR_*`), which is how the Helm chart configures it.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Parser;
 
@@ -35,6 +36,35 @@ pub struct Config {
     /// This replica's identity in the Lease and in events. Default: the host (pod) name.
     #[arg(long, env = "BAVS_OPERATOR_POD_NAME")]
     pub pod_name: Option<String>,
+    /// Serve the external metrics API (`external.metrics.k8s.io/v1beta1`, the queue depths the
+    /// worker HPAs scale on) over HTTPS.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API", default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_api: bool,
+    /// Address of the external metrics API server.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_ADDR", default_value = "0.0.0.0:6443")]
+    pub metrics_api_addr: SocketAddr,
+    /// The Service in front of the metrics API. When set, the leader applies the APIService
+    /// `v1beta1.external.metrics.k8s.io` pointing at it with the serving certificate's CA as
+    /// `caBundle`; unset, the APIService is left to whoever installs it (a chart).
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_SERVICE")]
+    pub metrics_api_service: Option<String>,
+    /// Namespace of that Service. Default: the operator's own namespace (from its service
+    /// account), else the kubeconfig's.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_SERVICE_NAMESPACE")]
+    pub metrics_api_service_namespace: Option<String>,
+    /// Port of that Service, written into the APIService.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_SERVICE_PORT", default_value_t = 443)]
+    pub metrics_api_service_port: u16,
+    /// Serving certificate (PEM chain) of the metrics API, e.g. `tls.crt` of a cert-manager
+    /// Secret. Default: a self-signed certificate made at start for the Service's DNS names.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_CERT_FILE", requires = "metrics_api_key_file")]
+    pub metrics_api_cert_file: Option<PathBuf>,
+    /// Private key (PEM) of `--metrics-api-cert-file`.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_KEY_FILE", requires = "metrics_api_cert_file")]
+    pub metrics_api_key_file: Option<PathBuf>,
+    /// CA (PEM) that signed `--metrics-api-cert-file`, for the APIService's `caBundle`.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_CA_FILE", requires = "metrics_api_cert_file")]
+    pub metrics_api_ca_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "BAVS_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
@@ -66,5 +96,20 @@ mod tests {
         assert!(config.leader_election);
         assert_eq!(config.leader_election_name, "bucket-av-operator");
         assert_eq!(config.log_format, LogFormat::Plain);
+        assert!(config.metrics_api);
+        assert_eq!(config.metrics_api_addr.port(), 6443);
+        assert_eq!(config.metrics_api_service, None, "the APIService is only managed when asked to");
+        assert_eq!(config.metrics_api_service_port, 443);
+    }
+
+    #[test]
+    fn a_certificate_file_needs_its_key() {
+        let parse =
+            |args: &[&str]| Config::try_parse_from(["bucket-av-operator", "--worker-image", "w:1"].iter().chain(args));
+        assert!(parse(&["--metrics-api-cert-file", "tls.crt"]).is_err());
+        assert!(parse(&["--metrics-api-ca-file", "ca.crt"]).is_err());
+        let config = parse(&["--metrics-api-cert-file", "tls.crt", "--metrics-api-key-file", "tls.key"]).unwrap();
+        assert_eq!(config.metrics_api_key_file.as_deref(), Some(std::path::Path::new("tls.key")));
+        assert!(!parse(&["--metrics-api=false"]).unwrap().metrics_api);
     }
 }

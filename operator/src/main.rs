@@ -9,6 +9,9 @@ use bucket_av_operator::config::Config;
 use bucket_av_operator::http::{self, HttpState};
 use bucket_av_operator::lease::{self, LeaseConfig};
 use bucket_av_operator::metrics::Metrics;
+use bucket_av_operator::metrics_api::{self, ServiceRef};
+use bucket_av_operator::queue_metrics::QueueDepthSource;
+use bucket_av_operator::workload::MANAGER;
 use bucket_av_operator::{Context, OperatorDefaults, controller};
 use bucket_av_pipeline::service::{init_logging, shutdown_on_signal};
 use clap::Parser;
@@ -41,20 +44,62 @@ async fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "bucket-av-operator".to_owned());
     let defaults = OperatorDefaults { worker_image: config.worker_image.clone() };
     let ctx = Arc::new(Context::new(client.clone(), defaults, metrics.clone(), Some(identity.clone())));
+    let own_namespace = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+        .map(|namespace| namespace.trim().to_owned())
+        .unwrap_or_else(|_| client.default_namespace().to_owned());
+
+    // The external metrics API: served by every replica, registered by the leader only.
+    let (ca_tx, ca_rx) = tokio::sync::watch::channel(None);
+    let mut metrics_server = None;
+    let api_service = match (&config.metrics_api_service, config.metrics_api) {
+        (Some(name), true) => Some(ServiceRef {
+            name: name.clone(),
+            namespace: config.metrics_api_service_namespace.clone().unwrap_or_else(|| own_namespace.clone()),
+            port: config.metrics_api_service_port,
+        }),
+        _ => None,
+    };
+    if config.metrics_api {
+        let cert = match (&config.metrics_api_cert_file, &config.metrics_api_key_file) {
+            (Some(cert), Some(key)) => {
+                bucket_av_metrics_api::ServingCert::from_pem_files(cert, key, config.metrics_api_ca_file.as_deref())
+                    .context("read the metrics API certificate")?
+            }
+            _ => {
+                let (name, namespace) = match &api_service {
+                    Some(service) => (service.name.clone(), service.namespace.clone()),
+                    None => (MANAGER.to_owned(), own_namespace.clone()),
+                };
+                bucket_av_metrics_api::ServingCert::self_signed_for_service(&name, &namespace)
+                    .context("make a self-signed metrics API certificate")?
+            }
+        };
+        let source =
+            Arc::new(QueueDepthSource::new(client.clone(), config.watch_namespace.clone(), ctx.scratch_dir.clone()));
+        metrics_server = Some(tokio::spawn(metrics_api::serve(
+            client.clone(),
+            source,
+            config.metrics_api_addr,
+            cert,
+            ca_tx,
+            shutdown.clone(),
+        )));
+    }
+    let register = move |client: kube::Client, stop: tokio_util::sync::CancellationToken| {
+        if let Some(service) = api_service.clone() {
+            tokio::spawn(metrics_api::register(client, service, ca_rx.clone(), stop));
+        }
+    };
 
     if config.leader_election {
-        let namespace = match &config.leader_election_namespace {
-            Some(namespace) => namespace.clone(),
-            None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
-                .map(|namespace| namespace.trim().to_owned())
-                .unwrap_or_else(|_| client.default_namespace().to_owned()),
-        };
+        let namespace = config.leader_election_namespace.clone().unwrap_or_else(|| own_namespace.clone());
         // Unique per process, so a restarted pod with the same name never mistakes the old
         // holder's lease for its own.
         let identity =
             format!("{identity}_{:08x}", std::process::id() ^ std::time::UNIX_EPOCH.elapsed()?.subsec_nanos());
         let lease = LeaseConfig::new(namespace, config.leader_election_name.clone(), identity);
         let leader_gauge = metrics.leader.clone();
+        let api_client = client.clone();
         lease::run_elected(
             client,
             lease,
@@ -63,6 +108,8 @@ async fn main() -> anyhow::Result<()> {
                 leader_gauge.set(i64::from(leading));
             },
             move |stop| {
+                // Each new leader points the APIService at itself (its CA, when self-signed).
+                register(api_client.clone(), stop.child_token());
                 let ctx = ctx.clone();
                 let namespace = config.watch_namespace.clone();
                 async move { controller::run(ctx, namespace, async move { stop.cancelled().await }).await }
@@ -71,10 +118,14 @@ async fn main() -> anyhow::Result<()> {
         .await;
     } else {
         metrics.leader.set(1);
+        register(client.clone(), shutdown.child_token());
         let stop = shutdown.clone();
         controller::run(ctx, config.watch_namespace.clone(), async move { stop.cancelled().await }).await;
     }
     shutdown.cancel();
     let _ = server.await;
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
     Ok(())
 }

@@ -17,6 +17,7 @@ use bucket_av_pipeline::notification::{self, KeyFilter, NotificationError};
 use bucket_av_pipeline::s3::S3Settings;
 use bucket_av_pipeline::topology::{Topology, ready_messages};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -238,10 +239,10 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     }
 
     match apply_workload(policy, ctx).await {
-        Ok(deployment) => {
+        Ok(Workload { deployment, autoscaler }) => {
             let deployment_status = deployment.status.clone().unwrap_or_default();
             report.status.replicas = deployment_status.replicas;
-            report.status.desired_replicas = deployment.spec.replicas;
+            report.status.desired_replicas = desired_replicas(&autoscaler, &deployment);
             let (available, reason, message) =
                 workers_available(policy.spec.workers.min_replicas, &deployment_status, report.status.queue_depth);
             report.set(condition_types::WORKERS_AVAILABLE, available, reason, message);
@@ -340,6 +341,17 @@ pub fn readiness(status: &BucketScanPolicyStatus) -> (bool, String, String) {
         }
     }
     (true, "Ready".into(), "upload events flow from the buckets through the queue to available workers".into())
+}
+
+/// What the HPA last decided; before its first sync (desiredReplicas 0, which its minReplicas of
+/// at least 1 never allows), what the Deployment asks for.
+pub fn desired_replicas(autoscaler: &HorizontalPodAutoscaler, deployment: &Deployment) -> Option<i32> {
+    autoscaler
+        .status
+        .as_ref()
+        .map(|status| status.desired_replicas)
+        .filter(|desired| *desired > 0)
+        .or(deployment.spec.replicas)
 }
 
 /// WorkersAvailable: at least one replica is available, or the policy allows zero replicas and
@@ -514,9 +526,15 @@ fn target_missing_hint(policy: &BucketScanPolicy) -> &'static str {
     }
 }
 
-/// Applies the ConfigMap (sidecar only), Deployment and Service, and returns the Deployment as
-/// the API server has it (with its status).
-async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Deployment> {
+/// The worker objects as the API server has them after the apply (with their status).
+struct Workload {
+    deployment: Deployment,
+    autoscaler: HorizontalPodAutoscaler,
+}
+
+/// Applies the ConfigMap (sidecar only), Deployment, Service and HorizontalPodAutoscaler, and
+/// returns the Deployment and the autoscaler as the API server has them (with their status).
+async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Workload> {
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let params = PatchParams::apply(MANAGER).force();
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -537,10 +555,56 @@ async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Depl
     let mut deployment = workload::worker_deployment(policy, &ctx.defaults);
     workload::set_secret_versions(&mut deployment, &secret_versions(policy, ctx, &namespace).await?);
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let deployment = apply_child(&deployments, "Deployment", deployment, &params).await?;
+    let name = workload::deployment_name(policy);
+    let existing = deployments.get_opt(&name).await.map_err(|source| Error::ApplyChild {
+        kind: "Deployment",
+        name: name.clone(),
+        source: Box::new(source),
+    })?;
+    // The Deployment is applied without `replicas` (the HPA owns them). Had we applied the field
+    // before (an older operator), omitting it now would make the API server remove it and fall
+    // back to 1: hand the current value to another field manager first.
+    let handover = match &existing {
+        Some(existing) if workload::applies_replicas(existing, MANAGER) => existing.spec.replicas,
+        Some(_) => None,
+        // A new Deployment starts at minReplicas rather than the API server's default of 1.
+        None => Some(policy.spec.workers.min_replicas.max(1)),
+    };
+    if let Some(replicas) = handover
+        && existing.is_some()
+    {
+        hand_over_replicas(&deployments, &name, replicas).await?;
+    }
+    let mut deployment = apply_child(&deployments, "Deployment", deployment, &params).await?;
+    if let Some(replicas) = handover
+        && existing.is_none()
+    {
+        deployment = hand_over_replicas(&deployments, &name, replicas).await?;
+    }
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
     apply_child(&services, "Service", workload::metrics_service(policy), &params).await?;
-    Ok(deployment)
+    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    let autoscaler =
+        apply_child(&autoscalers, "HorizontalPodAutoscaler", workload::worker_autoscaler(policy), &params).await?;
+    Ok(Workload { deployment, autoscaler })
+}
+
+/// Server-side applies only `spec.replicas` with the handover field manager, so that the field
+/// survives when the operator's own apply leaves it out; the HPA controller's first scale then
+/// takes it over (an update takes ownership from every applier).
+async fn hand_over_replicas(deployments: &Api<Deployment>, name: &str, replicas: i32) -> Result<Deployment> {
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    let params = PatchParams::apply(workload::REPLICAS_HANDOVER_MANAGER).force();
+    deployments.patch(name, &params, &Patch::Apply(&patch)).await.map_err(|source| Error::ApplyChild {
+        kind: "Deployment",
+        name: name.to_owned(),
+        source: Box::new(source),
+    })
 }
 
 /// The resourceVersion of every Secret the workers read (`absent` for one that does not exist:

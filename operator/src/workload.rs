@@ -1,6 +1,7 @@
 //! Pure builders of the Kubernetes objects that run a policy's scanning workers: the worker
 //! Deployment (with the optional clamd sidecar), the ConfigMap holding the sidecar's clamd and
-//! freshclam configuration, and the metrics Service. Nothing here talks to the API server; the
+//! freshclam configuration, the metrics Service, and the HorizontalPodAutoscaler that sizes the
+//! Deployment on the queue depth. Nothing here talks to the API server; the
 //! reconciler applies what these return.
 //!
 //! Secrets reach the pods only as `secretKeyRef` environment variables or volumes, never as
@@ -10,12 +11,17 @@ use std::collections::BTreeMap;
 
 use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource, SidecarScanner, quantity_bytes};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, ExternalMetricSource, HPAScalingRules, HorizontalPodAutoscaler,
+    HorizontalPodAutoscalerBehavior, HorizontalPodAutoscalerSpec, MetricIdentifier, MetricSpec, MetricTarget,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -64,6 +70,11 @@ pub fn deployment_name(policy: &BucketScanPolicy) -> String {
     format!("{}-worker", policy.name_any())
 }
 
+/// Name of the policy's HorizontalPodAutoscaler (the Deployment's name).
+pub fn autoscaler_name(policy: &BucketScanPolicy) -> String {
+    deployment_name(policy)
+}
+
 /// Name of the policy's worker metrics Service.
 pub fn metrics_service_name(policy: &BucketScanPolicy) -> String {
     format!("{}-worker-metrics", policy.name_any())
@@ -106,7 +117,9 @@ fn owner_reference(policy: &BucketScanPolicy) -> Option<OwnerReference> {
     policy.controller_owner_ref(&())
 }
 
-/// The Deployment that runs the policy's scanning workers.
+/// The Deployment that runs the policy's scanning workers. It has no `replicas`: the policy's
+/// HorizontalPodAutoscaler ([`worker_autoscaler`]) owns that field, and applying it here would
+/// reset the autoscaler's choice at every reconcile.
 pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Deployment {
     let spec = &policy.spec;
     let mut volumes = vec![empty_dir("tmp")];
@@ -154,7 +167,7 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
     Deployment {
         metadata: metadata(policy, deployment_name(policy)),
         spec: DeploymentSpec {
-            replicas: Some(spec.workers.min_replicas),
+            replicas: None,
             selector: LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() },
             // A new worker must be ready before an old one starts draining: capacity never drops.
             strategy: Some(DeploymentStrategy {
@@ -189,6 +202,78 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
         ..Deployment::default()
     }
 }
+
+/// The external metric the autoscalers read, served by the operator itself
+/// ([`crate::queue_metrics`]).
+pub use crate::queue_metrics::METRIC_NAME;
+
+/// The `autoscaling/v2` HPA that scales the worker Deployment on the policy's queue depth:
+/// `targetQueueDepth` events per replica (AverageValue), between min and max replicas, scaling
+/// down only after the queue has been shallow for `scaleDownStabilizationSeconds`.
+///
+/// `minReplicas` is at least 1: an HPA with 0 needs the alpha feature gate `HPAScaleToZero`,
+/// which API servers refuse without it (see the README).
+pub fn worker_autoscaler(policy: &BucketScanPolicy) -> HorizontalPodAutoscaler {
+    let workers = &policy.spec.workers;
+    let min_replicas = workers.min_replicas.max(1);
+    HorizontalPodAutoscaler {
+        metadata: metadata(policy, autoscaler_name(policy)),
+        spec: HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: deployment_name(policy),
+            },
+            min_replicas: Some(min_replicas),
+            max_replicas: workers.max_replicas.max(min_replicas),
+            metrics: Some(vec![MetricSpec {
+                type_: "External".into(),
+                external: Some(ExternalMetricSource {
+                    metric: MetricIdentifier {
+                        name: METRIC_NAME.into(),
+                        selector: Some(LabelSelector {
+                            match_labels: Some(BTreeMap::from([(POLICY_LABEL.to_owned(), policy.name_any())])),
+                            ..LabelSelector::default()
+                        }),
+                    },
+                    target: MetricTarget {
+                        type_: "AverageValue".into(),
+                        average_value: Some(Quantity(workers.target_queue_depth.to_string())),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+            behavior: Some(HorizontalPodAutoscalerBehavior {
+                scale_down: Some(HPAScalingRules {
+                    stabilization_window_seconds: Some(
+                        i32::try_from(workers.scale_down_stabilization_seconds).unwrap_or(i32::MAX),
+                    ),
+                    ..HPAScalingRules::default()
+                }),
+                scale_up: None,
+            }),
+        },
+        status: None,
+    }
+}
+
+/// Whether the Deployment's `spec.replicas` is owned by `manager` through server-side apply.
+/// Such a Deployment was applied by an operator version that set `replicas`: applying it now
+/// without the field would make the API server remove it (and reset it to 1), so ownership is
+/// first handed to [`REPLICAS_HANDOVER_MANAGER`] (see `reconcile::apply_workload`).
+pub fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
+    deployment.metadata.managed_fields.iter().flatten().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry.operation.as_deref() == Some("Apply")
+            && entry.subresource.as_deref().unwrap_or("").is_empty()
+            && entry.fields_v1.as_ref().is_some_and(|fields| fields.0["f:spec"].get("f:replicas").is_some())
+    })
+}
+
+/// The field manager that keeps `spec.replicas` of a worker Deployment when the operator stops
+/// applying it; the HPA controller takes the field over with its first scale.
+pub const REPLICAS_HANDOVER_MANAGER: &str = "bucket-av-operator-replicas-handover";
 
 /// Annotation of the worker pod template recording the resourceVersion of every Secret the
 /// workers read. The workers take Secrets as environment variables, which never change in a

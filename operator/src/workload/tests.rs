@@ -71,7 +71,7 @@ fn deployment_is_named_labelled_and_owned_by_the_policy() {
     assert_eq!(owners[0].controller, Some(true));
 
     let spec = &deployment.spec;
-    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(spec.replicas, None, "the HPA owns replicas");
     let selector = spec.selector.match_labels.as_ref().unwrap();
     let pod_labels = spec.template.metadata.as_ref().unwrap().labels.as_ref().unwrap();
     assert!(selector.iter().all(|(key, value)| pod_labels.get(key) == Some(value)), "the selector matches the pods");
@@ -358,4 +358,76 @@ fn a_changed_secret_changes_the_pod_template() {
     rotated.insert("minio-scanner".to_owned(), "11".to_owned());
     set_secret_versions(&mut second, &rotated);
     assert_ne!(first.spec.template, second.spec.template);
+}
+
+#[test]
+fn the_autoscaler_scales_the_deployment_on_the_policys_queue_depth() {
+    let policy = example();
+    let hpa = worker_autoscaler(&policy);
+    let value = serde_json::to_value(&hpa).unwrap();
+    assert_eq!(value["metadata"]["name"], "uploads-worker");
+    assert_eq!(value["metadata"]["namespace"], "media");
+    assert_eq!(value["metadata"]["labels"]["bucketav.dev/policy"], "uploads");
+    assert_eq!(value["metadata"]["ownerReferences"][0]["kind"], "BucketScanPolicy");
+    assert_eq!(value["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        value["spec"],
+        serde_json::json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "uploads-worker"},
+            "minReplicas": 1,
+            "maxReplicas": 20,
+            "metrics": [{
+                "type": "External",
+                "external": {
+                    "metric": {
+                        "name": "bucketav_queue_depth",
+                        "selector": {"matchLabels": {"bucketav.dev/policy": "uploads"}},
+                    },
+                    "target": {"type": "AverageValue", "averageValue": "50"},
+                },
+            }],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}},
+        })
+    );
+    assert!(value.get("status").is_none());
+}
+
+#[test]
+fn the_autoscaler_never_asks_for_zero_replicas_nor_a_maximum_below_its_minimum() {
+    let mut policy = example();
+    policy.spec.workers.min_replicas = 0;
+    policy.spec.workers.max_replicas = 1;
+    policy.spec.workers.scale_down_stabilization_seconds = 0;
+    let spec = worker_autoscaler(&policy).spec;
+    assert_eq!((spec.min_replicas, spec.max_replicas), (Some(1), 1));
+    let down = spec.behavior.unwrap().scale_down.unwrap();
+    assert_eq!(down.stabilization_window_seconds, Some(0));
+}
+
+#[test]
+fn replicas_applied_by_the_operator_are_recognised_for_the_handover() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+    let entry =
+        |manager: &str, operation: &str, subresource: Option<&str>, fields: serde_json::Value| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            subresource: subresource.map(Into::into),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        };
+    let with = |entries: Vec<ManagedFieldsEntry>| Deployment {
+        metadata: ObjectMeta { managed_fields: Some(entries), ..ObjectMeta::default() },
+        ..Deployment::default()
+    };
+    let replicas = serde_json::json!({"f:spec": {"f:replicas": {}, "f:template": {}}});
+    let no_replicas = serde_json::json!({"f:spec": {"f:template": {}}});
+    assert!(applies_replicas(&with(vec![entry(MANAGER, "Apply", None, replicas.clone())]), MANAGER));
+    assert!(!applies_replicas(&with(vec![entry(MANAGER, "Apply", None, no_replicas)]), MANAGER));
+    // The HPA controller's scale (an update of the scale subresource) or someone else's apply.
+    assert!(!applies_replicas(
+        &with(vec![entry("kube-controller-manager", "Update", Some("scale"), replicas.clone())]),
+        MANAGER
+    ));
+    assert!(!applies_replicas(&with(vec![entry(REPLICAS_HANDOVER_MANAGER, "Apply", None, replicas)]), MANAGER));
+    assert!(!applies_replicas(&Deployment::default(), MANAGER));
 }

@@ -1,0 +1,111 @@
+//! Runs the external metrics API (`bucket-av-metrics-api`) inside the operator with the
+//! queue-depth source, and registers it with the aggregator: the APIService
+//! `v1beta1.external.metrics.k8s.io` pointing at the operator's Service, with the serving
+//! certificate's CA as `caBundle`.
+//!
+//! Every replica serves; only the leader applies the APIService (each time it becomes leader).
+//! With self-signed certificates every replica has its own CA and the APIService can trust one
+//! of them: the leader's. Replicas that share a certificate (`--metrics-api-cert-file`, e.g.
+//! from cert-manager) are all trusted; see the README for running more than one replica.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bucket_av_metrics_api::{
+    ApiServiceRegistration, Config as ServerConfig, ExternalMetricSource, MetricsApiServer, ServingCert,
+    apply_api_service,
+};
+use kube::Client;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// How long to wait before binding again after a failure (port in use, missing RBAC on the
+/// authentication ConfigMap).
+pub const BIND_RETRY: Duration = Duration::from_secs(30);
+
+/// Where the aggregator reaches the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceRef {
+    pub name: String,
+    pub namespace: String,
+    pub port: u16,
+}
+
+/// Serves until `shutdown`; binding is retried every [`BIND_RETRY`] while it fails, so a
+/// metrics API that cannot start never stops the controller (the HPAs show the error). Once
+/// bound, the CA bundle of the serving certificate is published on `ca`.
+pub async fn serve(
+    client: Client,
+    source: Arc<dyn ExternalMetricSource>,
+    address: SocketAddr,
+    cert: ServingCert,
+    ca: watch::Sender<Option<String>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let config = ServerConfig::new(address, cert.clone());
+        match MetricsApiServer::bind(client.clone(), source.clone(), config).await {
+            Ok(server) => {
+                ca.send_replace(server.ca_bundle_pem().map(str::to_owned));
+                if let Err(error) = server.run(shutdown).await {
+                    error!(error = %error, "external metrics API stopped with an error");
+                }
+                return;
+            }
+            Err(error) => {
+                error!(
+                    error = %error,
+                    address = %address,
+                    retry_in_seconds = BIND_RETRY.as_secs(),
+                    "external metrics API not started: HPAs on bucketav_queue_depth cannot scale"
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(BIND_RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Applies the APIService once the server is bound (the CA is known), retrying with backoff
+/// (5 s doubling to 60 s) until it succeeds or `stop` (leadership lost, shutdown).
+pub async fn register(
+    client: Client,
+    service: ServiceRef,
+    mut ca: watch::Receiver<Option<String>>,
+    stop: CancellationToken,
+) {
+    let ca_bundle = tokio::select! {
+        () = stop.cancelled() => return,
+        bundle = ca.wait_for(Option::is_some) => match bundle {
+            Ok(bundle) => bundle.clone().unwrap_or_default(),
+            Err(_) => return,
+        },
+    };
+    if ca_bundle.is_empty() {
+        warn!("the metrics API certificate has no CA bundle (--metrics-api-ca-file): the APIService is not applied");
+        return;
+    }
+    let registration =
+        ApiServiceRegistration::new(&service.name, &service.namespace, ca_bundle).with_port(service.port);
+    let mut delay = Duration::from_secs(5);
+    loop {
+        match apply_api_service(client.clone(), &registration).await {
+            Ok(_) => {
+                info!(service = %service.name, namespace = %service.namespace, port = service.port, "APIService applied");
+                return;
+            }
+            Err(error) => {
+                warn!(error = %error, retry_in_seconds = delay.as_secs(), "could not apply the APIService");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    }
+}
