@@ -21,7 +21,7 @@ pub enum Error {
     #[error("policy has no namespace")]
     MissingNamespace,
 
-    #[error("read {kind} {namespace}/{name}: {source}")]
+    #[error("read {kind} {namespace}/{name}: {}", api_message(.source))]
     ReadReference {
         kind: &'static str,
         namespace: String,
@@ -86,17 +86,26 @@ pub enum Error {
     #[error("{0}")]
     RemoveNotification(#[source] Box<NotificationError>),
 
-    #[error("apply {kind} {name}: {source}")]
+    #[error("apply {kind} {name}: {}", api_message(.source))]
     ApplyChild {
         kind: &'static str,
         name: String,
         #[source]
         source: Box<kube::Error>,
     },
-    #[error("patch the status of the policy: {0}")]
+    #[error("patch the status of the policy: {}", api_message(.0))]
     PatchStatus(#[source] Box<kube::Error>),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// The API server's own message for an error it answered (`deployments.apps "x" is forbidden:
+/// ...`), without the debug dump of the whole Status; other errors as they display.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
 }
 
 impl Error {

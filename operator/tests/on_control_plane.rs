@@ -214,3 +214,44 @@ async fn of_two_operators_only_the_leader_reconciles_and_the_other_takes_over() 
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     second.terminate(Duration::from_secs(30)).await;
 }
+
+/// The operator running as a service account with exactly the rules of operator/deploy/rbac.yaml
+/// (the ClusterRole bound in one namespace, as for `--watch-namespace`, and the leader-election
+/// Role) takes a policy through its whole life, and can do nothing beyond those rules.
+#[tokio::test]
+async fn the_documented_rbac_is_enough_for_a_policy_from_apply_to_delete() {
+    let fixture = Fixture::new("op-rbac", true);
+    let namespace = fixture.namespace.as_str();
+    let rbac_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let rbac = std::fs::read_to_string(&rbac_path).expect("read operator/deploy/rbac.yaml");
+    // The file's objects, moved into the test namespace; the ClusterRole is applied as written.
+    let documents: Vec<String> = rbac
+        .split("\n---\n")
+        .filter(|document| !document.contains("kind: ClusterRoleBinding"))
+        .map(|document| document.replace("namespace: bucket-av-system", &format!("namespace: {namespace}")))
+        .collect();
+    fixture.cluster.kubectl_ok(&["apply", "-f", "-"], Some(&documents.join("\n---\n")));
+    let subject = format!("--serviceaccount={namespace}:bucket-av-operator");
+    fixture.kubectl(&["create", "rolebinding", "bucket-av-operator", "--clusterrole=bucket-av-operator", &subject]);
+    let kubeconfig = fixture.cluster.service_account_kubeconfig(namespace, "bucket-av-operator");
+
+    let as_operator = |verb: &str, resource: &str| {
+        let user = format!("system:serviceaccount:{namespace}:bucket-av-operator");
+        fixture.cluster.kubectl(&["auth", "can-i", verb, resource, "-n", namespace, "--as", &user], None).success
+    };
+    assert!(as_operator("patch", "deployments"));
+    assert!(!as_operator("delete", "deployments"), "the operator never deletes Deployments itself");
+    assert!(!as_operator("update", "secrets"), "the operator never writes Secrets");
+    assert!(!as_operator("list", "pods"));
+
+    let bucket = unique_name("op-rbac");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let operator = OperatorProcess::start_as(&kubeconfig, namespace, &["--pod-name=rbac"]).await;
+    let buckets = [Bucket { name: &bucket, prefix: None }];
+    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, ""));
+    fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    assert!(operator.is_leader().await, "the leader Lease was taken with the Role's rules");
+    assert!(fixture.events("scan").iter().any(|event| event.starts_with("Ready: ")), "events are recorded");
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}

@@ -107,4 +107,37 @@ impl Cluster {
         let created = self.kubectl(&["create", "namespace", namespace], None);
         assert!(created.success || created.stderr.contains("AlreadyExists"), "create namespace: {}", created.stderr);
     }
+
+    /// A kubeconfig file (in the cluster's directory) that authenticates as service account
+    /// `namespace/name` with a short-lived token from the TokenRequest API.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration", "2h"], None);
+        let path = Path::new(self.var("BAVS_CLUSTER_DIR")).join(format!("kubeconfig-{namespace}-{name}"));
+        let kubeconfig = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+  - name: local
+    cluster:
+      server: {server}
+      certificate-authority: {ca}
+users:
+  - name: {name}
+    user:
+      token: {token}
+contexts:
+  - name: {name}
+    context:
+      cluster: local
+      user: {name}
+      namespace: {namespace}
+current-context: {name}
+",
+            server = self.var("BAVS_KUBE_APISERVER"),
+            ca = self.var("BAVS_CLUSTER_CA"),
+            token = token.trim(),
+        );
+        std::fs::write(&path, kubeconfig).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
+        path
+    }
 }

@@ -1,6 +1,7 @@
 //! Runs the operator binary as a child process against the local control plane, confined to one
 //! namespace so that tests running side by side never reconcile each other's policies.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -27,13 +28,18 @@ impl OperatorProcess {
     /// Starts the operator watching only `namespace` (its leader Lease lives there too), with
     /// the cluster's admin kubeconfig, plus `args`; waits until it is ready.
     pub async fn start(cluster: &Cluster, namespace: &str, args: &[&str]) -> Self {
+        Self::start_as(Path::new(cluster.var("BAVS_KUBECONFIG")), namespace, args).await
+    }
+
+    /// Like `start`, but with the identity of `kubeconfig` (a service account's, to prove RBAC).
+    pub async fn start_as(kubeconfig: &Path, namespace: &str, args: &[&str]) -> Self {
         let http = format!("127.0.0.1:{}", free_port());
         let mut command = Command::new(workspace_binary("bucket-av-operator"));
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
-            .env("KUBECONFIG", cluster.var("BAVS_KUBECONFIG"))
+            .env("KUBECONFIG", kubeconfig)
             .env("BAVS_OPERATOR_WORKER_IMAGE", TEST_WORKER_IMAGE)
             .env("BAVS_OPERATOR_HTTP_ADDR", &http)
             .env("BAVS_OPERATOR_WATCH_NAMESPACE", namespace)
