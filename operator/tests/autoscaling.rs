@@ -306,3 +306,94 @@ async fn an_existing_deployment_keeps_its_replicas_when_the_autoscaler_takes_ove
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
 }
+
+/// The metric source against the real API server and RabbitMQ, without the aggregator: messages
+/// delivered and not yet acknowledged count when `managementUrl` is set, and only waiting ones
+/// when it is not.
+#[tokio::test]
+async fn in_flight_messages_count_only_with_the_management_api() {
+    use bucket_av_metrics_api::{ExternalMetricSource, LabelSelector};
+    use bucket_av_operator::queue_metrics::{METRIC_NAME, QueueDepthSource};
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicQosOptions};
+
+    let fixture = Fixture::new("op-inflight", true);
+    let operator = OperatorProcess::start(
+        &fixture.cluster,
+        &fixture.namespace,
+        &["--leader-election=false", "--metrics-api=false"],
+    )
+    .await;
+    let bucket = bucket_av_testing::unique_name("op-inflight");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let management =
+        format!("    deliveryLimit: 4\n    managementUrl: {}/\n", fixture.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL"));
+    let yaml = fixture
+        .policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: None }], "")
+        .replace("    deliveryLimit: 4\n", &management);
+    fixture.apply(&yaml);
+    fixture.wait_condition("scan", "QueueReady", "True", None, READY_TIMEOUT).await;
+    let queue = format!("bucket-av.{}.scan", fixture.namespace);
+
+    let kubeconfig = kube::config::Kubeconfig::read_from(fixture.cluster.var("BAVS_KUBECONFIG")).expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
+    let client = kube::Client::try_from(config).expect("kube client");
+    let scratch = std::env::temp_dir().join(bucket_av_testing::unique_name("op-inflight-scratch"));
+    let source = QueueDepthSource::new(client, Some(fixture.namespace.clone()), scratch);
+    let selector = LabelSelector::parse("bucketav.dev/policy=scan").expect("selector");
+    let read = || async {
+        let values = source.values(&fixture.namespace, METRIC_NAME, &selector).await.expect("a value");
+        assert_eq!(values.len(), 1);
+        assert_eq!(values[0].labels["queue"], queue);
+        values[0].value.milli() / 1000
+    };
+    assert_eq!(read().await, 0);
+
+    // 7 queued, 3 of them held by a consumer that does not acknowledge.
+    publish(&fixture, &queue, 7).await;
+    let connection = fixture.stack.amqp().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel.basic_qos(3, BasicQosOptions::default()).await.expect("qos");
+    let mut consumer = channel
+        .basic_consume(queue.as_str().into(), "holder".into(), BasicConsumeOptions::default(), Default::default())
+        .await
+        .expect("consume");
+    for _ in 0..3 {
+        consumer.next().await.expect("a delivery").expect("delivery");
+    }
+    // Waiting ones are live; the management API's unacknowledged count follows within its
+    // statistics interval.
+    let started = Instant::now();
+    loop {
+        let depth = read().await;
+        if depth == 7 {
+            break;
+        }
+        assert!(depth >= 4, "depth {depth}: the 4 waiting messages are always counted");
+        assert!(started.elapsed() < Duration::from_secs(30), "in-flight messages not counted after 30 s: {depth}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("in-flight messages counted {:?} after delivery", started.elapsed());
+
+    // Without managementUrl: waiting messages only.
+    fixture.kubectl(&[
+        "patch",
+        "bucketscanpolicy",
+        "scan",
+        "--type=json",
+        "-p",
+        r#"[{"op": "remove", "path": "/spec/rabbitmq/managementUrl"}]"#,
+    ]);
+    assert_eq!(read().await, 4);
+
+    // Errors say what is wrong.
+    let other = LabelSelector::parse("bucketav.dev/policy=absent").expect("selector");
+    let error = source.values(&fixture.namespace, METRIC_NAME, &other).await.expect_err("no such policy");
+    assert_eq!(error.kind(), "not_found");
+    let error = source.values("elsewhere", METRIC_NAME, &selector).await.expect_err("another namespace");
+    assert_eq!(error.kind(), "not_found");
+
+    let _ = connection.close(200, "done".into()).await;
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
