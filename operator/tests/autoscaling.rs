@@ -99,6 +99,18 @@ fn deployment_field(fixture: &Fixture, name: &str, path: &str) -> String {
 /// Starts an operator that serves the metrics API on a free loopback port and registers the
 /// APIService for the test namespace's ExternalName Service; waits until it is Available.
 async fn operator_with_metrics_api(fixture: &Fixture) -> (OperatorProcess, u16) {
+    let (operator, port) = start_serving_operator(fixture, &["--leader-election=false"]).await;
+    wait_api_service_available(fixture).await;
+    (operator, port)
+}
+
+fn api_service_port(fixture: &Fixture) -> String {
+    fixture.cluster.kubectl(&["get", "apiservice", API_SERVICE, "-o", "jsonpath={.spec.service.port}"], None).stdout
+}
+
+/// Starts an operator serving the metrics API on a free port, registering the APIService for
+/// the namespace's ExternalName Service with that port (when it leads).
+async fn start_serving_operator(fixture: &Fixture, extra: &[&str]) -> (OperatorProcess, u16) {
     let existing =
         fixture.cluster.kubectl(&["get", "apiservice", API_SERVICE, "-o", "jsonpath={.metadata.labels}"], None);
     assert!(
@@ -113,15 +125,18 @@ async fn operator_with_metrics_api(fixture: &Fixture) -> (OperatorProcess, u16) 
     });
     fixture.cluster.kubectl_ok(&["apply", "-f", "-"], Some(&service.to_string()));
     let port = free_port();
-    let args = [
-        "--leader-election=false".to_owned(),
+    let mut args: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
+    args.extend([
         format!("--metrics-api-addr=127.0.0.1:{port}"),
         format!("--metrics-api-service={SERVICE}"),
         format!("--metrics-api-service-namespace={}", fixture.namespace),
         format!("--metrics-api-service-port={port}"),
-    ];
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
+    (OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await, port)
+}
+
+async fn wait_api_service_available(fixture: &Fixture) {
     let started = Instant::now();
     wait_for(Duration::from_secs(60), "APIService Available", || {
         let status = fixture.cluster.kubectl(
@@ -131,8 +146,7 @@ async fn operator_with_metrics_api(fixture: &Fixture) -> (OperatorProcess, u16) 
         (status.stdout == "True").then_some(())
     })
     .await;
-    eprintln!("APIService Available {:?} after the operator started", started.elapsed());
-    (operator, port)
+    eprintln!("APIService Available after {:?}", started.elapsed());
 }
 
 /// The live queue depth through `kubectl get --raw`; a backlog scales the worker Deployment to
@@ -396,4 +410,53 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     let _ = connection.close(200, "done".into()).await;
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// Two replicas with self-signed certificates: only the leader points the APIService at itself
+/// (its port and CA); when it stops, the new leader does, and the metric is served again.
+#[tokio::test]
+async fn only_the_leader_registers_the_api_service_and_a_new_leader_takes_it_over() {
+    let _serial = SERIAL.lock().await;
+    let fixture = Fixture::new("op-apisvc", true);
+    let _api_service = ApiServiceGuard(&fixture);
+    let (first, first_port) = start_serving_operator(&fixture, &["--pod-name=first"]).await;
+    let waited = Instant::now();
+    while !first.is_leader().await {
+        assert!(waited.elapsed() < Duration::from_secs(30), "the only candidate did not become leader");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_api_service_available(&fixture).await;
+    assert_eq!(api_service_port(&fixture), first_port.to_string());
+    let (second, second_port) = start_serving_operator(&fixture, &["--pod-name=second"]).await;
+    // The standby serves too, but leaves the APIService alone.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(!second.is_leader().await);
+    assert_eq!(api_service_port(&fixture), first_port.to_string(), "the standby applied the APIService");
+
+    let bucket = bucket_av_testing::unique_name("op-apisvc");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    fixture.apply(&fixture.policy_yaml(
+        "scan",
+        &Target::Existing("SCAN"),
+        &[Bucket { name: &bucket, prefix: None }],
+        "",
+    ));
+    fixture.wait_condition("scan", "QueueReady", "True", None, READY_TIMEOUT).await;
+    assert_eq!(metric_value(&fixture, "scan").expect("metric from the first"), "0");
+
+    first.terminate(Duration::from_secs(30)).await;
+    let waited = Instant::now();
+    wait_for(Duration::from_secs(30), "the second replica's APIService", || {
+        (api_service_port(&fixture) == second_port.to_string()).then_some(())
+    })
+    .await;
+    wait_api_service_available(&fixture).await;
+    let value =
+        wait_for(Duration::from_secs(30), "the metric from the new leader", || metric_value(&fixture, "scan").ok())
+            .await;
+    assert_eq!(value, "0");
+    eprintln!("the new leader served the metric {:?} after the old one stopped", waited.elapsed());
+
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    second.terminate(Duration::from_secs(30)).await;
 }
