@@ -47,12 +47,15 @@ cluster-down:
 test:
     @bash testing/run-tests.sh
 
-# Show the pipeline on a clean file and EICAR (--keep-running: leave the worker up)
+# The whole system on a clean file and EICAR: stack, control plane, operator, policy, workers
+# (--keep-running: leave the operator and workers up until Ctrl-C)
 demo *flags:
     @bash testing/stack/stack-up.sh
-    @cargo build --locked -p bucket-av-worker -p bucket-av-testing --bins
-    @WORKER_LOG=warn target/debug/demo --worker target/debug/bucket-av-worker {{ flags }}
-    @echo "The stack keeps running (see target/stack/stack.env); stop it with: just stack-down"
+    @bash testing/cluster/cluster-up.sh
+    @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
+    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/demo {{ flags }}
+    @echo "The stack and the control plane keep running (target/stack/stack.env, target/cluster/cluster.env);"
+    @echo "stop them with: just stack-down cluster-down"
 
 # Measure the worker against raw clamd on the same machine and bytes; see BENCHMARKS.md
 bench-worker *flags:
@@ -63,3 +66,26 @@ bench-worker *flags:
 # Format the code
 fmt:
     cargo fmt --all
+
+# ---------------------------------------------------------------------------
+# kind (where Docker is available; not on the project's own machines): the chart, the images
+# and the end-to-end check on a real cluster. CI: .github/workflows/kind-e2e.yml.
+# ---------------------------------------------------------------------------
+
+# Create the kind cluster of kind-config.yaml (one control plane, two workers)
+kind-up:
+    kind create cluster --config kind-config.yaml --wait 180s
+
+# Build the operator and worker images and load them into the kind cluster (tag: dev)
+kind-images tag="dev":
+    docker build -f operator/Dockerfile --build-arg VERSION={{ tag }} -t bucket-av-operator:{{ tag }} .
+    docker build -f worker/Dockerfile --build-arg VERSION={{ tag }} -t bucket-av-worker:{{ tag }} .
+    kind load docker-image --name bucket-av-scanner bucket-av-operator:{{ tag }} bucket-av-worker:{{ tag }}
+
+# MinIO and RabbitMQ from testing/kind/, the chart, a policy; upload clean + EICAR, check the tags
+kind-e2e tag="dev":
+    @BAVS_KIND_IMAGE_TAG={{ tag }} bash testing/kind/e2e.sh
+
+# Delete the kind cluster
+kind-down:
+    kind delete cluster --name bucket-av-scanner

@@ -5,6 +5,7 @@
 #                    (k8s.io/kubernetes through the wrapper module k8s/)
 #   etcd-<v>/etcd    (go.etcd.io/etcd/server/v3 through the wrapper module etcd/)
 #   kwok-<v>/kwok    (go install sigs.k8s.io/kwok/cmd/kwok@<v>) and stages.yaml
+#   helm-<v>/helm    (go install helm.sh/helm/v3/cmd/helm@<v>), for the chart's tests
 # Idempotent: when everything is cached nothing is built and a run takes well
 # under a second. Prints one line per component.
 #
@@ -16,6 +17,15 @@
 
 # shellcheck source=testing/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+# Helm, for charts/bucket-av-scanner and its tests (testing/tests/helm_chart.rs).
+# v3: the version most platform teams run; the chart (apiVersion v2) installs
+# with Helm 4 as well. Its module has no replace directives, so `go install`
+# builds it as released. cluster-up.sh writes the path into cluster.env as
+# BAVS_HELM.
+HELM_VERSION=v3.22.0
+HELM_MODULE=helm.sh/helm/v3
+BAVS_HELM_DIR="$BAVS_TOOLS_DIR/helm-$HELM_VERSION"
 
 bavs__go_env() {
     command -v go >/dev/null 2>&1 || bavs_die "'go' is not on PATH; Go >= 1.26 is needed to build the control plane"
@@ -149,6 +159,42 @@ bavs__provision_kwok() {
     printf '%-24s built   %s (%s, %ss)\n' kwok "$KWOK_VERSION" "$BAVS_KWOK_DIR/kwok" "$((SECONDS - start))"
 }
 
+bavs__provision_helm() {
+    local tmp log start src client_go k8s_minor ldflags got pkg
+    if [[ -x $BAVS_HELM_DIR/helm ]]; then
+        printf '%-24s cached  %s (%s)\n' helm "$HELM_VERSION" "$BAVS_HELM_DIR/helm"
+        return 0
+    fi
+    bavs__go_env
+    tmp=$(bavs__tmpdir "helm-$HELM_VERSION")
+    log=$BAVS_TOOLS_DIR/helm-$HELM_VERSION.build.log
+    printf 'building helm %s with %s (cold: ~5 min on 2 cores; log: %s)\n' "$HELM_VERSION" "$(go env GOVERSION)" "$log"
+    start=$SECONDS
+    # Stamp the version as helm's Makefile does, and the Kubernetes version that
+    # `helm template`/`helm lint` assume without a cluster (Capabilities.KubeVersion,
+    # deprecation checks): 1.<client-go minor>, e.g. client-go v0.37.0 -> 1.37.
+    src=$(cd "$tmp" && go mod download -json "$HELM_MODULE@$HELM_VERSION" 2>>"$log" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p') ||
+        bavs__build_failed helm "$log"
+    [[ -f $src/go.mod ]] || bavs__build_failed helm "$log"
+    client_go=$(bavs__gomod_require "$src/go.mod" k8s.io/client-go)
+    k8s_minor=${client_go#v0.}
+    k8s_minor=${k8s_minor%%.*}
+    [[ $k8s_minor =~ ^[0-9]+$ ]] || bavs_die "helm: cannot read the client-go version from $src/go.mod ('$client_go')"
+    ldflags="-s -w -X $HELM_MODULE/internal/version.version=$HELM_VERSION"
+    ldflags+=" -X $HELM_MODULE/internal/version.gitTreeState=clean"
+    for pkg in pkg/lint/rules pkg/chartutil; do
+        ldflags+=" -X $HELM_MODULE/$pkg.k8sVersionMajor=1 -X $HELM_MODULE/$pkg.k8sVersionMinor=$k8s_minor"
+    done
+    (
+        cd "$tmp" &&
+            GOBIN=$tmp nice -n 19 go install "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "$ldflags" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
+    ) >>"$log" 2>&1 || bavs__build_failed helm "$log"
+    got=$("$tmp/helm" version --template '{{.Version}}' 2>>"$log") || bavs__build_failed helm "$log"
+    [[ $got == "$HELM_VERSION" ]] || bavs_die "helm built from $HELM_VERSION reports version '$got'"
+    bavs__install_dir "$tmp" "$BAVS_HELM_DIR"
+    printf '%-24s built   %s (%s, %ss)\n' helm "$HELM_VERSION" "$BAVS_HELM_DIR/helm" "$((SECONDS - start))"
+}
+
 # openssl makes the cluster's certificates, curl probes health endpoints.
 bavs__provision_apt() {
     local missing=() c
@@ -170,12 +216,13 @@ bavs_cluster_provision() {
     # Serialise concurrent provisioning (parallel test runs, two terminals).
     exec 9>"$BAVS_TOOLS_DIR/.cluster-provision.lock"
     flock 9
-    trap 'rm -rf "$BAVS_TOOLS_DIR"/.{kubernetes,etcd,kwok}-*.build.*' EXIT
+    trap 'rm -rf "$BAVS_TOOLS_DIR"/.{kubernetes,etcd,kwok,helm}-*.build.*' EXIT
     trap 'exit 130' INT TERM
     bavs__provision_apt
     bavs__provision_etcd
     bavs__provision_kwok
     bavs__provision_k8s
+    bavs__provision_helm
     trap - EXIT INT TERM
     flock -u 9
     exec 9>&-
