@@ -200,7 +200,8 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
     publish(&fixture, &queue, 30).await;
     let backlog = Instant::now();
     assert_eq!(metric_value(&fixture, "scan").expect("metric"), "30");
-    wait_for(Duration::from_secs(90), "4 replicas for a backlog of 30", || {
+    // Six HPA syncs of the test cluster.
+    wait_for(Duration::from_secs(30), "4 replicas for a backlog of 30", || {
         (deployment_field(&fixture, "scan-worker", ".spec.replicas") == "4").then_some(())
     })
     .await;
