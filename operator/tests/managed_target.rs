@@ -98,9 +98,7 @@ async fn the_operator_writes_the_target_restarts_minio_when_allowed_and_removes_
     assert_eq!(restarts, 1, "MinIO restarted again for a target it already runs");
 
     fixture.delete_policy("managed", Duration::from_secs(60)).await;
-    assert!(
-        fixture.entries_for(&bucket, &policy["status"]["notificationTargetArn"].as_str().unwrap()).await.is_empty()
-    );
+    assert!(fixture.entries_for(&bucket, policy["status"]["notificationTargetArn"].as_str().unwrap()).await.is_empty());
     assert_eq!(
         admin(stack).delete_amqp_target(&id).await.expect("delete again"),
         None,

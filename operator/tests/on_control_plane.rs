@@ -222,18 +222,7 @@ async fn of_two_operators_only_the_leader_reconciles_and_the_other_takes_over() 
 async fn the_documented_rbac_is_enough_for_a_policy_from_apply_to_delete() {
     let fixture = Fixture::new("op-rbac", true);
     let namespace = fixture.namespace.as_str();
-    let rbac_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
-    let rbac = std::fs::read_to_string(&rbac_path).expect("read operator/deploy/rbac.yaml");
-    // The file's objects, moved into the test namespace; the ClusterRole is applied as written.
-    let documents: Vec<String> = rbac
-        .split("\n---\n")
-        .filter(|document| !document.contains("kind: ClusterRoleBinding"))
-        .map(|document| document.replace("namespace: bucket-av-system", &format!("namespace: {namespace}")))
-        .collect();
-    fixture.cluster.kubectl_ok(&["apply", "-f", "-"], Some(&documents.join("\n---\n")));
-    let subject = format!("--serviceaccount={namespace}:bucket-av-operator");
-    fixture.kubectl(&["create", "rolebinding", "bucket-av-operator", "--clusterrole=bucket-av-operator", &subject]);
-    let kubeconfig = fixture.cluster.service_account_kubeconfig(namespace, "bucket-av-operator");
+    let kubeconfig = fixture.cluster.install_operator_rbac(namespace);
 
     let as_operator = |verb: &str, resource: &str| {
         let user = format!("system:serviceaccount:{namespace}:bucket-av-operator");

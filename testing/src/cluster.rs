@@ -140,4 +140,32 @@ current-context: {name}
         std::fs::write(&path, kubeconfig).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
         path
     }
+
+    /// Installs the operator's documented RBAC (`operator/deploy/rbac.yaml`) for an operator
+    /// confined to `namespace` (`--watch-namespace`): its ServiceAccount and leader-election Role
+    /// in `namespace`, the ClusterRole as written, bound by a RoleBinding in `namespace`. Returns
+    /// a kubeconfig with that ServiceAccount's identity.
+    pub fn install_operator_rbac(&self, namespace: &str) -> PathBuf {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/deploy/rbac.yaml");
+        let rbac = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+        let documents: Vec<String> = rbac
+            .split("\n---\n")
+            .filter(|document| !document.contains("kind: ClusterRoleBinding"))
+            .map(|document| document.replace("namespace: bucket-av-system", &format!("namespace: {namespace}")))
+            .collect();
+        self.kubectl_ok(&["apply", "-f", "-"], Some(&documents.join("\n---\n")));
+        let subject = format!("--serviceaccount={namespace}:{OPERATOR_ACCOUNT}");
+        let binding =
+            ["create", "rolebinding", OPERATOR_ACCOUNT, "--clusterrole", OPERATOR_ACCOUNT, &subject, "-n", namespace];
+        let created = self.kubectl(&binding, None);
+        assert!(
+            created.success || created.stderr.contains("AlreadyExists"),
+            "bind the ClusterRole: {}",
+            created.stderr
+        );
+        self.service_account_kubeconfig(namespace, OPERATOR_ACCOUNT)
+    }
 }
+
+/// The operator's ServiceAccount and ClusterRole name in `operator/deploy/rbac.yaml`.
+pub const OPERATOR_ACCOUNT: &str = "bucket-av-operator";

@@ -96,14 +96,16 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
 }
 
-/// A binary of this workspace, built into the same target directory as the running test
-/// (`cargo build --bins` builds them; `just test` does). Panics with that advice when missing.
+/// A binary of this workspace, built into the same target directory as the running program (a
+/// test in `target/<profile>/deps/`, or a binary such as the demo in `target/<profile>/`).
+/// `cargo build --bins` builds them; `just test` does. Panics with that advice when missing.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let test_exe = std::env::current_exe().expect("path of the running test");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir =
-        test_exe.parent().and_then(|deps| deps.parent()).expect("test binary sits in target/<profile>/deps");
-    let binary = profile_dir.join(name);
+    let running = std::env::current_exe().expect("path of the running program");
+    let mut dir = running.parent().expect("the running program sits in a directory");
+    if dir.file_name().is_some_and(|file_name| file_name == "deps") {
+        dir = dir.parent().expect("deps/ sits in target/<profile>");
+    }
+    let binary = dir.join(name);
     assert!(binary.is_file(), "{} is not built: run `cargo build --bins` (or `just test`) first", binary.display());
     binary
 }

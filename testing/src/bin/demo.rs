@@ -1,67 +1,106 @@
-//! `just demo`: shows the pipeline working on real files against the running stack. It creates a
-//! bucket routed to RabbitMQ, runs the worker as a separate process with a webhook receiver,
-//! uploads a clean file and the EICAR test file, and prints the tags and webhook payloads.
+//! `just demo`: the whole system on real files. Against the running stack (RabbitMQ, MinIO,
+//! clamd) and local control plane, it installs the CRD and the operator's RBAC, runs the
+//! operator as that service account, applies the example policy (pointed at the local stack),
+//! runs the workers exactly as the operator's Deployment describes them, uploads a clean file
+//! and the EICAR test file, and shows the tags, the webhook payloads, the policy and the HPA.
+//! Afterwards it deletes the policy (the operator cleans up) unless `--keep-running`.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use bucket_av_testing::{EICAR, Stack, WebhookReceiver, WorkerProcess, unique_name};
+use bucket_av_testing::{
+    Cluster, ContainerLaunch, EICAR, OperatorProcess, Stack, WebhookReceiver, WorkerProcess, process::free_port,
+    unique_name,
+};
 use clap::Parser;
+use serde_json::{Value, json};
 
 #[derive(Parser)]
 struct Args {
-    /// The worker binary to run.
-    #[arg(long)]
-    worker: PathBuf,
-    /// Keep the worker running after the demo (Ctrl-C to stop) to try uploads of your own.
+    /// Keep the operator and the workers running after the demo (Ctrl-C stops and cleans up),
+    /// to apply changes to the policy or upload files of your own.
     #[arg(long)]
     keep_running: bool,
 }
 
-const SECRET: &str = "demo-webhook-secret";
+const WEBHOOK_SECRET: &str = "demo-webhook-secret";
+const POLICY: &str = "uploads";
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     let stack = Stack::load();
-    step("Creating a bucket whose uploads MinIO publishes to RabbitMQ");
-    let bucket = stack.watched_bucket("demo-uploads", false).await;
-    let quarantine = unique_name("demo-quarantine");
-    stack.s3().create_bucket().bucket(&quarantine).send().await.expect("create quarantine bucket");
-    println!("  uploads bucket:    {bucket}\n  quarantine bucket: {quarantine}");
+    let cluster = Cluster::load();
+    let namespace = unique_name("bucket-av-demo");
 
-    step("Starting a webhook receiver and the worker (quarantine infected files, report every verdict)");
+    step("Installing the BucketScanPolicy CRD and the operator's RBAC (operator/deploy/rbac.yaml)");
+    cluster.install_crd();
+    cluster.ensure_namespace(&namespace);
+    let kubeconfig = cluster.install_operator_rbac(&namespace);
+    println!("  namespace {namespace}, service account bucket-av-operator");
+
+    step("Creating the buckets and the Secrets the policy refers to");
+    let s3 = stack.s3();
+    let bucket = unique_name("user-uploads");
+    let quarantine = unique_name("quarantine");
+    for name in [&bucket, &quarantine] {
+        s3.create_bucket().bucket(name).send().await.expect("create bucket");
+    }
     let hooks = WebhookReceiver::start().await;
-    let url = hooks.url();
-    let queue = "demo.scan".to_owned();
-    let worker = WorkerProcess::start(
-        &args.worker,
-        &stack,
-        &queue,
-        &[
-            "--bucket",
-            &bucket,
-            "--on-infected",
-            "quarantine",
-            "--quarantine-bucket",
-            &quarantine,
-            "--webhook-url",
-            &url,
-            "--webhook-secret",
-            SECRET,
-            "--report-clean",
-            "true",
-        ],
-    )
-    .await;
-    println!("  worker pid {}, health and metrics on http://{}/", worker.pid(), worker.http);
+    let secrets = [
+        (
+            "minio-scanner",
+            vec![
+                format!("accessKey={}", stack.var("BAVS_S3_ACCESS_KEY")),
+                format!("secretKey={}", stack.var("BAVS_S3_SECRET_KEY")),
+            ],
+        ),
+        ("rabbitmq-scanner", vec![format!("url={}", stack.var("BAVS_AMQP_URL"))]),
+        ("bucket-av-webhook", vec![format!("secret={WEBHOOK_SECRET}")]),
+    ];
+    for (name, literals) in secrets {
+        let mut command = vec!["create", "secret", "generic", name, "-n", &namespace];
+        let flags: Vec<String> = literals.iter().map(|literal| format!("--from-literal={literal}")).collect();
+        command.extend(flags.iter().map(String::as_str));
+        cluster.kubectl_ok(&command, None);
+    }
+    println!("  uploads: {bucket}   quarantine: {quarantine}   webhook receiver: {}", hooks.url());
+
+    step("Starting the operator (as its service account, watching the demo namespace)");
+    let operator = OperatorProcess::start_as(&kubeconfig, &namespace, &[]).await;
+    println!("  operator pid {}, metrics on http://{}/metrics", operator.pid(), operator.http);
+
+    step("Applying crds/examples/bucketscanpolicy.yaml, pointed at the local stack");
+    let policy = demo_policy(&stack, &namespace, &bucket, &quarantine, &hooks.url());
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&serde_json::to_string(&policy).unwrap()));
+    println!("  changed from the example: MinIO endpoint and bucket names, the webhook URL, the external");
+    println!("  clamd of the stack instead of the sidecar (kwok runs no containers), deletionPolicy Delete");
+    println!("  (the operator writes MinIO's notification target and restarts MinIO once to load it)");
+    wait_ready(&cluster, &namespace).await;
+    println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", &namespace], None)));
+
+    step("Starting the workers exactly as the operator's Deployment describes them");
+    let deployment = cluster.get_json(&namespace, "deployment", &format!("{POLICY}-worker"));
+    let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
+    let launch = ContainerLaunch::from_deployment(&cluster, &namespace, &format!("{POLICY}-worker"), "worker");
+    let queue = launch.env("BAVS_QUEUE").unwrap_or_default().to_owned();
+    let log_level = std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into());
+    let mut workers = Vec::new();
+    for _ in 0..replicas {
+        let http = format!("127.0.0.1:{}", free_port());
+        // Only the listen address (one port per local process) and the log format differ.
+        let overrides = [("BAVS_HTTP_ADDR", http.as_str()), ("BAVS_LOG_FORMAT", "plain"), ("RUST_LOG", &log_level)];
+        let command = launch.local_command(&overrides);
+        let worker = WorkerProcess::from_command(command, http, &queue).await;
+        println!("  worker pid {} on queue {queue}, health and metrics on http://{}/", worker.pid(), worker.http);
+        workers.push(worker);
+    }
 
     step("Uploading invoices/report.pdf (clean) and downloads/eicar.com (the EICAR test file)");
     let clean = b"%PDF-1.4\n% a perfectly ordinary report\n".repeat(100);
     stack.put(&bucket, "invoices/report.pdf", clean).await;
     stack.put(&bucket, "downloads/eicar.com", EICAR).await;
 
-    step("Tags written by the worker");
+    step("Tags written by the workers");
     let tags = stack.wait_for_verdict(&bucket, "invoices/report.pdf", None, Duration::from_secs(60)).await;
     print_tags(&format!("{bucket}/invoices/report.pdf"), &tags);
     let quarantined = format!("{bucket}/downloads/eicar.com");
@@ -72,30 +111,93 @@ async fn main() {
         stack.object_exists(&bucket, "downloads/eicar.com").await
     );
 
-    step("Webhook payloads received (X-Bucket-AV-Signature checked with the demo secret)");
+    step("Webhook payloads received (X-Bucket-AV-Signature checked with the policy's secret)");
     for key in ["invoices/report.pdf", "downloads/eicar.com"] {
         let hook = hooks.wait_for_key(key, Duration::from_secs(60)).await;
-        println!("  signature valid: {}", hook.signature_is_valid(SECRET));
+        println!("  signature valid: {}", hook.signature_is_valid(WEBHOOK_SECRET));
         println!("{}", indent(&serde_json::to_string_pretty(&hook.json).unwrap()));
     }
 
-    step("Worker metrics");
-    let metrics = worker.metrics().await;
+    step("The policy, its workers and their autoscaler, as kubectl shows them");
+    let shown = cluster.kubectl(&["get", "bsp,deployment,hpa", "-n", &namespace], None);
+    println!("{}", indent(&format!("{}{}", shown.stdout, shown.stderr)));
+    let metrics = workers[0].metrics().await;
     for line in metrics.lines().filter(|line| line.starts_with("bucket_av_worker_scans_total")) {
         println!("  {line}");
     }
 
     if args.keep_running {
-        step("The worker keeps running; upload to the bucket and watch the tags. Ctrl-C stops it");
+        step("Everything keeps running; Ctrl-C stops it and deletes the policy");
         println!(
-            "  for example: aws --endpoint-url {} s3 cp ./file s3://{bucket}/ (credentials in {})",
+            "  kubectl: {} --kubeconfig {} -n {namespace} get bsp",
+            cluster.var("BAVS_KUBECTL"),
+            cluster.var("BAVS_KUBECONFIG")
+        );
+        println!(
+            "  upload:  aws --endpoint-url {} s3 cp ./file s3://{bucket}/ (credentials in {})",
             stack.var("BAVS_S3_ENDPOINT"),
             stack.env_file.display()
         );
         tokio::signal::ctrl_c().await.ok();
     }
-    worker.terminate(Duration::from_secs(60)).await;
+
+    step("Deleting the policy: the operator removes its bucket routing, MinIO target and queues");
+    for worker in workers {
+        worker.terminate(Duration::from_secs(60)).await;
+    }
+    cluster.kubectl_ok(&["delete", "bsp", POLICY, "-n", &namespace, "--timeout=60s"], None);
+    operator.terminate(Duration::from_secs(30)).await;
+    cluster.kubectl_ok(&["delete", "namespace", &namespace, "--wait=false"], None);
     step("Done");
+}
+
+/// The example policy with the local stack's endpoints, buckets and receiver.
+fn demo_policy(stack: &Stack, namespace: &str, bucket: &str, quarantine: &str, webhook_url: &str) -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/bucketscanpolicy.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
+    let mut policy: Value = serde_norway::from_str(&text).expect("the example policy is YAML");
+    policy["metadata"] = json!({ "name": POLICY, "namespace": namespace });
+    let spec = &mut policy["spec"];
+    spec["minio"]["endpoint"] = json!(stack.var("BAVS_S3_ENDPOINT"));
+    spec["minio"]["region"] = json!(stack.var("BAVS_S3_REGION"));
+    spec["minio"].as_object_mut().unwrap().remove("caBundle");
+    spec["buckets"] = json!([{ "name": bucket }]);
+    spec["notification"]["queueDir"] = json!(format!("{}/minio/demo-events", stack.var("BAVS_STACK_DIR")));
+    spec["rabbitmq"].as_object_mut().unwrap().remove("queue");
+    spec["rabbitmq"]["exchange"] = json!(stack.var("BAVS_EXCHANGE"));
+    spec["scanner"] = json!({ "external": { "address": stack.var("BAVS_CLAMD_TCP") }, "maxObjectSize": "100Mi" });
+    spec["actions"]["quarantineBucket"] = json!(quarantine);
+    spec["actions"]["webhook"]["url"] = json!(webhook_url);
+    spec["actions"]["webhook"]["reportClean"] = json!(true);
+    spec["workers"]["maxReplicas"] = json!(3);
+    spec["deletionPolicy"] = json!("Delete");
+    policy
+}
+
+async fn wait_ready(cluster: &Cluster, namespace: &str) {
+    let started = std::time::Instant::now();
+    let mut last_reason = String::new();
+    loop {
+        let policy = cluster.get_json(namespace, "bsp", POLICY);
+        let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        if let Some(ready) = conditions.iter().find(|condition| condition["type"] == "Ready") {
+            if ready["status"] == "True" {
+                println!("  Ready after {:.1} s", started.elapsed().as_secs_f64());
+                return;
+            }
+            let reason = ready["reason"].as_str().unwrap_or_default().to_owned();
+            if reason != last_reason {
+                println!("  not ready yet: {reason}: {}", ready["message"].as_str().unwrap_or_default());
+                last_reason = reason;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the policy did not become Ready within 2 minutes: {}",
+            serde_json::to_string_pretty(&policy["status"]).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 fn step(text: &str) {
