@@ -11,7 +11,6 @@ use bucket_av_operator::lease::{self, LeaseConfig};
 use bucket_av_operator::metrics::Metrics;
 use bucket_av_operator::metrics_api::{self, ServiceRef};
 use bucket_av_operator::queue_metrics::QueueDepthSource;
-use bucket_av_operator::workload::MANAGER;
 use bucket_av_operator::{Context, OperatorDefaults, controller};
 use bucket_av_pipeline::service::{init_logging, shutdown_on_signal};
 use clap::Parser;
@@ -60,20 +59,8 @@ async fn main() -> anyhow::Result<()> {
         _ => None,
     };
     if config.metrics_api {
-        let cert = match (&config.metrics_api_cert_file, &config.metrics_api_key_file) {
-            (Some(cert), Some(key)) => {
-                bucket_av_metrics_api::ServingCert::from_pem_files(cert, key, config.metrics_api_ca_file.as_deref())
-                    .context("read the metrics API certificate")?
-            }
-            _ => {
-                let (name, namespace) = match &api_service {
-                    Some(service) => (service.name.clone(), service.namespace.clone()),
-                    None => (MANAGER.to_owned(), own_namespace.clone()),
-                };
-                bucket_av_metrics_api::ServingCert::self_signed_for_service(&name, &namespace)
-                    .context("make a self-signed metrics API certificate")?
-            }
-        };
+        let cert = metrics_api::serving_cert(&config, api_service.as_ref(), &own_namespace)
+            .context("the metrics API's serving certificate")?;
         let source =
             Arc::new(QueueDepthSource::new(client.clone(), config.watch_namespace.clone(), ctx.scratch_dir.clone()));
         metrics_server = Some(tokio::spawn(metrics_api::serve(

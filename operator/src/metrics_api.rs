@@ -21,6 +21,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::config::Config;
+use crate::workload::MANAGER;
+
 /// How long to wait before binding again after a failure (port in use, missing RBAC on the
 /// authentication ConfigMap).
 pub const BIND_RETRY: Duration = Duration::from_secs(30);
@@ -31,6 +34,23 @@ pub struct ServiceRef {
     pub name: String,
     pub namespace: String,
     pub port: u16,
+}
+
+/// The serving certificate: from `--metrics-api-cert-file`/`-key-file` (and `-ca-file`) when
+/// given, otherwise self-signed for the Service's DNS names (the operator's name in its own
+/// namespace when the APIService is not managed), `localhost` and `127.0.0.1`.
+pub fn serving_cert(
+    config: &Config,
+    service: Option<&ServiceRef>,
+    own_namespace: &str,
+) -> Result<ServingCert, bucket_av_metrics_api::Error> {
+    if let (Some(cert), Some(key)) = (&config.metrics_api_cert_file, &config.metrics_api_key_file) {
+        return ServingCert::from_pem_files(cert, key, config.metrics_api_ca_file.as_deref());
+    }
+    match service {
+        Some(service) => ServingCert::self_signed_for_service(&service.name, &service.namespace),
+        None => ServingCert::self_signed_for_service(MANAGER, own_namespace),
+    }
 }
 
 /// Serves until `shutdown`; binding is retried every [`BIND_RETRY`] while it fails, so a
@@ -107,5 +127,37 @@ pub async fn register(
                 delay = (delay * 2).min(Duration::from_secs(60));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn without_files_the_certificate_is_self_signed_with_a_ca_for_the_api_service() {
+        let config = Config::try_parse_from(["bucket-av-operator", "--worker-image", "w:1"]).unwrap();
+        let service = ServiceRef { name: "metrics".into(), namespace: "bucket-av".into(), port: 443 };
+        let cert = serving_cert(&config, Some(&service), "ignored").unwrap();
+        assert!(cert.ca_bundle_pem().unwrap().starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(serving_cert(&config, None, "bucket-av").unwrap().ca_bundle_pem().is_some());
+    }
+
+    #[test]
+    fn a_missing_certificate_file_is_an_error_naming_it() {
+        let config = Config::try_parse_from([
+            "bucket-av-operator",
+            "--worker-image",
+            "w:1",
+            "--metrics-api-cert-file",
+            "/nonexistent/tls.crt",
+            "--metrics-api-key-file",
+            "/nonexistent/tls.key",
+        ])
+        .unwrap();
+        let error = serving_cert(&config, None, "ns").unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/"), "{error}");
     }
 }
