@@ -1,0 +1,454 @@
+//! The Helm chart `charts/bucket-av-scanner` with the real helm (built from its Go module by
+//! `just cluster-provision`) against the local control plane: lint, the rendered objects accepted
+//! by the API server, install/upgrade/uninstall, and the operator started exactly as the chart's
+//! Deployment describes it, with the chart's ServiceAccount identity, reconciling a policy on the
+//! real stack.
+//!
+//! Installs use `externalMetrics.enabled=false`: the APIService `v1beta1.external.metrics.k8s.io`
+//! is one per cluster and belongs to the autoscaling tests while they run. Objects with it are
+//! checked with server-side dry runs only, which change nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use bucket_av_testing::process::free_port;
+use bucket_av_testing::{Cluster, ContainerLaunch, ServiceProcess, Stack, unique_name};
+use serde_json::Value;
+
+const CHART: &str = "charts/bucket-av-scanner";
+/// The operator Deployment's container and the path its image installs the binary at.
+const OPERATOR_CONTAINER: &str = "operator";
+const OPERATOR_COMMAND: &str = "/usr/local/bin/bucket-av-operator";
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+fn repo_path(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo_path(path)).unwrap_or_else(|error| panic!("read {path}: {error}"))
+}
+
+/// helm with the control plane's admin kubeconfig and its own config/cache dirs (in the cluster
+/// dir, so nothing of the user's helm set-up is read or written).
+struct Helm {
+    cluster: Cluster,
+    binary: PathBuf,
+    home: PathBuf,
+}
+
+/// What one helm call returned.
+struct Ran {
+    success: bool,
+    stdout: String,
+    stderr: String,
+}
+
+impl Helm {
+    fn new() -> Self {
+        let cluster = Cluster::load();
+        // cluster.env of a control plane started before helm was provisioned has no BAVS_HELM.
+        let from_env_file = std::fs::read_to_string(&cluster.env_file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.strip_prefix("BAVS_HELM=").map(str::to_owned));
+        let binary =
+            from_env_file.or_else(|| std::env::var("BAVS_HELM").ok()).map(PathBuf::from).unwrap_or_else(|| {
+                panic!(
+                    "{} has no BAVS_HELM: run `just cluster-provision` and `just cluster-up`",
+                    cluster.env_file.display()
+                )
+            });
+        assert!(binary.is_file(), "helm is not built at {}: run `just cluster-provision`", binary.display());
+        let home = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join("helm-home");
+        Self { cluster, binary, home }
+    }
+
+    fn run(&self, args: &[&str]) -> Ran {
+        let output = Command::new(&self.binary)
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.cluster.var("BAVS_KUBECONFIG"))
+            .env("HELM_CONFIG_HOME", self.home.join("config"))
+            .env("HELM_CACHE_HOME", self.home.join("cache"))
+            .env("HELM_DATA_HOME", self.home.join("data"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|error| panic!("run helm {args:?}: {error}"));
+        Ran {
+            success: output.status.success(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Like `run`, but panics with helm's output when it fails.
+    fn ok(&self, args: &[&str]) -> String {
+        let ran = self.run(args);
+        assert!(ran.success, "helm {args:?} failed:\n{}{}", ran.stdout, ran.stderr);
+        ran.stdout
+    }
+
+    /// `helm template` of the chart as release `release` in `namespace` with `--set` values.
+    fn template(&self, release: &str, namespace: &str, sets: &[&str]) -> String {
+        let chart = repo_path(CHART);
+        let mut args = vec!["template", release, chart.to_str().unwrap(), "--namespace", namespace];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        self.ok(&args)
+    }
+
+    /// `helm install`/`upgrade --install` of the chart, waiting until its Deployment is available.
+    fn upgrade_install(&self, release: &str, namespace: &str, sets: &[&str]) -> String {
+        let chart = repo_path(CHART);
+        let mut args = vec![
+            "upgrade",
+            "--install",
+            release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            namespace,
+            "--wait",
+            "--timeout",
+            "120s",
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        self.ok(&args)
+    }
+}
+
+/// A fresh namespace whose pods must meet Pod Security Standards "restricted" (enforced by the
+/// API server's PodSecurity admission when the ReplicaSet creates them).
+fn restricted_namespace(cluster: &Cluster, prefix: &str) -> String {
+    let namespace = unique_name(prefix);
+    cluster.ensure_namespace(&namespace);
+    cluster.kubectl_ok(
+        &["label", "namespace", &namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"],
+        None,
+    );
+    namespace
+}
+
+fn items_of_kind<'a>(list: &'a Value, kind: &str) -> Vec<&'a Value> {
+    list["items"].as_array().expect("a List").iter().filter(|item| item["kind"] == kind).collect()
+}
+
+fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
+    container["env"].as_array()?.iter().find(|var| var["name"] == name)
+}
+
+#[test]
+fn the_chart_ships_the_generated_crd_unchanged() {
+    assert!(
+        read("crds/bucketscanpolicy.yaml") == read("charts/bucket-av-scanner/crds/bucketscanpolicy.yaml"),
+        "charts/bucket-av-scanner/crds/bucketscanpolicy.yaml differs from crds/bucketscanpolicy.yaml; copy it: \
+         cp crds/bucketscanpolicy.yaml charts/bucket-av-scanner/crds/"
+    );
+    let files: Vec<_> = std::fs::read_dir(repo_path("charts/bucket-av-scanner/crds"))
+        .expect("the chart has crds/")
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["bucketscanpolicy.yaml"], "the chart's crds/ holds exactly the generated CRD");
+}
+
+#[test]
+fn the_chart_app_version_is_the_workspace_version() {
+    let chart = read("charts/bucket-av-scanner/Chart.yaml");
+    let app_version = chart
+        .lines()
+        .find_map(|line| line.strip_prefix("appVersion:"))
+        .map(|value| value.trim().trim_matches('"'))
+        .expect("Chart.yaml has appVersion");
+    assert_eq!(app_version, env!("CARGO_PKG_VERSION"), "set appVersion in Chart.yaml to the workspace version");
+}
+
+#[test]
+fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
+    let helm = Helm::new();
+    let chart = repo_path(CHART);
+    let chart = chart.to_str().unwrap();
+    let value_sets: [&[&str]; 5] = [
+        &[],
+        &["externalMetrics.enabled=false"],
+        &["operator.watchNamespace=media", "operator.replicas=2", "serviceMonitor.enabled=true"],
+        &["externalMetrics.tls.existingSecret=metrics-tls", "externalMetrics.tls.certManagerCertificate=ns/cert"],
+        &["externalMetrics.service.externalName=localhost", "externalMetrics.hpaControllerRbac=false"],
+    ];
+    for sets in value_sets {
+        let mut args = vec!["lint", "--strict", chart];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let output = helm.ok(&args);
+        assert!(output.contains("0 chart(s) failed"), "helm lint {sets:?}:\n{output}");
+        assert!(!output.contains("[WARNING]") && !output.contains("[ERROR]"), "helm lint {sets:?}:\n{output}");
+    }
+
+    let refused = |sets: &[&str], expected: &str| {
+        let mut args = vec!["template", "probe", chart];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let ran = helm.run(&args);
+        assert!(!ran.success, "helm template {sets:?} succeeded");
+        assert!(ran.stderr.contains(expected), "helm template {sets:?}: {}", ran.stderr);
+    };
+    refused(&["operator.replica=2"], "additional properties 'replica' not allowed");
+    refused(&["operator.logFormat=xml"], "logFormat");
+    refused(&["operator.replicas=2", "operator.leaderElection.enabled=false"], "needs operator.leaderElection.enabled");
+    refused(&["externalMetrics.tls.existingSecret=metrics-tls"], "needs externalMetrics.tls.caBundle");
+}
+
+/// Every object the chart renders, for each combination of switches, passes the API server's
+/// validation and admission in a server-side dry run (nothing is stored).
+#[test]
+fn rendered_objects_are_accepted_by_the_api_server() {
+    let helm = Helm::new();
+    let cluster = &helm.cluster;
+    cluster.install_crd();
+    let namespace = restricted_namespace(cluster, "helm-render");
+    let watched = unique_name("helm-watched");
+    cluster.ensure_namespace(&watched);
+    let watch = format!("operator.watchNamespace={watched}");
+    let value_sets: [&[&str]; 4] = [
+        &[],
+        &["externalMetrics.enabled=false"],
+        &[&watch, "operator.replicas=2", "externalMetrics.service.externalName=localhost"],
+        &["externalMetrics.tls.existingSecret=metrics-tls", "externalMetrics.tls.caBundle=Y2E="],
+    ];
+    for sets in value_sets {
+        let rendered = helm.template("render", &namespace, sets);
+        let applied = cluster.kubectl(&["apply", "--dry-run=server", "-o", "json", "-f", "-"], Some(&rendered));
+        assert!(applied.success, "values {sets:?} refused by the API server:\n{}", applied.stderr);
+        let list: Value = serde_json::from_str(&applied.stdout).expect("kubectl -o json");
+
+        let deployments = items_of_kind(&list, "Deployment");
+        assert_eq!(deployments.len(), 1, "one operator Deployment for {sets:?}");
+        let pod = &deployments[0]["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        let container = &pod["containers"][0];
+        assert_eq!(container["command"][0], OPERATOR_COMMAND);
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+        assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+        assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+        let metrics = !sets.contains(&"externalMetrics.enabled=false");
+        assert_eq!(items_of_kind(&list, "APIService").len(), usize::from(metrics), "{sets:?}");
+        let metrics_env = env_value(container, "BAVS_OPERATOR_METRICS_API").expect("BAVS_OPERATOR_METRICS_API");
+        assert_eq!(metrics_env["value"], if metrics { "true" } else { "false" });
+        let auth_reader = items_of_kind(&list, "RoleBinding")
+            .into_iter()
+            .any(|binding| binding["metadata"]["namespace"] == "kube-system");
+        assert_eq!(auth_reader, metrics, "auth-reader RoleBinding in kube-system for {sets:?}");
+
+        let watching = sets.contains(&watch.as_str());
+        let operator_role = |kind: &str| {
+            items_of_kind(&list, kind)
+                .into_iter()
+                .any(|role| role["metadata"]["name"] == "render-bucket-av-scanner-operator")
+        };
+        assert_eq!(operator_role("ClusterRole"), !watching, "ClusterRole unless watchNamespace, for {sets:?}");
+        assert_eq!(operator_role("Role"), watching, "Role with watchNamespace, for {sets:?}");
+        if watching {
+            let roles = items_of_kind(&list, "Role");
+            assert!(roles.iter().any(|role| role["metadata"]["namespace"] == watched.as_str()), "Role in {watched}");
+            assert_eq!(env_value(container, "BAVS_OPERATOR_WATCH_NAMESPACE").unwrap()["value"], watched.as_str());
+        }
+    }
+
+    // The generated serving certificate is for the Service's DNS name and signed by the CA the
+    // APIService trusts (openssl does the checking the aggregator would).
+    let rendered = helm.template("render", &namespace, &[]);
+    let applied = cluster.kubectl_ok(&["apply", "--dry-run=server", "-o", "json", "-f", "-"], Some(&rendered));
+    let list: Value = serde_json::from_str(&applied).unwrap();
+    let secret = items_of_kind(&list, "Secret")[0];
+    let api_service = items_of_kind(&list, "APIService")[0];
+    assert_eq!(api_service["spec"]["caBundle"], secret["data"]["ca.crt"], "the APIService trusts the Secret's CA");
+    let dir = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("certs-{namespace}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for key in ["tls.crt", "ca.crt"] {
+        let pem = base64::engine::general_purpose::STANDARD.decode(secret["data"][key].as_str().unwrap()).unwrap();
+        std::fs::write(dir.join(key), pem).unwrap();
+    }
+    let host = format!("render-bucket-av-scanner-metrics-api.{namespace}.svc");
+    let verified = Command::new("openssl")
+        .args(["verify", "-CAfile", "ca.crt", "-verify_hostname", &host, "-purpose", "sslserver", "tls.crt"])
+        .current_dir(&dir)
+        .output()
+        .expect("run openssl");
+    assert!(verified.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verified.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let monitored = helm.template("render", &namespace, &["serviceMonitor.enabled=true"]);
+    assert!(monitored.contains("kind: ServiceMonitor"), "serviceMonitor.enabled renders a ServiceMonitor");
+    let _ = cluster.kubectl(&["delete", "namespace", &namespace, &watched, "--wait=false"], None);
+}
+
+/// helm install, upgrade (a changed value reaches the Deployment) and uninstall on the control
+/// plane, in a namespace enforcing the "restricted" Pod Security Standard: the operator's pods
+/// are admitted and become available.
+#[test]
+fn install_upgrade_and_uninstall_on_the_control_plane() {
+    let helm = Helm::new();
+    let cluster = &helm.cluster;
+    cluster.install_crd();
+    let namespace = restricted_namespace(cluster, "helm-life");
+    let release = unique_name("bav");
+    let operator = format!("{release}-bucket-av-scanner-operator");
+
+    let notes = helm.upgrade_install(&release, &namespace, &["externalMetrics.enabled=false"]);
+    assert!(notes.contains("kubectl create secret generic minio-scanner"), "NOTES.txt says what to apply:\n{notes}");
+    assert!(notes.contains("crds/examples/bucketscanpolicy.yaml"), "NOTES.txt names the example policy");
+    let deployment = cluster.get_json(&namespace, "deployment", &operator);
+    assert_eq!(deployment["status"]["availableReplicas"], 1, "{}", deployment["status"]);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env_value(container, "BAVS_OPERATOR_WORKER_IMAGE").unwrap()["value"], "bucket-av-worker:0.1.0");
+    cluster.get_json("", "clusterrole", &operator);
+    cluster.get_json("", "clusterrolebinding", &operator);
+    cluster.get_json(&namespace, "role", &format!("{operator}-leader-election"));
+    cluster.get_json(&namespace, "service", &operator);
+    let as_operator = |verb: &str, resource: &str| {
+        let user = format!("system:serviceaccount:{namespace}:{operator}");
+        cluster.kubectl(&["auth", "can-i", verb, resource, "-n", "default", "--as", &user], None).success
+    };
+    assert!(as_operator("patch", "horizontalpodautoscalers.autoscaling"), "the chart grants the autoscaling rules");
+    assert!(as_operator("watch", "bucketscanpolicies.bucketav.dev"));
+    assert!(!as_operator("delete", "deployments"), "nothing beyond operator/deploy/rbac.yaml and autoscaling");
+
+    helm.upgrade_install(
+        &release,
+        &namespace,
+        &["externalMetrics.enabled=false", "worker.image.tag=1.2.3", "operator.replicas=2"],
+    );
+    let deployment = cluster.get_json(&namespace, "deployment", &operator);
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(env_value(container, "BAVS_OPERATOR_WORKER_IMAGE").unwrap()["value"], "bucket-av-worker:1.2.3");
+    assert_eq!(deployment["status"]["availableReplicas"], 2, "{}", deployment["status"]);
+    let history = helm.ok(&["history", &release, "--namespace", &namespace, "-o", "json"]);
+    let history: Value = serde_json::from_str(&history).unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2, "two revisions: {history}");
+
+    helm.ok(&["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
+    assert!(cluster.get_json_opt(&namespace, "deployment", &operator).is_none());
+    assert!(cluster.get_json_opt("", "clusterrole", &operator).is_none());
+    assert!(cluster.get_json_opt(&namespace, "serviceaccount", &operator).is_none());
+    assert!(
+        cluster.get_json_opt("", "crd", "bucketscanpolicies.bucketav.dev").is_some(),
+        "helm never deletes the CRD (policies would go with it)"
+    );
+    let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+}
+
+/// The operator started locally exactly as the chart's Deployment starts it (command, args,
+/// environment) with the chart's ServiceAccount token takes a policy on the stack's existing
+/// MinIO target `SCAN` to Ready, and cleans up after it.
+#[tokio::test]
+async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
+    let helm = Helm::new();
+    let cluster = &helm.cluster;
+    let stack = Stack::load();
+    cluster.install_crd();
+    let namespace = restricted_namespace(cluster, "helm-op");
+    let release = unique_name("bav");
+    let operator = format!("{release}-bucket-av-scanner-operator");
+    let watch = format!("operator.watchNamespace={namespace}");
+    helm.upgrade_install(&release, &namespace, &["externalMetrics.enabled=false", &watch]);
+
+    let access = format!("--from-literal=accessKey={}", stack.var("BAVS_S3_ACCESS_KEY"));
+    let secret = format!("--from-literal=secretKey={}", stack.var("BAVS_S3_SECRET_KEY"));
+    cluster.kubectl_ok(&["create", "secret", "generic", "minio-creds", "-n", &namespace, &access, &secret], None);
+    let url = format!("--from-literal=url={}", stack.var("BAVS_AMQP_URL"));
+    cluster.kubectl_ok(&["create", "secret", "generic", "rabbitmq-url", "-n", &namespace, &url], None);
+    let bucket = unique_name("helm-op");
+    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+
+    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &operator, OPERATOR_CONTAINER);
+    assert_eq!(launch.command, [OPERATOR_COMMAND], "the container names the binary, not an image entrypoint");
+    assert_eq!(launch.env("BAVS_OPERATOR_WATCH_NAMESPACE"), Some(namespace.as_str()));
+    assert_eq!(launch.env("BAVS_OPERATOR_LEADER_ELECTION_NAMESPACE"), Some(namespace.as_str()));
+    // In a pod the operator uses the in-cluster config of its ServiceAccount; here the same
+    // identity comes as a token kubeconfig. Loopback ports cannot be shared between processes.
+    let kubeconfig = cluster.service_account_kubeconfig(&namespace, &operator);
+    let http = format!("127.0.0.1:{}", free_port());
+    let tmp = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("tmp-{namespace}"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut command = launch.local_command(&[
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("BAVS_OPERATOR_HTTP_ADDR", &http),
+        ("TMPDIR", tmp.to_str().unwrap()),
+    ]);
+    command.env("RUST_LOG", std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()));
+    let process = ServiceProcess::spawn("operator", command, http, Duration::from_secs(30)).await;
+
+    let policy = format!(
+        "apiVersion: bucketav.dev/v1alpha1
+kind: BucketScanPolicy
+metadata:
+  name: scan
+  namespace: {namespace}
+spec:
+  minio:
+    endpoint: {endpoint}
+    region: {region}
+    credentialsSecret:
+      name: minio-creds
+  buckets:
+    - name: {bucket}
+  notification:
+    mode: Existing
+    targetId: SCAN
+  rabbitmq:
+    urlSecret:
+      name: rabbitmq-url
+    exchange: {exchange}
+    exchangeType: {exchange_type}
+  scanner:
+    external:
+      address: {clamd}
+  deletionPolicy: Delete
+",
+        endpoint = stack.var("BAVS_S3_ENDPOINT"),
+        region = stack.var("BAVS_S3_REGION"),
+        exchange = stack.var("BAVS_EXCHANGE"),
+        exchange_type = stack.var("BAVS_EXCHANGE_TYPE"),
+        clamd = stack.var("BAVS_CLAMD_TCP"),
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy));
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let policy = cluster.get_json(&namespace, "bucketscanpolicy", "scan");
+        let ready = policy["status"]["conditions"]
+            .as_array()
+            .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"))
+            .is_some_and(|ready| ready["status"] == "True");
+        if ready && policy["status"]["observedGeneration"] == policy["metadata"]["generation"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "policy not Ready within {READY_TIMEOUT:?}: {}",
+            serde_json::to_string_pretty(&policy["status"]).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(process.metric("bucket_av_operator_leader").await, 1.0, "the Lease was taken with the chart's Role");
+    let worker = cluster.get_json(&namespace, "deployment", "scan-worker");
+    assert_eq!(
+        worker["spec"]["template"]["spec"]["containers"][0]["image"], "bucket-av-worker:0.1.0",
+        "the worker image comes from the chart's worker.image"
+    );
+
+    cluster.kubectl_ok(&["delete", "bucketscanpolicy", "scan", "-n", &namespace, "--timeout", "60s"], None);
+    process.terminate(Duration::from_secs(30)).await;
+    helm.ok(&["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
+    let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    let _ = std::fs::remove_dir_all(&tmp);
+}
