@@ -4,9 +4,12 @@
 //! Deployment describes it, with the chart's ServiceAccount identity, reconciling a policy on the
 //! real stack.
 //!
-//! Installs use `externalMetrics.enabled=false`: the APIService `v1beta1.external.metrics.k8s.io`
-//! is one per cluster and belongs to the autoscaling tests while they run. Objects with it are
-//! checked with server-side dry runs only, which change nothing.
+//! The APIService `v1beta1.external.metrics.k8s.io` is one per cluster. Most tests install with
+//! `externalMetrics.enabled=false` or check it by server-side dry runs, which store nothing; one
+//! test (`the_charts_external_metrics_api_answers_through_the_aggregator`) installs it for real,
+//! like operator/tests/autoscaling.rs and metrics-api/tests/aggregator.rs: never run this binary
+//! at the same time as those (`cargo test` runs test binaries one after another, so a workspace
+//! run is fine).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -140,6 +143,78 @@ fn items_of_kind<'a>(list: &'a Value, kind: &str) -> Vec<&'a Value> {
 
 fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
     container["env"].as_array()?.iter().find(|var| var["name"] == name)
+}
+
+/// The Secrets a test policy names (from the stack's credentials) and a fresh bucket; returns
+/// the bucket's name.
+async fn policy_prerequisites(cluster: &Cluster, stack: &Stack, namespace: &str) -> String {
+    let access = format!("--from-literal=accessKey={}", stack.var("BAVS_S3_ACCESS_KEY"));
+    let secret = format!("--from-literal=secretKey={}", stack.var("BAVS_S3_SECRET_KEY"));
+    cluster.kubectl_ok(&["create", "secret", "generic", "minio-creds", "-n", namespace, &access, &secret], None);
+    let url = format!("--from-literal=url={}", stack.var("BAVS_AMQP_URL"));
+    cluster.kubectl_ok(&["create", "secret", "generic", "rabbitmq-url", "-n", namespace, &url], None);
+    let bucket = unique_name("helm-op");
+    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    bucket
+}
+
+/// Policy `scan` on the stack's environment-configured MinIO target `SCAN` (no MinIO restart)
+/// with the stack's clamd.
+fn policy_yaml(stack: &Stack, namespace: &str, bucket: &str) -> String {
+    format!(
+        "apiVersion: bucketav.dev/v1alpha1
+kind: BucketScanPolicy
+metadata:
+  name: scan
+  namespace: {namespace}
+spec:
+  minio:
+    endpoint: {endpoint}
+    region: {region}
+    credentialsSecret:
+      name: minio-creds
+  buckets:
+    - name: {bucket}
+  notification:
+    mode: Existing
+    targetId: SCAN
+  rabbitmq:
+    urlSecret:
+      name: rabbitmq-url
+    exchange: {exchange}
+    exchangeType: {exchange_type}
+  scanner:
+    external:
+      address: {clamd}
+  deletionPolicy: Delete
+",
+        endpoint = stack.var("BAVS_S3_ENDPOINT"),
+        region = stack.var("BAVS_S3_REGION"),
+        exchange = stack.var("BAVS_EXCHANGE"),
+        exchange_type = stack.var("BAVS_EXCHANGE_TYPE"),
+        clamd = stack.var("BAVS_CLAMD_TCP"),
+    )
+}
+
+/// Waits until the policy's Ready condition is True for its current generation.
+async fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let policy = cluster.get_json(namespace, "bucketscanpolicy", name);
+        let ready = policy["status"]["conditions"]
+            .as_array()
+            .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"))
+            .is_some_and(|ready| ready["status"] == "True");
+        if ready && policy["status"]["observedGeneration"] == policy["metadata"]["generation"] {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "policy {name} not Ready within {READY_TIMEOUT:?}: {}",
+            serde_json::to_string_pretty(&policy["status"]).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 #[test]
@@ -362,13 +437,7 @@ async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
     let watch = format!("operator.watchNamespace={namespace}");
     helm.upgrade_install(&release, &namespace, &["externalMetrics.enabled=false", &watch]);
 
-    let access = format!("--from-literal=accessKey={}", stack.var("BAVS_S3_ACCESS_KEY"));
-    let secret = format!("--from-literal=secretKey={}", stack.var("BAVS_S3_SECRET_KEY"));
-    cluster.kubectl_ok(&["create", "secret", "generic", "minio-creds", "-n", &namespace, &access, &secret], None);
-    let url = format!("--from-literal=url={}", stack.var("BAVS_AMQP_URL"));
-    cluster.kubectl_ok(&["create", "secret", "generic", "rabbitmq-url", "-n", &namespace, &url], None);
-    let bucket = unique_name("helm-op");
-    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let bucket = policy_prerequisites(cluster, &stack, &namespace).await;
 
     let launch = ContainerLaunch::from_deployment(cluster, &namespace, &operator, OPERATOR_CONTAINER);
     assert_eq!(launch.command, [OPERATOR_COMMAND], "the container names the binary, not an image entrypoint");
@@ -388,57 +457,8 @@ async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
     command.env("RUST_LOG", std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()));
     let process = ServiceProcess::spawn("operator", command, http, Duration::from_secs(30)).await;
 
-    let policy = format!(
-        "apiVersion: bucketav.dev/v1alpha1
-kind: BucketScanPolicy
-metadata:
-  name: scan
-  namespace: {namespace}
-spec:
-  minio:
-    endpoint: {endpoint}
-    region: {region}
-    credentialsSecret:
-      name: minio-creds
-  buckets:
-    - name: {bucket}
-  notification:
-    mode: Existing
-    targetId: SCAN
-  rabbitmq:
-    urlSecret:
-      name: rabbitmq-url
-    exchange: {exchange}
-    exchangeType: {exchange_type}
-  scanner:
-    external:
-      address: {clamd}
-  deletionPolicy: Delete
-",
-        endpoint = stack.var("BAVS_S3_ENDPOINT"),
-        region = stack.var("BAVS_S3_REGION"),
-        exchange = stack.var("BAVS_EXCHANGE"),
-        exchange_type = stack.var("BAVS_EXCHANGE_TYPE"),
-        clamd = stack.var("BAVS_CLAMD_TCP"),
-    );
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy));
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let policy = cluster.get_json(&namespace, "bucketscanpolicy", "scan");
-        let ready = policy["status"]["conditions"]
-            .as_array()
-            .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"))
-            .is_some_and(|ready| ready["status"] == "True");
-        if ready && policy["status"]["observedGeneration"] == policy["metadata"]["generation"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "policy not Ready within {READY_TIMEOUT:?}: {}",
-            serde_json::to_string_pretty(&policy["status"]).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy_yaml(&stack, &namespace, &bucket)));
+    wait_ready(cluster, &namespace, "scan").await;
     assert_eq!(process.metric("bucket_av_operator_leader").await, 1.0, "the Lease was taken with the chart's Role");
     let worker = cluster.get_json(&namespace, "deployment", "scan-worker");
     assert_eq!(
@@ -451,4 +471,134 @@ spec:
     helm.ok(&["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
     let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
     let _ = std::fs::remove_dir_all(&tmp);
+}
+
+const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
+
+/// Uninstalls a release when dropped, also when the test panics (the APIService it holds is
+/// one per cluster).
+struct Release<'a> {
+    helm: &'a Helm,
+    name: String,
+    namespace: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = self.helm.run(&["uninstall", &self.name, "--namespace", &self.namespace, "--wait", "--timeout", "60s"]);
+    }
+}
+
+/// The chart's external metrics path with everything the chart generates: its APIService, the
+/// ExternalName Service (the local control plane has no kube-proxy), the generated serving
+/// certificate (the operator reads it from files, as from the Secret volume), the auth-reader
+/// RoleBinding (the operator, as the chart's ServiceAccount, reads the aggregator's CA from
+/// kube-system). The real aggregator reaches the operator and a policy's queue depth reads back.
+///
+/// Owns the cluster's one external metrics APIService while it runs: like
+/// operator/tests/autoscaling.rs and metrics-api/tests/aggregator.rs, never run it at the same
+/// time as those (`cargo test` runs test binaries one after another).
+#[tokio::test]
+async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
+    let helm = Helm::new();
+    let cluster = &helm.cluster;
+    let stack = Stack::load();
+    cluster.install_crd();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "APIService {API_SERVICE} is held by another test or provider; delete it first"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let namespace = restricted_namespace(cluster, "helm-metrics");
+    let release = Release { helm: &helm, name: unique_name("bav"), namespace: namespace.clone() };
+    let operator = format!("{}-bucket-av-scanner-operator", release.name);
+    let port = free_port().to_string();
+    let sets = [
+        format!("operator.watchNamespace={namespace}"),
+        "externalMetrics.service.externalName=localhost".to_owned(),
+        format!("externalMetrics.service.port={port}"),
+        format!("externalMetrics.containerPort={port}"),
+    ];
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    helm.upgrade_install(&release.name, &namespace, &sets);
+    let bucket = policy_prerequisites(cluster, &stack, &namespace).await;
+
+    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &operator, OPERATOR_CONTAINER);
+    assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API"), Some("true"));
+    assert_eq!(
+        launch.env("BAVS_OPERATOR_METRICS_API_SERVICE"),
+        None,
+        "the chart, not the operator, owns the APIService"
+    );
+    // The Secret volume, as the kubelet would mount it: its keys as files.
+    let tls_dir = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("tls-{namespace}"));
+    std::fs::create_dir_all(&tls_dir).unwrap();
+    let secret = cluster.get_json(&namespace, "secret", &format!("{}-bucket-av-scanner-metrics-api-tls", release.name));
+    let mut files = Vec::new();
+    for (key, variable) in [
+        ("tls.crt", "BAVS_OPERATOR_METRICS_API_CERT_FILE"),
+        ("tls.key", "BAVS_OPERATOR_METRICS_API_KEY_FILE"),
+        ("ca.crt", "BAVS_OPERATOR_METRICS_API_CA_FILE"),
+    ] {
+        assert_eq!(launch.env(variable), Some(format!("/etc/bucket-av/metrics-api-tls/{key}").as_str()));
+        let pem = base64::engine::general_purpose::STANDARD.decode(secret["data"][key].as_str().unwrap()).unwrap();
+        std::fs::write(tls_dir.join(key), pem).unwrap();
+        files.push((variable, tls_dir.join(key).to_str().unwrap().to_owned()));
+    }
+    let kubeconfig = cluster.service_account_kubeconfig(&namespace, &operator);
+    let http = format!("127.0.0.1:{}", free_port());
+    let metrics_addr = format!("127.0.0.1:{port}");
+    assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API_ADDR"), Some(format!("0.0.0.0:{port}").as_str()));
+    let mut overrides = vec![
+        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+        ("BAVS_OPERATOR_HTTP_ADDR", http.as_str()),
+        ("BAVS_OPERATOR_METRICS_API_ADDR", metrics_addr.as_str()),
+        ("TMPDIR", tls_dir.to_str().unwrap()),
+    ];
+    overrides.extend(files.iter().map(|(variable, path)| (*variable, path.as_str())));
+    let mut command = launch.local_command(&overrides);
+    command.env("RUST_LOG", std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()));
+    let process = ServiceProcess::spawn("operator", command, http, Duration::from_secs(30)).await;
+
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy_yaml(&stack, &namespace, &bucket)));
+    wait_ready(cluster, &namespace, "scan").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let available = cluster.kubectl(
+            &["get", "apiservice", API_SERVICE, "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")]}"],
+            None,
+        );
+        if available.stdout.contains("\"status\":\"True\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "APIService not Available within 60 s: {}", available.stdout);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let path = format!(
+        "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/bucketav_queue_depth?labelSelector=bucketav.dev%2Fpolicy%3Dscan"
+    );
+    // Available comes from the aggregator's availability check; its proxy picks up the new
+    // APIService (and caBundle) on its own schedule, so the first reads may still fail.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let values: Value = loop {
+        let read = cluster.kubectl(&["get", "--raw", &path], None);
+        if read.success {
+            break serde_json::from_str(&read.stdout).unwrap();
+        }
+        assert!(Instant::now() < deadline, "the metric through the aggregator: {}", read.stderr);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let item = &values["items"][0];
+    assert_eq!(item["metricName"], "bucketav_queue_depth", "{values}");
+    assert_eq!(item["value"], "0", "an empty work queue: {values}");
+
+    cluster.kubectl_ok(&["delete", "bucketscanpolicy", "scan", "-n", &namespace, "--timeout", "60s"], None);
+    process.terminate(Duration::from_secs(30)).await;
+    drop(release);
+    assert!(cluster.get_json_opt("", "apiservice", API_SERVICE).is_none(), "helm uninstall removes the APIService");
+    let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    let _ = std::fs::remove_dir_all(&tls_dir);
 }
