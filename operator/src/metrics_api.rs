@@ -90,8 +90,13 @@ pub async fn serve(
     }
 }
 
+/// How often the leader applies the APIService again, restoring it when someone deleted it or
+/// changed its `caBundle` or Service (an unchanged apply is a no-op for the API server).
+pub const REAPPLY_PERIOD: Duration = Duration::from_secs(60);
+
 /// Applies the APIService once the server is bound (the CA is known), retrying with backoff
-/// (5 s doubling to 60 s) until it succeeds or `stop` (leadership lost, shutdown).
+/// (5 s doubling to 60 s) while it fails, and again every [`REAPPLY_PERIOD`], until `stop`
+/// (leadership lost, shutdown).
 pub async fn register(
     client: Client,
     service: ServiceRef,
@@ -112,11 +117,19 @@ pub async fn register(
     let registration =
         ApiServiceRegistration::new(&service.name, &service.namespace, ca_bundle).with_port(service.port);
     let mut delay = Duration::from_secs(5);
+    let mut applied_once = false;
     loop {
         match apply_api_service(client.clone(), &registration).await {
             Ok(_) => {
-                info!(service = %service.name, namespace = %service.namespace, port = service.port, "APIService applied");
-                return;
+                if !applied_once {
+                    info!(service = %service.name, namespace = %service.namespace, port = service.port, "APIService applied");
+                    applied_once = true;
+                }
+                delay = Duration::from_secs(5);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(REAPPLY_PERIOD) => {}
+                }
             }
             Err(error) => {
                 warn!(error = %error, retry_in_seconds = delay.as_secs(), "could not apply the APIService");

@@ -6,7 +6,8 @@
 //! **not** run at the same time as `metrics-api/tests/aggregator.rs`, which registers the same
 //! APIService (`cargo test` runs test binaries one after another, so a workspace run is fine;
 //! do not run the two binaries side by side by hand). Within this file, every test holds
-//! [`SERIAL`] so only one operator owns the APIService at a time.
+//! [`ApiServiceLock`] (a file lock in the cluster directory that other suites registering
+//! the APIService can take too) so only one operator owns the APIService at a time.
 //!
 //! Policies use the stack's existing notification target `SCAN` (no MinIO restart). Messages are
 //! published straight into the policy's queue through the default exchange; the workers, started
@@ -29,8 +30,31 @@ const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
 const SERVICE: &str = "bucket-av-operator";
 const METRIC: &str = "bucketav_queue_depth";
 
-/// One test at a time owns the cluster's external metrics APIService.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Holds the cluster-wide lock on the external metrics APIService while alive: an exclusive
+/// `flock` on `<cluster dir>/external-metrics-apiservice.lock`, which also serializes the tests
+/// of this file with each other (every lock is its own open file). Other suites that register
+/// the APIService (metrics-api's aggregator test, chart tests) should take the same lock.
+struct ApiServiceLock(#[allow(dead_code)] std::fs::File);
+
+impl ApiServiceLock {
+    async fn acquire(fixture: &Fixture) -> Self {
+        let path =
+            std::path::Path::new(fixture.cluster.var("BAVS_CLUSTER_DIR")).join("external-metrics-apiservice.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
+        let file = tokio::task::spawn_blocking(move || {
+            file.lock().expect("lock the APIService lock file");
+            file
+        })
+        .await
+        .expect("lock task");
+        Self(file)
+    }
+}
 
 /// Deletes the APIService when dropped, also when the test panics.
 struct ApiServiceGuard<'a>(&'a Fixture);
@@ -155,8 +179,8 @@ async fn wait_api_service_available(fixture: &Fixture) {
 /// client without the aggregator's certificate.
 #[tokio::test]
 async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_them_back_down() {
-    let _serial = SERIAL.lock().await;
     let fixture = Fixture::new("op-autoscale", true);
+    let _lock = ApiServiceLock::acquire(&fixture).await;
     let (operator, port) = operator_with_metrics_api(&fixture).await;
     let _api_service = ApiServiceGuard(&fixture);
 
@@ -261,7 +285,6 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
 /// replica count when this version takes over and leaves the field to the HPA.
 #[tokio::test]
 async fn an_existing_deployment_keeps_its_replicas_when_the_autoscaler_takes_over() {
-    let _serial = SERIAL.lock().await;
     let fixture = Fixture::new("op-handover", true);
     // What the previous operator version applied: replicas owned by the operator's field manager.
     let old = format!(
@@ -417,8 +440,8 @@ async fn in_flight_messages_count_only_with_the_management_api() {
 /// (its port and CA); when it stops, the new leader does, and the metric is served again.
 #[tokio::test]
 async fn only_the_leader_registers_the_api_service_and_a_new_leader_takes_it_over() {
-    let _serial = SERIAL.lock().await;
     let fixture = Fixture::new("op-apisvc", true);
+    let _lock = ApiServiceLock::acquire(&fixture).await;
     let _api_service = ApiServiceGuard(&fixture);
     let (first, first_port) = start_serving_operator(&fixture, &["--pod-name=first"]).await;
     let waited = Instant::now();
@@ -443,7 +466,9 @@ async fn only_the_leader_registers_the_api_service_and_a_new_leader_takes_it_ove
         "",
     ));
     fixture.wait_condition("scan", "QueueReady", "True", None, READY_TIMEOUT).await;
-    assert_eq!(metric_value(&fixture, "scan").expect("metric from the first"), "0");
+    let value =
+        wait_for(Duration::from_secs(30), "the metric from the first", || metric_value(&fixture, "scan").ok()).await;
+    assert_eq!(value, "0");
 
     first.terminate(Duration::from_secs(30)).await;
     let waited = Instant::now();
