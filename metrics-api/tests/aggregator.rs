@@ -41,6 +41,7 @@ fn get_raw(cluster: &Cluster, path: &str) -> serde_json::Value {
 async fn the_hpa_scales_a_deployment_on_a_metric_served_through_the_aggregator() {
     common::captured_logs();
     let cluster = Cluster::load();
+    let _lock = bucket_av_testing::cluster::ApiServiceLock::acquire(&cluster).await;
     let existing = cluster.kubectl(&["get", "apiservice", API_SERVICE_NAME, "-o", "jsonpath={.metadata.labels}"], None);
     assert!(
         !existing.success || existing.stdout.contains("bucket-av-metrics-api"),

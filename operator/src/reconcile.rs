@@ -470,17 +470,20 @@ async fn declare_topology(policy: &BucketScanPolicy, routing_key: &str, resolved
     let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
         .await
         .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
+    let mut channels = Vec::new();
     let result = async {
         let channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+        channels.push(channel.clone());
         topology.declare(&channel).await.map_err(|error| Error::DeclareTopology(Box::new(error)))?;
         // A passive declare of a missing queue closes its channel: give it its own.
         let depth_channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+        channels.push(depth_channel.clone());
         ready_messages(&depth_channel, &topology.queue)
             .await
             .map_err(|source| Error::ReadQueueDepth { queue: topology.queue.clone(), source: Box::new(source) })
     }
     .await;
-    let _ = connection.close(200, "bucket-av-operator done".into()).await;
+    bucket_av_pipeline::amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;
     result
 }
 
@@ -715,10 +718,12 @@ async fn delete_queues(topology: &Topology, resolved: &Resolved) -> Result<()> {
     let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
         .await
         .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
+    let mut channels = Vec::new();
     let result = async {
         for (what, name) in [("queue", topology.queue.clone()), ("queue", topology.dead_letter_queue())] {
             // A failed operation closes its channel: one channel per operation.
             let channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+            channels.push(channel.clone());
             match channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await {
                 Ok(_) => {}
                 Err(error) if is_not_found(&error) => {}
@@ -726,6 +731,7 @@ async fn delete_queues(topology: &Topology, resolved: &Resolved) -> Result<()> {
             }
         }
         let channel = connection.create_channel().await.map_err(|error| Error::OpenChannel(Box::new(error)))?;
+        channels.push(channel.clone());
         let dlx = topology.dead_letter_exchange();
         match channel.exchange_delete(dlx.as_str().into(), ExchangeDeleteOptions::default()).await {
             Ok(()) => Ok(()),
@@ -734,7 +740,7 @@ async fn delete_queues(topology: &Topology, resolved: &Resolved) -> Result<()> {
         }
     }
     .await;
-    let _ = connection.close(200, "bucket-av-operator done".into()).await;
+    bucket_av_pipeline::amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;
     result
 }
 

@@ -6,7 +6,7 @@
 //! **not** run at the same time as `metrics-api/tests/aggregator.rs`, which registers the same
 //! APIService (`cargo test` runs test binaries one after another, so a workspace run is fine;
 //! do not run the two binaries side by side by hand). Within this file, every test holds
-//! [`ApiServiceLock`] (a file lock in the cluster directory that other suites registering
+//! `bucket_av_testing::cluster::ApiServiceLock` (a file lock in the cluster directory that other suites registering
 //! the APIService can take too) so only one operator owns the APIService at a time.
 //!
 //! Policies use the stack's existing notification target `SCAN` (no MinIO restart). Messages are
@@ -18,6 +18,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bucket_av_testing::cluster::ApiServiceLock;
 use bucket_av_testing::{ContainerLaunch, OperatorProcess, WorkerProcess, process::free_port};
 use common::{Bucket, Fixture, Target};
 use lapin::BasicProperties;
@@ -29,32 +30,6 @@ const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
 /// The ExternalName Service (to localhost) the APIService points at.
 const SERVICE: &str = "bucket-av-operator";
 const METRIC: &str = "bucketav_queue_depth";
-
-/// Holds the cluster-wide lock on the external metrics APIService while alive: an exclusive
-/// `flock` on `<cluster dir>/external-metrics-apiservice.lock`, which also serializes the tests
-/// of this file with each other (every lock is its own open file). Other suites that register
-/// the APIService (metrics-api's aggregator test, chart tests) should take the same lock.
-struct ApiServiceLock(#[allow(dead_code)] std::fs::File);
-
-impl ApiServiceLock {
-    async fn acquire(fixture: &Fixture) -> Self {
-        let path =
-            std::path::Path::new(fixture.cluster.var("BAVS_CLUSTER_DIR")).join("external-metrics-apiservice.lock");
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
-        let file = tokio::task::spawn_blocking(move || {
-            file.lock().expect("lock the APIService lock file");
-            file
-        })
-        .await
-        .expect("lock task");
-        Self(file)
-    }
-}
 
 /// Deletes the APIService when dropped, also when the test panics.
 struct ApiServiceGuard<'a>(&'a Fixture);
@@ -151,6 +126,7 @@ async fn start_serving_operator(fixture: &Fixture, extra: &[&str]) -> (OperatorP
     let port = free_port();
     let mut args: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
     args.extend([
+        "--metrics-api=true".to_owned(),
         format!("--metrics-api-addr=127.0.0.1:{port}"),
         format!("--metrics-api-service={SERVICE}"),
         format!("--metrics-api-service-namespace={}", fixture.namespace),
@@ -180,7 +156,7 @@ async fn wait_api_service_available(fixture: &Fixture) {
 #[tokio::test]
 async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_them_back_down() {
     let fixture = Fixture::new("op-autoscale", true);
-    let _lock = ApiServiceLock::acquire(&fixture).await;
+    let _lock = ApiServiceLock::acquire(&fixture.cluster).await;
     let (operator, port) = operator_with_metrics_api(&fixture).await;
     let _api_service = ApiServiceGuard(&fixture);
 
@@ -441,7 +417,7 @@ async fn in_flight_messages_count_only_with_the_management_api() {
 #[tokio::test]
 async fn only_the_leader_registers_the_api_service_and_a_new_leader_takes_it_over() {
     let fixture = Fixture::new("op-apisvc", true);
-    let _lock = ApiServiceLock::acquire(&fixture).await;
+    let _lock = ApiServiceLock::acquire(&fixture.cluster).await;
     let _api_service = ApiServiceGuard(&fixture);
     let (first, first_port) = start_serving_operator(&fixture, &["--pod-name=first"]).await;
     let waited = Instant::now();

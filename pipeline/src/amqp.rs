@@ -32,3 +32,13 @@ pub async fn connect(url: &Secret, ca_bundle: Option<&Path>) -> Result<Connectio
     let runtime = lapin::runtime::default_runtime().map_err(ConnectError::Connect)?;
     Connection::connect_with_config(url.expose(), properties, tls, runtime).await.map_err(ConnectError::Connect)
 }
+
+/// Closes the channels, then the connection, ignoring errors (a channel a failed operation
+/// closed already is fine). Closing the connection with channels still open makes lapin log a
+/// spurious "invalid channel state: Closing" error for each of them.
+pub async fn close(connection: &Connection, channels: &[&lapin::Channel]) {
+    for channel in channels {
+        let _ = channel.close(200, "done".into()).await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+}

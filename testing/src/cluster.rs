@@ -169,3 +169,28 @@ current-context: {name}
 
 /// The operator's ServiceAccount and ClusterRole name in `operator/deploy/rbac.yaml`.
 pub const OPERATOR_ACCOUNT: &str = "bucket-av-operator";
+
+/// Holds the cluster's one external metrics APIService (`v1beta1.external.metrics.k8s.io`) for
+/// a test while alive: an exclusive `flock` on `<cluster dir>/external-metrics-apiservice.lock`.
+/// Every suite that registers the APIService takes it, so that running suites side by side (as
+/// developers do; `cargo test` runs test binaries one after another) never steals it.
+pub struct ApiServiceLock(#[allow(dead_code)] std::fs::File);
+
+impl ApiServiceLock {
+    pub async fn acquire(cluster: &Cluster) -> Self {
+        let path = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join("external-metrics-apiservice.lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .unwrap_or_else(|error| panic!("open {}: {error}", path.display()));
+        let file = tokio::task::spawn_blocking(move || {
+            file.lock().expect("lock the APIService lock file");
+            file
+        })
+        .await
+        .expect("lock task");
+        Self(file)
+    }
+}

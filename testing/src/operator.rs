@@ -44,6 +44,9 @@ impl OperatorProcess {
             .env("BAVS_OPERATOR_HTTP_ADDR", &http)
             .env("BAVS_OPERATOR_WATCH_NAMESPACE", namespace)
             .env("BAVS_OPERATOR_LEADER_ELECTION_NAMESPACE", namespace)
+            // Off unless a test asks (`--metrics-api=true`): it binds a fixed port by default,
+            // and only one process on the machine can hold it.
+            .env("BAVS_OPERATOR_METRICS_API", "false")
             .args(args);
         let process = ServiceProcess::spawn("operator", command, http, Duration::from_secs(30)).await;
         Self { process }

@@ -504,6 +504,7 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     let cluster = &helm.cluster;
     let stack = Stack::load();
     cluster.install_crd();
+    let _lock = bucket_av_testing::cluster::ApiServiceLock::acquire(cluster).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
         assert!(
