@@ -2,6 +2,7 @@
 //! clients for MinIO and RabbitMQ, runs worker processes, and receives webhooks. Every helper
 //! fails loudly when the stack is not there; nothing here skips or fakes a service.
 
+pub mod chart;
 pub mod cluster;
 pub mod operator;
 pub mod pod_spec;

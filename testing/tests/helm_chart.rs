@@ -11,118 +11,20 @@
 //! at the same time as those (`cargo test` runs test binaries one after another, so a workspace
 //! run is fine).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
+use bucket_av_testing::chart::{CHART, ChartOperator, Helm, OPERATOR_COMMAND, repo_path};
 use bucket_av_testing::process::free_port;
-use bucket_av_testing::{Cluster, ContainerLaunch, ServiceProcess, Stack, unique_name};
+use bucket_av_testing::{Cluster, Stack, unique_name};
 use serde_json::Value;
 
-const CHART: &str = "charts/bucket-av-scanner";
-/// The operator Deployment's container and the path its image installs the binary at.
-const OPERATOR_CONTAINER: &str = "operator";
-const OPERATOR_COMMAND: &str = "/usr/local/bin/bucket-av-operator";
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn repo_path(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo_path(path)).unwrap_or_else(|error| panic!("read {path}: {error}"))
-}
-
-/// helm with the control plane's admin kubeconfig and its own config/cache dirs (in the cluster
-/// dir, so nothing of the user's helm set-up is read or written).
-struct Helm {
-    cluster: Cluster,
-    binary: PathBuf,
-    home: PathBuf,
-}
-
-/// What one helm call returned.
-struct Ran {
-    success: bool,
-    stdout: String,
-    stderr: String,
-}
-
-impl Helm {
-    fn new() -> Self {
-        let cluster = Cluster::load();
-        // cluster.env of a control plane started before helm was provisioned has no BAVS_HELM.
-        let from_env_file = std::fs::read_to_string(&cluster.env_file)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|line| line.strip_prefix("BAVS_HELM=").map(str::to_owned));
-        let binary =
-            from_env_file.or_else(|| std::env::var("BAVS_HELM").ok()).map(PathBuf::from).unwrap_or_else(|| {
-                panic!(
-                    "{} has no BAVS_HELM: run `just cluster-provision` and `just cluster-up`",
-                    cluster.env_file.display()
-                )
-            });
-        assert!(binary.is_file(), "helm is not built at {}: run `just cluster-provision`", binary.display());
-        let home = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join("helm-home");
-        Self { cluster, binary, home }
-    }
-
-    fn run(&self, args: &[&str]) -> Ran {
-        let output = Command::new(&self.binary)
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(self.cluster.var("BAVS_KUBECONFIG"))
-            .env("HELM_CONFIG_HOME", self.home.join("config"))
-            .env("HELM_CACHE_HOME", self.home.join("cache"))
-            .env("HELM_DATA_HOME", self.home.join("data"))
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|error| panic!("run helm {args:?}: {error}"));
-        Ran {
-            success: output.status.success(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// Like `run`, but panics with helm's output when it fails.
-    fn ok(&self, args: &[&str]) -> String {
-        let ran = self.run(args);
-        assert!(ran.success, "helm {args:?} failed:\n{}{}", ran.stdout, ran.stderr);
-        ran.stdout
-    }
-
-    /// `helm template` of the chart as release `release` in `namespace` with `--set` values.
-    fn template(&self, release: &str, namespace: &str, sets: &[&str]) -> String {
-        let chart = repo_path(CHART);
-        let mut args = vec!["template", release, chart.to_str().unwrap(), "--namespace", namespace];
-        for set in sets {
-            args.extend(["--set", set]);
-        }
-        self.ok(&args)
-    }
-
-    /// `helm install`/`upgrade --install` of the chart, waiting until its Deployment is available.
-    fn upgrade_install(&self, release: &str, namespace: &str, sets: &[&str]) -> String {
-        let chart = repo_path(CHART);
-        let mut args = vec![
-            "upgrade",
-            "--install",
-            release,
-            chart.to_str().unwrap(),
-            "--namespace",
-            namespace,
-            "--wait",
-            "--timeout",
-            "120s",
-        ];
-        for set in sets {
-            args.extend(["--set", set]);
-        }
-        self.ok(&args)
-    }
 }
 
 /// A fresh namespace whose pods must meet Pod Security Standards "restricted" (enforced by the
@@ -244,7 +146,7 @@ fn the_chart_app_version_is_the_workspace_version() {
 
 #[test]
 fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
-    let helm = Helm::new();
+    let helm = Helm::load();
     let chart = repo_path(CHART);
     let chart = chart.to_str().unwrap();
     let value_sets: [&[&str]; 5] = [
@@ -283,7 +185,7 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
 /// validation and admission in a server-side dry run (nothing is stored).
 #[test]
 fn rendered_objects_are_accepted_by_the_api_server() {
-    let helm = Helm::new();
+    let helm = Helm::load();
     let cluster = &helm.cluster;
     cluster.install_crd();
     let namespace = restricted_namespace(cluster, "helm-render");
@@ -372,7 +274,7 @@ fn rendered_objects_are_accepted_by_the_api_server() {
 /// are admitted and become available.
 #[test]
 fn install_upgrade_and_uninstall_on_the_control_plane() {
-    let helm = Helm::new();
+    let helm = Helm::load();
     let cluster = &helm.cluster;
     cluster.install_crd();
     let namespace = restricted_namespace(cluster, "helm-life");
@@ -427,35 +329,23 @@ fn install_upgrade_and_uninstall_on_the_control_plane() {
 /// MinIO target `SCAN` to Ready, and cleans up after it.
 #[tokio::test]
 async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
-    let helm = Helm::new();
+    let helm = Helm::load();
     let cluster = &helm.cluster;
     let stack = Stack::load();
     cluster.install_crd();
     let namespace = restricted_namespace(cluster, "helm-op");
     let release = unique_name("bav");
-    let operator = format!("{release}-bucket-av-scanner-operator");
     let watch = format!("operator.watchNamespace={namespace}");
     helm.upgrade_install(&release, &namespace, &["externalMetrics.enabled=false", &watch]);
 
     let bucket = policy_prerequisites(cluster, &stack, &namespace).await;
 
-    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &operator, OPERATOR_CONTAINER);
+    let operator = ChartOperator::start(cluster, &namespace, &release).await;
+    let launch = &operator.launch;
     assert_eq!(launch.command, [OPERATOR_COMMAND], "the container names the binary, not an image entrypoint");
     assert_eq!(launch.env("BAVS_OPERATOR_WATCH_NAMESPACE"), Some(namespace.as_str()));
     assert_eq!(launch.env("BAVS_OPERATOR_LEADER_ELECTION_NAMESPACE"), Some(namespace.as_str()));
-    // In a pod the operator uses the in-cluster config of its ServiceAccount; here the same
-    // identity comes as a token kubeconfig. Loopback ports cannot be shared between processes.
-    let kubeconfig = cluster.service_account_kubeconfig(&namespace, &operator);
-    let http = format!("127.0.0.1:{}", free_port());
-    let tmp = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("tmp-{namespace}"));
-    std::fs::create_dir_all(&tmp).unwrap();
-    let mut command = launch.local_command(&[
-        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-        ("BAVS_OPERATOR_HTTP_ADDR", &http),
-        ("TMPDIR", tmp.to_str().unwrap()),
-    ]);
-    command.env("RUST_LOG", std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()));
-    let process = ServiceProcess::spawn("operator", command, http, Duration::from_secs(30)).await;
+    let process = &operator.process;
 
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy_yaml(&stack, &namespace, &bucket)));
     wait_ready(cluster, &namespace, "scan").await;
@@ -467,10 +357,9 @@ async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
     );
 
     cluster.kubectl_ok(&["delete", "bucketscanpolicy", "scan", "-n", &namespace, "--timeout", "60s"], None);
-    process.terminate(Duration::from_secs(30)).await;
+    operator.stop().await;
     helm.ok(&["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
     let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
@@ -500,7 +389,7 @@ impl Drop for Release<'_> {
 /// time as those (`cargo test` runs test binaries one after another).
 #[tokio::test]
 async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
-    let helm = Helm::new();
+    let helm = Helm::load();
     let cluster = &helm.cluster;
     let stack = Stack::load();
     cluster.install_crd();
@@ -515,7 +404,6 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     }
     let namespace = restricted_namespace(cluster, "helm-metrics");
     let release = Release { helm: &helm, name: unique_name("bav"), namespace: namespace.clone() };
-    let operator = format!("{}-bucket-av-scanner-operator", release.name);
     let port = free_port().to_string();
     let sets = [
         format!("operator.watchNamespace={namespace}"),
@@ -527,42 +415,21 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     helm.upgrade_install(&release.name, &namespace, &sets);
     let bucket = policy_prerequisites(cluster, &stack, &namespace).await;
 
-    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &operator, OPERATOR_CONTAINER);
+    let chart_operator = ChartOperator::start(cluster, &namespace, &release.name).await;
+    let launch = &chart_operator.launch;
     assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API"), Some("true"));
     assert_eq!(
         launch.env("BAVS_OPERATOR_METRICS_API_SERVICE"),
         None,
         "the chart, not the operator, owns the APIService"
     );
-    // The Secret volume, as the kubelet would mount it: its keys as files.
-    let tls_dir = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("tls-{namespace}"));
-    std::fs::create_dir_all(&tls_dir).unwrap();
-    let secret = cluster.get_json(&namespace, "secret", &format!("{}-bucket-av-scanner-metrics-api-tls", release.name));
-    let mut files = Vec::new();
-    for (key, variable) in [
-        ("tls.crt", "BAVS_OPERATOR_METRICS_API_CERT_FILE"),
-        ("tls.key", "BAVS_OPERATOR_METRICS_API_KEY_FILE"),
-        ("ca.crt", "BAVS_OPERATOR_METRICS_API_CA_FILE"),
-    ] {
-        assert_eq!(launch.env(variable), Some(format!("/etc/bucket-av/metrics-api-tls/{key}").as_str()));
-        let pem = base64::engine::general_purpose::STANDARD.decode(secret["data"][key].as_str().unwrap()).unwrap();
-        std::fs::write(tls_dir.join(key), pem).unwrap();
-        files.push((variable, tls_dir.join(key).to_str().unwrap().to_owned()));
-    }
-    let kubeconfig = cluster.service_account_kubeconfig(&namespace, &operator);
-    let http = format!("127.0.0.1:{}", free_port());
-    let metrics_addr = format!("127.0.0.1:{port}");
     assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API_ADDR"), Some(format!("0.0.0.0:{port}").as_str()));
-    let mut overrides = vec![
-        ("KUBECONFIG", kubeconfig.to_str().unwrap()),
-        ("BAVS_OPERATOR_HTTP_ADDR", http.as_str()),
-        ("BAVS_OPERATOR_METRICS_API_ADDR", metrics_addr.as_str()),
-        ("TMPDIR", tls_dir.to_str().unwrap()),
-    ];
-    overrides.extend(files.iter().map(|(variable, path)| (*variable, path.as_str())));
-    let mut command = launch.local_command(&overrides);
-    command.env("RUST_LOG", std::env::var("OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()));
-    let process = ServiceProcess::spawn("operator", command, http, Duration::from_secs(30)).await;
+    for key in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(
+            launch.env.iter().any(|(_, value)| value == &format!("/etc/bucket-av/metrics-api-tls/{key}")),
+            "the Secret volume's {key} is what the operator reads"
+        );
+    }
 
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy_yaml(&stack, &namespace, &bucket)));
     wait_ready(cluster, &namespace, "scan").await;
@@ -597,9 +464,8 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     assert_eq!(item["value"], "0", "an empty work queue: {values}");
 
     cluster.kubectl_ok(&["delete", "bucketscanpolicy", "scan", "-n", &namespace, "--timeout", "60s"], None);
-    process.terminate(Duration::from_secs(30)).await;
+    chart_operator.stop().await;
     drop(release);
     assert!(cluster.get_json_opt("", "apiservice", API_SERVICE).is_none(), "helm uninstall removes the APIService");
     let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
-    let _ = std::fs::remove_dir_all(&tls_dir);
 }
