@@ -1,15 +1,17 @@
 //! `just demo`: the whole system on real files. Against the running stack (RabbitMQ, MinIO,
-//! clamd) and local control plane, it installs the CRD and the operator's RBAC, runs the
-//! operator as that service account, applies the example policy (pointed at the local stack),
-//! runs the workers exactly as the operator's Deployment describes them, uploads a clean file
-//! and the EICAR test file, and shows the tags, the webhook payloads, the policy and the HPA.
-//! Afterwards it deletes the policy (the operator cleans up) unless `--keep-running`.
+//! clamd) and local control plane, it installs the Helm chart, runs the operator exactly as the
+//! chart's Deployment describes it (its ServiceAccount, its serving certificate for the external
+//! metrics API), applies the example policy (pointed at the local stack), runs the workers
+//! exactly as the operator's Deployment describes them, uploads a clean file and the EICAR test
+//! file, and shows the tags, the webhook payloads, the policy and the HPA on its live queue
+//! depth. Then it deletes the policy (the operator cleans up) and uninstalls the chart, after
+//! Ctrl-C with `--keep-running`.
 
 use std::time::Duration;
 
+use bucket_av_testing::chart::{ChartOperator, Helm};
 use bucket_av_testing::{
-    Cluster, ContainerLaunch, EICAR, OperatorProcess, Stack, WebhookReceiver, WorkerProcess, process::free_port,
-    unique_name,
+    Cluster, ContainerLaunch, EICAR, Stack, WebhookReceiver, WorkerProcess, process::free_port, unique_name,
 };
 use clap::Parser;
 use serde_json::{Value, json};
@@ -24,19 +26,35 @@ struct Args {
 
 const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 const POLICY: &str = "uploads";
+const RELEASE: &str = "bucket-av";
+const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
     let stack = Stack::load();
-    let cluster = Cluster::load();
+    let helm = Helm::load();
+    let cluster = &helm.cluster;
     let namespace = unique_name("bucket-av-demo");
 
-    step("Installing the BucketScanPolicy CRD and the operator's RBAC (operator/deploy/rbac.yaml)");
+    step("Installing the Helm chart charts/bucket-av-scanner (CRD, operator, RBAC, external metrics API)");
+    if cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
+        panic!("the APIService {API_SERVICE} exists already (another provider, or a test running): delete it first");
+    }
     cluster.install_crd();
     cluster.ensure_namespace(&namespace);
-    let kubeconfig = cluster.install_operator_rbac(&namespace);
-    println!("  namespace {namespace}, service account bucket-av-operator");
+    // The local control plane has no kube-proxy: the APIService reaches the operator through an
+    // ExternalName Service to localhost, on a port of its own.
+    let metrics_port = free_port();
+    let values = [
+        format!("operator.watchNamespace={namespace}"),
+        "externalMetrics.service.externalName=localhost".to_owned(),
+        format!("externalMetrics.service.port={metrics_port}"),
+        format!("externalMetrics.containerPort={metrics_port}"),
+    ];
+    let values: Vec<&str> = values.iter().map(String::as_str).collect();
+    helm.upgrade_install(RELEASE, &namespace, &values);
+    println!("  release {RELEASE} in namespace {namespace}: helm ls -n {namespace}");
 
     step("Creating the buckets and the Secrets the policy refers to");
     let s3 = stack.s3();
@@ -65,9 +83,9 @@ async fn main() {
     }
     println!("  uploads: {bucket}   quarantine: {quarantine}   webhook receiver: {}", hooks.url());
 
-    step("Starting the operator (as its service account, watching the demo namespace)");
-    let operator = OperatorProcess::start_as(&kubeconfig, &namespace, &[]).await;
-    println!("  operator pid {}, metrics on http://{}/metrics", operator.pid(), operator.http);
+    step("Starting the operator exactly as the chart's Deployment describes it (its ServiceAccount, its certificate)");
+    let operator = ChartOperator::start(cluster, &namespace, RELEASE).await;
+    println!("  operator pid {}, metrics on http://{}/metrics", operator.process.pid(), operator.process.http);
 
     step("Applying crds/examples/bucketscanpolicy.yaml, pointed at the local stack");
     let policy = demo_policy(&stack, &namespace, &bucket, &quarantine, &hooks.url());
@@ -75,13 +93,13 @@ async fn main() {
     println!("  changed from the example: MinIO endpoint and bucket names, the webhook URL, the external");
     println!("  clamd of the stack instead of the sidecar (kwok runs no containers), deletionPolicy Delete");
     println!("  (the operator writes MinIO's notification target and restarts MinIO once to load it)");
-    wait_ready(&cluster, &namespace).await;
+    wait_ready(cluster, &namespace).await;
     println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", &namespace], None)));
 
     step("Starting the workers exactly as the operator's Deployment describes them");
     let deployment = cluster.get_json(&namespace, "deployment", &format!("{POLICY}-worker"));
     let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
-    let launch = ContainerLaunch::from_deployment(&cluster, &namespace, &format!("{POLICY}-worker"), "worker");
+    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &format!("{POLICY}-worker"), "worker");
     let queue = launch.env("BAVS_QUEUE").unwrap_or_default().to_owned();
     let log_level = std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into());
     let mut workers = Vec::new();
@@ -118,7 +136,8 @@ async fn main() {
         println!("{}", indent(&serde_json::to_string_pretty(&hook.json).unwrap()));
     }
 
-    step("The policy, its workers and their autoscaler, as kubectl shows them");
+    step("The policy, its workers and their autoscaler (on the live queue depth), as kubectl shows them");
+    wait_for_hpa_metric(cluster, &namespace).await;
     let shown = cluster.kubectl(&["get", "bsp,deployment,hpa", "-n", &namespace], None);
     println!("{}", indent(&format!("{}{}", shown.stdout, shown.stderr)));
     let metrics = workers[0].metrics().await;
@@ -146,7 +165,9 @@ async fn main() {
         worker.terminate(Duration::from_secs(60)).await;
     }
     cluster.kubectl_ok(&["delete", "bsp", POLICY, "-n", &namespace, "--timeout=60s"], None);
-    operator.terminate(Duration::from_secs(30)).await;
+    operator.stop().await;
+    step("Uninstalling the chart");
+    helm.ok(&["uninstall", RELEASE, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
     cluster.kubectl_ok(&["delete", "namespace", &namespace, "--wait=false"], None);
     step("Done");
 }
@@ -196,6 +217,25 @@ async fn wait_ready(cluster: &Cluster, namespace: &str) {
             "the policy did not become Ready within 2 minutes: {}",
             serde_json::to_string_pretty(&policy["status"]).unwrap()
         );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the HPA has read the queue depth through the aggregator for its current replicas.
+async fn wait_for_hpa_metric(cluster: &Cluster, namespace: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        let hpa = cluster.get_json(namespace, "hpa", &format!("{POLICY}-worker"));
+        // The first sync can divide by zero replicas (the HPA then shows a huge negative value).
+        let average = hpa["status"]["currentMetrics"][0]["external"]["current"]["averageValue"].as_str();
+        if average.is_some_and(|value| !value.starts_with('-')) && hpa["status"]["currentReplicas"].as_i64() > Some(0) {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            println!("  (the HPA has not read its metric within 60 s; its conditions:)");
+            println!("{}", indent(&serde_json::to_string_pretty(&hpa["status"]["conditions"]).unwrap()));
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
