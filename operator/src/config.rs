@@ -36,6 +36,11 @@ pub struct Config {
     /// This replica's identity in the Lease and in events. Default: the host (pod) name.
     #[arg(long, env = "BAVS_OPERATOR_POD_NAME")]
     pub pod_name: Option<String>,
+    /// Give each policy's workers a HorizontalPodAutoscaler on the queue-depth metric. Turn it
+    /// off where the external metrics API belongs to another provider (KEDA, prometheus-adapter)
+    /// and nothing would serve the metric: each worker Deployment then runs `minReplicas`.
+    #[arg(long, env = "BAVS_OPERATOR_AUTOSCALING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub autoscaling: bool,
     /// Serve the external metrics API (`external.metrics.k8s.io/v1beta1`, the queue depths the
     /// worker HPAs scale on) over HTTPS.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API", default_value_t = true, action = clap::ArgAction::Set)]

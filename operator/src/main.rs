@@ -41,7 +41,7 @@ async fn main() -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "bucket-av-operator".to_owned());
-    let defaults = OperatorDefaults { worker_image: config.worker_image.clone() };
+    let defaults = OperatorDefaults { worker_image: config.worker_image.clone(), autoscaling: config.autoscaling };
     let ctx = Arc::new(Context::new(client.clone(), defaults, metrics.clone(), Some(identity.clone())));
     let own_namespace = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
         .map(|namespace| namespace.trim().to_owned())

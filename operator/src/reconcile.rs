@@ -242,7 +242,10 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         Ok(Workload { deployment, autoscaler }) => {
             let deployment_status = deployment.status.clone().unwrap_or_default();
             report.status.replicas = deployment_status.replicas;
-            report.status.desired_replicas = desired_replicas(&autoscaler, &deployment);
+            report.status.desired_replicas = match &autoscaler {
+                Some(autoscaler) => desired_replicas(autoscaler, &deployment),
+                None => deployment.spec.replicas,
+            };
             let (available, reason, message) =
                 workers_available(policy.spec.workers.min_replicas, &deployment_status, report.status.queue_depth);
             report.set(condition_types::WORKERS_AVAILABLE, available, reason, message);
@@ -532,7 +535,8 @@ fn target_missing_hint(policy: &BucketScanPolicy) -> &'static str {
 /// The worker objects as the API server has them after the apply (with their status).
 struct Workload {
     deployment: Deployment,
-    autoscaler: HorizontalPodAutoscaler,
+    /// `None` with `--autoscaling=false`.
+    autoscaler: Option<HorizontalPodAutoscaler>,
 }
 
 /// Applies the ConfigMap (sidecar only), Deployment, Service and HorizontalPodAutoscaler, and
@@ -564,6 +568,27 @@ async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Work
         name: name.clone(),
         source: Box::new(source),
     })?;
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
+    apply_child(&services, "Service", workload::metrics_service(policy), &params).await?;
+    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
+    if !ctx.defaults.autoscaling {
+        // The operator owns `replicas`; an HPA left from a time autoscaling was on must go, or
+        // the two would fight over the field.
+        let deployment = apply_child(&deployments, "Deployment", deployment, &params).await?;
+        let autoscaler_name = workload::autoscaler_name(policy);
+        match autoscalers.delete(&autoscaler_name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::ApplyChild {
+                    kind: "HorizontalPodAutoscaler",
+                    name: autoscaler_name,
+                    source: Box::new(source),
+                });
+            }
+        }
+        return Ok(Workload { deployment, autoscaler: None });
+    }
     // The Deployment is applied without `replicas` (the HPA owns them). Had we applied the field
     // before (an older operator), omitting it now would make the API server remove it and fall
     // back to 1: hand the current value to another field manager first.
@@ -584,12 +609,9 @@ async fn apply_workload(policy: &BucketScanPolicy, ctx: &Context) -> Result<Work
     {
         deployment = hand_over_replicas(&deployments, &name, replicas).await?;
     }
-    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &namespace);
-    apply_child(&services, "Service", workload::metrics_service(policy), &params).await?;
-    let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), &namespace);
     let autoscaler =
         apply_child(&autoscalers, "HorizontalPodAutoscaler", workload::worker_autoscaler(policy), &params).await?;
-    Ok(Workload { deployment, autoscaler })
+    Ok(Workload { deployment, autoscaler: Some(autoscaler) })
 }
 
 /// Server-side applies only `spec.replicas` with the handover field manager, so that the field

@@ -63,6 +63,9 @@ pub const GRACE_MARGIN_SECONDS: i64 = 10;
 pub struct OperatorDefaults {
     /// Worker image used when the policy names none (`--worker-image`).
     pub worker_image: String,
+    /// Whether workers get an HPA (`--autoscaling`); without one, the Deployment's replicas are
+    /// the policy's `minReplicas` (at least 1).
+    pub autoscaling: bool,
 }
 
 /// Name of the policy's worker Deployment.
@@ -117,9 +120,9 @@ fn owner_reference(policy: &BucketScanPolicy) -> Option<OwnerReference> {
     policy.controller_owner_ref(&())
 }
 
-/// The Deployment that runs the policy's scanning workers. It has no `replicas`: the policy's
-/// HorizontalPodAutoscaler ([`worker_autoscaler`]) owns that field, and applying it here would
-/// reset the autoscaler's choice at every reconcile.
+/// The Deployment that runs the policy's scanning workers. With autoscaling it has no
+/// `replicas`: the policy's HorizontalPodAutoscaler ([`worker_autoscaler`]) owns that field, and
+/// applying it here would reset the autoscaler's choice at every reconcile.
 pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Deployment {
     let spec = &policy.spec;
     let mut volumes = vec![empty_dir("tmp")];
@@ -167,7 +170,7 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
     Deployment {
         metadata: metadata(policy, deployment_name(policy)),
         spec: DeploymentSpec {
-            replicas: None,
+            replicas: (!defaults.autoscaling).then_some(spec.workers.min_replicas.max(1)),
             selector: LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() },
             // A new worker must be ready before an old one starts draining: capacity never drops.
             strategy: Some(DeploymentStrategy {

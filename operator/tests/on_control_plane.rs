@@ -244,3 +244,48 @@ async fn the_documented_rbac_is_enough_for_a_policy_from_apply_to_delete() {
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
 }
+
+/// `--autoscaling=false` (another provider owns the external metrics API): no HPA, the
+/// Deployment runs minReplicas; turning autoscaling on hands the replicas to a new HPA without
+/// a restart of the workers, and turning it off again removes the HPA.
+#[tokio::test]
+async fn without_autoscaling_workers_run_min_replicas_and_switching_hands_replicas_over_cleanly() {
+    let fixture = Fixture::new("op-noscale", true);
+    let bucket = unique_name("op-noscale");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let workers = "  workers:\n    minReplicas: 2\n    maxReplicas: 4\n";
+    let policy =
+        fixture.policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: None }], workers);
+    let hpa = || fixture.cluster.get_json_opt(&fixture.namespace, "hpa", "scan-worker");
+    let replicas =
+        || fixture.cluster.get_json(&fixture.namespace, "deployment", "scan-worker")["spec"]["replicas"].clone();
+
+    let fixed = ["--leader-election=false", "--autoscaling=false"];
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &fixed).await;
+    fixture.apply(&policy);
+    let ready = fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
+    assert_eq!(replicas(), 2);
+    assert_eq!(ready["status"]["desiredReplicas"], 2);
+    assert!(hpa().is_none(), "no HPA without autoscaling");
+    operator.terminate(Duration::from_secs(30)).await;
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let waited = std::time::Instant::now();
+    while hpa().is_none() {
+        assert!(waited.elapsed() < READY_TIMEOUT, "no HPA after autoscaling was turned on");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(hpa().unwrap()["spec"]["minReplicas"], 2);
+    assert_eq!(replicas(), 2, "the replicas survive the operator letting go of the field");
+    operator.terminate(Duration::from_secs(30)).await;
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &fixed).await;
+    let waited = std::time::Instant::now();
+    while hpa().is_some() {
+        assert!(waited.elapsed() < READY_TIMEOUT, "the HPA stays after autoscaling was turned off");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(replicas(), 2);
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}

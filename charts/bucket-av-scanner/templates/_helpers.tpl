@@ -81,10 +81,10 @@ replicas handover. The same rules go into a ClusterRole or, with watchNamespace,
 - apiGroups: [""]
   resources: [services]
   verbs: [create, patch]
-# The workers' HorizontalPodAutoscaler (server-side apply).
+# The workers' HorizontalPodAutoscaler (server-side apply; delete when autoscaling is off).
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [create, patch]
+  verbs: [create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [get, create, patch, delete]

@@ -23,7 +23,7 @@ fn external(mut policy: BucketScanPolicy) -> BucketScanPolicy {
 }
 
 fn defaults() -> OperatorDefaults {
-    OperatorDefaults { worker_image: "registry.example/bucket-av-worker:1.0".into() }
+    OperatorDefaults { worker_image: "registry.example/bucket-av-worker:1.0".into(), autoscaling: true }
 }
 
 fn pod_spec(deployment: &Deployment) -> &PodSpec {
@@ -430,4 +430,15 @@ fn replicas_applied_by_the_operator_are_recognised_for_the_handover() {
     ));
     assert!(!applies_replicas(&with(vec![entry(REPLICAS_HANDOVER_MANAGER, "Apply", None, replicas)]), MANAGER));
     assert!(!applies_replicas(&Deployment::default(), MANAGER));
+}
+
+#[test]
+fn without_autoscaling_the_deployment_runs_min_replicas_and_with_it_leaves_replicas_to_the_hpa() {
+    let mut policy = example();
+    policy.spec.workers.min_replicas = 3;
+    assert_eq!(worker_deployment(&policy, &defaults()).spec.replicas, None);
+    let fixed = OperatorDefaults { autoscaling: false, ..defaults() };
+    assert_eq!(worker_deployment(&policy, &fixed).spec.replicas, Some(3));
+    policy.spec.workers.min_replicas = 0;
+    assert_eq!(worker_deployment(&policy, &fixed).spec.replicas, Some(1), "never zero workers");
 }
