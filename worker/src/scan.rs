@@ -52,9 +52,10 @@ pub async fn scan_object(
     event: &ObjectEvent,
     limits: &ScanLimits,
 ) -> Result<ScanOutcome, ProcessError> {
-    if let Some(verdict) = limits.by_size(event.size) {
-        return Ok(ScanOutcome::Scanned { verdict, size: event.size, bytes: 0, tag_count: None });
-    }
+    // The size limits are judged on the size MinIO reports for the exact object fetched, never on
+    // the event's: an event's size can be stale or wrong, and a verdict decided from it alone
+    // would skip the ETag guard and could land as tags on a replacement. The body is only read
+    // once the size passes, so an object over the limit is still never downloaded.
     let mut request = s3.get_object().bucket(&event.bucket).key(&event.key);
     request = match (&event.version_id, &event.etag) {
         (Some(version), _) => request.version_id(version),
@@ -72,7 +73,7 @@ pub async fn scan_object(
         }
     };
     // The event's size can be absent or stale (Copy events); the response's is authoritative.
-    let size = output.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(event.size);
+    let size = stored_size(output.content_length(), event.size);
     // S3 omits x-amz-tagging-count on untagged objects, so absent means none.
     let tag_count = Some(output.tag_count().and_then(|n| usize::try_from(n).ok()).unwrap_or(0));
     if let Some(verdict) = limits.by_size(size) {
@@ -101,6 +102,12 @@ pub async fn scan_object(
     Ok(ScanOutcome::Scanned { verdict, size, bytes: streamed.load(Ordering::Relaxed), tag_count })
 }
 
+/// The size to judge an object by: what the GET response says it is; the event's only when the
+/// response carries no length.
+fn stored_size(content_length: Option<i64>, event_size: u64) -> u64 {
+    content_length.and_then(|n| u64::try_from(n).ok()).unwrap_or(event_size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +123,20 @@ mod tests {
             limits.by_size(101),
             Some(Verdict::Unscannable { reason: Unscannable::TooLarge { size: 101, limit: 100 } })
         );
+    }
+
+    #[test]
+    fn the_stored_size_decides_not_the_event_size() {
+        let limits =
+            ScanLimits { max_object_size: 100, clamd_stream_max_bytes: None, timeout: Duration::from_secs(1) };
+        // An event claiming a huge size for a small object: the object is scanned.
+        assert_eq!(limits.by_size(stored_size(Some(68), 10 << 30)), None);
+        // An event claiming a tiny size for a large object: still over the limit.
+        assert_eq!(
+            limits.by_size(stored_size(Some(5000), 1)),
+            Some(Verdict::Unscannable { reason: Unscannable::TooLarge { size: 5000, limit: 100 } })
+        );
+        assert_eq!(stored_size(None, 42), 42);
+        assert_eq!(stored_size(Some(-1), 42), 42);
     }
 }
