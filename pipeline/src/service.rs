@@ -36,3 +36,23 @@ pub fn shutdown_on_signal(stopping: &'static str) -> std::io::Result<Cancellatio
     });
     Ok(shutdown)
 }
+
+/// Content type of Prometheus metrics in the OpenMetrics text format (`prometheus-client`).
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds `addr` for the health and metrics `router`, failing at once when it cannot (so start-up
+/// fails loudly), and serves until `shutdown`.
+pub async fn serve_http(
+    addr: std::net::SocketAddr,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
+    Ok(tokio::spawn(async move {
+        let server = axum::serve(listener, router).with_graceful_shutdown(async move { shutdown.cancelled().await });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "HTTP server failed");
+        }
+    }))
+}

@@ -45,22 +45,14 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
+    ([(header::CONTENT_TYPE, bucket_av_pipeline::service::OPENMETRICS_CONTENT_TYPE)], state.metrics.render())
 }
 
-/// Serves until `shutdown`; binding failures are returned at once so start-up fails loudly.
+/// Binds `addr` (failing at once when it cannot) and serves until `shutdown`.
 pub async fn serve(
     addr: SocketAddr,
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics");
-    Ok(tokio::spawn(async move {
-        let server =
-            axum::serve(listener, router(state)).with_graceful_shutdown(async move { shutdown.cancelled().await });
-        if let Err(error) = server.await {
-            tracing::error!(error = %error, "HTTP server failed");
-        }
-    }))
+    bucket_av_pipeline::service::serve_http(addr, router(state), shutdown).await
 }
