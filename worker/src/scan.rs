@@ -127,8 +127,7 @@ mod tests {
 
     #[test]
     fn the_stored_size_decides_not_the_event_size() {
-        let limits =
-            ScanLimits { max_object_size: 100, clamd_stream_max_bytes: None, timeout: Duration::from_secs(1) };
+        let limits = ScanLimits { max_object_size: 100, clamd_stream_max_bytes: None, timeout: Duration::from_secs(1) };
         // An event claiming a huge size for a small object: the object is scanned.
         assert_eq!(limits.by_size(stored_size(Some(68), 10 << 30)), None);
         // An event claiming a tiny size for a large object: still over the limit.

@@ -1,0 +1,690 @@
+//! Bad input against the real stack: every message, key and file here is one a scanner meets in
+//! the wild or from a careless publisher, and each has a defined outcome (a verdict tag, an
+//! acknowledged and counted event, a dead-lettered message with its `x-bucket-av-reason`, or a
+//! clear error). After each, the worker must still be ready and scanning: [`still_scanning`].
+//!
+//! The cases, with the file that tests each (`scanning.rs` and `clamd_outage.rs` beside this one):
+//!
+//! | # | bad input | outcome | file |
+//! |---|---|---|---|
+//! | 1 | a body that is not JSON | dead-lettered, "not valid JSON" | scanning.rs |
+//! | 2 | non-UTF-8 bytes | dead-lettered, "not valid JSON" | bad_input.rs |
+//! | 3 | an empty body | dead-lettered, "not valid JSON" | bad_input.rs |
+//! | 4 | JSON of the wrong shape: `{"foo":1}` | dead-lettered, "event has no records" | bad_input.rs |
+//! | 5 | JSON of the wrong shape: `[]`, `42`, `"x"`, `null` | dead-lettered, "not a MinIO bucket event" | bad_input.rs |
+//! | 6 | `{"Records": []}` | dead-lettered, "event has no records" | bad_input.rs |
+//! | 7 | a record without `s3.object.key` | dead-lettered, "missing field `key`" | bad_input.rs |
+//! | 8 | a record whose key is not URL-encoded UTF-8 (`%FF`) | dead-lettered, "not valid URL-encoded UTF-8" | bad_input.rs |
+//! | 9 | a record with an empty bucket name | dead-lettered, "empty bucket name" | bad_input.rs |
+//! | 10 | a huge (6 MiB) body that is not an event | dead-lettered whole, with its reason | bad_input.rs |
+//! | 11 | a huge (6 MiB) valid event (padding in `userMetadata`) | scanned | bad_input.rs |
+//! | 12 | a record for a bucket outside the `--bucket` allowlist | acknowledged, `ignored{unwatched_bucket}`, object untouched | bad_input.rs |
+//! | 13 | `s3:ObjectRemoved:Delete` published by hand | acknowledged, `ignored{not_content_event}`, object untouched | bad_input.rs |
+//! | 14 | `s3:ObjectCreated:PutTagging` published by hand | acknowledged, `ignored{not_content_event}`, object untouched | bad_input.rs |
+//! | 15 | an unknown event name | acknowledged, `ignored{not_content_event}` | bad_input.rs |
+//! | 16 | MinIO's own `PutTagging` events (a bucket subscribed to `ObjectCreated:*`) | ignored, no second scan | scanning.rs |
+//! | 17 | one message with two records | both scanned | bad_input.rs |
+//! | 18 | a duplicate delivery of a clean object's event | same verdict, object intact | bad_input.rs |
+//! | 19 | a duplicate delivery of an infected object's event, policy quarantine | one quarantined copy with its tags, then `missing`; nothing dead-lettered | bad_input.rs |
+//! | 20 | keys with spaces, `+`, `%`, unicode, deep paths, quotes, `&=?#`, a trailing dot | verdict under the real name | scanning.rs |
+//! | 21 | a 1024-byte key (S3's maximum), with emoji | verdict | bad_input.rs |
+//! | 22 | emoji, literal `%2F` and `+%2B+` in keys | verdict under the real name | bad_input.rs |
+//! | 23 | a directory marker (`dir/`, 0 bytes) | `clean` | bad_input.rs |
+//! | 24 | an event naming a key longer than S3 allows (1025 bytes) | dead-lettered after the delivery limit, with the reason | bad_input.rs |
+//! | 25 | an empty object | `clean` | scanning.rs |
+//! | 26 | an object over `--max-object-size` | `unscannable`, never downloaded | scanning.rs |
+//! | 27 | an object over clamd's StreamMaxLength | `unscannable` | scanning.rs |
+//! | 28 | a zip bomb (an entry inflating past clamd's MaxFileSize/MaxScanSize) | `unscannable` (`Heuristics.Limits.Exceeded.*`) | bad_input.rs |
+//! | 29 | zip archives nested deeper than clamd's MaxRecursion | `unscannable` (`Heuristics.Limits.Exceeded.MaxRecursion`) | bad_input.rs |
+//! | 30 | an encrypted (ZipCrypto) zip | `unscannable` (`Heuristics.Encrypted.Zip`) | bad_input.rs |
+//! | 31 | a version ID in the event that does not exist | `missing`, acknowledged | bad_input.rs |
+//! | 32 | an event claiming 10 GiB for a small infected object | `infected`: the stored size decides (a bug, fixed) | bad_input.rs |
+//! | 33 | an event claiming 10 bytes for an object over `--max-object-size` | `unscannable` with the real size, never downloaded | bad_input.rs |
+//! | 34 | an event whose ETag matches no content of the object | ignored as `superseded`, object untagged | bad_input.rs |
+//! | 35 | an event naming a key that never existed | `missing`, acknowledged | bad_input.rs |
+//! | 36 | an object deleted between event and scan | `missing`, acknowledged | scanning.rs |
+//! | 37 | an object replaced between event and scan | the original is not scanned in the replacement's place | scanning.rs |
+//! | 38 | an object with nine tags of its own | only the status tag fits, counted | scanning.rs |
+//! | 39 | a webhook answering 5xx | retried, dead-lettered after the delivery limit with the reason | scanning.rs |
+//! | 40 | a webhook answering 4xx | dead-lettered at once with the reason | scanning.rs |
+//! | 41 | clamd stopped mid-run | messages wait, nothing lost | clamd_outage.rs |
+
+mod common;
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+use bucket_av_pipeline::topology::header_text;
+use bucket_av_testing::{EICAR, unique_name};
+use common::{Scenario, VERDICT_TIMEOUT, clean_bytes, marked_bytes, webhook};
+use serde_json::{Value, json};
+
+// ---- shared checks -------------------------------------------------------------------------
+
+/// The worker survived: `/readyz` answers 200 and a normal upload gets scanned (clean content, so
+/// that no policy moves it away; a verdict tag needs a real answer from clamd).
+async fn still_scanning(scenario: &Scenario) {
+    let readyz = reqwest::get(format!("http://{}/readyz", scenario.worker().http)).await.expect("worker /readyz");
+    assert_eq!(readyz.status().as_u16(), 200, "the worker is no longer ready");
+    let key = unique_name("canary");
+    scenario.stack.put(&scenario.bucket, &key, clean_bytes(256)).await;
+    let tags = scenario.stack.wait_for_verdict(&scenario.bucket, &key, None, VERDICT_TIMEOUT).await;
+    assert_eq!(tags["av-status"], "clean", "the canary upload after the bad input was not scanned right");
+    let readyz = reqwest::get(format!("http://{}/readyz", scenario.worker().http)).await.expect("worker /readyz");
+    assert_eq!(readyz.status().as_u16(), 200, "the worker is no longer ready");
+}
+
+/// Takes `count` messages from the dead-letter queue and returns (body, reason, kind) for each.
+async fn dead_letters(scenario: &Scenario, count: usize, timeout: Duration) -> Vec<(Vec<u8>, String, String)> {
+    let mut out = Vec::new();
+    for _ in 0..count {
+        let message = scenario.dead_letter(timeout).await;
+        let headers = message.delivery.properties.headers().clone().expect("dead letters carry headers");
+        let reason = header_text(&headers, "x-bucket-av-reason").expect("x-bucket-av-reason header");
+        let kind = header_text(&headers, "x-bucket-av-error-kind").expect("x-bucket-av-error-kind header");
+        out.push((message.delivery.data.clone(), reason, kind));
+    }
+    out
+}
+
+/// Nothing of the scenario waits in its work queue or, unless counted by the test, in its
+/// dead-letter queue. (The work queue also carries the other suites' events, hence the filter.)
+async fn nothing_left(scenario: &Scenario) {
+    assert!(scenario.queued_events_of_bucket().await.is_empty(), "events of {} still queued", scenario.bucket);
+    assert_eq!(scenario.queue_depths().await.1, 0, "unexpected dead letters");
+}
+
+/// Waits until the scenario's work queue holds no message for its bucket and none unacknowledged.
+async fn wait_until_settled(scenario: &Scenario) {
+    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
+    loop {
+        let in_flight = scenario.worker().metric("bucket_av_worker_scans_in_flight").await;
+        if scenario.queued_events_of_bucket().await.is_empty() && in_flight == 0.0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "messages of {} were never settled", scenario.bucket);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A bucket that sends no events (so only hand-published messages name its objects),
+/// versioned on request.
+async fn side_bucket(stack: &bucket_av_testing::Stack, prefix: &str, versioned: bool) -> String {
+    let bucket = unique_name(prefix);
+    let s3 = stack.s3();
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    if versioned {
+        s3.put_bucket_versioning()
+            .bucket(&bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
+            )
+            .send()
+            .await
+            .expect("enable versioning");
+    }
+    bucket
+}
+
+// ---- MinIO-shaped events, by hand ------------------------------------------------------------
+
+/// One record as MinIO writes it; `None` fields are left out, as MinIO leaves out empty ones.
+struct Record<'a> {
+    event_name: &'a str,
+    bucket: &'a str,
+    key: &'a str,
+    size: Option<u64>,
+    etag: Option<&'a str>,
+    version_id: Option<&'a str>,
+}
+
+impl<'a> Record<'a> {
+    fn put(bucket: &'a str, key: &'a str) -> Self {
+        Self { event_name: "s3:ObjectCreated:Put", bucket, key, size: None, etag: None, version_id: None }
+    }
+
+    fn json(&self) -> Value {
+        let mut object = json!({"key": query_escape(self.key), "sequencer": "1880000000000000"});
+        if let Some(size) = self.size {
+            object["size"] = json!(size);
+        }
+        if let Some(etag) = self.etag {
+            object["eTag"] = json!(etag.trim_matches('"'));
+        }
+        if let Some(version) = self.version_id {
+            object["versionId"] = json!(version);
+        }
+        json!({
+            "eventVersion": "2.0",
+            "eventSource": "minio:s3",
+            "awsRegion": "",
+            "eventTime": time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap(),
+            "eventName": self.event_name,
+            "userIdentity": {"principalId": "bad-input-test"},
+            "s3": {
+                "s3SchemaVersion": "1.0",
+                "bucket": {"name": self.bucket, "arn": format!("arn:aws:s3:::{}", self.bucket)},
+                "object": object,
+            },
+        })
+    }
+}
+
+fn event_body(records: &[Record<'_>]) -> Vec<u8> {
+    let first = &records[0];
+    serde_json::to_vec(&json!({
+        "EventName": first.event_name,
+        "Key": format!("{}/{}", first.bucket, first.key),
+        "Records": records.iter().map(Record::json).collect::<Vec<_>>(),
+    }))
+    .unwrap()
+}
+
+/// Go's `url.QueryEscape`, as MinIO escapes `s3.object.key`.
+fn query_escape(raw: &str) -> String {
+    let mut out = String::new();
+    for byte in raw.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(byte as char),
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+// ---- zip archives, built here (never committed as blobs) ----------------------------------
+
+struct ZipEntry {
+    name: String,
+    /// Bytes as stored in the archive: compressed and/or encrypted.
+    stored: Vec<u8>,
+    crc: u32,
+    size: u32,
+    method: u16,
+    flags: u16,
+}
+
+impl ZipEntry {
+    fn stored(name: &str, data: &[u8]) -> Self {
+        Self {
+            name: name.into(),
+            stored: data.to_vec(),
+            crc: crc32fast::hash(data),
+            size: data.len() as u32,
+            method: 0,
+            flags: 0,
+        }
+    }
+
+    /// A stored entry encrypted with traditional PKWARE encryption (ZipCrypto).
+    fn zipcrypto(name: &str, data: &[u8], password: &[u8]) -> Self {
+        let crc = crc32fast::hash(data);
+        let mut keys = ZipCryptoKeys::new(password);
+        // 11 arbitrary bytes, then the CRC's high byte that a reader checks the password against.
+        let mut header: Vec<u8> = (0..11u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
+        header.push((crc >> 24) as u8);
+        let stored = header.iter().chain(data).map(|&byte| keys.encrypt(byte)).collect();
+        Self { name: name.into(), stored, crc, size: data.len() as u32, method: 0, flags: 1 }
+    }
+
+    /// A deflated entry of `mib` MiB of zeros, built without inflating it here: one MiB is
+    /// deflated once and its (byte-aligned, non-final) blocks are repeated, since every block of
+    /// zeros only refers back to zeros.
+    fn zeros_bomb(name: &str, mib: u32) -> Self {
+        let chunk = vec![0u8; 1024 * 1024];
+        let mut compressor = flate2::Compress::new(flate2::Compression::best(), false);
+        let mut block = Vec::with_capacity(64 * 1024);
+        compressor.compress_vec(&chunk, &mut block, flate2::FlushCompress::Sync).unwrap();
+        assert_eq!(compressor.total_in(), chunk.len() as u64, "one call deflates the whole MiB");
+        let mut stored = Vec::with_capacity(block.len() * mib as usize + 2);
+        let mut one = crc32fast::Hasher::new();
+        one.update(&chunk);
+        let mut crc = crc32fast::Hasher::new();
+        for _ in 0..mib {
+            stored.extend_from_slice(&block);
+            crc.combine(&one);
+        }
+        // An empty final block with fixed Huffman codes.
+        stored.extend_from_slice(&[0x03, 0x00]);
+        Self { name: name.into(), stored, crc: crc.finalize(), size: mib * 1024 * 1024, method: 8, flags: 0 }
+    }
+}
+
+struct ZipCryptoKeys([u32; 3]);
+
+impl ZipCryptoKeys {
+    fn new(password: &[u8]) -> Self {
+        let mut keys = Self([0x1234_5678, 0x2345_6789, 0x3456_7890]);
+        for &byte in password {
+            keys.update(byte);
+        }
+        keys
+    }
+
+    fn crc_byte(crc: u32, byte: u8) -> u32 {
+        let mut c = (crc ^ u32::from(byte)) & 0xff;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+        c ^ (crc >> 8)
+    }
+
+    fn update(&mut self, byte: u8) {
+        self.0[0] = Self::crc_byte(self.0[0], byte);
+        self.0[1] = self.0[1].wrapping_add(self.0[0] & 0xff).wrapping_mul(134_775_813).wrapping_add(1);
+        self.0[2] = Self::crc_byte(self.0[2], (self.0[1] >> 24) as u8);
+    }
+
+    fn encrypt(&mut self, plain: u8) -> u8 {
+        let temp = (self.0[2] | 2) & 0xffff;
+        let cipher = plain ^ ((temp.wrapping_mul(temp ^ 1) >> 8) & 0xff) as u8;
+        self.update(plain);
+        cipher
+    }
+}
+
+fn zip(entries: &[ZipEntry]) -> Vec<u8> {
+    const DOS_DATE: u16 = 0x0021; // 1980-01-01
+    let mut out = Vec::new();
+    let mut central = Vec::new();
+    for entry in entries {
+        let offset = out.len() as u32;
+        let name = entry.name.as_bytes();
+        out.write_all(&0x0403_4b50u32.to_le_bytes()).unwrap();
+        for field in [20u16, entry.flags, entry.method, 0, DOS_DATE] {
+            out.write_all(&field.to_le_bytes()).unwrap();
+        }
+        for field in [entry.crc, entry.stored.len() as u32, entry.size] {
+            out.write_all(&field.to_le_bytes()).unwrap();
+        }
+        out.write_all(&(name.len() as u16).to_le_bytes()).unwrap();
+        out.write_all(&0u16.to_le_bytes()).unwrap();
+        out.write_all(name).unwrap();
+        out.write_all(&entry.stored).unwrap();
+
+        central.write_all(&0x0201_4b50u32.to_le_bytes()).unwrap();
+        for field in [20u16, 20, entry.flags, entry.method, 0, DOS_DATE] {
+            central.write_all(&field.to_le_bytes()).unwrap();
+        }
+        for field in [entry.crc, entry.stored.len() as u32, entry.size] {
+            central.write_all(&field.to_le_bytes()).unwrap();
+        }
+        for field in [name.len() as u16, 0, 0, 0, 0] {
+            central.write_all(&field.to_le_bytes()).unwrap();
+        }
+        central.write_all(&0u32.to_le_bytes()).unwrap();
+        central.write_all(&offset.to_le_bytes()).unwrap();
+        central.write_all(name).unwrap();
+    }
+    let central_offset = out.len() as u32;
+    out.extend_from_slice(&central);
+    out.write_all(&0x0605_4b50u32.to_le_bytes()).unwrap();
+    for field in [0u16, 0, entries.len() as u16, entries.len() as u16] {
+        out.write_all(&field.to_le_bytes()).unwrap();
+    }
+    out.write_all(&(central.len() as u32).to_le_bytes()).unwrap();
+    out.write_all(&central_offset.to_le_bytes()).unwrap();
+    out.write_all(&0u16.to_le_bytes()).unwrap();
+    out
+}
+
+#[test]
+fn the_bomb_builder_writes_a_deflate_stream_that_inflates_to_its_declared_size() {
+    let entry = ZipEntry::zeros_bomb("z", 3);
+    let mut inflated = Vec::new();
+    let mut decoder = flate2::read::DeflateDecoder::new(entry.stored.as_slice());
+    std::io::Read::read_to_end(&mut decoder, &mut inflated).unwrap();
+    assert_eq!(inflated.len(), 3 * 1024 * 1024);
+    assert!(inflated.iter().all(|&byte| byte == 0));
+    assert_eq!(crc32fast::hash(&inflated), entry.crc);
+}
+
+#[test]
+fn go_query_escape_is_reproduced() {
+    assert_eq!(query_escape("a b+c/%.txt"), "a+b%2Bc%2F%25.txt");
+    assert_eq!(bucket_av_pipeline::event::decode_object_key(&query_escape("😀 +%2F/")).unwrap(), "😀 +%2F/");
+}
+
+// ---- the cases -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn malformed_and_wrongly_shaped_messages_are_dead_lettered_with_their_reason() {
+    let scenario = Scenario::start("badjson", false, &[]).await;
+    let bucket = scenario.bucket.clone();
+    let mut without_key = serde_json::from_slice::<Value>(&event_body(&[Record::put(&bucket, "k")])).unwrap();
+    without_key["Records"][0]["s3"]["object"].as_object_mut().unwrap().remove("key");
+    let mut bad_key = serde_json::from_slice::<Value>(&event_body(&[Record::put(&bucket, "k")])).unwrap();
+    bad_key["Records"][0]["s3"]["object"]["key"] = json!("broken%FF");
+    let empty_bucket = event_body(&[Record::put("", "k")]);
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"\xff\xfe\x00\x80not utf-8".to_vec(), "not valid JSON"),
+        (Vec::new(), "not valid JSON"),
+        (br#"{"foo":1}"#.to_vec(), "event has no records"),
+        (b"[]".to_vec(), "not a MinIO bucket event"),
+        (b"42".to_vec(), "not a MinIO bucket event"),
+        (br#""x""#.to_vec(), "not a MinIO bucket event"),
+        (b"null".to_vec(), "not a MinIO bucket event"),
+        (br#"{"EventName":"s3:ObjectCreated:Put","Records":[]}"#.to_vec(), "event has no records"),
+        (serde_json::to_vec(&without_key).unwrap(), "missing field `key`"),
+        (serde_json::to_vec(&bad_key).unwrap(), "not valid URL-encoded UTF-8"),
+        (empty_bucket, "empty bucket name"),
+    ];
+    for (body, _) in &cases {
+        scenario.publish_raw(body).await;
+    }
+    let dead = dead_letters(&scenario, cases.len(), VERDICT_TIMEOUT).await;
+    for (body, expected) in &cases {
+        let (_, reason, kind) = dead
+            .iter()
+            .find(|(dead_body, _, _)| dead_body == body)
+            .unwrap_or_else(|| panic!("{:?} was not dead-lettered", String::from_utf8_lossy(body)));
+        assert!(reason.contains(expected), "{:?}: reason {reason:?}", String::from_utf8_lossy(body));
+        assert_eq!(kind, "malformed_event");
+    }
+    let worker = scenario.worker();
+    assert_eq!(
+        worker.metric("bucket_av_worker_dead_lettered_total{kind=\"malformed_event\"}").await,
+        cases.len() as f64
+    );
+    assert_eq!(worker.metric("bucket_av_worker_ignored_events_total{reason=\"malformed\"}").await, cases.len() as f64);
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn huge_message_bodies_are_dead_lettered_whole_or_scanned_when_they_are_events() {
+    let stack = bucket_av_testing::Stack::load();
+    let side = side_bucket(&stack, "hugeside", false).await;
+    let scenario = Scenario::start("hugebody", false, &["--bucket", &side]).await;
+    // Six MiB that are not an event.
+    let junk: Vec<u8> = (0..6 * 1024 * 1024).map(|i| b"{[junk]}"[i % 8]).collect();
+    scenario.publish_raw(&junk).await;
+    let dead = dead_letters(&scenario, 1, VERDICT_TIMEOUT).await;
+    assert_eq!(dead[0].0.len(), junk.len(), "the dead letter keeps the whole body");
+    assert!(dead[0].0 == junk);
+    assert!(dead[0].1.contains("not valid JSON") && dead[0].1.len() < 1000, "reason: {:?}", dead[0].1);
+
+    // Six MiB that are a valid event: the size of the message is no reason to refuse it.
+    stack.put(&side, "big-event.bin", EICAR).await;
+    let mut event = serde_json::from_slice::<Value>(&event_body(&[Record::put(&side, "big-event.bin")])).unwrap();
+    event["Records"][0]["s3"]["object"]["userMetadata"] = json!({"X-Amz-Meta-Padding": "p".repeat(6 * 1024 * 1024)});
+    scenario.publish_raw(&serde_json::to_vec(&event).unwrap()).await;
+    let tags = stack.wait_for_verdict(&side, "big-event.bin", None, VERDICT_TIMEOUT).await;
+    assert_eq!(tags["av-status"], "infected");
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn events_that_add_no_content_or_name_foreign_buckets_are_acknowledged_and_counted() {
+    let stack = bucket_av_testing::Stack::load();
+    // A bucket outside the allowlist, holding an infected object: it must stay untouched.
+    let foreign = side_bucket(&stack, "foreign", false).await;
+    stack.put(&foreign, "not-mine.com", EICAR).await;
+    // A bucket inside the allowlist that sends no events: only hand-published events name it.
+    let side = side_bucket(&stack, "nocontent", false).await;
+    stack.put(&side, "tagged-by-nobody.com", EICAR).await;
+    // One message at a time, so that once the canary is scanned, everything before it is settled.
+    let scenario = Scenario::start("ignored", false, &["--bucket", &side, "--concurrency", "1"]).await;
+    let unwatched_before =
+        scenario.worker().metric("bucket_av_worker_ignored_events_total{reason=\"unwatched_bucket\"}").await;
+    scenario.publish_raw(&event_body(&[Record::put(&foreign, "not-mine.com")])).await;
+    for name in ["s3:ObjectRemoved:Delete", "s3:ObjectCreated:PutTagging", "s3:ObjectAccessed:Nonsense"] {
+        let record = Record { event_name: name, ..Record::put(&side, "tagged-by-nobody.com") };
+        scenario.publish_raw(&event_body(&[record])).await;
+    }
+    still_scanning(&scenario).await;
+    let worker = scenario.worker();
+    assert_eq!(worker.metric("bucket_av_worker_ignored_events_total{reason=\"not_content_event\"}").await, 3.0);
+    // Other suites' events reach every test queue too, so this counter only grows.
+    assert!(
+        worker.metric("bucket_av_worker_ignored_events_total{reason=\"unwatched_bucket\"}").await > unwatched_before
+    );
+    assert_eq!(stack.tags(&foreign, "not-mine.com", None).await.unwrap().len(), 0, "a foreign object was tagged");
+    assert_eq!(stack.tags(&side, "tagged-by-nobody.com", None).await.unwrap().len(), 0, "a metadata event was scanned");
+    assert!(stack.object_exists(&side, "tagged-by-nobody.com").await);
+    // Only the canary was scanned.
+    assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"clean\"}").await, 1.0);
+    assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"infected\"}").await, 0.0);
+    assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"missing\"}").await, 0.0);
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_message_with_two_records_has_both_scanned() {
+    let stack = bucket_av_testing::Stack::load();
+    let side = side_bucket(&stack, "tworecs", false).await;
+    let scenario = Scenario::start("tworecs", false, &["--bucket", &side]).await;
+    let first = stack.put(&side, "first.com", EICAR).await;
+    let second = stack.put(&side, "second.txt", clean_bytes(300)).await;
+    let records = [
+        Record { size: Some(EICAR.len() as u64), etag: first.e_tag(), ..Record::put(&side, "first.com") },
+        Record { size: Some(300), etag: second.e_tag(), ..Record::put(&side, "second.txt") },
+    ];
+    scenario.publish_raw(&event_body(&records)).await;
+    assert_eq!(stack.wait_for_verdict(&side, "first.com", None, VERDICT_TIMEOUT).await["av-status"], "infected");
+    assert_eq!(stack.wait_for_verdict(&side, "second.txt", None, VERDICT_TIMEOUT).await["av-status"], "clean");
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_gives_one_verdict_and_loses_nothing() {
+    let stack = bucket_av_testing::Stack::load();
+    let quarantine = side_bucket(&stack, "dupquar", false).await;
+    let side = side_bucket(&stack, "dupside", false).await;
+    let hooks = webhook().await;
+    let url = hooks.url();
+    let scenario = Scenario::start(
+        "duplicate",
+        false,
+        &[
+            "--bucket",
+            &side,
+            "--on-infected",
+            "quarantine",
+            "--quarantine-bucket",
+            &quarantine,
+            "--webhook-url",
+            &url,
+            "--report-clean",
+            "true",
+            "--concurrency",
+            "1",
+        ],
+    )
+    .await;
+    let clean = stack.put(&side, "twice.txt", clean_bytes(500)).await;
+    let infected = stack.put(&side, "twice.com", EICAR).await;
+    let clean_event = event_body(&[Record { size: Some(500), etag: clean.e_tag(), ..Record::put(&side, "twice.txt") }]);
+    let infected_event = event_body(&[Record {
+        size: Some(EICAR.len() as u64),
+        etag: infected.e_tag(),
+        ..Record::put(&side, "twice.com")
+    }]);
+    for body in [&clean_event, &clean_event, &infected_event, &infected_event] {
+        scenario.publish_raw(body).await;
+    }
+    still_scanning(&scenario).await;
+
+    // The clean object: scanned twice, one verdict, bytes untouched.
+    let tags = stack.tags(&side, "twice.txt", None).await.unwrap();
+    assert_eq!(tags["av-status"], "clean");
+    let body = stack.s3().get_object().bucket(&side).key("twice.txt").send().await.unwrap().body.collect().await;
+    assert_eq!(body.unwrap().into_bytes().as_ref(), clean_bytes(500).as_slice());
+    // The infected object: quarantined once with its tags and bytes; the repeat finds it gone.
+    let quarantined_key = format!("{side}/twice.com");
+    assert_eq!(stack.tags(&quarantine, &quarantined_key, None).await.unwrap()["av-status"], "infected");
+    let copy = stack.s3().get_object().bucket(&quarantine).key(&quarantined_key).send().await.unwrap();
+    assert_eq!(copy.body.collect().await.unwrap().into_bytes().as_ref(), EICAR);
+    assert!(!stack.object_exists(&side, "twice.com").await);
+    let verdicts = |key: &str| {
+        hooks
+            .received()
+            .iter()
+            .filter(|hook| hook.json["key"] == key)
+            .map(|hook| hook.json["verdict"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(verdicts("twice.txt"), ["clean", "clean"]);
+    assert_eq!(verdicts("twice.com"), ["infected", "missing"]);
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn long_unusual_and_directory_keys_get_verdicts() {
+    let scenario = Scenario::start("oddkeys", false, &[]).await;
+    let stack = &scenario.stack;
+    // S3's maximum key length is 1024 bytes; MinIO also caps each path segment at 255 bytes.
+    let longest = format!("{}{}", format!("{}/", "😀".repeat(60)).repeat(4), "z".repeat(60));
+    assert_eq!(longest.len(), 1024);
+    let keys = [longest.as_str(), "emoji/😀🦀👩‍👩‍👧.bin", "literal%2Fslash", "+%2B+ mixed", "%%%", "a+b/c d/%41"];
+    for key in keys {
+        stack.put(&scenario.bucket, key, marked_bytes(128)).await;
+    }
+    stack.put(&scenario.bucket, "a-directory/", Vec::new()).await;
+    for key in keys {
+        let tags = stack.wait_for_verdict(&scenario.bucket, key, None, VERDICT_TIMEOUT).await;
+        assert_eq!(tags["av-status"], "infected", "{key}");
+    }
+    let marker = stack.wait_for_verdict(&scenario.bucket, "a-directory/", None, VERDICT_TIMEOUT).await;
+    assert_eq!(marker["av-status"], "clean");
+
+    // A key S3 refuses: a clear error at upload, and a hand-published event for it is
+    // dead-lettered with the reason once the delivery limit is spent, never retried forever.
+    let too_long = "k".repeat(1025);
+    let refused =
+        stack.s3().put_object().bucket(&scenario.bucket).key(&too_long).body(EICAR.to_vec().into()).send().await;
+    assert!(refused.is_err(), "MinIO accepted a 1025-byte key");
+    scenario.publish_raw(&event_body(&[Record::put(&scenario.bucket, &too_long)])).await;
+    let dead = dead_letters(&scenario, 1, Duration::from_secs(60)).await;
+    let (_, reason, kind) = &dead[0];
+    assert_eq!(kind, "get_object", "{reason}");
+    assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn archives_past_clamds_limits_are_unscannable_not_clean() {
+    let scenario = Scenario::start("archives", false, &[]).await;
+    let stack = &scenario.stack;
+    let limit: u64 = ["BAVS_CLAMD_MAX_FILE_SIZE_BYTES", "BAVS_CLAMD_MAX_SCAN_SIZE_BYTES"]
+        .iter()
+        .map(|var| stack.var(var).parse::<u64>().expect("clamd limits in stack.env are numbers"))
+        .max()
+        .unwrap();
+    let bomb_mib = u32::try_from(limit / (1024 * 1024) + 2).unwrap();
+    let bomb = zip(&[ZipEntry::zeros_bomb("zeros.bin", bomb_mib)]);
+    assert!(bomb.len() < 2 * 1024 * 1024, "the bomb is small: {} bytes", bomb.len());
+
+    let mut nested = zip(&[ZipEntry::stored("inner.txt", &clean_bytes(100))]);
+    for level in 0..24 {
+        nested = zip(&[ZipEntry::stored(&format!("level-{level}.zip"), &nested)]);
+    }
+    let encrypted = zip(&[ZipEntry::zipcrypto("secret.txt", &clean_bytes(200), b"hunter2")]);
+    // Controls: an ordinary archive is looked into, clean or infected.
+    let plain = zip(&[ZipEntry::stored("readme.txt", &clean_bytes(100))]);
+    let infected = zip(&[ZipEntry::stored("eicar.com", EICAR)]);
+
+    for (key, body) in [
+        ("bomb.zip", bomb),
+        ("nested.zip", nested),
+        ("encrypted.zip", encrypted),
+        ("plain.zip", plain),
+        ("infected.zip", infected),
+    ] {
+        stack.put(&scenario.bucket, key, body).await;
+    }
+    let bucket = scenario.bucket.as_str();
+    let verdict = |key: &'static str| async move {
+        let tags = stack.wait_for_verdict(bucket, key, None, Duration::from_secs(60)).await;
+        (tags["av-status"].clone(), tags.get("av-detail").cloned().unwrap_or_default())
+    };
+    let (status, detail) = verdict("bomb.zip").await;
+    assert_eq!(status, "unscannable", "{detail}");
+    assert!(detail.starts_with("scan-limit: Heuristics.Limits.Exceeded.Max"), "{detail}");
+    let (status, detail) = verdict("nested.zip").await;
+    assert_eq!(status, "unscannable", "{detail}");
+    assert!(detail.starts_with("scan-limit: Heuristics.Limits.Exceeded.MaxRecursion"), "{detail}");
+    let (status, detail) = verdict("encrypted.zip").await;
+    assert_eq!(status, "unscannable", "{detail}");
+    assert!(detail.starts_with("encrypted: Heuristics.Encrypted.Zip"), "{detail}");
+    assert_eq!(verdict("plain.zip").await.0, "clean");
+    assert_eq!(verdict("infected.zip").await.0, "infected");
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn events_that_disagree_with_the_stored_object_get_its_true_verdict() {
+    let stack = bucket_av_testing::Stack::load();
+    let versioned = side_bucket(&stack, "disagreev", true).await;
+    let side = side_bucket(&stack, "disagree", false).await;
+    let hooks = webhook().await;
+    let url = hooks.url();
+    let scenario = Scenario::start(
+        "disagree",
+        false,
+        &["--bucket", &versioned, "--bucket", &side, "--max-object-size", "1000", "--webhook-url", &url],
+    )
+    .await;
+    // A version that does not exist (well-formed, like every MinIO version ID).
+    let real = stack.put(&versioned, "versioned.com", EICAR).await;
+    assert!(real.version_id().is_some());
+    let unknown_version = "00000000-0000-4000-8000-000000000000";
+    let record = Record { version_id: Some(unknown_version), ..Record::put(&versioned, "versioned.com") };
+    scenario.publish_raw(&event_body(&[record])).await;
+    let report = hooks.wait_for_key("versioned.com", VERDICT_TIMEOUT).await;
+    assert_eq!(report.json["verdict"], "missing");
+    assert_eq!(report.json["versionId"], unknown_version);
+    assert_eq!(stack.tags(&versioned, "versioned.com", real.version_id()).await.unwrap().len(), 0);
+
+    // An event claiming 10 GiB for a 68-byte infected object: the stored size decides.
+    let small = stack.put(&side, "claims-huge.com", EICAR).await;
+    let record = Record { size: Some(10 << 30), etag: small.e_tag(), ..Record::put(&side, "claims-huge.com") };
+    scenario.publish_raw(&event_body(&[record])).await;
+    let tags = stack.wait_for_verdict(&side, "claims-huge.com", None, VERDICT_TIMEOUT).await;
+    assert_eq!(tags["av-status"], "infected", "{tags:?}");
+
+    // An event claiming 10 bytes for an object over --max-object-size: unscannable with the real
+    // size, and still never downloaded.
+    let bytes_before = scenario.worker().metric("bucket_av_worker_scanned_bytes_total").await;
+    let big = stack.put(&side, "claims-small.bin", marked_bytes(5000)).await;
+    let record = Record { size: Some(10), etag: big.e_tag(), ..Record::put(&side, "claims-small.bin") };
+    scenario.publish_raw(&event_body(&[record])).await;
+    let tags = stack.wait_for_verdict(&side, "claims-small.bin", None, VERDICT_TIMEOUT).await;
+    assert_eq!(tags["av-status"], "unscannable");
+    assert_eq!(tags["av-detail"], "too-large: 5000 bytes over the 1000 byte limit");
+    assert_eq!(scenario.worker().metric("bucket_av_worker_scanned_bytes_total").await, bytes_before);
+
+    // An ETag that matches no content of the object: never scanned in its place.
+    stack.put(&side, "wrong-etag.com", EICAR).await;
+    let record = Record { etag: Some("0123456789abcdef0123456789abcdef"), ..Record::put(&side, "wrong-etag.com") };
+    scenario.publish_raw(&event_body(&[record])).await;
+    // A key that never existed.
+    scenario.publish_raw(&event_body(&[Record::put(&side, "never-existed")])).await;
+    let report = hooks.wait_for_key("never-existed", VERDICT_TIMEOUT).await;
+    assert_eq!(report.json["verdict"], "missing");
+    let worker = scenario.worker();
+    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
+    while worker.metric("bucket_av_worker_ignored_events_total{reason=\"superseded\"}").await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the wrong-ETag event was not counted as superseded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stack.tags(&side, "wrong-etag.com", None).await.unwrap().len(), 0);
+    wait_until_settled(&scenario).await;
+    still_scanning(&scenario).await;
+    assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"missing\"}").await, 2.0);
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
