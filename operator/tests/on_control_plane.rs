@@ -289,3 +289,29 @@ async fn without_autoscaling_workers_run_min_replicas_and_switching_hands_replic
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
 }
+
+/// A worker pod with the clamd sidecar (and the freshclam init and sidecar containers) passes
+/// the Pod Security "restricted" admission of the API server: the fixture's namespace enforces
+/// it, so pods exist and become available only when every container complies.
+#[tokio::test]
+async fn worker_pods_with_the_clamd_sidecar_are_admitted_under_pod_security_restricted() {
+    let fixture = Fixture::new("op-pss", true);
+    let bucket = unique_name("op-pss");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let external = format!("  scanner:\n    external:\n      address: {}\n", fixture.stack.var("BAVS_CLAMD_TCP"));
+    let sidecar = "  scanner:\n    sidecar:\n      image: docker.io/clamav/clamav:1.4\n";
+    let policy = fixture.policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: None }], "");
+    assert!(policy.contains(&external), "the fixture's scanner block moved: {policy}");
+    fixture.apply(&policy.replace(&external, sidecar));
+    fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let pods = fixture.kubectl(&["get", "pods", "-l", "app.kubernetes.io/instance=scan", "-o", "json"]);
+    let pods: serde_json::Value = serde_json::from_str(&pods).unwrap();
+    let pod = &pods["items"][0];
+    let containers: Vec<&str> =
+        pod["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(containers, ["worker", "clamd", "freshclam"], "{pod}");
+    assert_eq!(pod["spec"]["initContainers"][0]["name"], "freshclam-init");
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}

@@ -44,6 +44,12 @@ impl Fixture {
         cluster.install_crd();
         let namespace = unique_name(prefix);
         cluster.ensure_namespace(&namespace);
+        // Every worker pod the operator creates must pass Pod Security "restricted": the API
+        // server refuses the ReplicaSet's pods otherwise, and no worker becomes available.
+        cluster.kubectl_ok(
+            &["label", "namespace", &namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"],
+            None,
+        );
         let fixture = Self { cluster, stack, namespace };
         if with_secrets {
             fixture.create_minio_secret();
