@@ -89,3 +89,12 @@ kind-e2e tag="dev":
 # Delete the kind cluster
 kind-down:
     kind delete cluster --name bucket-av-scanner
+
+# Flags (defaults): --duration 5m --rate 20 --infected-every 10 --workers 2 --size 1K-64K; see BENCHMARKS.md
+# Sustained uploads through the whole system set up as the demo; checks every verdict, reports worker and operator RSS
+soak *flags:
+    @bash testing/stack/stack-up.sh
+    @bash testing/cluster/cluster-up.sh
+    @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
+    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/soak {{ flags }}
+    @echo "The stack and the control plane keep running; stop them with: just stack-down cluster-down"
