@@ -26,6 +26,8 @@ const TAG_LEN: usize = 16;
 const FINAL_FLAG: u8 = 0x80;
 
 const ARGON2_TIME: u32 = 1;
+/// Serialises Argon2id derivations (see `Cipher::derive_key`).
+static ARGON2_MEMORY: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const ARGON2_MEMORY_KIB: u32 = 64 * 1024;
 const ARGON2_LANES: u32 = 4;
 const PBKDF2_ROUNDS: u32 = 8192;
@@ -52,6 +54,9 @@ impl Cipher {
         let mut key = [0u8; 32];
         match self {
             Self::Argon2idAesGcm | Self::Argon2idChaCha20Poly1305 => {
+                // Each derivation fills 64 MiB: one at a time per process, so that concurrent
+                // admin calls (reconciles of several policies) cannot add up to an OOM kill.
+                let _one_at_a_time = ARGON2_MEMORY.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let params = argon2::Params::new(ARGON2_MEMORY_KIB, ARGON2_TIME, ARGON2_LANES, Some(key.len()))
                     .expect("madmin's Argon2id parameters are valid");
                 argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
