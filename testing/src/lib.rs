@@ -4,6 +4,7 @@
 
 pub mod chart;
 pub mod cluster;
+pub mod local_system;
 pub mod operator;
 pub mod pod_spec;
 pub mod process;

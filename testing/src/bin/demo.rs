@@ -10,11 +10,9 @@
 use std::time::Duration;
 
 use bucket_av_testing::chart::{ChartOperator, Helm};
-use bucket_av_testing::{
-    Cluster, ContainerLaunch, EICAR, Stack, WebhookReceiver, WorkerProcess, process::free_port, unique_name,
-};
+use bucket_av_testing::{Cluster, EICAR, Stack, WebhookReceiver, local_system, unique_name};
 use clap::Parser;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
@@ -24,10 +22,8 @@ struct Args {
     keep_running: bool,
 }
 
-const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 const POLICY: &str = "uploads";
 const RELEASE: &str = "bucket-av";
-const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
 
 #[tokio::main]
 async fn main() {
@@ -38,22 +34,7 @@ async fn main() {
     let namespace = unique_name("bucket-av-demo");
 
     step("Installing the Helm chart charts/bucket-av-scanner (CRD, operator, RBAC, external metrics API)");
-    if cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
-        panic!("the APIService {API_SERVICE} exists already (another provider, or a test running): delete it first");
-    }
-    cluster.install_crd();
-    cluster.ensure_namespace(&namespace);
-    // The local control plane has no kube-proxy: the APIService reaches the operator through an
-    // ExternalName Service to localhost, on a port of its own.
-    let metrics_port = free_port();
-    let values = [
-        format!("operator.watchNamespace={namespace}"),
-        "externalMetrics.service.externalName=localhost".to_owned(),
-        format!("externalMetrics.service.port={metrics_port}"),
-        format!("externalMetrics.containerPort={metrics_port}"),
-    ];
-    let values: Vec<&str> = values.iter().map(String::as_str).collect();
-    helm.upgrade_install(RELEASE, &namespace, &values);
+    local_system::install_chart(&helm, RELEASE, &namespace);
     println!("  release {RELEASE} in namespace {namespace}: helm ls -n {namespace}");
 
     step("Creating the buckets and the Secrets the policy refers to");
@@ -64,23 +45,7 @@ async fn main() {
         s3.create_bucket().bucket(name).send().await.expect("create bucket");
     }
     let hooks = WebhookReceiver::start().await;
-    let secrets = [
-        (
-            "minio-scanner",
-            vec![
-                format!("accessKey={}", stack.var("BAVS_S3_ACCESS_KEY")),
-                format!("secretKey={}", stack.var("BAVS_S3_SECRET_KEY")),
-            ],
-        ),
-        ("rabbitmq-scanner", vec![format!("url={}", stack.var("BAVS_AMQP_URL"))]),
-        ("bucket-av-webhook", vec![format!("secret={WEBHOOK_SECRET}")]),
-    ];
-    for (name, literals) in secrets {
-        let mut command = vec!["create", "secret", "generic", name, "-n", &namespace];
-        let flags: Vec<String> = literals.iter().map(|literal| format!("--from-literal={literal}")).collect();
-        command.extend(flags.iter().map(String::as_str));
-        cluster.kubectl_ok(&command, None);
-    }
+    local_system::create_policy_secrets(&stack, cluster, &namespace);
     println!("  uploads: {bucket}   quarantine: {quarantine}   webhook receiver: {}", hooks.url());
 
     step("Starting the operator exactly as the chart's Deployment describes it (its ServiceAccount, its certificate)");
@@ -88,30 +53,19 @@ async fn main() {
     println!("  operator pid {}, metrics on http://{}/metrics", operator.process.pid(), operator.process.http);
 
     step("Applying crds/examples/bucketscanpolicy.yaml, pointed at the local stack");
-    let policy = demo_policy(&stack, &namespace, &bucket, &quarantine, &hooks.url());
+    let mut policy = local_system::example_policy(&stack, &namespace, POLICY, &bucket, &quarantine, &hooks.url());
+    policy["spec"]["workers"]["maxReplicas"] = json!(3);
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&serde_json::to_string(&policy).unwrap()));
     println!("  changed from the example: MinIO endpoint and bucket names, the webhook URL, the external");
     println!("  clamd of the stack instead of the sidecar (kwok runs no containers), deletionPolicy Delete");
     println!("  (the operator writes MinIO's notification target and restarts MinIO once to load it)");
-    wait_ready(cluster, &namespace).await;
+    local_system::wait_ready(cluster, &namespace, POLICY).await;
     println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", &namespace], None)));
 
     step("Starting the workers exactly as the operator's Deployment describes them");
     let deployment = cluster.get_json(&namespace, "deployment", &format!("{POLICY}-worker"));
     let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
-    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &format!("{POLICY}-worker"), "worker");
-    let queue = launch.env("BAVS_QUEUE").unwrap_or_default().to_owned();
-    let log_level = std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into());
-    let mut workers = Vec::new();
-    for _ in 0..replicas {
-        let http = format!("127.0.0.1:{}", free_port());
-        // Only the listen address (one port per local process) and the log format differ.
-        let overrides = [("BAVS_HTTP_ADDR", http.as_str()), ("BAVS_LOG_FORMAT", "plain"), ("RUST_LOG", &log_level)];
-        let command = launch.local_command(&overrides);
-        let worker = WorkerProcess::from_command(command, http, &queue).await;
-        println!("  worker pid {} on queue {queue}, health and metrics on http://{}/", worker.pid(), worker.http);
-        workers.push(worker);
-    }
+    let (workers, _queue) = local_system::start_workers(cluster, &namespace, POLICY, replicas as usize).await;
 
     step("Uploading invoices/report.pdf (clean) and downloads/eicar.com (the EICAR test file)");
     let clean = b"%PDF-1.4\n% a perfectly ordinary report\n".repeat(100);
@@ -132,7 +86,7 @@ async fn main() {
     step("Webhook payloads received (X-Bucket-AV-Signature checked with the policy's secret)");
     for key in ["invoices/report.pdf", "downloads/eicar.com"] {
         let hook = hooks.wait_for_key(key, Duration::from_secs(60)).await;
-        println!("  signature valid: {}", hook.signature_is_valid(WEBHOOK_SECRET));
+        println!("  signature valid: {}", hook.signature_is_valid(local_system::WEBHOOK_SECRET));
         println!("{}", indent(&serde_json::to_string_pretty(&hook.json).unwrap()));
     }
 
@@ -170,55 +124,6 @@ async fn main() {
     helm.ok(&["uninstall", RELEASE, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
     cluster.kubectl_ok(&["delete", "namespace", &namespace, "--wait=false"], None);
     step("Done");
-}
-
-/// The example policy with the local stack's endpoints, buckets and receiver.
-fn demo_policy(stack: &Stack, namespace: &str, bucket: &str, quarantine: &str, webhook_url: &str) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/bucketscanpolicy.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-    let mut policy: Value = serde_norway::from_str(&text).expect("the example policy is YAML");
-    policy["metadata"] = json!({ "name": POLICY, "namespace": namespace });
-    let spec = &mut policy["spec"];
-    spec["minio"]["endpoint"] = json!(stack.var("BAVS_S3_ENDPOINT"));
-    spec["minio"]["region"] = json!(stack.var("BAVS_S3_REGION"));
-    spec["minio"].as_object_mut().unwrap().remove("caBundle");
-    spec["buckets"] = json!([{ "name": bucket }]);
-    spec["notification"]["queueDir"] = json!(format!("{}/minio/demo-events", stack.var("BAVS_STACK_DIR")));
-    spec["rabbitmq"].as_object_mut().unwrap().remove("queue");
-    spec["rabbitmq"]["exchange"] = json!(stack.var("BAVS_EXCHANGE"));
-    spec["scanner"] = json!({ "external": { "address": stack.var("BAVS_CLAMD_TCP") }, "maxObjectSize": "100Mi" });
-    spec["actions"]["quarantineBucket"] = json!(quarantine);
-    spec["actions"]["webhook"]["url"] = json!(webhook_url);
-    spec["actions"]["webhook"]["reportClean"] = json!(true);
-    spec["workers"]["maxReplicas"] = json!(3);
-    spec["deletionPolicy"] = json!("Delete");
-    policy
-}
-
-async fn wait_ready(cluster: &Cluster, namespace: &str) {
-    let started = std::time::Instant::now();
-    let mut last_reason = String::new();
-    loop {
-        let policy = cluster.get_json(namespace, "bsp", POLICY);
-        let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        if let Some(ready) = conditions.iter().find(|condition| condition["type"] == "Ready") {
-            if ready["status"] == "True" {
-                println!("  Ready after {:.1} s", started.elapsed().as_secs_f64());
-                return;
-            }
-            let reason = ready["reason"].as_str().unwrap_or_default().to_owned();
-            if reason != last_reason {
-                println!("  not ready yet: {reason}: {}", ready["message"].as_str().unwrap_or_default());
-                last_reason = reason;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the policy did not become Ready within 2 minutes: {}",
-            serde_json::to_string_pretty(&policy["status"]).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// Waits until the HPA has read the queue depth through the aggregator for its current replicas.

@@ -15,12 +15,11 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 use bucket_av_testing::chart::{ChartOperator, Helm};
 use bucket_av_testing::{
-    Cluster, ContainerLaunch, EICAR, ServiceProcess, Stack, TEST_MARKER, WebhookReceiver, WorkerProcess,
-    process::free_port, unique_name,
+    EICAR, ServiceProcess, Stack, TEST_MARKER, WebhookReceiver, WorkerProcess, local_system, unique_name,
 };
 use clap::Parser;
 use futures::StreamExt;
-use serde_json::{Value, json};
+use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
@@ -48,10 +47,8 @@ struct Args {
     warm_up: u64,
 }
 
-const WEBHOOK_SECRET: &str = "soak-webhook-secret";
 const POLICY: &str = "uploads";
 const RELEASE: &str = "bucket-av";
-const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
 const SAMPLE_EVERY: Duration = Duration::from_secs(30);
 /// How long the queue may take to drain after the last upload.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -78,20 +75,7 @@ async fn main() {
     );
 
     step("Installing the Helm chart and starting its operator (as `just demo` does)");
-    if cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
-        panic!("the APIService {API_SERVICE} exists already (another provider, or a test running): delete it first");
-    }
-    cluster.install_crd();
-    cluster.ensure_namespace(&namespace);
-    let metrics_port = free_port();
-    let values = [
-        format!("operator.watchNamespace={namespace}"),
-        "externalMetrics.service.externalName=localhost".to_owned(),
-        format!("externalMetrics.service.port={metrics_port}"),
-        format!("externalMetrics.containerPort={metrics_port}"),
-    ];
-    let values: Vec<&str> = values.iter().map(String::as_str).collect();
-    helm.upgrade_install(RELEASE, &namespace, &values);
+    local_system::install_chart(&helm, RELEASE, &namespace);
     let s3 = stack.s3();
     let bucket = unique_name("soak-uploads");
     let quarantine = unique_name("soak-quarantine");
@@ -99,25 +83,18 @@ async fn main() {
         s3.create_bucket().bucket(name).send().await.expect("create bucket");
     }
     let hooks = WebhookReceiver::start().await;
-    create_secrets(&stack, cluster, &namespace);
+    local_system::create_policy_secrets(&stack, cluster, &namespace);
     let operator = ChartOperator::start(cluster, &namespace, RELEASE).await;
     println!("  operator pid {}, namespace {namespace}", operator.process.pid());
 
     step("Applying the policy (onInfected: Quarantine) and starting the workers from its Deployment");
-    let policy = soak_policy(&stack, &namespace, &bucket, &quarantine, &hooks.url(), args.workers);
+    // The example's onInfected is Quarantine already; the worker count stays fixed.
+    let mut policy = local_system::example_policy(&stack, &namespace, POLICY, &bucket, &quarantine, &hooks.url());
+    policy["spec"]["workers"]["minReplicas"] = json!(args.workers);
+    policy["spec"]["workers"]["maxReplicas"] = json!(args.workers);
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&serde_json::to_string(&policy).unwrap()));
-    wait_ready(cluster, &namespace).await;
-    let launch = ContainerLaunch::from_deployment(cluster, &namespace, &format!("{POLICY}-worker"), "worker");
-    let queue = launch.env("BAVS_QUEUE").expect("the worker Deployment sets BAVS_QUEUE").to_owned();
-    let log_level = std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into());
-    let mut workers = Vec::new();
-    for _ in 0..args.workers {
-        let http = format!("127.0.0.1:{}", free_port());
-        let overrides = [("BAVS_HTTP_ADDR", http.as_str()), ("BAVS_LOG_FORMAT", "plain"), ("RUST_LOG", &log_level)];
-        let worker = WorkerProcess::from_command(launch.local_command(&overrides), http, &queue).await;
-        println!("  worker pid {} on queue {queue}", worker.pid());
-        workers.push(worker);
-    }
+    local_system::wait_ready(cluster, &namespace, POLICY).await;
+    let (workers, queue) = local_system::start_workers(cluster, &namespace, POLICY, args.workers).await;
     let amqp = stack.amqp().await;
 
     step(&format!("Uploading for {:?}; a line every {} s", args.duration, SAMPLE_EVERY.as_secs()));
@@ -209,76 +186,6 @@ async fn main() {
             println!("  {problem}");
         }
         std::process::exit(1);
-    }
-}
-
-fn create_secrets(stack: &Stack, cluster: &Cluster, namespace: &str) {
-    let secrets = [
-        (
-            "minio-scanner",
-            vec![
-                format!("accessKey={}", stack.var("BAVS_S3_ACCESS_KEY")),
-                format!("secretKey={}", stack.var("BAVS_S3_SECRET_KEY")),
-            ],
-        ),
-        ("rabbitmq-scanner", vec![format!("url={}", stack.var("BAVS_AMQP_URL"))]),
-        ("bucket-av-webhook", vec![format!("secret={WEBHOOK_SECRET}")]),
-    ];
-    for (name, literals) in secrets {
-        let mut command = vec!["create", "secret", "generic", name, "-n", namespace];
-        let flags: Vec<String> = literals.iter().map(|literal| format!("--from-literal={literal}")).collect();
-        command.extend(flags.iter().map(String::as_str));
-        cluster.kubectl_ok(&command, None);
-    }
-}
-
-/// The example policy pointed at the local stack (as in the demo), with a fixed worker count.
-fn soak_policy(
-    stack: &Stack,
-    namespace: &str,
-    bucket: &str,
-    quarantine: &str,
-    webhook_url: &str,
-    workers: usize,
-) -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/bucketscanpolicy.yaml");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-    let mut policy: Value = serde_norway::from_str(&text).expect("the example policy is YAML");
-    policy["metadata"] = json!({ "name": POLICY, "namespace": namespace });
-    let spec = &mut policy["spec"];
-    spec["minio"]["endpoint"] = json!(stack.var("BAVS_S3_ENDPOINT"));
-    spec["minio"]["region"] = json!(stack.var("BAVS_S3_REGION"));
-    spec["minio"].as_object_mut().unwrap().remove("caBundle");
-    spec["buckets"] = json!([{ "name": bucket }]);
-    spec["notification"]["queueDir"] = json!(format!("{}/minio/soak-events", stack.var("BAVS_STACK_DIR")));
-    spec["rabbitmq"].as_object_mut().unwrap().remove("queue");
-    spec["rabbitmq"]["exchange"] = json!(stack.var("BAVS_EXCHANGE"));
-    spec["scanner"] = json!({ "external": { "address": stack.var("BAVS_CLAMD_TCP") }, "maxObjectSize": "100Mi" });
-    spec["actions"]["onInfected"] = json!("Quarantine");
-    spec["actions"]["quarantineBucket"] = json!(quarantine);
-    spec["actions"]["webhook"]["url"] = json!(webhook_url);
-    spec["actions"]["webhook"]["reportClean"] = json!(true);
-    spec["workers"]["minReplicas"] = json!(workers);
-    spec["workers"]["maxReplicas"] = json!(workers);
-    spec["deletionPolicy"] = json!("Delete");
-    policy
-}
-
-async fn wait_ready(cluster: &Cluster, namespace: &str) {
-    let started = Instant::now();
-    loop {
-        let policy = cluster.get_json(namespace, "bsp", POLICY);
-        let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        if conditions.iter().any(|condition| condition["type"] == "Ready" && condition["status"] == "True") {
-            println!("  policy Ready after {:.1} s", started.elapsed().as_secs_f64());
-            return;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the policy did not become Ready within 2 minutes: {}",
-            serde_json::to_string_pretty(&policy["status"]).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
