@@ -96,8 +96,8 @@ impl Stack {
         self.bucket_routed_to(prefix, versioned, self.notify_arn()).await
     }
 
-    /// Creates a bucket whose uploads are published to the notification target `arn`.
-    pub async fn bucket_routed_to(&self, prefix: &str, versioned: bool, arn: &str) -> String {
+    /// Creates a bucket named `<prefix>-<random>` that sends no events, versioned on request.
+    pub async fn bucket(&self, prefix: &str, versioned: bool) -> String {
         let bucket = crate::unique_name(prefix);
         let s3 = self.s3();
         s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
@@ -111,6 +111,13 @@ impl Stack {
                 .await
                 .expect("enable versioning");
         }
+        bucket
+    }
+
+    /// Creates a bucket whose uploads are published to the notification target `arn`.
+    pub async fn bucket_routed_to(&self, prefix: &str, versioned: bool, arn: &str) -> String {
+        let bucket = self.bucket(prefix, versioned).await;
+        let s3 = self.s3();
         notification::ensure(&s3, &bucket, arn, "bucket-av-test", &[KeyFilter::default()])
             .await
             .expect("route the bucket's uploads to the stack's AMQP target");

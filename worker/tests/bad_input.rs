@@ -54,7 +54,6 @@ mod common;
 use std::io::Write as _;
 use std::time::Duration;
 
-use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
 use bucket_av_pipeline::topology::header_text;
 use bucket_av_testing::{EICAR, unique_name};
 use common::{Scenario, VERDICT_TIMEOUT, clean_bytes, marked_bytes, webhook};
@@ -106,25 +105,6 @@ async fn wait_until_settled(scenario: &Scenario) {
         assert!(std::time::Instant::now() < deadline, "messages of {} were never settled", scenario.bucket);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A bucket that sends no events (so only hand-published messages name its objects),
-/// versioned on request.
-async fn side_bucket(stack: &bucket_av_testing::Stack, prefix: &str, versioned: bool) -> String {
-    let bucket = unique_name(prefix);
-    let s3 = stack.s3();
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    if versioned {
-        s3.put_bucket_versioning()
-            .bucket(&bucket)
-            .versioning_configuration(
-                VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build(),
-            )
-            .send()
-            .await
-            .expect("enable versioning");
-    }
-    bucket
 }
 
 // ---- MinIO-shaped events, by hand ------------------------------------------------------------
@@ -397,7 +377,7 @@ async fn malformed_and_wrongly_shaped_messages_are_dead_lettered_with_their_reas
 #[tokio::test]
 async fn huge_message_bodies_are_dead_lettered_whole_or_scanned_when_they_are_events() {
     let stack = bucket_av_testing::Stack::load();
-    let side = side_bucket(&stack, "hugeside", false).await;
+    let side = stack.bucket("hugeside", false).await;
     let scenario = Scenario::start("hugebody", false, &["--bucket", &side]).await;
     // Six MiB that are not an event.
     let junk: Vec<u8> = (0..6 * 1024 * 1024).map(|i| b"{[junk]}"[i % 8]).collect();
@@ -423,10 +403,10 @@ async fn huge_message_bodies_are_dead_lettered_whole_or_scanned_when_they_are_ev
 async fn events_that_add_no_content_or_name_foreign_buckets_are_acknowledged_and_counted() {
     let stack = bucket_av_testing::Stack::load();
     // A bucket outside the allowlist, holding an infected object: it must stay untouched.
-    let foreign = side_bucket(&stack, "foreign", false).await;
+    let foreign = stack.bucket("foreign", false).await;
     stack.put(&foreign, "not-mine.com", EICAR).await;
     // A bucket inside the allowlist that sends no events: only hand-published events name it.
-    let side = side_bucket(&stack, "nocontent", false).await;
+    let side = stack.bucket("nocontent", false).await;
     stack.put(&side, "tagged-by-nobody.com", EICAR).await;
     // One message at a time, so that once the canary is scanned, everything before it is settled.
     let scenario = Scenario::start("ignored", false, &["--bucket", &side, "--concurrency", "1"]).await;
@@ -458,7 +438,7 @@ async fn events_that_add_no_content_or_name_foreign_buckets_are_acknowledged_and
 #[tokio::test]
 async fn a_message_with_two_records_has_both_scanned() {
     let stack = bucket_av_testing::Stack::load();
-    let side = side_bucket(&stack, "tworecs", false).await;
+    let side = stack.bucket("tworecs", false).await;
     let scenario = Scenario::start("tworecs", false, &["--bucket", &side]).await;
     let first = stack.put(&side, "first.com", EICAR).await;
     let second = stack.put(&side, "second.txt", clean_bytes(300)).await;
@@ -477,8 +457,8 @@ async fn a_message_with_two_records_has_both_scanned() {
 #[tokio::test]
 async fn a_duplicate_delivery_gives_one_verdict_and_loses_nothing() {
     let stack = bucket_av_testing::Stack::load();
-    let quarantine = side_bucket(&stack, "dupquar", false).await;
-    let side = side_bucket(&stack, "dupside", false).await;
+    let quarantine = stack.bucket("dupquar", false).await;
+    let side = stack.bucket("dupside", false).await;
     let hooks = webhook().await;
     let url = hooks.url();
     let scenario = Scenario::start(
@@ -628,8 +608,8 @@ async fn archives_past_clamds_limits_are_unscannable_not_clean() {
 #[tokio::test]
 async fn events_that_disagree_with_the_stored_object_get_its_true_verdict() {
     let stack = bucket_av_testing::Stack::load();
-    let versioned = side_bucket(&stack, "disagreev", true).await;
-    let side = side_bucket(&stack, "disagree", false).await;
+    let versioned = stack.bucket("disagreev", true).await;
+    let side = stack.bucket("disagree", false).await;
     let hooks = webhook().await;
     let url = hooks.url();
     let scenario = Scenario::start(
