@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Progress and failure output shared by the stack (testing/stack) and the control plane
+# Progress and failure output, and the wait for a spawned service, shared by the stack (testing/stack) and the control plane
 # (testing/cluster) scripts. Sourced by their lib.sh; not meant to be run.
 # A lib.sh defines bavs_fail_hint to say, after a failure, what the user can do next.
 
@@ -28,4 +28,20 @@ bavs_fail_with_log() {
         fi
     } >&2
     exit 1
+}
+
+# bavs_wait_for_exec PID: wait (up to 5 s) until the wrapper `bash -c` with
+# PID has replaced itself with the command. The pid file is written before the
+# exec, and while the kernel swaps the images /proc/PID/cmdline reads empty: a
+# liveness check in that window would take a starting service for a dead one.
+bavs_wait_for_exec() {
+    local pid=$1 i args
+    for ((i = 0; i < 100; i++)); do
+        [[ -e /proc/$pid ]] || return 0 # gone: the caller's liveness check reports it
+        mapfile -t -n 2 args < <(tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null)
+        if ((${#args[@]} > 0)) && ! [[ ${args[0]} == *bash && ${args[1]:-} == -c ]]; then
+            return 0
+        fi
+        sleep 0.05
+    done
 }

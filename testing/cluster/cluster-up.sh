@@ -167,6 +167,7 @@ bavs_start() {
         sleep 0.05
     done
     [[ -s $pidf ]] || bavs_fail_with_log "$c" "$log" "did not start (no pid file $pidf)"
+    bavs_wait_for_exec "$(<"$pidf")"
     bavs_info "$c started (pid $(<"$pidf"), log $log)"
 }
 

@@ -164,10 +164,11 @@ bavs_spawn() {
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$log" 2>&1 &
     local i
     for ((i = 0; i < 50; i++)); do
-        [[ -s $pidfile ]] && return 0
+        [[ -s $pidfile ]] && break
         sleep 0.05
     done
-    bavs_die "could not start $cmd (no pid file $pidfile)"
+    [[ -s $pidfile ]] || bavs_die "could not start $cmd (no pid file $pidfile)"
+    bavs_wait_for_exec "$(<"$pidfile")"
 }
 
 # ---------------------------------------------------------------- ports ----
