@@ -4,8 +4,11 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bucket_av_crds::BucketScanPolicy;
+use futures::channel::mpsc::UnboundedSender;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::metrics::Metrics;
 use crate::minio_target::RestartGate;
@@ -23,6 +26,17 @@ pub struct Context {
     pub failures: FailureCounts,
     /// One MinIO restart at a time, and none repeated too soon for the same target.
     pub restarts: RestartGate,
+    /// The policies the running controller sees, and a way to reconcile one of them now; set
+    /// by each run of the controller (a new leader term starts a new one).
+    pub peers: std::sync::RwLock<Option<Peers>>,
+}
+
+/// Other policies, for what one policy must know about the rest: which of them already scan a
+/// bucket, and which to look at again when this one changes or goes.
+#[derive(Clone)]
+pub struct Peers {
+    pub store: Store<BucketScanPolicy>,
+    pub wake: UnboundedSender<ObjectRef<BucketScanPolicy>>,
 }
 
 impl Context {
@@ -38,6 +52,22 @@ impl Context {
             scratch_dir,
             failures: FailureCounts::default(),
             restarts: RestartGate::default(),
+            peers: std::sync::RwLock::new(None),
+        }
+    }
+
+    /// Every policy the controller currently sees (none before it started).
+    pub fn policies(&self) -> Vec<std::sync::Arc<BucketScanPolicy>> {
+        let peers = self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        peers.as_ref().map(|peers| peers.store.state()).unwrap_or_default()
+    }
+
+    /// Asks the controller to reconcile `policy` soon.
+    pub fn wake(&self, policy: &BucketScanPolicy) {
+        let peers = self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(peers) = peers.as_ref() {
+            // Fails only when the controller has stopped, and then nothing is left to wake.
+            let _ = peers.wake.unbounded_send(ObjectRef::from_obj(policy));
         }
     }
 }

@@ -17,7 +17,7 @@ use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::context::Context;
+use crate::context::{Context, Peers};
 use crate::reconcile::{error_policy, reconcile};
 use crate::secrets::referenced_secrets;
 use crate::workload::MANAGER;
@@ -48,7 +48,11 @@ pub async fn run(
         .reflect(writer)
         .applied_objects()
         .predicate_filter(spec_or_finalizers, PredicateConfig::default());
-    let controller = Controller::for_stream(changes, store.clone());
+    // Policies on the same bucket depend on each other (the older one keeps it): a reconcile
+    // that frees a bucket wakes the policies waiting for it through this channel.
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    *ctx.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Peers { store: store.clone(), wake });
+    let controller = Controller::for_stream(changes, store.clone()).reconcile_on(woken);
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // A rollout updates a Deployment's status many times a second; only what WorkersAvailable
     // and the replica counts read (or a spec change by someone else) starts a reconcile.

@@ -42,7 +42,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("{0}")]
+    #[error(
+        "{0}: check that RabbitMQ runs and that the URL in the policy's rabbitmq.urlSecret names the right host, \
+         port and credentials; the operator retries with backoff"
+    )]
     ConnectRabbitMq(#[source] Box<ConnectError>),
     #[error("open a RabbitMQ channel: {0}")]
     OpenChannel(#[source] Box<lapin::Error>),
@@ -83,6 +86,15 @@ pub enum Error {
     TargetMismatch { target_id: String, mismatches: String },
     #[error("{0}")]
     PutNotification(#[source] Box<NotificationError>),
+    #[error("{}", missing_buckets_message(.buckets))]
+    BucketMissing { buckets: Vec<String> },
+    #[error(
+        "actions.quarantineBucket {bucket} does not exist in MinIO: create it; until then infected objects cannot be \
+         quarantined, and their messages are retried and then dead-lettered"
+    )]
+    QuarantineBucketMissing { bucket: String },
+    #[error("check that quarantine bucket {bucket} exists: {message}")]
+    CheckQuarantineBucket { bucket: String, message: String },
     #[error("{0}")]
     RemoveNotification(#[source] Box<NotificationError>),
 
@@ -97,6 +109,18 @@ pub enum Error {
     PatchStatus(#[source] Box<kube::Error>),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// "bucket a does not exist in MinIO: create it ..." for one or several buckets.
+fn missing_buckets_message(buckets: &[String]) -> String {
+    let (subject, them) = match buckets {
+        [one] => (format!("bucket {one} does"), "it"),
+        many => (format!("buckets {} do", many.join(", ")), "them"),
+    };
+    format!(
+        "{subject} not exist in MinIO: create {them} or remove {them} from spec.buckets; the policy's other buckets \
+         are routed meanwhile"
+    )
 }
 
 /// The API server's own message for an error it answered (`deployments.apps "x" is forbidden:
@@ -137,6 +161,9 @@ impl Error {
             Self::TargetMismatch { .. } => "TargetMismatch",
             Self::PutNotification(_) => "PutNotification",
             Self::RemoveNotification(_) => "RemoveNotification",
+            Self::BucketMissing { .. } => "BucketMissing",
+            Self::QuarantineBucketMissing { .. } => "QuarantineBucketMissing",
+            Self::CheckQuarantineBucket { .. } => "CheckQuarantineBucket",
             Self::ApplyChild { .. } => "ApplyChild",
             Self::PatchStatus(_) => "PatchStatus",
             Self::Finalizer(error) => match error.as_ref() {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, DeletionPolicy, condition_types};
+use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, DeletionPolicy, ObjectAction, condition_types};
 use bucket_av_pipeline::Secret;
 use bucket_av_pipeline::notification::{self, KeyFilter, NotificationError};
 use bucket_av_pipeline::s3::S3Settings;
@@ -167,6 +167,8 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     report.status.buckets = Some(bucket_summary(policy));
     report.status.notification_target_arn = Some(policy.target_arn());
     let mut pending_restart = false;
+    // A problem of the actions (not of the event path): shown on Ready once all else is.
+    let mut actions_problem = None;
 
     if let Err(error) = policy.spec.validate() {
         // Nothing will change until the spec does: no retries.
@@ -178,7 +180,7 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
 
     match dereference(policy, ctx).await {
         Err(error) => {
-            let message = format!("cannot reach RabbitMQ and MinIO: {error}");
+            let message = format!("{error}; until then RabbitMQ and MinIO are left as they are");
             report.set(condition_types::QUEUE_READY, false, error.kind(), message.clone());
             report.set(condition_types::NOTIFICATION_CONFIGURED, false, error.kind(), message);
             report.first_error = Some(error);
@@ -219,12 +221,21 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                     pending_restart = true;
                 }
                 Ok(TargetState::Live { .. }) if report.is_true(condition_types::QUEUE_READY) => {
-                    match configure_notifications(policy, &resolved.s3).await {
-                        Ok(()) => {
+                    let conflicts = bucket_conflicts(policy, &ctx.policies());
+                    match configure_notifications(policy, &resolved.s3, &conflicts).await {
+                        Ok(()) if conflicts.is_empty() => {
                             let message =
                                 format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
                             report.set(condition_types::NOTIFICATION_CONFIGURED, true, "Configured", message);
                         }
+                        // Not an error: nothing changes until one of the policies does, and
+                        // that change wakes this one (`wake_dependents`).
+                        Ok(()) => report.set(
+                            condition_types::NOTIFICATION_CONFIGURED,
+                            false,
+                            BUCKET_CONFLICT,
+                            conflicts_message(&conflicts),
+                        ),
                         Err(error) => report.fail(condition_types::NOTIFICATION_CONFIGURED, error),
                     }
                 }
@@ -235,6 +246,7 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                     "bucket events are routed only once their queue exists, or MinIO would publish them to nowhere",
                 ),
             }
+            actions_problem = check_quarantine_bucket(policy, &resolved.s3).await.err();
         }
     }
 
@@ -254,8 +266,18 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     }
 
     let (ready, reason, message) = readiness(&report.status);
-    report.set(condition_types::READY, ready, &reason, message);
+    match actions_problem {
+        Some(problem) if ready => report.fail(condition_types::READY, problem),
+        Some(problem) => {
+            report.set(condition_types::READY, ready, &reason, message);
+            report.first_error.get_or_insert(problem);
+        }
+        None => report.set(condition_types::READY, ready, &reason, message),
+    }
     finish(policy, ctx, &old_status, &report).await?;
+    if old_status.observed_generation != policy.metadata.generation {
+        wake_dependents(policy, ctx);
+    }
     match report.first_error {
         Some(error) => Err(error),
         // Someone restarts MinIO outside our view: look soon, not only at the next resync.
@@ -490,25 +512,211 @@ async fn declare_topology(policy: &BucketScanPolicy, routing_key: &str, resolved
     result
 }
 
-/// Routes every bucket's upload events to the policy's target. A target MinIO does not know is
-/// reported as TargetMissing: it has to be configured in MinIO first.
-async fn configure_notifications(policy: &BucketScanPolicy, s3: &S3Settings) -> Result<()> {
+/// Routes every bucket's upload events to the policy's target, except the filters another
+/// policy holds (this policy's own entries for those are removed: one policy per object). A
+/// target MinIO does not know is reported as TargetMissing: it has to be configured in MinIO
+/// first. A bucket that does not exist does not keep the others from being routed.
+async fn configure_notifications(
+    policy: &BucketScanPolicy,
+    s3: &S3Settings,
+    conflicts: &[BucketConflict],
+) -> Result<()> {
     let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
     let arn = policy.target_arn();
     let id_prefix = entry_id_prefix(policy);
+    let mut missing = Vec::new();
+    let mut failure = None;
     for (bucket, filters) in bucket_filters(policy) {
-        if let Err(error) = notification::ensure(&client, &bucket, &arn, &id_prefix, &filters).await {
-            return Err(match error {
-                NotificationError::Write { ref message, .. } if is_unknown_target(message) => Error::TargetMissing {
+        let routed: Vec<KeyFilter> = filters
+            .into_iter()
+            .filter(|filter| !conflicts.iter().any(|conflict| conflict.bucket == bucket && &conflict.filter == filter))
+            .collect();
+        match notification::ensure(&client, &bucket, &arn, &id_prefix, &routed).await {
+            Ok(()) => {}
+            Err(NotificationError::Read { ref message, .. }) if message.contains("NoSuchBucket") => {
+                missing.push(bucket)
+            }
+            Err(NotificationError::Write { ref message, .. }) if is_unknown_target(message) => {
+                return Err(Error::TargetMissing {
                     target_id: policy.target_id(),
                     arn: arn.clone(),
                     hint: target_missing_hint(policy),
-                },
-                other => Error::PutNotification(Box::new(other)),
-            });
+                });
+            }
+            Err(other) => {
+                failure.get_or_insert(Error::PutNotification(Box::new(other)));
+            }
         }
     }
-    Ok(())
+    match failure {
+        Some(error) => Err(error),
+        None if !missing.is_empty() => Err(Error::BucketMissing { buckets: missing }),
+        None => Ok(()),
+    }
+}
+
+/// With a Quarantine action, the quarantine bucket must exist, or every infected object's
+/// message ends in the dead-letter queue.
+async fn check_quarantine_bucket(policy: &BucketScanPolicy, s3: &S3Settings) -> Result<()> {
+    let actions = &policy.spec.actions;
+    let quarantines =
+        actions.on_infected == ObjectAction::Quarantine || actions.on_unscannable == ObjectAction::Quarantine;
+    let Some(bucket) = actions.quarantine_bucket.as_ref().filter(|_| quarantines) else {
+        return Ok(());
+    };
+    let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+    match client.head_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(error) if error.as_service_error().is_some_and(|error| error.is_not_found()) => {
+            Err(Error::QuarantineBucketMissing { bucket: bucket.clone() })
+        }
+        Err(error) => Err(Error::CheckQuarantineBucket {
+            bucket: bucket.clone(),
+            message: bucket_av_pipeline::s3::describe_error(&error),
+        }),
+    }
+}
+
+/// The NotificationConfigured reason of a policy that leaves a bucket to an older policy.
+pub const BUCKET_CONFLICT: &str = "BucketConflict";
+
+/// A bucket filter of this policy whose objects an older policy already scans.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketConflict {
+    pub bucket: String,
+    pub filter: KeyFilter,
+    /// `namespace/name` of the policy that keeps the bucket.
+    pub holder: String,
+    pub holder_filter: KeyFilter,
+    /// Both route the bucket to the same notification target. MinIO publishes each event once
+    /// per target, so each policy's queue would receive the other's events whatever the filters.
+    pub shared_target: TargetShare,
+}
+
+/// Whether two policies share the notification target of a bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetShare {
+    Shared(String),
+    Separate,
+}
+
+/// The filters of `policy` that an older policy (created earlier; by namespace and name on a
+/// tie) already routes: the same bucket with overlapping filters, or the same bucket on the
+/// same notification target. Two policies acting on one object would race each other's tags
+/// and actions, and MinIO itself accepts overlapping entries, so the operator keeps them apart.
+/// Policies being deleted hold nothing.
+pub fn bucket_conflicts(policy: &BucketScanPolicy, others: &[Arc<BucketScanPolicy>]) -> Vec<BucketConflict> {
+    let mut holders: Vec<&BucketScanPolicy> = others
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|other| other.metadata.deletion_timestamp.is_none() && precedes(other, policy))
+        .collect();
+    holders.sort_by_key(|other| precedence(other));
+    let mut conflicts = Vec::new();
+    for (bucket, filters) in bucket_filters(policy) {
+        for filter in filters {
+            let found = holders.iter().find_map(|holder| {
+                let shared = notification::same_target(&holder.target_arn(), &policy.target_arn());
+                bucket_filters(holder)
+                    .into_iter()
+                    .filter(|(name, _)| name == &bucket)
+                    .flat_map(|(_, filters)| filters)
+                    .find(|held| shared || filters_overlap(held, &filter))
+                    .map(|held| BucketConflict {
+                        bucket: bucket.clone(),
+                        filter: filter.clone(),
+                        holder: object_key(holder),
+                        holder_filter: held,
+                        shared_target: if shared {
+                            TargetShare::Shared(holder.target_id())
+                        } else {
+                            TargetShare::Separate
+                        },
+                    })
+            });
+            conflicts.extend(found);
+        }
+    }
+    conflicts
+}
+
+fn precedence(policy: &BucketScanPolicy) -> (Option<Timestamp>, String, String) {
+    let created = policy.metadata.creation_timestamp.as_ref().map(|time| time.0);
+    (created, policy.namespace().unwrap_or_default(), policy.name_any())
+}
+
+fn precedes(left: &BucketScanPolicy, right: &BucketScanPolicy) -> bool {
+    precedence(left) < precedence(right)
+}
+
+/// Whether some object key matches both filters: the prefixes and the suffixes each extend
+/// one another (an absent filter matches everything).
+pub fn filters_overlap(left: &KeyFilter, right: &KeyFilter) -> bool {
+    let extends = |a: &Option<String>, b: &Option<String>, test: fn(&str, &str) -> bool| {
+        let (a, b) = (a.as_deref().unwrap_or(""), b.as_deref().unwrap_or(""));
+        test(a, b) || test(b, a)
+    };
+    extends(&left.prefix, &right.prefix, |a, b| a.starts_with(b))
+        && extends(&left.suffix, &right.suffix, |a, b| a.ends_with(b))
+}
+
+fn describe_filter(filter: &KeyFilter) -> String {
+    match (filter.prefix.as_deref(), filter.suffix.as_deref()) {
+        (None, None) => "all keys".into(),
+        (Some(prefix), None) => format!("prefix {prefix}"),
+        (None, Some(suffix)) => format!("suffix {suffix}"),
+        (Some(prefix), Some(suffix)) => format!("prefix {prefix}, suffix {suffix}"),
+    }
+}
+
+/// What the conflicts are and what to change.
+pub fn conflicts_message(conflicts: &[BucketConflict]) -> String {
+    let each: Vec<String> = conflicts
+        .iter()
+        .map(|conflict| {
+            let why = match &conflict.shared_target {
+                TargetShare::Shared(target) => format!(
+                    "both route it to notification target {target}, so each policy's queue would receive the \
+                     other's events: give one of them its own target (notification.mode Managed or another \
+                     targetId) or remove the bucket from one of them"
+                ),
+                TargetShare::Separate => "the filters overlap, so both would scan and act on the same objects: \
+                                          give the policies disjoint prefixes or suffixes or remove the bucket \
+                                          from one of them"
+                    .into(),
+            };
+            format!(
+                "bucket {} ({}) is already scanned by policy {} ({}), which was created first and keeps it; {why}",
+                conflict.bucket,
+                describe_filter(&conflict.filter),
+                conflict.holder,
+                describe_filter(&conflict.holder_filter),
+            )
+        })
+        .collect();
+    format!("{}; this policy does not route those objects until that changes", each.join("; "))
+}
+
+/// After a policy changed or went, reconciles the others that may depend on it: those waiting
+/// for a bucket another policy held, and those sharing a bucket with it (it may now hold
+/// theirs). Only a change of the spec or a deletion wakes others, so they cannot wake each
+/// other in a loop.
+fn wake_dependents(policy: &BucketScanPolicy, ctx: &Context) {
+    let buckets: Vec<String> = bucket_filters(policy).into_iter().map(|(bucket, _)| bucket).collect();
+    for other in ctx.policies() {
+        if object_key(&other) == object_key(policy) {
+            continue;
+        }
+        let waiting = other
+            .status
+            .as_ref()
+            .and_then(|status| status.condition(condition_types::NOTIFICATION_CONFIGURED))
+            .is_some_and(|condition| condition.reason == BUCKET_CONFLICT);
+        let shares_a_bucket = other.spec.buckets.iter().any(|bucket| buckets.contains(&bucket.name));
+        if waiting || shares_a_bucket {
+            ctx.wake(&other);
+        }
+    }
 }
 
 /// IDs of this policy's notification entries are this and `.<index>`. A namespace has no dots,
@@ -715,6 +923,7 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     if let Some(namespace) = policy.namespace() {
         let _ = std::fs::remove_dir_all(ctx.scratch_dir.join(namespace).join(&name));
     }
+    wake_dependents(policy, ctx);
     info!(policy = %name, "cleaned up");
     Ok(Action::await_change())
 }
@@ -857,6 +1066,68 @@ mod tests {
         assert!(is_unknown_target("InvalidArgument: A specified destination ARN does not exist or is not well-formed"));
         assert!(!is_unknown_target("AccessDenied: Access Denied."));
         assert!(!is_unknown_target("InvalidArgument: filter rules overlap"));
+    }
+
+    fn named(namespace: &str, name: &str, created: i64, buckets: &[(&str, Option<&str>)]) -> Arc<BucketScanPolicy> {
+        let mut policy = example();
+        policy.metadata.namespace = Some(namespace.into());
+        policy.metadata.name = Some(name.into());
+        policy.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::from_second(created).unwrap()));
+        policy.spec.buckets = buckets
+            .iter()
+            .map(|(bucket, prefix)| BucketSpec { name: (*bucket).into(), prefix: prefix.map(Into::into), suffix: None })
+            .collect();
+        Arc::new(policy)
+    }
+
+    #[test]
+    fn filters_overlap_when_some_key_matches_both() {
+        let filter = |prefix: Option<&str>, suffix: Option<&str>| KeyFilter {
+            prefix: prefix.map(Into::into),
+            suffix: suffix.map(Into::into),
+        };
+        assert!(filters_overlap(&filter(None, None), &filter(Some("a/"), None)));
+        assert!(filters_overlap(&filter(Some("a/"), None), &filter(Some("a/b/"), Some(".pdf"))));
+        assert!(!filters_overlap(&filter(Some("a/"), None), &filter(Some("b/"), None)));
+        assert!(!filters_overlap(&filter(None, Some(".pdf")), &filter(None, Some(".jpg"))));
+        assert!(filters_overlap(&filter(None, Some(".tar.gz")), &filter(Some("x"), Some(".gz"))));
+    }
+
+    #[test]
+    fn the_younger_policy_leaves_an_overlapping_or_same_target_bucket_to_the_older_one() {
+        let older = named("media", "first", 100, &[("uploads", Some("a/"))]);
+        let younger = named("other", "second", 200, &[("uploads", None), ("archive", None)]);
+        let all = [older.clone(), younger.clone()];
+        assert!(bucket_conflicts(&older, &all).is_empty(), "the older policy keeps its bucket");
+        let conflicts = bucket_conflicts(&younger, &all);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!((conflicts[0].bucket.as_str(), conflicts[0].holder.as_str()), ("uploads", "media/first"));
+        // The example's Managed targets differ per policy: only the filters decide.
+        assert_eq!(conflicts[0].shared_target, TargetShare::Separate);
+        let message = conflicts_message(&conflicts);
+        assert!(message.contains("bucket uploads (all keys) is already scanned by policy media/first (prefix a/)"));
+        assert!(message.contains("disjoint prefixes"), "{message}");
+
+        let disjoint = named("other", "second", 200, &[("uploads", Some("b/"))]);
+        assert!(bucket_conflicts(&disjoint, &[older.clone(), disjoint.clone()]).is_empty());
+        let mut same_target = disjoint.as_ref().clone();
+        let mut older_same_target = older.as_ref().clone();
+        for policy in [&mut same_target, &mut older_same_target] {
+            policy.spec.notification.mode = bucket_av_crds::NotificationMode::Existing;
+            policy.spec.notification.target_id = Some("SCAN".into());
+        }
+        let all = [Arc::new(older_same_target), Arc::new(same_target.clone())];
+        let conflicts = bucket_conflicts(&same_target, &all);
+        assert_eq!(conflicts[0].shared_target, TargetShare::Shared("SCAN".into()));
+
+        let mut deleting = older.as_ref().clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        assert!(
+            bucket_conflicts(&younger, &[Arc::new(deleting), younger.clone()]).is_empty(),
+            "a policy being deleted holds nothing"
+        );
     }
 
     #[test]
