@@ -3,7 +3,6 @@
 //! with the reason, and drains on shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bucket_av_pipeline::Secret;
@@ -19,6 +18,7 @@ use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::health::Health;
 use crate::metrics::{KindLabel, Metrics};
 use crate::process::{Disposition, Processor};
 
@@ -51,8 +51,8 @@ pub struct Consumer {
     pub drain: Duration,
     pub processor: Arc<Processor>,
     pub metrics: Arc<Metrics>,
-    /// True while a consumer is registered with the broker; read by `/readyz`.
-    pub consuming: Arc<AtomicBool>,
+    /// Whether a consumer is registered with the broker, and why not; read by `/readyz`.
+    pub health: Arc<Health>,
 }
 
 impl Consumer {
@@ -64,11 +64,17 @@ impl Consumer {
             match self.consume_once(&shutdown, &tracker).await {
                 Ok(()) => backoff = Duration::from_millis(500),
                 Err(error) => {
+                    // A connection that worked and then dropped is retried quickly again: the
+                    // backoff grows only over attempts that fail one after the other.
+                    if self.health.is_consuming() {
+                        backoff = Duration::from_millis(500);
+                    }
                     self.metrics.error("amqp");
+                    self.health.amqp_failed(error.to_string());
                     tracing::error!(error = %error, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ connection failed; reconnecting");
                 }
             }
-            self.consuming.store(false, Ordering::SeqCst);
+            self.health.not_consuming();
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(backoff) => {}
@@ -101,7 +107,7 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        self.consuming.store(true, Ordering::SeqCst);
+        self.health.consuming();
         tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
         let dead_letters = Arc::new(dead_letters);
         loop {
@@ -109,7 +115,7 @@ impl Consumer {
                 () = shutdown.cancelled() => {
                     // Stop new deliveries; in-flight ones finish and settle on the open channel.
                     let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
-                    self.consuming.store(false, Ordering::SeqCst);
+                    self.health.not_consuming();
                     tracker.close();
                     let _ = tokio::time::timeout(self.drain, tracker.wait()).await;
                     let _ = connection.close(200, "worker shutting down".into()).await;

@@ -13,6 +13,11 @@ pub enum ErrorClass {
     /// A service the worker depends on is unreachable. Not the message's fault: it is held and
     /// retried until the service is back, without spending its delivery budget.
     Unavailable,
+    /// MinIO refuses the worker's credentials or permissions (HTTP 401 or 403: a disabled user,
+    /// a deleted or rotated key, a detached policy). Not the message's fault either: held and
+    /// retried like `Unavailable` until someone fixes the key or its policy, and `/readyz` says
+    /// so. Dead-lettering here would bury every upload made while the key was wrong.
+    Refused,
     /// Might succeed later: retried a few times in place, then redelivered until the queue's
     /// delivery limit, then dead-lettered with the reason.
     Transient,
@@ -35,7 +40,7 @@ pub enum ProcessError {
     #[error("copy to quarantine bucket {bucket}: {message}")]
     QuarantineCopy { bucket: String, message: String, class: ErrorClass },
     #[error("verify quarantined copy {bucket}/{key}: {message}")]
-    QuarantineVerify { bucket: String, key: String, message: String },
+    QuarantineVerify { bucket: String, key: String, message: String, class: ErrorClass },
     #[error("delete object: {message}")]
     Delete { message: String, class: ErrorClass },
     #[error("{0}")]
@@ -64,14 +69,31 @@ impl ProcessError {
             | Self::GetTags { class, .. }
             | Self::PutTags { class, .. }
             | Self::QuarantineCopy { class, .. }
+            | Self::QuarantineVerify { class, .. }
             | Self::Delete { class, .. } => *class,
             Self::Scan(error) if error.is_connection() => ErrorClass::Unavailable,
-            Self::Scan(_) | Self::ClamdReply(_) | Self::QuarantineVerify { .. } => ErrorClass::Transient,
+            Self::Scan(_) | Self::ClamdReply(_) => ErrorClass::Transient,
             Self::Webhook(WebhookError::Rejected { .. }) => ErrorClass::Permanent,
             Self::Webhook(WebhookError::Exhausted { .. }) => ErrorClass::Transient,
         }
     }
+
+    /// Why a message is held rather than handed back, as a metric label: the service that is
+    /// down or refusing; `None` for failures that are not held.
+    pub fn hold_reason(&self) -> Option<&'static str> {
+        match self.class() {
+            ErrorClass::Refused => Some(HOLD_S3_REFUSED),
+            ErrorClass::Unavailable => Some(match self {
+                Self::Scan(_) => "clamd_unavailable",
+                _ => "s3_unavailable",
+            }),
+            ErrorClass::Transient | ErrorClass::Permanent => None,
+        }
+    }
 }
+
+/// The hold reason while MinIO refuses the worker's credentials; `/readyz` reports it.
+pub const HOLD_S3_REFUSED: &str = "s3_refused";
 
 /// What an S3 call's failure says about the object and the service.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,8 +108,10 @@ pub enum S3Failure {
     },
 }
 
-/// Sorts an SDK error: no HTTP answer or a 5xx means MinIO is unavailable; a 4xx is about the
-/// request (expired or revoked credentials included) and is retried a bounded number of times.
+/// Sorts an SDK error: no HTTP answer or a 5xx means MinIO is unavailable; 401 and 403 mean it
+/// refuses the worker's key (revoked, disabled, rotated, or lacking a permission), which no
+/// number of redeliveries fixes but an operator does; any other 4xx is about the request and is
+/// retried a bounded number of times.
 pub fn s3_failure<E, R>(error: &SdkError<E, R>) -> S3Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -101,6 +125,7 @@ where
         SdkError::ServiceError(service) => match service.raw().http_status() {
             404 => S3Failure::NotFound,
             412 => S3Failure::PreconditionFailed,
+            401 | 403 => S3Failure::Other { message, class: ErrorClass::Refused },
             status if status >= 500 => S3Failure::Other { message, class: ErrorClass::Unavailable },
             _ => S3Failure::Other { message, class: ErrorClass::Transient },
         },

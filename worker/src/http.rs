@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -13,12 +12,13 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::clamd::Clamd;
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub metrics: Arc<Metrics>,
-    pub consuming: Arc<AtomicBool>,
+    pub health: Arc<Health>,
     pub clamd: Clamd,
 }
 
@@ -30,11 +30,23 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Ready when a consumer is registered and clamd answers PING: a worker that cannot scan should
-/// not count as capacity.
+/// Ready when a consumer is registered, clamd answers PING and MinIO accepts the worker's key: a
+/// worker that cannot scan should not count as capacity. The body says what is wrong.
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if !state.consuming.load(Ordering::SeqCst) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not consuming from RabbitMQ\n".to_owned());
+    if !state.health.is_consuming() {
+        let why = match state.health.amqp_failure() {
+            Some(error) => format!("not consuming from RabbitMQ: {error}\n"),
+            None => "not consuming from RabbitMQ\n".to_owned(),
+        };
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
+    }
+    if let Some((held, error)) = state.health.refused() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "MinIO refuses the worker's credentials or permissions ({error}); {held} message(s) held until the access key or its policy is fixed\n"
+            ),
+        );
     }
     match state.clamd.ping(Duration::from_secs(2)).await {
         Ok(()) => (StatusCode::OK, "ready\n".to_owned()),

@@ -6,6 +6,7 @@ pub mod clamd;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod process;
@@ -15,7 +16,6 @@ pub mod verdict;
 pub mod webhook;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clamd::Clamd;
 use crate::config::Config;
 use crate::consumer::Consumer;
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::process::{Policy, Processor};
 use crate::scan::ScanLimits;
@@ -76,11 +77,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
             timeout: config.scan_timeout(),
         },
     };
-    let processor = Arc::new(Processor::new(s3, clamd.clone(), webhook, policy, Arc::clone(&metrics)));
-    let consuming = Arc::new(AtomicBool::new(false));
+    let health = Arc::new(Health::new());
+    let processor =
+        Arc::new(Processor::new(s3, clamd.clone(), webhook, policy, Arc::clone(&metrics), Arc::clone(&health)));
 
     let http_state =
-        http::HttpState { metrics: Arc::clone(&metrics), consuming: Arc::clone(&consuming), clamd: clamd.clone() };
+        http::HttpState { metrics: Arc::clone(&metrics), health: Arc::clone(&health), clamd: clamd.clone() };
     let http = http::serve(config.http_addr, http_state, shutdown.clone())
         .await
         .map_err(|source| StartError::Http { addr: config.http_addr, source })?;
@@ -103,7 +105,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         drain: Duration::from_secs(config.drain_seconds),
         processor,
         metrics,
-        consuming,
+        health,
     };
     consumer.run(shutdown.clone()).await;
     shutdown.cancel();

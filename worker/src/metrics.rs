@@ -35,6 +35,8 @@ pub struct Metrics {
     pub dead_lettered: Family<KindLabel, Counter>,
     pub tags_without_room: Counter,
     pub webhook_deliveries: Family<ReasonLabel, Counter>,
+    pub held: Family<ReasonLabel, Gauge>,
+    pub found_in_quarantine: Counter,
 }
 
 impl Metrics {
@@ -81,6 +83,18 @@ impl Metrics {
         );
         let webhook_deliveries = Family::<ReasonLabel, Counter>::default();
         registry.register("webhook_deliveries", "Webhook deliveries, by outcome", webhook_deliveries.clone());
+        let held = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "messages_held",
+            "Messages waiting in place, without spending their delivery budget, because a service is down or MinIO refuses the worker's key (clamd_unavailable, s3_unavailable, s3_refused)",
+            held.clone(),
+        );
+        let found_in_quarantine = Counter::default();
+        registry.register(
+            "found_in_quarantine",
+            "Redelivered events whose object had already been quarantined: reported from the quarantined copy, not as missing",
+            found_in_quarantine.clone(),
+        );
         Self {
             registry,
             scans,
@@ -93,6 +107,8 @@ impl Metrics {
             dead_lettered,
             tags_without_room,
             webhook_deliveries,
+            held,
+            found_in_quarantine,
         }
     }
 

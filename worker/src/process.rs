@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use crate::actions::{self, TagOutcome};
 use crate::clamd::Clamd;
 use crate::config::ActionKind;
-use crate::error::{ErrorClass, ProcessError};
-use crate::metrics::{Metrics, VerdictLabel};
+use crate::error::{ErrorClass, HOLD_S3_REFUSED, ProcessError};
+use crate::health::Health;
+use crate::metrics::{Metrics, ReasonLabel, VerdictLabel};
 use crate::scan::{ScanLimits, ScanOutcome, scan_object};
 use crate::tags::VerdictTags;
 use crate::verdict::Verdict;
@@ -56,6 +57,7 @@ pub struct Processor {
     webhook: Option<Webhook>,
     policy: Policy,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     /// clamd's VERSION answer (engine and signature database), refreshed in the background.
     engine: RwLock<Option<String>>,
     /// Attempts in place for transient failures before the message is handed back.
@@ -69,8 +71,9 @@ impl Processor {
         webhook: Option<Webhook>,
         policy: Policy,
         metrics: Arc<Metrics>,
+        health: Arc<Health>,
     ) -> Self {
-        Self { s3, clamd, webhook, policy, metrics, engine: RwLock::new(None), transient_attempts: 3 }
+        Self { s3, clamd, webhook, policy, metrics, health, engine: RwLock::new(None), transient_attempts: 3 }
     }
 
     pub fn clamd(&self) -> &Clamd {
@@ -101,7 +104,7 @@ impl Processor {
                 return match error.class() {
                     ErrorClass::Permanent => Disposition::DeadLetter { kind: error.kind(), reason: error.to_string() },
                     ErrorClass::Transient => Disposition::Requeue(error),
-                    ErrorClass::Unavailable => Disposition::Release(error),
+                    ErrorClass::Unavailable | ErrorClass::Refused => Disposition::Release(error),
                 };
             }
         }
@@ -130,6 +133,7 @@ impl Processor {
         let scan_time = started.elapsed();
         let scanned_at = OffsetDateTime::now_utc();
 
+        let mut found = None;
         let (verdict, label) = match &scanned {
             ScanOutcome::Scanned { verdict, size, bytes, .. } => {
                 event.size = *size;
@@ -137,14 +141,26 @@ impl Processor {
                 self.metrics.scan_duration.observe(scan_time.as_secs_f64());
                 (Some(verdict.clone()), verdict.label())
             }
-            ScanOutcome::Missing => (None, "missing"),
+            ScanOutcome::Missing => match self.find_in_quarantine(&event, shutdown).await? {
+                Some(copy) => {
+                    let label = copy.label;
+                    found = Some(copy);
+                    (None, label)
+                }
+                None => (None, "missing"),
+            },
             ScanOutcome::Superseded => {
                 self.metrics.ignored("superseded");
                 tracing::info!(bucket = %event.bucket, key = %event.key, "object was replaced before its scan; the new upload has its own event");
                 return Ok(());
             }
         };
-        self.metrics.scans.get_or_create(&VerdictLabel { verdict: label }).inc();
+        if found.is_some() {
+            // Counted as its verdict when it was scanned; this is the same object reported again.
+            self.metrics.found_in_quarantine.inc();
+        } else {
+            self.metrics.scans.get_or_create(&VerdictLabel { verdict: label }).inc();
+        }
         let event_to_verdict = event.event_time.map(|t| (scanned_at - t).max(time::Duration::ZERO));
         if let Some(elapsed) = event_to_verdict {
             self.metrics.event_to_verdict.observe(elapsed.as_seconds_f64());
@@ -173,6 +189,18 @@ impl Processor {
             Some(Verdict::Infected { signature }) => report.signature = Some(signature.clone()),
             Some(Verdict::Unscannable { reason }) => report.reason = Some(reason.to_string()),
             _ => {}
+        }
+        if let Some(copy) = found {
+            tracing::info!(bucket = %event.bucket, key = %event.key, quarantine_key = %copy.location.key, "object already quarantined by an earlier delivery; reporting its verdict again");
+            event.size = copy.size;
+            report.size = copy.size;
+            match copy.label {
+                "infected" => report.signature = copy.detail,
+                _ => report.reason = copy.detail,
+            }
+            report.action = "quarantined".into();
+            report.quarantine = Some(copy.location);
+            report.tagged = copy.tagged;
         }
         if let Some(verdict) = &verdict {
             let known_tag_count = match &scanned {
@@ -211,6 +239,68 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// The verdict of an object an earlier delivery of this event quarantined: its source is gone
+    /// (the quarantine deletes it), but the message was not acknowledged, because the webhook
+    /// failed or the worker died between the delete and the ack. Without this, the redelivery
+    /// would report `missing` and the `infected` report would never reach anyone.
+    async fn find_in_quarantine(
+        &self,
+        event: &ObjectEvent,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<FoundInQuarantine>, ProcessError> {
+        let quarantines = |label: &str| {
+            let action = match label {
+                "infected" => self.policy.on_infected,
+                "unscannable" => self.policy.on_unscannable,
+                _ => ActionKind::None,
+            };
+            action == ActionKind::Quarantine
+        };
+        let Some(bucket) = self.policy.quarantine_bucket.as_deref() else { return Ok(None) };
+        if !quarantines("infected") && !quarantines("unscannable") {
+            return Ok(None);
+        }
+        let prefix = &self.policy.tag_prefix;
+        let Some(copy) = self.retrying(shutdown, || actions::find_quarantined(&self.s3, event, bucket, prefix)).await?
+        else {
+            return Ok(None);
+        };
+        let (label, detail, tagged) = match copy.status.as_deref() {
+            Some("infected") => ("infected", copy.detail, true),
+            Some("unscannable") => ("unscannable", copy.detail, true),
+            // No verdict tag on the copy (tagging off, or no room beside the object's own
+            // tags): scan the copy itself, guarded by the event's ETag like any scan.
+            _ => {
+                let copy_event = ObjectEvent {
+                    bucket: bucket.to_owned(),
+                    key: copy.key.clone(),
+                    version_id: None,
+                    etag: event.etag.clone().filter(|etag| !etag.contains('-')),
+                    ..event.clone()
+                };
+                let scanned = self
+                    .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &copy_event, &self.policy.limits))
+                    .await?;
+                match scanned {
+                    ScanOutcome::Scanned { verdict, .. } => (verdict.label(), verdict.detail(), false),
+                    ScanOutcome::Missing | ScanOutcome::Superseded => return Ok(None),
+                }
+            }
+        };
+        // A copy the policy would not have made (a clean one, or one made under an older policy)
+        // says nothing about this event.
+        if !quarantines(label) {
+            return Ok(None);
+        }
+        Ok(Some(FoundInQuarantine {
+            label,
+            detail,
+            tagged,
+            size: copy.size,
+            location: QuarantineLocation { bucket: bucket.to_owned(), key: copy.key },
+        }))
     }
 
     /// Tags, then quarantines or deletes. Tagging comes first so a quarantined copy carries the
@@ -273,9 +363,10 @@ impl Processor {
         Ok(())
     }
 
-    /// Runs `step` until it succeeds or fails for good: while a service is unavailable it waits
-    /// (backing off up to 5 s) for as long as it takes, since the message is not to blame;
-    /// transient failures get a few attempts here before the message is handed back.
+    /// Runs `step` until it succeeds or fails for good: while a service is unavailable or MinIO
+    /// refuses the worker's key it waits (backing off up to 5 s) for as long as it takes, since
+    /// the message is not to blame; transient failures get a few attempts here before the
+    /// message is handed back.
     async fn retrying<T, F, Fut>(&self, shutdown: &CancellationToken, mut step: F) -> Result<T, ProcessError>
     where
         F: FnMut() -> Fut,
@@ -283,12 +374,14 @@ impl Processor {
     {
         let mut backoff = Duration::from_millis(200);
         let mut transient_failures = 0;
+        let mut hold = Hold { metrics: &self.metrics, health: &self.health, reason: None };
         loop {
             let error = match step().await {
                 Ok(value) => return Ok(value),
                 Err(error) => error,
             };
             self.metrics.error(error.kind());
+            hold.update(&error);
             match error.class() {
                 ErrorClass::Permanent => return Err(error),
                 ErrorClass::Transient => {
@@ -297,7 +390,7 @@ impl Processor {
                         return Err(error);
                     }
                 }
-                ErrorClass::Unavailable => {}
+                ErrorClass::Unavailable | ErrorClass::Refused => {}
             }
             tracing::warn!(error = %error, kind = error.kind(), retry_in_ms = millis(backoff), "step failed; retrying");
             tokio::select! {
@@ -306,6 +399,59 @@ impl Processor {
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// A report rebuilt from a copy an earlier delivery quarantined.
+struct FoundInQuarantine {
+    label: &'static str,
+    detail: Option<String>,
+    tagged: bool,
+    size: u64,
+    location: QuarantineLocation,
+}
+
+/// One step's wait on a service, reflected in `messages_held{reason}` and, for refused
+/// credentials, in `/readyz`, for exactly as long as the step waits (dropped when it ends).
+struct Hold<'a> {
+    metrics: &'a Metrics,
+    health: &'a Health,
+    reason: Option<&'static str>,
+}
+
+impl Hold<'_> {
+    fn update(&mut self, error: &ProcessError) {
+        let reason = error.hold_reason();
+        if reason == self.reason {
+            if reason == Some(HOLD_S3_REFUSED) {
+                self.health.refusal_repeated(error.to_string());
+            }
+            return;
+        }
+        self.end();
+        self.reason = reason;
+        let Some(reason) = reason else { return };
+        self.metrics.held.get_or_create(&ReasonLabel { reason }).inc();
+        if reason == HOLD_S3_REFUSED && self.health.refusal_began(error.to_string()) {
+            tracing::error!(
+                error = %error,
+                "MinIO refuses the worker's credentials or permissions; messages are held, not dead-lettered, until the access key or its policy is fixed"
+            );
+        }
+    }
+
+    fn end(&mut self) {
+        let Some(reason) = self.reason.take() else { return };
+        self.metrics.held.get_or_create(&ReasonLabel { reason }).dec();
+        if reason == HOLD_S3_REFUSED && self.health.refusal_ended() {
+            tracing::info!("MinIO no longer refuses the worker's credentials; held messages go on");
+        }
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 

@@ -56,6 +56,9 @@ use std::time::Duration;
 
 use bucket_av_pipeline::topology::header_text;
 use bucket_av_testing::{EICAR, unique_name};
+use common::clamd_proxy::{ClamdProxy, Fault, OUT_OF_MEMORY};
+use common::minio_users::MinioAdmin;
+use common::rabbitmq_users::RabbitUser;
 use common::{Scenario, VERDICT_TIMEOUT, clean_bytes, marked_bytes, webhook};
 use serde_json::{Value, json};
 
@@ -513,7 +516,15 @@ async fn a_duplicate_delivery_gives_one_verdict_and_loses_nothing() {
             .collect::<Vec<_>>()
     };
     assert_eq!(verdicts("twice.txt"), ["clean", "clean"]);
-    assert_eq!(verdicts("twice.com"), ["infected", "missing"]);
+    // The repeat finds the source gone because it is in quarantine, and says so again.
+    assert_eq!(verdicts("twice.com"), ["infected", "infected"]);
+    let actions: Vec<_> = hooks
+        .received()
+        .iter()
+        .filter(|hook| hook.json["key"] == "twice.com")
+        .map(|hook| hook.json["action"].clone())
+        .collect();
+    assert_eq!(actions, ["quarantined", "quarantined"]);
     nothing_left(&scenario).await;
     scenario.finish().await;
 }
@@ -665,6 +676,273 @@ async fn events_that_disagree_with_the_stored_object_get_its_true_verdict() {
     wait_until_settled(&scenario).await;
     still_scanning(&scenario).await;
     assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"missing\"}").await, 2.0);
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn revoked_minio_credentials_hold_uploads_until_restored_then_every_one_gets_its_verdict() {
+    let scenario = Scenario::prepare("revoked", false, &["--concurrency", "2"]).await;
+    let stack = scenario.stack.clone();
+    let admin = MinioAdmin::new(&stack);
+    let user = unique_name("bavs-revoked");
+    let secret = format!("{}-secret", unique_name("s"));
+    admin.add_readwrite_user(&user, &secret).await;
+    let scenario = scenario.with_worker_as(Some((&user, &secret)), None).await;
+    let bucket = scenario.bucket.clone();
+    stack.put(&bucket, "before.txt", clean_bytes(100)).await;
+    assert_eq!(stack.wait_for_verdict(&bucket, "before.txt", None, VERDICT_TIMEOUT).await["av-status"], "clean");
+
+    // Disabled: MinIO answers every request of the key with 403 InvalidAccessKeyId.
+    admin.set_user_enabled(&user, false).await;
+    let failures_before = scenario.worker().metric("bucket_av_worker_errors_total{kind=\"get_object\"}").await;
+    stack.put(&bucket, "while-disabled.com", EICAR).await;
+    stack.put(&bucket, "while-disabled.txt", clean_bytes(200)).await;
+    stack.put(&bucket, "while-disabled-2.com", EICAR).await;
+    // More failed attempts than the three deliveries of three attempts a message may spend on
+    // its own failures: had they counted, the messages would be dead-lettered by now.
+    scenario
+        .wait_for_metric(
+            "bucket_av_worker_errors_total{kind=\"get_object\"}",
+            failures_before + 10.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    let why = scenario.wait_for_readyz(503, VERDICT_TIMEOUT).await;
+    assert!(why.contains("MinIO refuses the worker's credentials"), "{why}");
+    assert!(why.contains("InvalidAccessKeyId"), "{why}");
+    assert!(scenario.worker().metric("bucket_av_worker_messages_held{reason=\"s3_refused\"}").await >= 1.0);
+    assert_eq!(scenario.queue_depths().await.1, 0, "a message was dead-lettered for the worker's revoked key");
+    for key in ["while-disabled.com", "while-disabled.txt", "while-disabled-2.com"] {
+        assert!(stack.tags(&bucket, key, None).await.unwrap().is_empty(), "{key} has a verdict without a scan");
+    }
+
+    // Re-enabled: every held upload gets its verdict, and the worker is ready again.
+    admin.set_user_enabled(&user, true).await;
+    for (key, status) in
+        [("while-disabled.com", "infected"), ("while-disabled.txt", "clean"), ("while-disabled-2.com", "infected")]
+    {
+        assert_eq!(stack.wait_for_verdict(&bucket, key, None, VERDICT_TIMEOUT).await["av-status"], status, "{key}");
+    }
+    scenario.wait_for_readyz(200, VERDICT_TIMEOUT).await;
+    assert_eq!(scenario.worker().metric("bucket_av_worker_messages_held{reason=\"s3_refused\"}").await, 0.0);
+
+    // The key deleted outright, then created again with the same secret: the same hold.
+    admin.remove_user(&user).await;
+    let failures_before = scenario.worker().metric("bucket_av_worker_errors_total{kind=\"get_object\"}").await;
+    stack.put(&bucket, "while-removed.com", EICAR).await;
+    scenario
+        .wait_for_metric(
+            "bucket_av_worker_errors_total{kind=\"get_object\"}",
+            failures_before + 4.0,
+            Duration::from_secs(60),
+        )
+        .await;
+    let why = scenario.wait_for_readyz(503, VERDICT_TIMEOUT).await;
+    assert!(why.contains("MinIO refuses the worker's credentials"), "{why}");
+    admin.add_readwrite_user(&user, &secret).await;
+    assert_eq!(
+        stack.wait_for_verdict(&bucket, "while-removed.com", None, VERDICT_TIMEOUT).await["av-status"],
+        "infected"
+    );
+    scenario.wait_for_readyz(200, VERDICT_TIMEOUT).await;
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+    admin.remove_user(&user).await;
+}
+
+#[tokio::test]
+async fn a_changed_rabbitmq_password_fails_the_reconnect_clearly_and_recovers_when_restored() {
+    let scenario = Scenario::prepare("amqpauth", false, &[]).await;
+    let stack = scenario.stack.clone();
+    let name = unique_name("bavs-amqp");
+    let password = unique_name("pw");
+    let rabbit = RabbitUser::create(&stack, &name, &password).await;
+    let url = rabbit.amqp_url(&stack, &password);
+    let scenario = scenario.with_worker_as(None, Some(&url)).await;
+    let bucket = scenario.bucket.clone();
+
+    rabbit.set_password(&unique_name("changed")).await;
+    let failures_before = scenario.worker().metric("bucket_av_worker_errors_total{kind=\"amqp\"}").await;
+    // The management API lists a connection only once its statistics have been emitted.
+    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
+    while rabbit.close_connections().await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the worker had no connection as {name}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Events keep arriving in the queue while the worker cannot log in.
+    stack.put(&bucket, "while-refused.com", EICAR).await;
+    scenario
+        .wait_for_metric("bucket_av_worker_errors_total{kind=\"amqp\"}", failures_before + 2.0, Duration::from_secs(60))
+        .await;
+    let why = scenario.wait_for_readyz(503, VERDICT_TIMEOUT).await;
+    assert!(why.starts_with("not consuming from RabbitMQ: "), "{why}");
+    assert!(why.to_lowercase().contains("access_refused") || why.contains("403"), "{why}");
+    assert!(stack.tags(&bucket, "while-refused.com", None).await.unwrap().is_empty());
+
+    rabbit.set_password(&password).await;
+    assert_eq!(
+        stack.wait_for_verdict(&bucket, "while-refused.com", None, VERDICT_TIMEOUT).await["av-status"],
+        "infected"
+    );
+    scenario.wait_for_readyz(200, VERDICT_TIMEOUT).await;
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+    rabbit.delete().await;
+}
+
+#[tokio::test]
+async fn clamd_error_replies_are_retried_until_clamd_recovers_and_dead_lettered_if_they_persist() {
+    let stack = bucket_av_testing::Stack::load();
+    let proxy = ClamdProxy::start(stack.var("BAVS_CLAMD_TCP")).await;
+    let scenario = Scenario::start("clamderr", false, &["--clamd", &proxy.addr, "--concurrency", "1"]).await;
+    let bucket = scenario.bucket.clone();
+
+    // Four ERROR replies: the three attempts of the first delivery and the first of the
+    // second. clamd recovers and the object gets its verdict on that second delivery.
+    let out_of_memory = Fault::Reply(OUT_OF_MEMORY.into());
+    proxy.next(&[out_of_memory.clone(), out_of_memory.clone(), out_of_memory.clone(), out_of_memory.clone()]);
+    stack.put(&bucket, "recovers.com", EICAR).await;
+    assert_eq!(stack.wait_for_verdict(&bucket, "recovers.com", None, VERDICT_TIMEOUT).await["av-status"], "infected");
+    assert_eq!(proxy.instreams(), (5, 4));
+    assert_eq!(scenario.worker().metric("bucket_av_worker_errors_total{kind=\"clamd_reply\"}").await, 4.0);
+    assert_eq!(scenario.queue_depths().await.1, 0);
+
+    // An ERROR that persists: clamd judged nothing, so the object gets no verdict (it is not
+    // unscannable, and no on-unscannable action may delete it); once the delivery budget is
+    // spent, the message is dead-lettered with clamd's words, to replay once clamd is fixed.
+    proxy.always(Some(out_of_memory));
+    stack.put(&bucket, "persists.com", EICAR).await;
+    let dead = dead_letters(&scenario, 1, Duration::from_secs(60)).await;
+    let (body, reason, kind) = &dead[0];
+    assert_eq!(kind, "clamd_reply", "{reason}");
+    assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
+    assert!(reason.contains(OUT_OF_MEMORY), "{reason}");
+    assert!(String::from_utf8_lossy(body).contains("persists.com"));
+    assert!(stack.tags(&bucket, "persists.com", None).await.unwrap().is_empty());
+    assert!(stack.object_exists(&bucket, "persists.com").await);
+    // clamd still answers PING through the proxy: an ERROR reply is no reason to stop taking work.
+    assert_eq!(scenario.readyz().await.0, 200);
+    proxy.always(None);
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_clamd_connection_cut_mid_stream_is_retried_without_spending_the_delivery_budget() {
+    let stack = bucket_av_testing::Stack::load();
+    let proxy = ClamdProxy::start(stack.var("BAVS_CLAMD_TCP")).await;
+    let scenario =
+        Scenario::start("clamdcut", false, &["--clamd", &proxy.addr, "--concurrency", "1", "--chunk-bytes", "4096"])
+            .await;
+    let bucket = scenario.bucket.clone();
+    // Cut after 10 KiB of a 256 KiB stream, five times in a row: more than the three attempts a
+    // delivery has for the message's own failures, so only a hold gets it through.
+    proxy.next(&vec![Fault::CutAfter(10 * 1024); 5]);
+    stack.put(&bucket, "cut.bin", marked_bytes(256 * 1024)).await;
+    assert_eq!(stack.wait_for_verdict(&bucket, "cut.bin", None, VERDICT_TIMEOUT).await["av-status"], "infected");
+    assert_eq!(proxy.instreams(), (6, 5));
+    assert_eq!(scenario.worker().metric("bucket_av_worker_errors_total{kind=\"clamd\"}").await, 5.0);
+    assert_eq!(scenario.worker().metric("bucket_av_worker_messages_held{reason=\"clamd_unavailable\"}").await, 0.0);
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+/// A worker with a quarantine policy and a webhook, for the redelivery cases.
+async fn quarantine_scenario(name: &str, hook_url: &str) -> (Scenario, String) {
+    let stack = bucket_av_testing::Stack::load();
+    let quarantine = stack.bucket(&format!("{name}q"), false).await;
+    let args = [
+        "--on-infected",
+        "quarantine",
+        "--quarantine-bucket",
+        &quarantine,
+        "--webhook-url",
+        hook_url,
+        "--webhook-attempts",
+        "2",
+        "--concurrency",
+        "1",
+    ];
+    (Scenario::start(name, false, &args).await, quarantine)
+}
+
+/// The reports for `key`, and that the object is in quarantine only, byte for byte.
+async fn reported_and_quarantined(
+    scenario: &Scenario,
+    hooks: &bucket_av_testing::WebhookReceiver,
+    quarantine: &str,
+    key: &str,
+) -> Vec<Value> {
+    let stack = &scenario.stack;
+    let reports: Vec<Value> =
+        hooks.received().into_iter().filter(|hook| hook.json["key"] == key).map(|hook| hook.json).collect();
+    let quarantined_key = format!("{}/{key}", scenario.bucket);
+    assert!(!stack.object_exists(&scenario.bucket, key).await, "{key} is still in the scanned bucket");
+    let copy = stack.s3().get_object().bucket(quarantine).key(&quarantined_key).send().await.expect("quarantined copy");
+    assert_eq!(copy.body.collect().await.unwrap().into_bytes().as_ref(), EICAR);
+    reports
+}
+
+#[tokio::test]
+async fn a_redelivered_quarantine_still_reports_infected_after_the_webhook_failed() {
+    let hooks = webhook().await;
+    let (scenario, quarantine) = quarantine_scenario("requar", &hooks.url()).await;
+    // The first delivery quarantines (copy, then delete) and its two webhook attempts fail, so
+    // the message goes back: its redelivery finds the source gone.
+    hooks.respond_with(&[500, 500]);
+    scenario.stack.put(&scenario.bucket, "redelivered.com", EICAR).await;
+    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
+    while hooks.received().iter().filter(|hook| hook.json["key"] == "redelivered.com").count() < 3 {
+        assert!(std::time::Instant::now() < deadline, "the redelivery sent no report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until_settled(&scenario).await;
+    let reports = reported_and_quarantined(&scenario, &hooks, &quarantine, "redelivered.com").await;
+    assert_eq!(reports.len(), 3, "{reports:?}");
+    for report in &reports {
+        assert_eq!(report["verdict"], "infected", "{report}");
+        assert_eq!(report["action"], "quarantined", "{report}");
+        assert_eq!(report["signature"], "Eicar-Test-Signature.UNOFFICIAL", "{report}");
+        assert_eq!(report["quarantine"]["key"], format!("{}/redelivered.com", scenario.bucket), "{report}");
+        assert_eq!(report["size"], EICAR.len(), "{report}");
+    }
+    let worker = scenario.worker();
+    assert_eq!(worker.metric("bucket_av_worker_found_in_quarantine_total").await, 1.0);
+    assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"missing\"}").await, 0.0);
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_between_the_quarantine_delete_and_the_ack_reports_infected_on_redelivery() {
+    let hooks = webhook().await;
+    let (mut scenario, quarantine) = quarantine_scenario("killquar", &hooks.url()).await;
+    // The webhook holds its answer: once its request arrives, the object has been copied and
+    // deleted and the message is not yet acknowledged. That is when the worker dies.
+    hooks.delay(Duration::from_secs(600));
+    scenario.stack.put(&scenario.bucket, "killed.com", EICAR).await;
+    let first = hooks.wait_for_key("killed.com", VERDICT_TIMEOUT).await;
+    assert_eq!(first.json["action"], "quarantined");
+    scenario.kill_worker().await;
+    hooks.delay(Duration::ZERO);
+    let scenario = scenario.with_worker().await;
+    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
+    while hooks.received().iter().filter(|hook| hook.json["key"] == "killed.com").count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the redelivery sent no report");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_until_settled(&scenario).await;
+    let reports = reported_and_quarantined(&scenario, &hooks, &quarantine, "killed.com").await;
+    let last = reports.last().unwrap();
+    assert_eq!(last["verdict"], "infected", "{last}");
+    assert_eq!(last["action"], "quarantined", "{last}");
+    assert_eq!(last["signature"], "Eicar-Test-Signature.UNOFFICIAL", "{last}");
+    assert_eq!(scenario.worker().metric("bucket_av_worker_found_in_quarantine_total").await, 1.0);
     nothing_left(&scenario).await;
     scenario.finish().await;
 }

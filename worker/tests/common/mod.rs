@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod clamd_proxy;
+pub mod minio_users;
+pub mod rabbitmq_users;
+
 use std::time::Duration;
 
 use bucket_av_testing::{Stack, WebhookReceiver, WorkerProcess, unique_name};
@@ -45,6 +49,73 @@ impl Scenario {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         self.worker = Some(WorkerProcess::start(WORKER, &self.stack, &self.queue, &args).await);
         self
+    }
+
+    /// Starts the worker with other credentials than the stack's: `s3` as (access key, secret
+    /// key), `amqp_url` in place of the stack's URL. Everything else as [`Scenario::with_worker`].
+    pub async fn with_worker_as(mut self, s3: Option<(&str, &str)>, amqp_url: Option<&str>) -> Self {
+        let http = format!("127.0.0.1:{}", bucket_av_testing::process::free_port());
+        let stack = &self.stack;
+        let (access_key, secret_key) = s3.unwrap_or((stack.var("BAVS_S3_ACCESS_KEY"), stack.var("BAVS_S3_SECRET_KEY")));
+        let mut command = tokio::process::Command::new(WORKER);
+        command
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()))
+            .env("BAVS_AMQP_URL", amqp_url.unwrap_or(stack.var("BAVS_AMQP_URL")))
+            .env("BAVS_S3_ENDPOINT", stack.var("BAVS_S3_ENDPOINT"))
+            .env("BAVS_S3_REGION", stack.var("BAVS_S3_REGION"))
+            .env("BAVS_S3_ACCESS_KEY", access_key)
+            .env("BAVS_S3_SECRET_KEY", secret_key)
+            .env("BAVS_EXCHANGE", stack.var("BAVS_EXCHANGE"))
+            .env("BAVS_EXCHANGE_TYPE", stack.var("BAVS_EXCHANGE_TYPE"))
+            .env("BAVS_ROUTING_KEY", stack.var("BAVS_ROUTING_KEY"))
+            .env("BAVS_CLAMD", stack.var("BAVS_CLAMD_TCP"))
+            .env("BAVS_QUEUE", &self.queue)
+            .env("BAVS_HTTP_ADDR", &http)
+            .args(&self.args);
+        self.worker = Some(WorkerProcess::from_command(command, http, &self.queue).await);
+        self
+    }
+
+    /// SIGKILLs the worker, as on an OOM kill or node loss; its unacknowledged messages go back.
+    pub async fn kill_worker(&mut self) {
+        self.worker.take().expect("worker started").kill().await;
+    }
+
+    /// `/readyz` of the worker: status and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}/readyz", self.worker().http)).await.expect("worker /readyz");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
+    /// Waits until `/readyz` answers `status`, and returns its body.
+    pub async fn wait_for_readyz(&self, status: u16, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let (answered, body) = self.readyz().await;
+            if answered == status {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still answers {answered} ({body}) after {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the worker's metric `sample` reaches `at_least`.
+    pub async fn wait_for_metric(&self, sample: &str, at_least: f64, timeout: Duration) -> f64 {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let value = self.worker().metric(sample).await;
+            if value >= at_least {
+                return value;
+            }
+            assert!(std::time::Instant::now() < deadline, "{sample} is {value}, not {at_least}, after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub fn worker(&self) -> &WorkerProcess {
