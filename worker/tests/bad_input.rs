@@ -25,7 +25,7 @@
 //! | 16 | MinIO's own `PutTagging` events (a bucket subscribed to `ObjectCreated:*`) | ignored, no second scan | scanning.rs |
 //! | 17 | one message with two records | both scanned | bad_input.rs |
 //! | 18 | a duplicate delivery of a clean object's event | same verdict, object intact | bad_input.rs |
-//! | 19 | a duplicate delivery of an infected object's event, policy quarantine | one quarantined copy with its tags, then `missing`; nothing dead-lettered | bad_input.rs |
+//! | 19 | a duplicate delivery of an infected object's event, policy quarantine | one quarantined copy with its tags, reported `infected`/`quarantined` twice; nothing dead-lettered | bad_input.rs |
 //! | 20 | keys with spaces, `+`, `%`, unicode, deep paths, quotes, `&=?#`, a trailing dot | verdict under the real name | scanning.rs |
 //! | 21 | a 1024-byte key (S3's maximum), with emoji | verdict | bad_input.rs |
 //! | 22 | emoji, literal `%2F` and `+%2B+` in keys | verdict under the real name | bad_input.rs |
@@ -48,6 +48,19 @@
 //! | 39 | a webhook answering 5xx | retried, dead-lettered after the delivery limit with the reason | scanning.rs |
 //! | 40 | a webhook answering 4xx | dead-lettered at once with the reason | scanning.rs |
 //! | 41 | clamd stopped mid-run | messages wait, nothing lost | clamd_outage.rs |
+//! | 42 | the worker's MinIO user disabled mid-run (403 `InvalidAccessKeyId`) | held, never dead-lettered; `/readyz` 503 naming the refusal, `messages_held{reason="s3_refused"}`; every held upload gets its verdict once re-enabled (a bug: dead-lettered after the delivery limit, fixed) | bad_input.rs |
+//! | 43 | the worker's MinIO user removed mid-run, then created again | same as 42 | bad_input.rs |
+//! | 44 | the worker's RabbitMQ password changed and its connection closed | reconnects fail, `/readyz` 503 `not consuming from RabbitMQ: <broker error>`, `errors_total{kind="amqp"}`; consumes again once restored | bad_input.rs |
+//! | 45 | clamd answering `stream: Can't allocate memory ERROR` for a while | retried in place and on redelivery; the verdict once clamd answers | bad_input.rs |
+//! | 46 | clamd answering `ERROR` for good | dead-lettered after the delivery limit with clamd's words (`clamd_reply`); object untagged, not `unscannable`; worker stays ready | bad_input.rs |
+//! | 47 | the connection to clamd cut mid-stream, five times | held and retried without spending the delivery budget; verdict | bad_input.rs |
+//! | 48 | a quarantine whose webhook failed past its attempts, redelivered | `infected`/`quarantined` with the signature, from the quarantined copy (a bug: reported `missing`, fixed) | bad_input.rs |
+//! | 49 | the worker SIGKILLed between the quarantine's delete and the ack | `infected`/`quarantined` on redelivery | bad_input.rs |
+//!
+//! Credentials are revoked on users of their own (MinIO and RabbitMQ), and clamd faults go
+//! through a proxy in front of the shared clamd (`common/clamd_proxy.rs`), so the suites running
+//! beside this one never see them. Case 49 is deterministic: the webhook holds its answer, and
+//! its request arriving means the copy and the delete are done and the ack is not.
 
 mod common;
 
