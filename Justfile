@@ -98,3 +98,12 @@ soak *flags:
     @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
     @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/soak {{ flags }}
     @echo "The stack and the control plane keep running; stop them with: just stack-down cluster-down"
+
+# Flags (defaults): --uploads 10000 --rate 25 --rounds 3 --outage 8s --workers 2; see BENCHMARKS.md
+# Uploads while every part fails in turn (webhook, clamd, RabbitMQ, MinIO, a worker, the operator); checks every verdict
+faults *flags:
+    @bash testing/stack/stack-up.sh
+    @bash testing/cluster/cluster-up.sh
+    @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
+    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/faults {{ flags }}
+    @echo "The stack and the control plane keep running; stop them with: just stack-down cluster-down"

@@ -32,3 +32,7 @@ step "Suites that restart the stack's MinIO, on their own: the admin API, manage
 # --workspace keeps the feature set of the build above: with -p, cargo would rebuild half the
 # dependency tree for a narrower one.
 BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked --test restart --test managed_target -- --ignored --test-threads 1
+
+step "Fault injection: 2000 uploads while every part of the system fails in turn (its report is printed)"
+WORKER_LOG=${WORKER_LOG:-warn} OPERATOR_LOG=${OPERATOR_LOG:-warn} \
+    cargo test --workspace --locked --test fault_injection -- --ignored --nocapture

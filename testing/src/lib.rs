@@ -3,7 +3,10 @@
 //! fails loudly when the stack is not there; nothing here skips or fakes a service.
 
 pub mod chart;
+pub mod cli;
 pub mod cluster;
+pub mod fault_injection;
+pub mod load;
 pub mod local_system;
 pub mod operator;
 pub mod pod_spec;

@@ -138,3 +138,65 @@ pub async fn start_workers(
     }
     (workers, queue)
 }
+
+/// The policy the load runs (`just soak`, the fault-injection suite) apply.
+pub const LOAD_POLICY: &str = "uploads";
+/// The Helm release they install.
+pub const LOAD_RELEASE: &str = "bucket-av";
+
+/// The whole system set up as `just demo` sets it up, for runs that put load on it: the chart and
+/// its operator in a namespace of their own, a bucket and a quarantine bucket, the example policy
+/// (onInfected: Quarantine, every verdict reported to a local webhook) with a fixed worker count,
+/// and that many workers started from the policy's Deployment.
+pub struct LoadedSystem {
+    pub namespace: String,
+    pub bucket: String,
+    pub quarantine: String,
+    pub hooks: crate::WebhookReceiver,
+    pub operator: crate::chart::ChartOperator,
+    pub workers: Vec<WorkerProcess>,
+    pub queue: String,
+}
+
+impl LoadedSystem {
+    /// Sets everything up under names starting with `prefix`, with `workers` worker processes.
+    pub async fn start(stack: &Stack, helm: &Helm, prefix: &str, workers: usize) -> Self {
+        let cluster = &helm.cluster;
+        let namespace = crate::unique_name(&format!("bucket-av-{prefix}"));
+        println!("\n==> Installing the Helm chart and starting its operator (as `just demo` does)");
+        install_chart(helm, LOAD_RELEASE, &namespace);
+        let s3 = stack.s3();
+        let bucket = crate::unique_name(&format!("{prefix}-uploads"));
+        let quarantine = crate::unique_name(&format!("{prefix}-quarantine"));
+        for name in [&bucket, &quarantine] {
+            s3.create_bucket().bucket(name).send().await.expect("create bucket");
+        }
+        let hooks = crate::WebhookReceiver::start().await;
+        create_policy_secrets(stack, cluster, &namespace);
+        let operator = crate::chart::ChartOperator::start(cluster, &namespace, LOAD_RELEASE).await;
+        println!("  operator pid {}, namespace {namespace}", operator.process.pid());
+
+        println!("\n==> Applying the policy (onInfected: Quarantine) and starting the workers from its Deployment");
+        let mut policy = example_policy(stack, &namespace, LOAD_POLICY, &bucket, &quarantine, &hooks.url());
+        policy["spec"]["workers"]["minReplicas"] = json!(workers);
+        policy["spec"]["workers"]["maxReplicas"] = json!(workers);
+        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&serde_json::to_string(&policy).unwrap()));
+        wait_ready(cluster, &namespace, LOAD_POLICY).await;
+        let (workers, queue) = start_workers(cluster, &namespace, LOAD_POLICY, workers).await;
+        Self { namespace, bucket, quarantine, hooks, operator, workers, queue }
+    }
+
+    /// Drains the workers, deletes the policy (its queues go: deletionPolicy Delete), stops the
+    /// operator and uninstalls the chart.
+    pub async fn stop(self, helm: &Helm) {
+        println!("\n==> Deleting the policy and uninstalling the chart");
+        let cluster = &helm.cluster;
+        for worker in self.workers {
+            worker.terminate(Duration::from_secs(60)).await;
+        }
+        cluster.kubectl_ok(&["delete", "bsp", LOAD_POLICY, "-n", &self.namespace, "--timeout=60s"], None);
+        self.operator.stop().await;
+        helm.ok(&["uninstall", LOAD_RELEASE, "--namespace", &self.namespace, "--wait", "--timeout", "60s"]);
+        cluster.kubectl_ok(&["delete", "namespace", &self.namespace, "--wait=false"], None);
+    }
+}

@@ -80,6 +80,11 @@ impl ServiceProcess {
         started.elapsed()
     }
 
+    /// Sends SIGKILL without waiting (the handle reaps the process when dropped or awaited).
+    pub fn kill_now(&self) {
+        signal(self.pid(), "-KILL");
+    }
+
     /// SIGKILL: the process dies mid-work, as on an OOM kill or node loss.
     pub async fn kill(mut self) {
         self.child.kill().await.unwrap_or_else(|error| panic!("kill {}: {error}", self.name));

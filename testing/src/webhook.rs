@@ -19,6 +19,8 @@ pub struct ReceivedWebhook {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub json: serde_json::Value,
+    /// The status the receiver answered with (a scripted failure, or 200).
+    pub status: u16,
 }
 
 impl ReceivedWebhook {
@@ -48,6 +50,8 @@ struct Inner {
     received: Vec<ReceivedWebhook>,
     /// Status codes to answer with, in order; 200 once they run out.
     script: VecDeque<u16>,
+    /// Answer every delivery with this status (after the script) until cleared.
+    fail_with: Option<u16>,
     delay: Duration,
 }
 
@@ -81,6 +85,13 @@ impl WebhookReceiver {
         self.respond_with(&vec![status; count]);
     }
 
+    /// Answers every delivery with `status` until called with `None`: an outage of the
+    /// receiver, however many deliveries it sees.
+    pub fn fail_with(&self, status: Option<u16>) {
+        self.inner.lock().unwrap().fail_with = status;
+    }
+
+    /// Holds every answer for `delay` (a slow receiver).
     pub fn delay(&self, delay: Duration) {
         self.inner.lock().unwrap().delay = delay;
     }
@@ -106,8 +117,9 @@ async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, bod
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let (status, delay) = {
         let mut inner = inner.lock().unwrap();
-        inner.received.push(ReceivedWebhook { headers, body, json });
-        (inner.script.pop_front().unwrap_or(200), inner.delay)
+        let status = inner.script.pop_front().unwrap_or(inner.fail_with.unwrap_or(200));
+        inner.received.push(ReceivedWebhook { headers, body, json, status });
+        (status, inner.delay)
     };
     tokio::time::sleep(delay).await;
     StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

@@ -158,6 +158,13 @@ cat >"$MINIO_ENV_FILE" <<EOF
 MINIO_ROOT_USER=$BAVS_S3_ACCESS_KEY
 MINIO_ROOT_PASSWORD=$BAVS_S3_SECRET_KEY
 MINIO_UPDATE=off
+# Store each event (in the target's queue_dir) before the upload is answered. MinIO's default
+# hands events to an in-memory queue after answering: they are lost when MinIO stops, and
+# dropped when that queue is full. The fault-injection suite lost uploads this way.
+MINIO_API_SYNC_EVENTS=on
+# Serve S3 only once the buckets' notification rules and targets are loaded. MinIO's default
+# answers uploads while it still loads them after a restart, and those uploads raise no event.
+MINIO_SYNC_BOOT=on
 MINIO_NOTIFY_AMQP_ENABLE_$id=on
 MINIO_NOTIFY_AMQP_URL_$id=amqp://$BAVS_RABBITMQ_USER:$BAVS_RABBITMQ_PASSWORD@127.0.0.1:$BAVS_RABBITMQ_PORT/
 MINIO_NOTIFY_AMQP_EXCHANGE_$id=$BAVS_EXCHANGE

@@ -1,0 +1,439 @@
+//! The fault-injection run: a stream of uploads (some infected) through the whole system while
+//! every part of it fails in turn, then a check that nothing was lost or mis-scanned.
+//!
+//! The system is set up as `just demo` sets it up (chart, operator, a policy that quarantines and
+//! reports every verdict, workers started from the operator's Deployment). While the uploads go
+//! on, each round injects, one after the other: the webhook failing (503), the webhook slow,
+//! clamd stopped, RabbitMQ restarted, a worker SIGKILLed with scans in flight (a new one started
+//! in its place), MinIO restarted (events it stored in its queue_dir while RabbitMQ or itself was
+//! away must still arrive), and the operator SIGKILLed right after a spec change, mid-reconcile.
+//!
+//! Afterwards every object must have its verdict: clean ones tagged clean in the bucket, infected
+//! ones gone from it and in quarantine byte for byte, every verdict reported to the webhook with
+//! the right outcome, nothing dead-lettered, the policy Ready with the spec change applied and
+//! exactly its own notification entry on the bucket. A failed PUT (during MinIO's restart) counts
+//! only when MinIO stored the object anyway; then it is checked like the rest.
+//!
+//! It restarts the stack's services: run it on its own (`just test` runs it after the parallel
+//! suites; `just faults` runs a longer one).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::Stack;
+use crate::chart::{ChartOperator, Helm};
+use crate::load::{self, UploadCounters, UploadPlan};
+use crate::local_system::{self, LOAD_POLICY, LoadedSystem, WEBHOOK_SECRET};
+
+/// What to run: the upload stream and how the faults are spread over it.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    pub uploads: u64,
+    /// Uploads per second.
+    pub rate: f64,
+    pub infected_every: u64,
+    pub workers: usize,
+    /// Object sizes, inclusive.
+    pub size: (usize, usize),
+    pub uploaders: usize,
+    /// How many times the whole sequence of faults is injected over the stream.
+    pub rounds: u32,
+    /// How long clamd stays stopped, the webhook fails, and the webhook stays slow.
+    pub outage: Duration,
+    /// How long the slow webhook takes to answer (below the worker's 10 s timeout).
+    pub webhook_delay: Duration,
+}
+
+impl Default for FaultPlan {
+    fn default() -> Self {
+        Self {
+            uploads: 2000,
+            rate: 25.0,
+            infected_every: 10,
+            workers: 2,
+            size: (1024, 32 * 1024),
+            uploaders: 8,
+            rounds: 1,
+            outage: Duration::from_secs(8),
+            webhook_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The faults of one round, in the order they are injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    WebhookFailing,
+    WebhookSlow,
+    ClamdStopped,
+    RabbitMqRestarted,
+    WorkerKilled,
+    MinioRestarted,
+    OperatorKilled,
+}
+
+impl Fault {
+    pub const ROUND: [Fault; 7] = [
+        Fault::WebhookFailing,
+        Fault::WebhookSlow,
+        Fault::ClamdStopped,
+        Fault::RabbitMqRestarted,
+        Fault::WorkerKilled,
+        Fault::MinioRestarted,
+        Fault::OperatorKilled,
+    ];
+}
+
+/// One injected fault, as it happened.
+#[derive(Debug, Clone)]
+pub struct Injected {
+    pub fault: Fault,
+    /// Seconds since the first upload.
+    pub at: f64,
+    /// Uploads attempted when it started.
+    pub after_uploads: u64,
+    pub detail: String,
+}
+
+/// What the run found. `problems` empty means it passed.
+#[derive(Debug, Default)]
+pub struct FaultReport {
+    pub attempted: u64,
+    pub confirmed: u64,
+    pub failed_puts: u64,
+    pub checked: u64,
+    pub clean: u64,
+    pub infected: u64,
+    pub stored_despite_failed_put: u64,
+    pub webhook_deliveries: usize,
+    pub webhook_refused: usize,
+    pub reported_more_than_once: usize,
+    pub dead_lettered: Option<u32>,
+    pub injected: Vec<Injected>,
+    pub duration: Duration,
+    pub problems: Vec<String>,
+}
+
+impl FaultReport {
+    pub fn print(&self) {
+        println!("\n==> Fault-injection report ({:.0} s)", self.duration.as_secs_f64());
+        for injected in &self.injected {
+            println!(
+                "  [{:>6.1} s, after {:>5} uploads] {:?}: {}",
+                injected.at, injected.after_uploads, injected.fault, injected.detail
+            );
+        }
+        println!(
+            "  uploads: {} attempted, {} confirmed by MinIO, {} PUTs failed ({} of those stored anyway)",
+            self.attempted, self.confirmed, self.failed_puts, self.stored_despite_failed_put
+        );
+        println!(
+            "  objects checked: {} ({} clean, {} infected and quarantined)",
+            self.checked, self.clean, self.infected
+        );
+        println!(
+            "  webhook: {} deliveries, {} refused on purpose, {} objects reported more than once (redeliveries)",
+            self.webhook_deliveries, self.webhook_refused, self.reported_more_than_once
+        );
+        println!("  dead-lettered: {}", self.dead_lettered.map_or("unknown".into(), |d| d.to_string()));
+        if self.problems.is_empty() {
+            println!("  no object lost, none mis-scanned, every verdict reported");
+        } else {
+            println!("  {} PROBLEMS:", self.problems.len());
+            for problem in self.problems.iter().take(40) {
+                println!("    {problem}");
+            }
+        }
+    }
+}
+
+/// How long the queue may take to settle after the last upload.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Runs the plan against the stack and control plane; the caller decides what a problem means.
+pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
+    assert!(plan.rate > 0.0 && plan.workers > 0 && plan.rounds > 0, "rate, workers and rounds must be above 0");
+    let mut system = LoadedSystem::start(stack, helm, "faults", plan.workers).await;
+    let uploads_plan = UploadPlan {
+        count: plan.uploads,
+        rate: plan.rate,
+        infected_every: plan.infected_every,
+        size: plan.size,
+        key_prefix: "faults".into(),
+    };
+    println!(
+        "\n==> Uploading {} objects at {}/s ({} infected) while {} round(s) of faults are injected",
+        plan.uploads,
+        plan.rate,
+        uploads_plan.infected_count(),
+        plan.rounds
+    );
+    let counters = Arc::new(UploadCounters::default());
+    let started = Instant::now();
+    let upload = tokio::spawn(load::upload(
+        stack.s3(),
+        system.bucket.clone(),
+        uploads_plan.clone(),
+        plan.uploaders,
+        Arc::clone(&counters),
+    ));
+
+    // The faults are spread evenly over the stream by upload count (not time: uploads stall
+    // while MinIO restarts), leaving the last stretch of each round fault-free.
+    let schedule: Vec<(u64, Fault)> = (0..plan.rounds)
+        .flat_map(|round| {
+            let per_round = plan.uploads / u64::from(plan.rounds);
+            let step = per_round / (Fault::ROUND.len() as u64 + 1);
+            Fault::ROUND
+                .iter()
+                .enumerate()
+                .map(move |(i, fault)| (u64::from(round) * per_round + step * (i as u64 + 1), *fault))
+        })
+        .collect();
+    let mut injector = Injector { stack, helm, system: &mut system, plan, counters: &counters };
+    let mut injected = Vec::new();
+    let mut fault_problems = Vec::new();
+    for (after, fault) in schedule {
+        while injector.attempted() < after && !upload.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let at = started.elapsed().as_secs_f64();
+        let after_uploads = injector.attempted();
+        println!("  [{at:>6.1} s, after {after_uploads:>5} uploads] injecting {fault:?}");
+        let detail = injector.inject(fault).await.unwrap_or_else(|problem| {
+            fault_problems.push(format!("{fault:?}: {problem}"));
+            format!("PROBLEM: {problem}")
+        });
+        println!("      {detail}");
+        injected.push(Injected { fault, at, after_uploads, detail });
+    }
+    let uploads = upload.await.expect("the upload task");
+    println!("  all {} uploads sent after {:.1} s", plan.uploads, started.elapsed().as_secs_f64());
+
+    println!("\n==> Waiting until every upload has its verdict");
+    let (bucket, quarantine) = (system.bucket.clone(), system.quarantine.clone());
+    let unsettled = async || {
+        let checks = uploads.stored.iter().map(|index| {
+            let key = uploads_plan.key(*index);
+            let (bucket, quarantine, expect) = (&bucket, &quarantine, uploads_plan.expect(*index));
+            async move { load::has_final_verdict(stack, bucket, quarantine, &key, expect).await }
+        });
+        use futures::StreamExt;
+        futures::stream::iter(checks).buffer_unordered(16).filter(|done| std::future::ready(!done)).count().await
+    };
+    let settled = load::wait_settled(stack, &system.workers, &system.queue, unsettled, SETTLE_TIMEOUT).await;
+
+    println!("\n==> Checking every object, every webhook report, the policy and the bucket's notification");
+    let verification = load::verify(stack, &bucket, &quarantine, &uploads_plan, &uploads).await;
+    // Every object MinIO has: the confirmed uploads and the failed PUTs it stored anyway.
+    let mut existing: Vec<u64> = uploads.stored.iter().copied().collect();
+    for index in &uploads.failed {
+        let placement = load::placement(stack, &bucket, &quarantine, &uploads_plan.key(*index)).await;
+        if placement != load::Placement::Nowhere {
+            existing.push(*index);
+        }
+    }
+    let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, &bucket, &uploads_plan, existing);
+    let amqp = stack.amqp().await;
+    let dead_lettered = load::queue_depth(&amqp, &format!("{}.dead", system.queue)).await;
+    let mut problems = fault_problems;
+    problems.extend(verification.problems);
+    problems.extend(reports.problems);
+    if !settled {
+        problems.push(format!("not every upload had its verdict {SETTLE_TIMEOUT:?} after the last one"));
+    }
+    if dead_lettered != Some(0) {
+        problems.push(format!("{}.dead holds {dead_lettered:?} messages (expected 0)", system.queue));
+    }
+    problems.extend(policy_problems(helm, &system));
+    problems.extend(notification_problems(stack, &system).await);
+
+    let report = FaultReport {
+        attempted: plan.uploads,
+        confirmed: uploads.stored.len() as u64,
+        failed_puts: uploads.failed.len() as u64,
+        checked: verification.checked,
+        clean: verification.clean,
+        infected: verification.infected,
+        stored_despite_failed_put: verification.stored_despite_failed_put,
+        webhook_deliveries: reports.deliveries,
+        webhook_refused: reports.refused,
+        reported_more_than_once: reports.reported_twice,
+        dead_lettered,
+        injected,
+        duration: started.elapsed(),
+        problems,
+    };
+    system.stop(helm).await;
+    report
+}
+
+/// The policy after the operator's restart: Ready, with the spec change it was killed during.
+fn policy_problems(helm: &Helm, system: &LoadedSystem) -> Vec<String> {
+    let policy = helm.cluster.get_json(&system.namespace, "bsp", LOAD_POLICY);
+    let mut problems = Vec::new();
+    let generation = policy["metadata"]["generation"].as_i64();
+    let observed = policy["status"]["observedGeneration"].as_i64();
+    if generation != observed {
+        problems.push(format!("policy observedGeneration {observed:?}, generation {generation:?}"));
+    }
+    let ready = policy["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"))
+        .cloned()
+        .unwrap_or_default();
+    if ready["status"] != "True" {
+        problems.push(format!("policy not Ready at the end: {ready}"));
+    }
+    problems
+}
+
+/// The bucket's notification configuration: exactly one entry of ours (a reconcile killed
+/// half-way and repeated must not leave duplicates or remove it).
+async fn notification_problems(stack: &Stack, system: &LoadedSystem) -> Vec<String> {
+    let config = stack
+        .s3()
+        .get_bucket_notification_configuration()
+        .bucket(&system.bucket)
+        .send()
+        .await
+        .expect("read the bucket's notification configuration");
+    let ours: Vec<&str> = config
+        .queue_configurations()
+        .iter()
+        .filter_map(|entry| entry.id())
+        .filter(|id| id.starts_with(&format!("bucket-av.{}.{LOAD_POLICY}.", system.namespace)))
+        .collect();
+    if ours.len() == 1 {
+        Vec::new()
+    } else {
+        vec![format!("bucket {} has {} notification entries of the policy: {ours:?}", system.bucket, ours.len())]
+    }
+}
+
+/// Injects faults into the running system; each returns once the fault is over (the service is
+/// back, the replacement process ready), saying what happened.
+struct Injector<'a> {
+    stack: &'a Stack,
+    helm: &'a Helm,
+    system: &'a mut LoadedSystem,
+    plan: &'a FaultPlan,
+    counters: &'a UploadCounters,
+}
+
+impl Injector<'_> {
+    fn attempted(&self) -> u64 {
+        self.counters.stored() + self.counters.failed()
+    }
+
+    /// What happened, or what went wrong (a problem of the run).
+    async fn inject(&mut self, fault: Fault) -> Result<String, String> {
+        let outage = self.plan.outage;
+        Ok(match fault {
+            Fault::WebhookFailing => {
+                self.system.hooks.fail_with(Some(503));
+                tokio::time::sleep(outage).await;
+                self.system.hooks.fail_with(None);
+                format!("the webhook answered 503 to everything for {outage:?}")
+            }
+            Fault::WebhookSlow => {
+                self.system.hooks.delay(self.plan.webhook_delay);
+                tokio::time::sleep(outage).await;
+                self.system.hooks.delay(Duration::ZERO);
+                format!("the webhook took {:?} per answer for {outage:?}", self.plan.webhook_delay)
+            }
+            Fault::ClamdStopped => {
+                self.service("stop", "clamd").await;
+                tokio::time::sleep(outage).await;
+                self.service("start", "clamd").await;
+                format!("clamd stopped for {outage:?}")
+            }
+            Fault::RabbitMqRestarted => {
+                let took = self.service("restart", "rabbitmq").await;
+                format!("RabbitMQ restarted (down and back in {took:.1} s)")
+            }
+            Fault::MinioRestarted => {
+                let failed_before = self.counters.failed();
+                let took = self.service("restart", "minio").await;
+                format!(
+                    "MinIO restarted (back in {took:.1} s; {} PUTs failed meanwhile)",
+                    self.counters.failed() - failed_before
+                )
+            }
+            Fault::WorkerKilled => self.kill_worker_mid_scan().await,
+            Fault::OperatorKilled => return self.kill_operator_mid_reconcile().await,
+        })
+    }
+
+    /// Runs `testing/stack/service.sh` off the async threads; returns the seconds it took.
+    async fn service(&self, action: &'static str, service: &'static str) -> f64 {
+        let stack = self.stack.clone();
+        let started = Instant::now();
+        tokio::task::spawn_blocking(move || stack.service(action, service)).await.expect("service.sh");
+        started.elapsed().as_secs_f64()
+    }
+
+    /// SIGKILLs the worker with the most scans in flight (waiting up to 30 s for one to have
+    /// any: workers may still be reconnecting after the previous fault) and starts a new one
+    /// from the Deployment in its place.
+    async fn kill_worker_mid_scan(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (victim, in_flight) = loop {
+            let mut busiest = (0, 0.0);
+            for (i, worker) in self.system.workers.iter().enumerate() {
+                let in_flight = worker.metric("bucket_av_worker_scans_in_flight").await;
+                if in_flight > busiest.1 {
+                    busiest = (i, in_flight);
+                }
+            }
+            if busiest.1 > 0.0 || Instant::now() > deadline {
+                break busiest;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let worker = self.system.workers.remove(victim);
+        let pid = worker.pid();
+        worker.kill().await;
+        let cluster = &self.helm.cluster;
+        let (replacement, _) = local_system::start_workers(cluster, &self.system.namespace, LOAD_POLICY, 1).await;
+        self.system.workers.extend(replacement);
+        format!("worker pid {pid} SIGKILLed with {in_flight} scans in flight; a new worker started from the Deployment")
+    }
+
+    /// Changes the policy's spec (the HPA's scale-down window: harmless to the run) and SIGKILLs
+    /// the operator a moment after, with the reconcile of the change under way, then starts it
+    /// again and waits until the change is reconciled.
+    async fn kill_operator_mid_reconcile(&mut self) -> Result<String, String> {
+        let cluster = &self.helm.cluster;
+        let namespace = self.system.namespace.clone();
+        let policy = cluster.get_json(&namespace, "bsp", LOAD_POLICY);
+        let window = policy["spec"]["workers"]["scaleDownStabilizationSeconds"].as_i64().unwrap_or(300);
+        let patch = format!(r#"{{"spec":{{"workers":{{"scaleDownStabilizationSeconds":{}}}}}}}"#, window + 1);
+        cluster.kubectl_ok(&["patch", "bsp", LOAD_POLICY, "-n", &namespace, "--type", "merge", "-p", &patch], None);
+        let generation = cluster.get_json(&namespace, "bsp", LOAD_POLICY)["metadata"]["generation"].as_i64();
+        // The reconcile starts within milliseconds of the watch event and then talks to MinIO,
+        // RabbitMQ and the API server for a while: the kill lands somewhere in it.
+        tokio::time::sleep(Duration::from_millis(rand::random_range(20..200))).await;
+        let pid = self.system.operator.process.pid();
+        self.system.operator.process.kill_now();
+        let killed = Instant::now();
+        let observed_at_kill =
+            cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64();
+        // Dropping the old handle reaps the killed process; the new one uses the same identity.
+        self.system.operator = ChartOperator::start(cluster, &namespace, local_system::LOAD_RELEASE).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64() != generation {
+            if Instant::now() > deadline {
+                return Err(format!("generation {generation:?} not reconciled within 60 s of the operator's restart"));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let when = if observed_at_kill == generation { "after" } else { "before" };
+        Ok(format!(
+            "operator pid {pid} SIGKILLed {when} it finished reconciling generation {}; restarted, the change \
+             reconciled {:.1} s after the kill",
+            generation.unwrap_or_default(),
+            killed.elapsed().as_secs_f64()
+        ))
+    }
+}

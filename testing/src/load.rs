@@ -1,0 +1,422 @@
+//! Upload streams through the whole system and their verification, shared by `just soak` and the
+//! fault-injection suite: a numbered stream of objects (every Nth infected) at a fixed rate, the
+//! worker metrics that count verdicts, the wait for a drained queue, and the check of every object
+//! (and of the webhook reports) against what it should have become.
+//!
+//! Each upload's content is a function of its index, so a check can recompute what was stored:
+//! a quarantined copy is compared byte for byte with the upload it came from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures::StreamExt;
+
+use crate::{EICAR, Stack, TEST_MARKER, WebhookReceiver, WorkerProcess};
+
+/// What to upload: `count` objects at `rate` per second, every `infected_every`th infected, sizes
+/// drawn from `size` (inclusive), keys under `key_prefix`.
+#[derive(Debug, Clone)]
+pub struct UploadPlan {
+    pub count: u64,
+    pub rate: f64,
+    pub infected_every: u64,
+    pub size: (usize, usize),
+    pub key_prefix: String,
+}
+
+/// What an upload should come out as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Clean,
+    Infected,
+}
+
+impl UploadPlan {
+    pub fn expect(&self, index: u64) -> Expect {
+        if self.infected_every > 0 && (index + 1).is_multiple_of(self.infected_every) {
+            Expect::Infected
+        } else {
+            Expect::Clean
+        }
+    }
+
+    /// Upload `index`'s key; spread over 1000 prefixes, as real uploads are.
+    pub fn key(&self, index: u64) -> String {
+        format!("{}/{:03}/{index:07}.bin", self.key_prefix, index % 1000)
+    }
+
+    /// The body of upload `index`: ordinary bytes of a size in the range; an infected one is
+    /// alternately the EICAR file alone (it must be the whole file) and the test marker in the
+    /// middle of such bytes. The same index always gives the same bytes.
+    pub fn body(&self, index: u64) -> Vec<u8> {
+        let span = (self.size.1 - self.size.0) as u64 + 1;
+        let len = self.size.0 + (mix(index) % span) as usize;
+        let mut body = pseudo_random(len, index);
+        if self.expect(index) == Expect::Infected {
+            if (index / self.infected_every).is_multiple_of(2) {
+                return EICAR.to_vec();
+            }
+            let at = body.len() / 2;
+            body.splice(at..at, TEST_MARKER.iter().copied());
+        }
+        body
+    }
+
+    /// How many of the first `count` uploads are infected.
+    pub fn infected_count(&self) -> u64 {
+        self.count.checked_div(self.infected_every).unwrap_or(0)
+    }
+}
+
+/// Live counts of an upload stream, for progress lines.
+#[derive(Debug, Default)]
+pub struct UploadCounters {
+    pub stored: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+impl UploadCounters {
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+/// Which uploads MinIO confirmed, and which PUTs failed (the object may or may not exist: a PUT
+/// can fail after MinIO stored it, when the connection drops before the answer).
+#[derive(Debug, Default)]
+pub struct Uploads {
+    pub stored: BTreeSet<u64>,
+    pub failed: BTreeSet<u64>,
+}
+
+/// Uploads `plan.count` objects at `plan.rate` from `uploaders` concurrent tasks. A failed PUT
+/// is recorded, not retried: the stream goes on as users' uploads would.
+pub async fn upload(
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    plan: UploadPlan,
+    uploaders: usize,
+    counters: Arc<UploadCounters>,
+) -> Uploads {
+    let plan = Arc::new(plan);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let count = plan.count;
+    let indexes = futures::stream::unfold((ticks, 0u64), move |(mut ticks, index)| async move {
+        if index >= count {
+            return None;
+        }
+        ticks.tick().await;
+        Some((index, (ticks, index + 1)))
+    });
+    let uploads = Arc::new(std::sync::Mutex::new(Uploads::default()));
+    indexes
+        .for_each_concurrent(uploaders, |index| {
+            let (s3, bucket, plan, uploads, counters) =
+                (s3.clone(), bucket.clone(), Arc::clone(&plan), Arc::clone(&uploads), Arc::clone(&counters));
+            async move {
+                let key = plan.key(index);
+                let body = plan.body(index);
+                match s3.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).send().await {
+                    Ok(_) => {
+                        uploads.lock().unwrap().stored.insert(index);
+                        counters.stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(error) => {
+                        eprintln!("  put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&error));
+                        uploads.lock().unwrap().failed.insert(index);
+                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+        .await;
+    Arc::try_unwrap(uploads).expect("every upload finished").into_inner().unwrap()
+}
+
+/// SplitMix64: a well-spread number from an index.
+fn mix(index: u64) -> u64 {
+    let mut z = index.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Xorshift bytes seeded by the index: clean, and not trivially compressible.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = mix(seed) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        out.extend_from_slice(&state.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Sum over the workers of `bucket_av_worker_scans_total`, by verdict. Workers that are gone
+/// (killed on purpose) are not counted: pass the ones still running.
+pub async fn verdict_totals(workers: &[WorkerProcess]) -> BTreeMap<String, f64> {
+    let mut totals = BTreeMap::new();
+    for worker in workers {
+        for line in worker.metrics().await.lines() {
+            let Some(rest) = line.strip_prefix("bucket_av_worker_scans_total{verdict=\"") else { continue };
+            let Some((verdict, value)) = rest.split_once("\"}") else { continue };
+            *totals.entry(verdict.to_owned()).or_insert(0.0) += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    totals
+}
+
+pub fn format_verdicts(verdicts: &BTreeMap<String, f64>) -> String {
+    if verdicts.is_empty() {
+        return "none".into();
+    }
+    verdicts.iter().map(|(verdict, count)| format!("{verdict} {count}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Ready messages in `queue`, on a channel of its own (a failed passive declare closes it);
+/// `None` while RabbitMQ cannot answer.
+pub async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> Option<u32> {
+    let channel = amqp.create_channel().await.ok()?;
+    let depth = bucket_av_pipeline::topology::ready_messages(&channel, queue).await.ok();
+    let _ = channel.close(200, "done".into()).await;
+    depth
+}
+
+/// Waits until nothing is queued or in flight and every object of `stored` has a verdict tag in
+/// `bucket` or sits in `quarantine` (so redeliveries and scans by workers since killed count
+/// right). Returns false after `timeout`.
+pub async fn wait_settled(
+    stack: &Stack,
+    workers: &[WorkerProcess],
+    queue: &str,
+    settled: impl AsyncFn() -> usize,
+    timeout: Duration,
+) -> bool {
+    let started = Instant::now();
+    let amqp = stack.amqp().await;
+    let mut next_line = Duration::from_secs(15);
+    loop {
+        let mut in_flight = 0.0;
+        for worker in workers {
+            in_flight += worker.metric("bucket_av_worker_scans_in_flight").await;
+        }
+        let depth = queue_depth(&amqp, queue).await;
+        if started.elapsed() >= next_line {
+            println!("  [{:>4.0} s] queue {depth:?}, in flight {in_flight}", started.elapsed().as_secs_f64());
+            next_line += Duration::from_secs(15);
+        }
+        if depth == Some(0) && in_flight == 0.0 {
+            let pending = settled().await;
+            if pending == 0 {
+                println!("  settled {:.1} s after the last upload", started.elapsed().as_secs_f64());
+                return true;
+            }
+            if started.elapsed() > timeout {
+                println!("  not settled after {timeout:?}: the queue is empty but {pending} objects have no verdict");
+                return false;
+            }
+        } else if started.elapsed() > timeout {
+            println!("  not settled after {timeout:?}: queue {depth:?}, in flight {in_flight}");
+            return false;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The result of checking every object of a run.
+#[derive(Debug, Default)]
+pub struct Verification {
+    /// Objects checked (confirmed uploads, plus failed PUTs whose object exists anyway).
+    pub checked: u64,
+    pub clean: u64,
+    pub infected: u64,
+    /// Failed PUTs whose object MinIO stored anyway (checked like the others).
+    pub stored_despite_failed_put: u64,
+    pub problems: Vec<String>,
+}
+
+/// Where one upload ended up.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// In the bucket with these tags.
+    InBucket(BTreeMap<String, String>),
+    /// Gone from the bucket, in quarantine with these tags.
+    Quarantined(BTreeMap<String, String>),
+    /// In both: a quarantine whose delete has not happened (yet).
+    Both,
+    Nowhere,
+}
+
+pub async fn placement(stack: &Stack, bucket: &str, quarantine: &str, key: &str) -> Placement {
+    let tags = |found: Option<std::collections::HashMap<String, String>>| found.map(|t| t.into_iter().collect());
+    let in_bucket = tags(stack.tags(bucket, key, None).await);
+    let quarantined = tags(stack.tags(quarantine, &format!("{bucket}/{key}"), None).await);
+    match (in_bucket, quarantined) {
+        (Some(tags), None) => Placement::InBucket(tags),
+        (None, Some(tags)) => Placement::Quarantined(tags),
+        (Some(_), Some(_)) => Placement::Both,
+        (None, None) => Placement::Nowhere,
+    }
+}
+
+/// True when the object already is where its verdict puts it (a clean one tagged clean, an
+/// infected one quarantined and tagged infected).
+pub async fn has_final_verdict(stack: &Stack, bucket: &str, quarantine: &str, key: &str, expect: Expect) -> bool {
+    let status = |tags: &BTreeMap<String, String>| tags.get("av-status").cloned();
+    match (expect, placement(stack, bucket, quarantine, key).await) {
+        (Expect::Clean, Placement::InBucket(tags)) => status(&tags).is_some(),
+        (Expect::Infected, Placement::Quarantined(_)) => true,
+        (Expect::Infected, Placement::InBucket(tags)) => status(&tags).is_some_and(|s| s != "infected"),
+        _ => false,
+    }
+}
+
+/// Checks every object of `uploads`: clean ones carry `av-status=clean` in the bucket; infected
+/// ones are gone from it and sit in the quarantine bucket under `<bucket>/<key>`, tagged infected,
+/// byte for byte the upload. A failed PUT is checked the same way when its object exists.
+pub async fn verify(
+    stack: &Stack,
+    bucket: &str,
+    quarantine: &str,
+    plan: &UploadPlan,
+    uploads: &Uploads,
+) -> Verification {
+    let candidates =
+        uploads.stored.iter().map(|index| (*index, true)).chain(uploads.failed.iter().map(|i| (*i, false)));
+    let checks = futures::stream::iter(candidates)
+        .map(|(index, confirmed)| async move {
+            let key = plan.key(index);
+            let expect = plan.expect(index);
+            let placement = placement(stack, bucket, quarantine, &key).await;
+            if !confirmed && placement == Placement::Nowhere {
+                return None; // the PUT failed and nothing was stored: the uploader was told
+            }
+            let problem = check_placement(stack, bucket, quarantine, plan, index, expect, placement).await;
+            Some((expect, confirmed, problem))
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mut verification = Verification::default();
+    for (expect, confirmed, problem) in checks.into_iter().flatten() {
+        verification.checked += 1;
+        match expect {
+            Expect::Clean => verification.clean += 1,
+            Expect::Infected => verification.infected += 1,
+        }
+        if !confirmed {
+            verification.stored_despite_failed_put += 1;
+        }
+        verification.problems.extend(problem);
+    }
+    verification
+}
+
+async fn check_placement(
+    stack: &Stack,
+    bucket: &str,
+    quarantine: &str,
+    plan: &UploadPlan,
+    index: u64,
+    expect: Expect,
+    placement: Placement,
+) -> Option<String> {
+    let key = plan.key(index);
+    let status = |tags: &BTreeMap<String, String>| tags.get("av-status").cloned().unwrap_or_default();
+    match (expect, placement) {
+        (Expect::Clean, Placement::InBucket(tags)) if status(&tags) == "clean" => None,
+        (Expect::Clean, Placement::InBucket(tags)) => {
+            Some(format!("{bucket}/{key}: expected av-status=clean, tags {tags:?}"))
+        }
+        (Expect::Infected, Placement::Quarantined(tags)) if status(&tags) == "infected" => {
+            let moved = format!("{bucket}/{key}");
+            match stack.s3().get_object().bucket(quarantine).key(&moved).send().await {
+                Ok(object) => {
+                    let bytes = object.body.collect().await.map(|data| data.into_bytes().to_vec()).unwrap_or_default();
+                    (bytes != plan.body(index))
+                        .then(|| format!("{quarantine}/{moved}: the quarantined copy differs from the upload"))
+                }
+                Err(error) => Some(format!("{quarantine}/{moved}: {}", aws_sdk_s3::error::DisplayErrorContext(&error))),
+            }
+        }
+        (Expect::Infected, Placement::Quarantined(tags)) => {
+            Some(format!("{quarantine}/{bucket}/{key}: expected av-status=infected, tags {tags:?}"))
+        }
+        (Expect::Infected, Placement::InBucket(tags)) => {
+            Some(format!("{bucket}/{key}: infected upload still in the bucket, tags {tags:?}"))
+        }
+        (Expect::Clean, Placement::Quarantined(tags)) => {
+            Some(format!("{bucket}/{key}: clean upload was quarantined, tags {tags:?}"))
+        }
+        (_, Placement::Both) => Some(format!("{bucket}/{key}: both in the bucket and in quarantine")),
+        (_, Placement::Nowhere) => Some(format!("{bucket}/{key}: lost (neither in the bucket nor in quarantine)")),
+    }
+}
+
+/// Webhook reports by outcome, for the run's summary.
+#[derive(Debug, Default)]
+pub struct ReportCheck {
+    /// Deliveries received, whatever the receiver answered.
+    pub deliveries: usize,
+    /// Deliveries the receiver refused on purpose (a scripted failure).
+    pub refused: usize,
+    /// Objects reported more than once with a 2xx answer (redeliveries; harmless, counted).
+    pub reported_twice: usize,
+    pub problems: Vec<String>,
+}
+
+/// Every checked object has at least one delivery the receiver accepted, with the verdict it
+/// should have (`clean`, or `infected` with action `quarantined`) and a valid signature.
+pub fn verify_reports(
+    hooks: &WebhookReceiver,
+    secret: &str,
+    bucket: &str,
+    plan: &UploadPlan,
+    keys: impl IntoIterator<Item = u64>,
+) -> ReportCheck {
+    let received = hooks.received();
+    let mut check = ReportCheck { deliveries: received.len(), ..ReportCheck::default() };
+    let mut accepted: BTreeMap<String, Vec<&crate::ReceivedWebhook>> = BTreeMap::new();
+    for hook in &received {
+        if !(200..300).contains(&hook.status) {
+            check.refused += 1;
+            continue;
+        }
+        if !hook.signature_is_valid(secret) {
+            check.problems.push(format!("report with an invalid signature: {}", hook.json));
+        }
+        if hook.json["bucket"] == bucket
+            && let Some(key) = hook.json["key"].as_str()
+        {
+            accepted.entry(key.to_owned()).or_default().push(hook);
+        }
+    }
+    for index in keys {
+        let key = plan.key(index);
+        let (verdict, action) = match plan.expect(index) {
+            Expect::Clean => ("clean", "none"),
+            Expect::Infected => ("infected", "quarantined"),
+        };
+        let reports = accepted.get(&key).map(Vec::as_slice).unwrap_or_default();
+        if reports.len() > 1 {
+            check.reported_twice += 1;
+        }
+        if !reports.iter().any(|hook| hook.json["verdict"] == verdict && hook.json["action"] == action) {
+            let got: Vec<String> =
+                reports.iter().map(|hook| format!("{}/{}", hook.json["verdict"], hook.json["action"])).collect();
+            check.problems.push(format!("{key}: no accepted report {verdict}/{action} (accepted: {got:?})"));
+        }
+    }
+    check
+}
