@@ -49,12 +49,13 @@ BAVS_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok
 # cluster-up.sh and then frozen into cluster.env.
 bavs_cluster_defaults() {
     : "${BAVS_CLUSTER_DIR:=$BAVS_REPO_ROOT/target/cluster}"
-    : "${BAVS_ETCD_PORT:=32379}"
-    : "${BAVS_ETCD_PEER_PORT:=32380}"
-    : "${BAVS_KUBE_APISERVER_PORT:=36443}"
-    : "${BAVS_KUBE_CONTROLLER_MANAGER_PORT:=36444}"
-    : "${BAVS_KUBE_SCHEDULER_PORT:=36445}"
-    : "${BAVS_KWOK_PORT:=36450}"
+    # Below Linux's ephemeral range (32768-60999), as the stack's: see testing/stack/lib.sh.
+    : "${BAVS_ETCD_PORT:=22379}"
+    : "${BAVS_ETCD_PEER_PORT:=22380}"
+    : "${BAVS_KUBE_APISERVER_PORT:=26443}"
+    : "${BAVS_KUBE_CONTROLLER_MANAGER_PORT:=26444}"
+    : "${BAVS_KUBE_SCHEDULER_PORT:=26445}"
+    : "${BAVS_KWOK_PORT:=26450}"
     : "${BAVS_KWOK_NODES:=2}"
     # Service ClusterIPs exist only in the API: nothing routes them.
     : "${BAVS_KUBE_SERVICE_CIDR:=10.96.0.0/16}"

@@ -29,16 +29,19 @@ bavs_fail_hint() { printf 'stop what is left with: BAVS_STACK_DIR=%s bash testin
 bavs_defaults() {
     : "${BAVS_STACK_DIR:=$BAVS_REPO_ROOT/target/stack}"
     : "${BAVS_RABBITMQ_NODENAME:=bavs@localhost}"
-    : "${BAVS_RABBITMQ_PORT:=35672}"
-    : "${BAVS_RABBITMQ_MANAGEMENT_PORT:=35673}"
-    : "${BAVS_RABBITMQ_DIST_PORT:=35674}"
-    : "${BAVS_RABBITMQ_EPMD_PORT:=35675}"
+    # Every default port lies below Linux's ephemeral range (32768-60999): a port in it can be
+    # taken as the local port of some client connection while its service is stopped, and the
+    # service then cannot listen again (RabbitMQ: eaddrinuse) after a restart.
+    : "${BAVS_RABBITMQ_PORT:=21672}"
+    : "${BAVS_RABBITMQ_MANAGEMENT_PORT:=21673}"
+    : "${BAVS_RABBITMQ_DIST_PORT:=21674}"
+    : "${BAVS_RABBITMQ_EPMD_PORT:=21675}"
     # rabbitmqctl's own Erlang distribution listener. Debian's default range is
-    # 35672-35682, which would collide with the ports above.
-    : "${BAVS_RABBITMQ_CTL_DIST_PORT_MIN:=35680}"
-    : "${BAVS_MINIO_PORT:=39000}"
-    : "${BAVS_MINIO_CONSOLE_PORT:=39001}"
-    : "${BAVS_CLAMD_PORT:=33310}"
+    # 35672-35682 (AMQP port + 30000), inside the ephemeral range; it gets ours.
+    : "${BAVS_RABBITMQ_CTL_DIST_PORT_MIN:=21680}"
+    : "${BAVS_MINIO_PORT:=29000}"
+    : "${BAVS_MINIO_CONSOLE_PORT:=29001}"
+    : "${BAVS_CLAMD_PORT:=23310}"
     # clamd limits ("<n>", "<n>K" or "<n>M", as in clamd.conf). Small enough that the
     # stream-limit test stays quick; `just bench-worker` raises them for its 1 GiB run.
     : "${BAVS_CLAMD_STREAM_MAX_LENGTH:=128M}"
