@@ -1,6 +1,7 @@
 //! What every reconcile shares: the API client, the operator's defaults, its metrics and the
 //! event recorder.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -29,6 +30,10 @@ pub struct Context {
     /// The policies the running controller sees, and a way to reconcile one of them now; set
     /// by each run of the controller (a new leader term starts a new one).
     pub peers: std::sync::RwLock<Option<Peers>>,
+    /// Held across each read-merge-write of a bucket's notification configuration. Policies
+    /// reconcile concurrently, and two of them on one bucket would otherwise each write back
+    /// what they read, undoing the other's change (a deleted policy's entry came back).
+    notification_writes: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Other policies, for what one policy must know about the rest: which of them already scan a
@@ -53,13 +58,21 @@ impl Context {
             failures: FailureCounts::default(),
             restarts: RestartGate::default(),
             peers: std::sync::RwLock::new(None),
+            notification_writes: std::sync::Mutex::default(),
         }
     }
 
     /// Every policy the controller currently sees (none before it started).
-    pub fn policies(&self) -> Vec<std::sync::Arc<BucketScanPolicy>> {
+    pub fn policies(&self) -> Vec<Arc<BucketScanPolicy>> {
         let peers = self.peers.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         peers.as_ref().map(|peers| peers.store.state()).unwrap_or_default()
+    }
+
+    /// The lock to hold across a read-merge-write of `bucket`'s notification configuration on
+    /// the MinIO at `endpoint` (one per bucket: a MinIO that does not answer holds up no other).
+    pub fn notification_lock(&self, endpoint: &str, bucket: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.notification_writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(format!("{endpoint}/{bucket}")).or_default().clone()
     }
 
     /// Asks the controller to reconcile `policy` soon.

@@ -222,7 +222,7 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                 }
                 Ok(TargetState::Live { .. }) if report.is_true(condition_types::QUEUE_READY) => {
                     let conflicts = bucket_conflicts(policy, &ctx.policies());
-                    match configure_notifications(policy, &resolved.s3, &conflicts).await {
+                    match configure_notifications(policy, ctx, &resolved.s3, &conflicts).await {
                         Ok(()) if conflicts.is_empty() => {
                             let message =
                                 format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
@@ -518,6 +518,7 @@ async fn declare_topology(policy: &BucketScanPolicy, routing_key: &str, resolved
 /// first. A bucket that does not exist does not keep the others from being routed.
 async fn configure_notifications(
     policy: &BucketScanPolicy,
+    ctx: &Context,
     s3: &S3Settings,
     conflicts: &[BucketConflict],
 ) -> Result<()> {
@@ -531,7 +532,12 @@ async fn configure_notifications(
             .into_iter()
             .filter(|filter| !conflicts.iter().any(|conflict| conflict.bucket == bucket && &conflict.filter == filter))
             .collect();
-        match notification::ensure(&client, &bucket, &arn, &id_prefix, &routed).await {
+        let written = {
+            let lock = ctx.notification_lock(&s3.endpoint, &bucket);
+            let _only_writer = lock.lock().await;
+            notification::ensure(&client, &bucket, &arn, &id_prefix, &routed).await
+        };
+        match written {
             Ok(()) => {}
             Err(NotificationError::Read { ref message, .. }) if message.contains("NoSuchBucket") => {
                 missing.push(bucket)
@@ -909,6 +915,8 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         let client = bucket_av_pipeline::s3::client(&resolved.s3).map_err(|error| Error::S3Client(Box::new(error)))?;
         let arn = policy.target_arn();
         for (bucket, _) in bucket_filters(policy) {
+            let lock = ctx.notification_lock(&resolved.s3.endpoint, &bucket);
+            let _only_writer = lock.lock().await;
             notification::remove(&client, &bucket, &arn, &entry_id_prefix(policy))
                 .await
                 .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
