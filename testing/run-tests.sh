@@ -28,10 +28,11 @@ step "Running every test (unit, then integration against the stack)"
 # cores. Test binaries run one after another, which keeps the clamd outage suite on its own.
 WORKER_LOG=${WORKER_LOG:-warn} cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"
 
-step "Suites that restart the stack's MinIO, on their own: the admin API, managed notification targets"
+step "Suites that stop or restart the stack's services, on their own: admin API, managed targets, reconcile faults"
 # --workspace keeps the feature set of the build above: with -p, cargo would rebuild half the
 # dependency tree for a narrower one.
-BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked --test restart --test managed_target -- --ignored --test-threads 1
+BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked \
+    --test restart --test managed_target --test reconcile_faults -- --ignored --test-threads 1
 
 step "Fault injection: 2000 uploads while every part of the system fails in turn (its report is printed)"
 WORKER_LOG=${WORKER_LOG:-warn} OPERATOR_LOG=${OPERATOR_LOG:-warn} \
