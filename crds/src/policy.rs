@@ -628,6 +628,12 @@ pub struct BucketScanPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notification_target_arn: Option<String>,
 
+    /// Buckets that may carry this policy's notification entries. A bucket dropped from the spec
+    /// (or every bucket, when the target changes) loses them at the next reconcile; deleting the
+    /// policy removes them from all of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routed_buckets: Vec<String>,
+
     /// MinIO has a notification target change that takes effect only after MinIO restarts.
     #[serde(default)]
     pub restart_pending: bool,

@@ -6,7 +6,7 @@
 //! Reconcile never branches on why it was called; each step checks its piece of state on its own.
 //! It never writes a secret value into an object, a status, an event or a log line.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,7 +222,11 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                 }
                 Ok(TargetState::Live { .. }) if report.is_true(condition_types::QUEUE_READY) => {
                     let conflicts = bucket_conflicts(policy, &ctx.policies());
-                    match configure_notifications(policy, ctx, &resolved.s3, &conflicts).await {
+                    let configured = configure_notifications(policy, ctx, &resolved.s3, &conflicts).await;
+                    let unrouted = remove_stale_routes(policy, ctx, &resolved.s3, &old_status).await;
+                    report.status.routed_buckets = routed_buckets(policy, &old_status, unrouted.is_ok());
+                    let configured = configured.and(unrouted);
+                    match configured {
                         Ok(()) if conflicts.is_empty() => {
                             let message =
                                 format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
@@ -559,6 +563,52 @@ async fn configure_notifications(
         None if !missing.is_empty() => Err(Error::BucketMissing { buckets: missing }),
         None => Ok(()),
     }
+}
+
+/// Removes this policy's entries from the buckets it routed before and should not now: buckets
+/// dropped from the spec, and all of them when the target changed (their entries name the old
+/// target's ARN). Without this, a dropped bucket would keep publishing into the policy's queue.
+async fn remove_stale_routes(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    s3: &S3Settings,
+    old_status: &BucketScanPolicyStatus,
+) -> Result<()> {
+    let arn = policy.target_arn();
+    let old_arn = old_status.notification_target_arn.clone().unwrap_or_else(|| arn.clone());
+    let target_changed = !notification::same_target(&old_arn, &arn);
+    let wanted = spec_buckets(policy);
+    let stale: Vec<&String> =
+        old_status.routed_buckets.iter().filter(|bucket| target_changed || !wanted.contains(*bucket)).collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+    for bucket in stale {
+        let lock = ctx.notification_lock(&s3.endpoint, bucket);
+        let _only_writer = lock.lock().await;
+        notification::remove(&client, bucket, &old_arn, &entry_id_prefix(policy))
+            .await
+            .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
+        info!(policy = %policy.name_any(), %bucket, arn = %old_arn, "removed the entries of a bucket no longer routed");
+    }
+    Ok(())
+}
+
+/// The bucket names of the spec, each once.
+fn spec_buckets(policy: &BucketScanPolicy) -> BTreeSet<String> {
+    bucket_filters(policy).into_iter().map(|(bucket, _)| bucket).collect()
+}
+
+/// What `status.routedBuckets` says after a reconcile: the spec's buckets (entries may have been
+/// written to any of them, even when a write failed later), plus the earlier ones while their
+/// stale entries could not be removed.
+pub fn routed_buckets(policy: &BucketScanPolicy, old_status: &BucketScanPolicyStatus, unrouted: bool) -> Vec<String> {
+    let mut buckets = spec_buckets(policy);
+    if !unrouted {
+        buckets.extend(old_status.routed_buckets.iter().cloned());
+    }
+    buckets.into_iter().collect()
 }
 
 /// With a Quarantine action, the quarantine bucket must exist, or every infected object's
@@ -914,7 +964,11 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
     if let Some(resolved) = resolved {
         let client = bucket_av_pipeline::s3::client(&resolved.s3).map_err(|error| Error::S3Client(Box::new(error)))?;
         let arn = policy.target_arn();
-        for (bucket, _) in bucket_filters(policy) {
+        // The spec's buckets and those the status says may still carry entries (a bucket
+        // dropped from the spec just before the delete).
+        let mut buckets = spec_buckets(policy);
+        buckets.extend(policy.status.iter().flat_map(|status| status.routed_buckets.iter().cloned()));
+        for bucket in buckets {
             let lock = ctx.notification_lock(&resolved.s3.endpoint, &bucket);
             let _only_writer = lock.lock().await;
             notification::remove(&client, &bucket, &arn, &entry_id_prefix(policy))
@@ -1136,6 +1190,15 @@ mod tests {
             bucket_conflicts(&younger, &[Arc::new(deleting), younger.clone()]).is_empty(),
             "a policy being deleted holds nothing"
         );
+    }
+
+    #[test]
+    fn routed_buckets_keep_the_dropped_ones_until_their_entries_are_removed() {
+        let policy = named("media", "scan", 0, &[("b", None), ("a", Some("in/")), ("a", None)]);
+        let old_status =
+            BucketScanPolicyStatus { routed_buckets: vec!["a".into(), "gone".into()], ..Default::default() };
+        assert_eq!(routed_buckets(&policy, &old_status, true), ["a", "b"]);
+        assert_eq!(routed_buckets(&policy, &old_status, false), ["a", "b", "gone"]);
     }
 
     #[test]

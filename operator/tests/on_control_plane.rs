@@ -115,6 +115,17 @@ async fn a_policy_routes_its_buckets_runs_workers_converges_on_change_and_cleans
     assert_eq!(late["av-status"], "clean");
     worker.terminate(Duration::from_secs(30)).await;
 
+    // Dropping the second bucket removes our entry there (or it would keep publishing into the
+    // queue); the first keeps its own.
+    let narrowed =
+        fixture.policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: Some("docs/") }], "");
+    fixture.apply(&narrowed);
+    let policy = fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
+    assert_eq!(policy["status"]["observedGeneration"], 3);
+    assert_eq!(policy["status"]["routedBuckets"], serde_json::json!([bucket]));
+    assert!(fixture.entries_for(&second_bucket, &arn).await.is_empty(), "the dropped bucket keeps our entry");
+    assert_eq!(fixture.entries_for(&bucket, &arn).await.len(), 1);
+
     // Delete: our entries and queues go, the foreign entry stays.
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     assert!(fixture.entries_for(&bucket, &arn).await.is_empty());
