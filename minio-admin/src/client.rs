@@ -179,6 +179,15 @@ impl AdminClient {
         }
     }
 
+    /// Whether the running server stores each bucket event (in its target's `queue_dir`, or by
+    /// sending it) before it answers the upload that caused it: `api sync_events`, which the
+    /// environment variable `MINIO_API_SYNC_EVENTS` overrides. Off, MinIO's default, events wait
+    /// in memory after the answer: lost when MinIO stops, dropped when that queue is full.
+    pub async fn stores_events_before_answering(&self) -> Result<bool> {
+        let text = self.get_config_kv("api").await?;
+        Ok(target::sync_events_enabled(&target::parse_config_kv(&text)?))
+    }
+
     /// The running configuration of one AMQP target, or `None` when the running server has none
     /// by that ID (see [`AdminClient::get_config_kv`]).
     pub async fn amqp_target(&self, id: &str) -> Result<Option<ConfigEntry>> {

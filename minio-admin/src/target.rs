@@ -284,6 +284,15 @@ fn is_sensitive(key: &str) -> bool {
 
 /// Parses `get-config-kv` output: one entry per configuration line, environment comment lines
 /// attached to the entry that follows them.
+/// `api sync_events` from parsed `get-config-kv api` output: the environment variable when the
+/// server has one (it wins over the stored value), else the stored value; off when absent.
+pub fn sync_events_enabled(entries: &[ConfigEntry]) -> bool {
+    entries
+        .iter()
+        .filter(|entry| entry.subsystem == "api")
+        .any(|entry| entry.effective("sync_events").is_some_and(|value| value.eq_ignore_ascii_case("on")))
+}
+
 pub fn parse_config_kv(text: &str) -> Result<Vec<ConfigEntry>, Error> {
     let mut entries = Vec::new();
     let mut env_overrides = BTreeMap::new();
@@ -338,6 +347,19 @@ pub fn parse_config_kv(text: &str) -> Result<Vec<ConfigEntry>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sync_events_comes_from_the_environment_first_then_the_stored_value() {
+        let stored_off = "api requests_max=0 sync_events=off root_access=on\n";
+        assert!(!sync_events_enabled(&parse_config_kv(stored_off).unwrap()));
+        let stored_on = "api requests_max=0 sync_events=on\n";
+        assert!(sync_events_enabled(&parse_config_kv(stored_on).unwrap()));
+        let env_on = "# MINIO_API_SYNC_EVENTS=on\napi requests_max=0 sync_events=off\n";
+        assert!(sync_events_enabled(&parse_config_kv(env_on).unwrap()));
+        let env_off = "# MINIO_API_SYNC_EVENTS=off\napi sync_events=on\n";
+        assert!(!sync_events_enabled(&parse_config_kv(env_off).unwrap()));
+        assert!(!sync_events_enabled(&parse_config_kv("api requests_max=0\n").unwrap()));
+    }
 
     fn durable_target() -> AmqpTarget {
         AmqpTarget {

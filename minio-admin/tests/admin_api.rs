@@ -146,3 +146,11 @@ async fn server_info_reports_an_uptime_and_the_server_is_ready() {
     assert!(info.servers[0].uptime > 0);
     assert!(admin.is_ready().await);
 }
+
+/// The stack's MinIO runs with MINIO_API_SYNC_EVENTS=on (testing/stack/stack-up.sh): the admin
+/// API reports the environment variable, which wins over the stored `api sync_events`.
+#[tokio::test]
+async fn the_stacks_minio_stores_events_before_answering_uploads() {
+    let stack = Stack::load();
+    assert!(admin(&stack).stores_events_before_answering().await.expect("read the api subsystem"));
+}

@@ -12,7 +12,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::metrics::Metrics;
-use crate::minio_target::RestartGate;
+use crate::minio_target::{DurabilityChecks, RestartGate};
 use crate::reconcile::FailureCounts;
 use crate::workload::{MANAGER, OperatorDefaults};
 
@@ -27,6 +27,8 @@ pub struct Context {
     pub failures: FailureCounts,
     /// One MinIO restart at a time, and none repeated too soon for the same target.
     pub restarts: RestartGate,
+    /// Which MinIO servers store events before answering uploads, asked now and then.
+    pub durability: DurabilityChecks,
     /// The policies the running controller sees, and a way to reconcile one of them now; set
     /// by each run of the controller (a new leader term starts a new one).
     pub peers: std::sync::RwLock<Option<Peers>>,
@@ -57,6 +59,7 @@ impl Context {
             scratch_dir,
             failures: FailureCounts::default(),
             restarts: RestartGate::default(),
+            durability: DurabilityChecks::default(),
             peers: std::sync::RwLock::new(None),
             notification_writes: std::sync::Mutex::default(),
         }

@@ -42,6 +42,52 @@ pub struct RestartGate {
     last_restart: tokio::sync::Mutex<HashMap<(String, String), Instant>>,
 }
 
+/// How long an answer of [`stores_events_before_answering`] is reused: each check decrypts an
+/// admin API answer, an Argon2id derivation over 64 MiB.
+pub const DURABILITY_RECHECK: Duration = Duration::from_secs(600);
+
+/// Per MinIO endpoint: when it was last asked whether it stores events before answering
+/// uploads, and what it said (`None`: the credentials may not read server configuration).
+#[derive(Debug, Default)]
+pub struct DurabilityChecks {
+    answers: tokio::sync::Mutex<HashMap<String, (Instant, Option<bool>)>>,
+}
+
+/// A known answer for the MinIO at an endpoint, and whether it was just asked (say it then).
+pub struct Durability {
+    pub stores_events_first: Option<bool>,
+    pub fresh: bool,
+}
+
+/// Whether the policy's MinIO stores each bucket event before it answers the upload
+/// (`api sync_events`). Without, an upload answered just before MinIO stops never gets its
+/// event: the fault-injection suite lost uploads that way. Read at most every
+/// [`DURABILITY_RECHECK`] per endpoint; unknown when the credentials lack the admin permission.
+pub async fn stores_events_before_answering(s3: &S3Settings, checks: &DurabilityChecks) -> Durability {
+    let mut answers = checks.answers.lock().await;
+    if let Some((at, answer)) = answers.get(&s3.endpoint)
+        && at.elapsed() < DURABILITY_RECHECK
+    {
+        return Durability { stores_events_first: *answer, fresh: false };
+    }
+    let answer = match admin_client(s3) {
+        Ok(admin) => admin
+            .stores_events_before_answering()
+            .await
+            .inspect_err(|error| tracing::debug!(%error, "cannot read MinIO's api configuration"))
+            .ok(),
+        Err(_) => None,
+    };
+    answers.insert(s3.endpoint.clone(), (Instant::now(), answer));
+    Durability { stores_events_first: answer, fresh: true }
+}
+
+/// What the NotificationConfigured condition and the Warning event say when MinIO answers
+/// uploads before it stores their events.
+pub const EVENTS_NOT_DURABLE: &str = "MinIO answers uploads before it stores their events (api sync_events is \
+    off): events still in its memory are lost when MinIO stops and dropped under load, so those uploads are never \
+    scanned; set MINIO_API_SYNC_EVENTS=on and MINIO_SYNC_BOOT=on on the MinIO server";
+
 /// The AMQP target the operator configures for a managed policy: MinIO publishes persistently to
 /// the durable exchange with the policy's routing key, waits for RabbitMQ's confirmation, and
 /// keeps events on disk while RabbitMQ is unreachable.

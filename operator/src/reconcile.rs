@@ -228,8 +228,18 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                     let configured = configured.and(unrouted);
                     match configured {
                         Ok(()) if conflicts.is_empty() => {
-                            let message =
+                            let mut message =
                                 format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
+                            let durability =
+                                minio_target::stores_events_before_answering(&resolved.s3, &ctx.durability).await;
+                            if durability.stores_events_first == Some(false) {
+                                message = format!("{message}; WARNING: {}", minio_target::EVENTS_NOT_DURABLE);
+                                if durability.fresh {
+                                    let note = minio_target::EVENTS_NOT_DURABLE.to_owned();
+                                    let kind = EventType::Warning;
+                                    publish_event(policy, ctx, kind, "EventsNotDurable", note, "CheckMinIO").await;
+                                }
+                            }
                             report.set(condition_types::NOTIFICATION_CONFIGURED, true, "Configured", message);
                         }
                         // Not an error: nothing changes until one of the policies does, and
