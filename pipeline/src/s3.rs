@@ -99,9 +99,9 @@ pub fn percent_encode(value: &str, also_keep: &[u8]) -> String {
 pub fn describe_error<E, R>(error: &aws_sdk_s3::error::SdkError<E, R>) -> String
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
-    use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+    use aws_sdk_s3::error::SdkError;
     if let SdkError::ServiceError(service) = error {
         let err = service.err();
         match (err.code(), err.message()) {
@@ -110,12 +110,50 @@ where
             _ => {}
         }
     }
-    DisplayErrorContext(error).to_string()
+    error_chain(error)
+}
+
+/// An error and its causes, each once, joined by `: `. (The SDK's `DisplayErrorContext` adds
+/// the whole Debug form after the chain, which made every connection failure a paragraph long.)
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(error_chain(&outer), "tcp connect error: Connection refused");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tcp connect error")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
 
     #[test]
     fn percent_encoding_keeps_unreserved_bytes_and_the_ones_asked_for() {

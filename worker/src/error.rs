@@ -115,7 +115,7 @@ pub enum S3Failure {
 pub fn s3_failure<E, R>(error: &SdkError<E, R>) -> S3Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug + HttpStatus,
+    R: std::fmt::Debug + HttpStatus + 'static,
 {
     let message = bucket_av_pipeline::s3::describe_error(error);
     match error {
