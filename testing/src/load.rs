@@ -149,8 +149,9 @@ fn mix(index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Xorshift bytes seeded by the index: clean, and not trivially compressible.
-fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+/// Xorshift bytes seeded by `seed`: clean, not trivially compressible, the same for the same
+/// seed.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     let mut state = mix(seed) | 1;
     let mut out = Vec::with_capacity(len + 8);
     while out.len() < len {

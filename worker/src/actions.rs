@@ -223,17 +223,15 @@ pub async fn find_quarantined(
         message,
         class,
     };
+    // Not found ends the lookup (there is no copy); any other failure is the lookup's error.
+    let lookup_failed = |failure: S3Failure| match failure {
+        S3Failure::NotFound => Ok(None),
+        S3Failure::Other { message, class } => Err(read_error(message, class)),
+        S3Failure::PreconditionFailed => Err(read_error("412 Precondition Failed".into(), ErrorClass::Transient)),
+    };
     let head = match s3.head_object().bucket(quarantine_bucket).key(&key).send().await {
         Ok(head) => head,
-        Err(error) => {
-            return match s3_failure(&error) {
-                S3Failure::NotFound => Ok(None),
-                S3Failure::Other { message, class } => Err(read_error(message, class)),
-                S3Failure::PreconditionFailed => {
-                    Err(read_error("412 Precondition Failed".into(), ErrorClass::Transient))
-                }
-            };
-        }
+        Err(error) => return lookup_failed(s3_failure(&error)),
     };
     let size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
     if !holds_event_object(event, size, head.e_tag().unwrap_or_default().trim_matches('"')) {
@@ -241,15 +239,7 @@ pub async fn find_quarantined(
     }
     let tags = match s3.get_object_tagging().bucket(quarantine_bucket).key(&key).send().await {
         Ok(output) => output.tag_set,
-        Err(error) => {
-            return match s3_failure(&error) {
-                S3Failure::NotFound => Ok(None),
-                S3Failure::Other { message, class } => Err(read_error(message, class)),
-                S3Failure::PreconditionFailed => {
-                    Err(read_error("412 Precondition Failed".into(), ErrorClass::Transient))
-                }
-            };
-        }
+        Err(error) => return lookup_failed(s3_failure(&error)),
     };
     let tag = |name: &str| {
         let wanted = format!("{prefix}{name}");

@@ -73,16 +73,7 @@ fn clamd(stack: &Stack) -> Clamd {
 
 /// Deterministic, clean, not trivially compressible bytes.
 fn payload(len: usize) -> Bytes {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        out.extend_from_slice(&state.to_le_bytes());
-    }
-    out.truncate(len);
-    Bytes::from(out)
+    Bytes::from(bucket_av_testing::load::pseudo_random(len, 0))
 }
 
 async fn raw_scan(clamd: &Clamd, body: &Bytes) -> Duration {
