@@ -11,8 +11,10 @@
 //! Afterwards every object must have its verdict: clean ones tagged clean in the bucket, infected
 //! ones gone from it and in quarantine byte for byte, every verdict reported to the webhook with
 //! the right outcome, nothing dead-lettered, the policy Ready with the spec change applied and
-//! exactly its own notification entry on the bucket. A failed PUT (during MinIO's restart) counts
-//! only when MinIO stored the object anyway; then it is checked like the rest.
+//! exactly its own notification entry on the bucket. The uploader retries a failed PUT (during
+//! MinIO's restart), as S3 clients do: the upload MinIO confirms is the one promised a verdict.
+//! MinIO may store an object whose PUT it then fails to answer without ever raising its event;
+//! such an object is counted (it stays untagged, so it is never served as clean).
 //!
 //! It restarts the stack's services: run it on its own (`just test` runs it after the parallel
 //! suites; `just faults` runs a longer one).
@@ -100,7 +102,9 @@ pub struct Injected {
 pub struct FaultReport {
     pub attempted: u64,
     pub confirmed: u64,
-    pub failed_puts: u64,
+    pub retried_puts: u64,
+    pub failed_uploads: u64,
+    pub stored_unconfirmed_untagged: u64,
     pub checked: u64,
     pub clean: u64,
     pub infected: u64,
@@ -124,8 +128,14 @@ impl FaultReport {
             );
         }
         println!(
-            "  uploads: {} attempted, {} confirmed by MinIO, {} PUTs failed ({} of those stored anyway)",
-            self.attempted, self.confirmed, self.failed_puts, self.stored_despite_failed_put
+            "  uploads: {} attempted, {} confirmed by MinIO ({} failed PUT attempts retried), {} given up \
+             ({} of those stored anyway and scanned, {} stored without an event: untagged, never served as clean)",
+            self.attempted,
+            self.confirmed,
+            self.retried_puts,
+            self.failed_uploads,
+            self.stored_despite_failed_put,
+            self.stored_unconfirmed_untagged
         );
         println!(
             "  objects checked: {} ({} clean, {} infected and quarantined)",
@@ -225,15 +235,8 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
 
     println!("\n==> Checking every object, every webhook report, the policy and the bucket's notification");
     let verification = load::verify(stack, &bucket, &quarantine, &uploads_plan, &uploads).await;
-    // Every object MinIO has: the confirmed uploads and the failed PUTs it stored anyway.
-    let mut existing: Vec<u64> = uploads.stored.iter().copied().collect();
-    for index in &uploads.failed {
-        let placement = load::placement(stack, &bucket, &quarantine, &uploads_plan.key(*index)).await;
-        if placement != load::Placement::Nowhere {
-            existing.push(*index);
-        }
-    }
-    let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, &bucket, &uploads_plan, existing);
+    let scanned = verification.scanned.iter().copied();
+    let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, &bucket, &uploads_plan, scanned);
     let amqp = stack.amqp().await;
     let dead_lettered = load::queue_depth(&amqp, &format!("{}.dead", system.queue)).await;
     let mut problems = fault_problems;
@@ -251,7 +254,9 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     let report = FaultReport {
         attempted: plan.uploads,
         confirmed: uploads.stored.len() as u64,
-        failed_puts: uploads.failed.len() as u64,
+        retried_puts: counters.retried(),
+        failed_uploads: uploads.failed.len() as u64,
+        stored_unconfirmed_untagged: verification.stored_unconfirmed_untagged,
         checked: verification.checked,
         clean: verification.clean,
         infected: verification.infected,
@@ -353,11 +358,11 @@ impl Injector<'_> {
                 format!("RabbitMQ restarted (down and back in {took:.1} s)")
             }
             Fault::MinioRestarted => {
-                let failed_before = self.counters.failed();
+                let retried_before = self.counters.retried();
                 let took = self.service("restart", "minio").await;
                 format!(
-                    "MinIO restarted (back in {took:.1} s; {} PUTs failed meanwhile)",
-                    self.counters.failed() - failed_before
+                    "MinIO restarted (back in {took:.1} s; {} PUT attempts failed meanwhile and were retried)",
+                    self.counters.retried() - retried_before
                 )
             }
             Fault::WorkerKilled => self.kill_worker_mid_scan().await,

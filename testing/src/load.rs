@@ -75,12 +75,19 @@ impl UploadPlan {
 #[derive(Debug, Default)]
 pub struct UploadCounters {
     pub stored: AtomicU64,
+    /// PUT attempts that failed and were tried again.
+    pub retried: AtomicU64,
+    /// Uploads given up after every attempt failed.
     pub failed: AtomicU64,
 }
 
 impl UploadCounters {
     pub fn stored(&self) -> u64 {
         self.stored.load(Ordering::Relaxed)
+    }
+
+    pub fn retried(&self) -> u64 {
+        self.retried.load(Ordering::Relaxed)
     }
 
     pub fn failed(&self) -> u64 {
@@ -96,8 +103,13 @@ pub struct Uploads {
     pub failed: BTreeSet<u64>,
 }
 
+/// How often an upload is tried before it counts as failed, as S3 clients retry a failed PUT.
+const PUT_ATTEMPTS: u32 = 8;
+
 /// Uploads `plan.count` objects at `plan.rate` from `uploaders` concurrent tasks. A failed PUT
-/// is recorded, not retried: the stream goes on as users' uploads would.
+/// is tried again (up to [`PUT_ATTEMPTS`], backing off to 2 s), as a client would: the server
+/// may have stored the object without its event (it stopped mid-request), and only the upload
+/// it confirmed is promised a verdict.
 pub async fn upload(
     s3: aws_sdk_s3::Client,
     bucket: String,
@@ -123,18 +135,29 @@ pub async fn upload(
                 (s3.clone(), bucket.clone(), Arc::clone(&plan), Arc::clone(&uploads), Arc::clone(&counters));
             async move {
                 let key = plan.key(index);
-                let body = plan.body(index);
-                match s3.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body)).send().await {
-                    Ok(_) => {
-                        uploads.lock().unwrap().stored.insert(index);
-                        counters.stored.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(error) => {
-                        eprintln!("  put {key}: {}", aws_sdk_s3::error::DisplayErrorContext(&error));
-                        uploads.lock().unwrap().failed.insert(index);
-                        counters.failed.fetch_add(1, Ordering::Relaxed);
+                let body = bytes::Bytes::from(plan.body(index));
+                let mut backoff = Duration::from_millis(500);
+                for attempt in 1..=PUT_ATTEMPTS {
+                    let put = s3.put_object().bucket(&bucket).key(&key).body(ByteStream::from(body.clone()));
+                    match put.send().await {
+                        Ok(_) => {
+                            uploads.lock().unwrap().stored.insert(index);
+                            counters.stored.fetch_add(1, Ordering::Relaxed);
+                            return;
+                        }
+                        Err(error) => {
+                            let error = bucket_av_pipeline::s3::error_chain(&error);
+                            eprintln!("  put {key} (attempt {attempt} of {PUT_ATTEMPTS}): {error}");
+                            if attempt < PUT_ATTEMPTS {
+                                counters.retried.fetch_add(1, Ordering::Relaxed);
+                                tokio::time::sleep(backoff).await;
+                                backoff = (backoff * 2).min(Duration::from_secs(2));
+                            }
+                        }
                     }
                 }
+                uploads.lock().unwrap().failed.insert(index);
+                counters.failed.fetch_add(1, Ordering::Relaxed);
             }
         })
         .await;
@@ -242,8 +265,13 @@ pub struct Verification {
     pub checked: u64,
     pub clean: u64,
     pub infected: u64,
-    /// Failed PUTs whose object MinIO stored anyway (checked like the others).
+    /// Failed uploads whose object MinIO stored anyway and scanned (checked like the others).
     pub stored_despite_failed_put: u64,
+    /// Failed uploads whose object MinIO stored anyway without an event: untagged, so never
+    /// served as clean (the uploader was told the upload failed; a retry would be scanned).
+    pub stored_unconfirmed_untagged: u64,
+    /// Every object that must have a verdict report: confirmed uploads and the scanned others.
+    pub scanned: Vec<u64>,
     pub problems: Vec<String>,
 }
 
@@ -285,7 +313,8 @@ pub async fn has_final_verdict(stack: &Stack, bucket: &str, quarantine: &str, ke
 
 /// Checks every object of `uploads`: clean ones carry `av-status=clean` in the bucket; infected
 /// ones are gone from it and sit in the quarantine bucket under `<bucket>/<key>`, tagged infected,
-/// byte for byte the upload. A failed PUT is checked the same way when its object exists.
+/// byte for byte the upload. A failed upload is checked the same way when its object exists and
+/// was scanned; stored without an event, it is only counted.
 pub async fn verify(
     stack: &Stack,
     bucket: &str,
@@ -300,17 +329,27 @@ pub async fn verify(
             let key = plan.key(index);
             let expect = plan.expect(index);
             let placement = placement(stack, bucket, quarantine, &key).await;
-            if !confirmed && placement == Placement::Nowhere {
-                return None; // the PUT failed and nothing was stored: the uploader was told
+            if !confirmed {
+                match &placement {
+                    // The uploader was told the upload failed, and nothing is served as clean.
+                    Placement::Nowhere => return None,
+                    Placement::InBucket(tags) if !tags.contains_key("av-status") => return Some(Err(())),
+                    _ => {}
+                }
             }
             let problem = check_placement(stack, bucket, quarantine, plan, index, expect, placement).await;
-            Some((expect, confirmed, problem))
+            Some(Ok((index, expect, confirmed, problem)))
         })
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
     let mut verification = Verification::default();
-    for (expect, confirmed, problem) in checks.into_iter().flatten() {
+    for check in checks.into_iter().flatten() {
+        let Ok((index, expect, confirmed, problem)) = check else {
+            verification.stored_unconfirmed_untagged += 1;
+            continue;
+        };
+        verification.scanned.push(index);
         verification.checked += 1;
         match expect {
             Expect::Clean => verification.clean += 1,
