@@ -222,16 +222,17 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
 
     println!("\n==> Waiting until every upload has its verdict");
     let (bucket, quarantine) = (system.bucket.clone(), system.quarantine.clone());
-    let unsettled = async || {
-        let checks = uploads.stored.iter().map(|index| {
-            let key = uploads_plan.key(*index);
-            let (bucket, quarantine, expect) = (&bucket, &quarantine, uploads_plan.expect(*index));
-            async move { load::has_final_verdict(stack, bucket, quarantine, &key, expect).await }
-        });
-        use futures::StreamExt;
-        futures::stream::iter(checks).buffer_unordered(16).filter(|done| std::future::ready(!done)).count().await
-    };
-    let settled = load::wait_settled(stack, &system.workers, &system.queue, unsettled, SETTLE_TIMEOUT).await;
+    let settled = load::wait_settled(
+        stack,
+        &system.workers,
+        &system.queue,
+        &bucket,
+        &quarantine,
+        &uploads_plan,
+        &uploads.stored,
+        SETTLE_TIMEOUT,
+    )
+    .await;
 
     println!("\n==> Checking every object, every webhook report, the policy and the bucket's notification");
     let verification = load::verify(stack, &bucket, &quarantine, &uploads_plan, &uploads).await;

@@ -118,17 +118,17 @@ async fn main() {
 
     step("Waiting for the queue to drain");
     let (bucket, quarantine) = (&system.bucket, &system.quarantine);
-    let unsettled = async || {
-        let mut pending = 0;
-        for index in &uploads.stored {
-            let key = plan.key(*index);
-            if !load::has_final_verdict(&stack, bucket, quarantine, &key, plan.expect(*index)).await {
-                pending += 1;
-            }
-        }
-        pending
-    };
-    let drained = load::wait_settled(&stack, &system.workers, &system.queue, unsettled, DRAIN_TIMEOUT).await;
+    let drained = load::wait_settled(
+        &stack,
+        &system.workers,
+        &system.queue,
+        bucket,
+        quarantine,
+        &plan,
+        &uploads.stored,
+        DRAIN_TIMEOUT,
+    )
+    .await;
     let after_drain = processes
         .iter()
         .map(|(name, process)| {
