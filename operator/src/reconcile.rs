@@ -536,7 +536,7 @@ async fn configure_notifications(
     s3: &S3Settings,
     conflicts: &[BucketConflict],
 ) -> Result<()> {
-    let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+    let client = s3_client(s3)?;
     let arn = policy.target_arn();
     let id_prefix = entry_id_prefix(policy);
     let mut missing = Vec::new();
@@ -593,16 +593,32 @@ async fn remove_stale_routes(
     if stale.is_empty() {
         return Ok(());
     }
-    let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+    let client = s3_client(s3)?;
     for bucket in stale {
-        let lock = ctx.notification_lock(&s3.endpoint, bucket);
-        let _only_writer = lock.lock().await;
-        notification::remove(&client, bucket, &old_arn, &entry_id_prefix(policy))
-            .await
-            .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
+        remove_entries(policy, ctx, &client, &s3.endpoint, bucket, &old_arn).await?;
         info!(policy = %policy.name_any(), %bucket, arn = %old_arn, "removed the entries of a bucket no longer routed");
     }
     Ok(())
+}
+
+/// Removes the policy's entries for `arn` from `bucket`, as the bucket's only writer.
+async fn remove_entries(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    client: &bucket_av_pipeline::s3::Client,
+    endpoint: &str,
+    bucket: &str,
+    arn: &str,
+) -> Result<()> {
+    let lock = ctx.notification_lock(endpoint, bucket);
+    let _only_writer = lock.lock().await;
+    notification::remove(client, bucket, arn, &entry_id_prefix(policy))
+        .await
+        .map_err(|error| Error::RemoveNotification(Box::new(error)))
+}
+
+fn s3_client(s3: &S3Settings) -> Result<bucket_av_pipeline::s3::Client> {
+    bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))
 }
 
 /// The bucket names of the spec, each once.
@@ -630,7 +646,7 @@ async fn check_quarantine_bucket(policy: &BucketScanPolicy, s3: &S3Settings) -> 
     let Some(bucket) = actions.quarantine_bucket.as_ref().filter(|_| quarantines) else {
         return Ok(());
     };
-    let client = bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+    let client = s3_client(s3)?;
     match client.head_bucket().bucket(bucket).send().await {
         Ok(_) => Ok(()),
         Err(error) if error.as_service_error().is_some_and(|error| error.is_not_found()) => {
@@ -972,18 +988,14 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         Err(other) => return Err(other),
     };
     if let Some(resolved) = resolved {
-        let client = bucket_av_pipeline::s3::client(&resolved.s3).map_err(|error| Error::S3Client(Box::new(error)))?;
+        let client = s3_client(&resolved.s3)?;
         let arn = policy.target_arn();
         // The spec's buckets and those the status says may still carry entries (a bucket
         // dropped from the spec just before the delete).
         let mut buckets = spec_buckets(policy);
         buckets.extend(policy.status.iter().flat_map(|status| status.routed_buckets.iter().cloned()));
         for bucket in buckets {
-            let lock = ctx.notification_lock(&resolved.s3.endpoint, &bucket);
-            let _only_writer = lock.lock().await;
-            notification::remove(&client, &bucket, &arn, &entry_id_prefix(policy))
-                .await
-                .map_err(|error| Error::RemoveNotification(Box::new(error)))?;
+            remove_entries(policy, ctx, &client, &resolved.s3.endpoint, &bucket, &arn).await?;
         }
         if policy.manages_target() {
             remove_target(policy, ctx, &resolved.s3).await?;

@@ -38,6 +38,9 @@ pub enum S3SetupError {
     BadEndpoint(String),
 }
 
+/// The S3 client [`client`] builds, for crates that do not depend on the SDK themselves.
+pub use aws_sdk_s3::Client;
+
 /// Creates the client. Nothing is sent until the first request.
 pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, S3SetupError> {
     if !(settings.endpoint.starts_with("http://") || settings.endpoint.starts_with("https://")) {

@@ -226,10 +226,7 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
         stack,
         &system.workers,
         &system.queue,
-        &bucket,
-        &quarantine,
-        &uploads_plan,
-        &uploads.stored,
+        &load::Awaited { bucket: &bucket, quarantine: &quarantine, plan: &uploads_plan, uploads: &uploads.stored },
         SETTLE_TIMEOUT,
     )
     .await;

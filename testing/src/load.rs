@@ -217,35 +217,33 @@ pub async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> Option<u32> {
     depth
 }
 
-/// How many of `uploads` are not yet where their verdict puts them (see [`has_final_verdict`]).
-pub async fn without_verdict(
-    stack: &Stack,
-    bucket: &str,
-    quarantine: &str,
-    plan: &UploadPlan,
-    uploads: &BTreeSet<u64>,
-) -> usize {
-    let checks = uploads.iter().map(|index| {
-        let key = plan.key(*index);
-        let expect = plan.expect(*index);
-        async move { has_final_verdict(stack, bucket, quarantine, &key, expect).await }
+/// The uploads a run waits for: which were confirmed, where they go, and what each should be.
+pub struct Awaited<'a> {
+    pub bucket: &'a str,
+    pub quarantine: &'a str,
+    pub plan: &'a UploadPlan,
+    pub uploads: &'a BTreeSet<u64>,
+}
+
+/// How many awaited uploads are not yet where their verdict puts them (see [`has_final_verdict`]).
+pub async fn without_verdict(stack: &Stack, awaited: &Awaited<'_>) -> usize {
+    let checks = awaited.uploads.iter().map(|index| {
+        let key = awaited.plan.key(*index);
+        let expect = awaited.plan.expect(*index);
+        async move { has_final_verdict(stack, awaited.bucket, awaited.quarantine, &key, expect).await }
     });
     futures::stream::iter(checks).buffer_unordered(16).filter(|done| std::future::ready(!done)).count().await
 }
 
-/// Waits until nothing is queued or in flight and every object of `uploads` has its verdict in
-/// `bucket` or sits in `quarantine` (so redeliveries and scans by workers since killed count
+/// Waits until nothing is queued or in flight and every awaited upload has its verdict in the
+/// bucket or sits in quarantine (so redeliveries and scans by workers since killed count
 /// right). Prints when that was first true, measured from the call (the last upload). Returns
 /// false after `timeout`.
-#[allow(clippy::too_many_arguments)]
 pub async fn wait_settled(
     stack: &Stack,
     workers: &[WorkerProcess],
     queue: &str,
-    bucket: &str,
-    quarantine: &str,
-    plan: &UploadPlan,
-    uploads: &BTreeSet<u64>,
+    awaited: &Awaited<'_>,
     timeout: Duration,
 ) -> bool {
     let started = Instant::now();
@@ -264,7 +262,7 @@ pub async fn wait_settled(
         if depth == Some(0) && in_flight == 0.0 {
             // The check itself takes a while on a busy machine: the time is when it began.
             let checked_at = started.elapsed();
-            let pending = without_verdict(stack, bucket, quarantine, plan, uploads).await;
+            let pending = without_verdict(stack, awaited).await;
             if pending == 0 {
                 println!("  every upload had its verdict {:.1} s after the last one", checked_at.as_secs_f64());
                 return true;

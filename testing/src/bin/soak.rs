@@ -122,10 +122,7 @@ async fn main() {
         &stack,
         &system.workers,
         &system.queue,
-        bucket,
-        quarantine,
-        &plan,
-        &uploads.stored,
+        &load::Awaited { bucket, quarantine, plan: &plan, uploads: &uploads.stored },
         DRAIN_TIMEOUT,
     )
     .await;
