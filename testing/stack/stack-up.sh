@@ -165,6 +165,10 @@ MINIO_API_SYNC_EVENTS=on
 # Serve S3 only once the buckets' notification rules and targets are loaded. MinIO's default
 # answers uploads while it still loads them after a restart, and those uploads raise no event.
 MINIO_SYNC_BOOT=on
+# A static KMS key (a fresh one per stack) so the suites can store SSE-S3 and SSE-KMS objects:
+# their ETags are not content hashes and a server-side copy gets a new one, which the worker's
+# guards must handle. Objects are only encrypted when an upload or the bucket asks for it.
+MINIO_KMS_SECRET_KEY=bavs-test-key:$(head -c 32 /dev/urandom | base64)
 MINIO_NOTIFY_AMQP_ENABLE_$id=on
 MINIO_NOTIFY_AMQP_URL_$id=amqp://$BAVS_RABBITMQ_USER:$BAVS_RABBITMQ_PASSWORD@127.0.0.1:$BAVS_RABBITMQ_PORT/
 MINIO_NOTIFY_AMQP_EXCHANGE_$id=$BAVS_EXCHANGE
