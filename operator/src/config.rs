@@ -6,11 +6,14 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::clamd_config::HostSettings;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "bucket-av-operator",
     version,
-    about = "Reconciles BucketScanPolicy objects into RabbitMQ queues, MinIO bucket notifications and scanning workers"
+    about = "Reconciles BucketScanPolicy objects into RabbitMQ queues, MinIO bucket notifications and scanning workers",
+    after_help = "Also: `bucket-av-operator clamd-config --help` prints the clamd.conf the operator renders for a policy."
 )]
 pub struct Config {
     /// Worker image for policies that name none (`spec.workers.image`).
@@ -77,6 +80,86 @@ pub struct Config {
 
 pub use bucket_av_pipeline::service::LogFormat;
 
+/// The first argument that selects [`ClamdConfigArgs`] instead of running the operator.
+pub const CLAMD_CONFIG_COMMAND: &str = "clamd-config";
+
+/// Flags of `bucket-av-operator clamd-config`: the policy, and the host settings of the clamd
+/// that will read the configuration (every flag also from its `BAVS_CLAMD_CONFIG_*` variable).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "clamd-config",
+    bin_name = "bucket-av-operator clamd-config",
+    version,
+    about = "Prints the clamd.conf the operator renders for a BucketScanPolicy, with this host's paths: \
+             for an external clamd (spec.scanner.external), so that it alerts on every scan limit \
+             and on encrypted content exactly as the sidecar does",
+    group = clap::ArgGroup::new("listener").required(true).multiple(true).args(["tcp", "local_socket"])
+)]
+pub struct ClamdConfigArgs {
+    /// The BucketScanPolicy as a YAML file (as applied with kubectl); `-` reads standard input.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_POLICY")]
+    pub policy: PathBuf,
+    /// clamd's `DatabaseDirectory` (the signatures).
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_DATABASE_DIRECTORY", value_parser = absolute_path)]
+    pub database_directory: PathBuf,
+    /// `TCPAddr:TCPSocket` to listen on; clamd has no authentication, so keep it on loopback or a
+    /// network only the workers reach.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_TCP")]
+    pub tcp: Option<SocketAddr>,
+    /// `LocalSocket`: a unix socket to listen on.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_LOCAL_SOCKET", value_parser = absolute_path)]
+    pub local_socket: Option<PathBuf>,
+    /// `PidFile`.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_PID_FILE", value_parser = absolute_path)]
+    pub pid_file: PathBuf,
+    /// `LogFile` (not size-limited: rotate it from outside). Unset: clamd logs to stderr.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_LOG_FILE", value_parser = absolute_path)]
+    pub log_file: Option<PathBuf>,
+    /// `TemporaryDirectory`: holds streamed objects and extracted archive members, up to the
+    /// policy's `MaxScanSize` for each scan in flight.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_TEMPORARY_DIRECTORY", value_parser = absolute_path)]
+    pub temporary_directory: PathBuf,
+    /// `Foreground`: stay in the foreground (for a supervisor) instead of forking.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_FOREGROUND", default_value_t = false, action = clap::ArgAction::Set)]
+    pub foreground: bool,
+    /// `SelfCheck`: seconds between checks for a changed signature database (clamd's default: 600).
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_SELF_CHECK_SECONDS")]
+    pub self_check_seconds: Option<u32>,
+    /// `MaxQueue`, in place of the policy's (twice `workers.concurrency`, at least 100), for a clamd
+    /// that more workers share.
+    #[arg(long, env = "BAVS_CLAMD_CONFIG_MAX_QUEUE")]
+    pub max_queue: Option<u32>,
+}
+
+impl ClamdConfigArgs {
+    pub fn host_settings(&self) -> HostSettings {
+        HostSettings {
+            database_directory: self.database_directory.clone(),
+            temporary_directory: self.temporary_directory.clone(),
+            pid_file: self.pid_file.clone(),
+            tcp: self.tcp,
+            local_socket: self.local_socket.clone(),
+            log_file: self.log_file.clone(),
+            foreground: self.foreground,
+            self_check_seconds: self.self_check_seconds,
+            max_queue: self.max_queue,
+        }
+    }
+}
+
+/// An absolute path that fits on one clamd.conf line (clamd changes to `/` when it forks, so a
+/// relative path would point elsewhere).
+fn absolute_path(text: &str) -> Result<PathBuf, String> {
+    if text.contains(['\n', '\r', '\0']) {
+        return Err("a clamd.conf value cannot contain line breaks".into());
+    }
+    let path = PathBuf::from(text);
+    if !path.is_absolute() {
+        return Err(format!("{text} is not an absolute path: clamd changes to / when it starts"));
+    }
+    Ok(path)
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -92,6 +175,34 @@ mod tests {
             }
             assert!(arg.get_env().is_some(), "--{id} has no env");
         }
+    }
+
+    #[test]
+    fn every_clamd_config_flag_has_an_environment_variable() {
+        for arg in ClamdConfigArgs::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{id} has no env");
+        }
+    }
+
+    #[test]
+    fn clamd_config_needs_a_listener_and_absolute_paths() {
+        let parse = |args: &[&str]| {
+            let base =
+                ["clamd-config", "--policy", "p.yaml", "--database-directory", "/db", "--pid-file", "/run/c.pid"];
+            ClamdConfigArgs::try_parse_from(base.iter().chain(["--temporary-directory", "/tmp"].iter()).chain(args))
+        };
+        assert!(parse(&[]).is_err(), "neither --tcp nor --local-socket");
+        let args = parse(&["--tcp", "127.0.0.1:3310", "--local-socket", "/run/c.sock"]).unwrap();
+        let host = args.host_settings();
+        assert_eq!(host.tcp, Some("127.0.0.1:3310".parse().unwrap()));
+        assert_eq!(host.local_socket.as_deref(), Some(std::path::Path::new("/run/c.sock")));
+        assert!(!host.foreground);
+        assert!(parse(&["--local-socket", "clamd.sock"]).is_err(), "relative");
+        assert!(parse(&["--local-socket", "/run/c.sock\nUser root"]).is_err(), "a second line");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! topology, MinIO bucket notifications and a scanning worker Deployment. `main.rs` only wires
 //! flags, telemetry and leader election around it.
 
+pub mod clamd_config;
 pub mod config;
 pub mod context;
 pub mod controller;

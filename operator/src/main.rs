@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use bucket_av_operator::config::Config;
+use bucket_av_crds::BucketScanPolicy;
+use bucket_av_operator::clamd_config::{self, ClamdLimits};
+use bucket_av_operator::config::{CLAMD_CONFIG_COMMAND, ClamdConfigArgs, Config};
 use bucket_av_operator::http::{self, HttpState};
 use bucket_av_operator::lease::{self, LeaseConfig};
 use bucket_av_operator::metrics::Metrics;
@@ -14,11 +16,15 @@ use bucket_av_operator::queue_metrics::QueueDepthSource;
 use bucket_av_operator::{Context, OperatorDefaults, controller};
 use bucket_av_pipeline::service::{init_logging, shutdown_on_signal};
 use clap::Parser;
+use kube::ResourceExt as _;
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == CLAMD_CONFIG_COMMAND) {
+        return print_clamd_config(&ClamdConfigArgs::parse_from(std::env::args_os().skip(1)));
+    }
     let config = Config::parse();
     init_logging(config.log_format);
     let shutdown = shutdown_on_signal("stopping")?;
@@ -114,5 +120,21 @@ async fn main() -> anyhow::Result<()> {
     if let Some(metrics_server) = metrics_server {
         let _ = metrics_server.await;
     }
+    Ok(())
+}
+
+/// `bucket-av-operator clamd-config`: the clamd.conf the operator would render for the policy,
+/// with the host settings from the flags, on standard output.
+fn print_clamd_config(args: &ClamdConfigArgs) -> anyhow::Result<()> {
+    let text = if args.policy.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("read the policy from standard input")?
+    } else {
+        std::fs::read_to_string(&args.policy).with_context(|| format!("read {}", args.policy.display()))?
+    };
+    let policy: BucketScanPolicy = serde_norway::from_str(&text)
+        .with_context(|| format!("{} is not a BucketScanPolicy", args.policy.display()))?;
+    policy.spec.validate().with_context(|| format!("invalid spec in {}", args.policy.display()))?;
+    let limits = ClamdLimits::for_policy(&policy.spec);
+    print!("{}", clamd_config::render(&policy.name_any(), &limits, &args.host_settings()));
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! clients for MinIO and RabbitMQ, runs worker processes, and receives webhooks. Every helper
 //! fails loudly when the stack is not there; nothing here skips or fakes a service.
 
+pub mod archive;
 pub mod chart;
 pub mod cli;
 pub mod cluster;

@@ -64,10 +64,10 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::time::Duration;
 
 use bucket_av_pipeline::topology::header_text;
+use bucket_av_testing::archive::{ZipEntry, zip};
 use bucket_av_testing::{EICAR, unique_name};
 use common::clamd_proxy::{ClamdProxy, Fault, OUT_OF_MEMORY};
 use common::minio_users::MinioAdmin;
@@ -188,153 +188,6 @@ fn query_escape(raw: &str) -> String {
         }
     }
     out
-}
-
-// ---- zip archives, built here (never committed as blobs) ----------------------------------
-
-struct ZipEntry {
-    name: String,
-    /// Bytes as stored in the archive: compressed and/or encrypted.
-    stored: Vec<u8>,
-    crc: u32,
-    size: u32,
-    method: u16,
-    flags: u16,
-}
-
-impl ZipEntry {
-    fn stored(name: &str, data: &[u8]) -> Self {
-        Self {
-            name: name.into(),
-            stored: data.to_vec(),
-            crc: crc32fast::hash(data),
-            size: data.len() as u32,
-            method: 0,
-            flags: 0,
-        }
-    }
-
-    /// A stored entry encrypted with traditional PKWARE encryption (ZipCrypto).
-    fn zipcrypto(name: &str, data: &[u8], password: &[u8]) -> Self {
-        let crc = crc32fast::hash(data);
-        let mut keys = ZipCryptoKeys::new(password);
-        // 11 arbitrary bytes, then the CRC's high byte that a reader checks the password against.
-        let mut header: Vec<u8> = (0..11u8).map(|i| i.wrapping_mul(37).wrapping_add(11)).collect();
-        header.push((crc >> 24) as u8);
-        let stored = header.iter().chain(data).map(|&byte| keys.encrypt(byte)).collect();
-        Self { name: name.into(), stored, crc, size: data.len() as u32, method: 0, flags: 1 }
-    }
-
-    /// A deflated entry of `mib` MiB of zeros, built without inflating it here: one MiB is
-    /// deflated once and its (byte-aligned, non-final) blocks are repeated, since every block of
-    /// zeros only refers back to zeros.
-    fn zeros_bomb(name: &str, mib: u32) -> Self {
-        let chunk = vec![0u8; 1024 * 1024];
-        let mut compressor = flate2::Compress::new(flate2::Compression::best(), false);
-        let mut block = Vec::with_capacity(64 * 1024);
-        compressor.compress_vec(&chunk, &mut block, flate2::FlushCompress::Sync).unwrap();
-        assert_eq!(compressor.total_in(), chunk.len() as u64, "one call deflates the whole MiB");
-        let mut stored = Vec::with_capacity(block.len() * mib as usize + 2);
-        let mut one = crc32fast::Hasher::new();
-        one.update(&chunk);
-        let mut crc = crc32fast::Hasher::new();
-        for _ in 0..mib {
-            stored.extend_from_slice(&block);
-            crc.combine(&one);
-        }
-        // An empty final block with fixed Huffman codes.
-        stored.extend_from_slice(&[0x03, 0x00]);
-        Self { name: name.into(), stored, crc: crc.finalize(), size: mib * 1024 * 1024, method: 8, flags: 0 }
-    }
-}
-
-struct ZipCryptoKeys([u32; 3]);
-
-impl ZipCryptoKeys {
-    fn new(password: &[u8]) -> Self {
-        let mut keys = Self([0x1234_5678, 0x2345_6789, 0x3456_7890]);
-        for &byte in password {
-            keys.update(byte);
-        }
-        keys
-    }
-
-    fn crc_byte(crc: u32, byte: u8) -> u32 {
-        let mut c = (crc ^ u32::from(byte)) & 0xff;
-        for _ in 0..8 {
-            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
-        }
-        c ^ (crc >> 8)
-    }
-
-    fn update(&mut self, byte: u8) {
-        self.0[0] = Self::crc_byte(self.0[0], byte);
-        self.0[1] = self.0[1].wrapping_add(self.0[0] & 0xff).wrapping_mul(134_775_813).wrapping_add(1);
-        self.0[2] = Self::crc_byte(self.0[2], (self.0[1] >> 24) as u8);
-    }
-
-    fn encrypt(&mut self, plain: u8) -> u8 {
-        let temp = (self.0[2] | 2) & 0xffff;
-        let cipher = plain ^ ((temp.wrapping_mul(temp ^ 1) >> 8) & 0xff) as u8;
-        self.update(plain);
-        cipher
-    }
-}
-
-fn zip(entries: &[ZipEntry]) -> Vec<u8> {
-    const DOS_DATE: u16 = 0x0021; // 1980-01-01
-    let mut out = Vec::new();
-    let mut central = Vec::new();
-    for entry in entries {
-        let offset = out.len() as u32;
-        let name = entry.name.as_bytes();
-        out.write_all(&0x0403_4b50u32.to_le_bytes()).unwrap();
-        for field in [20u16, entry.flags, entry.method, 0, DOS_DATE] {
-            out.write_all(&field.to_le_bytes()).unwrap();
-        }
-        for field in [entry.crc, entry.stored.len() as u32, entry.size] {
-            out.write_all(&field.to_le_bytes()).unwrap();
-        }
-        out.write_all(&(name.len() as u16).to_le_bytes()).unwrap();
-        out.write_all(&0u16.to_le_bytes()).unwrap();
-        out.write_all(name).unwrap();
-        out.write_all(&entry.stored).unwrap();
-
-        central.write_all(&0x0201_4b50u32.to_le_bytes()).unwrap();
-        for field in [20u16, 20, entry.flags, entry.method, 0, DOS_DATE] {
-            central.write_all(&field.to_le_bytes()).unwrap();
-        }
-        for field in [entry.crc, entry.stored.len() as u32, entry.size] {
-            central.write_all(&field.to_le_bytes()).unwrap();
-        }
-        for field in [name.len() as u16, 0, 0, 0, 0] {
-            central.write_all(&field.to_le_bytes()).unwrap();
-        }
-        central.write_all(&0u32.to_le_bytes()).unwrap();
-        central.write_all(&offset.to_le_bytes()).unwrap();
-        central.write_all(name).unwrap();
-    }
-    let central_offset = out.len() as u32;
-    out.extend_from_slice(&central);
-    out.write_all(&0x0605_4b50u32.to_le_bytes()).unwrap();
-    for field in [0u16, 0, entries.len() as u16, entries.len() as u16] {
-        out.write_all(&field.to_le_bytes()).unwrap();
-    }
-    out.write_all(&(central.len() as u32).to_le_bytes()).unwrap();
-    out.write_all(&central_offset.to_le_bytes()).unwrap();
-    out.write_all(&0u16.to_le_bytes()).unwrap();
-    out
-}
-
-#[test]
-fn the_bomb_builder_writes_a_deflate_stream_that_inflates_to_its_declared_size() {
-    let entry = ZipEntry::zeros_bomb("z", 3);
-    let mut inflated = Vec::new();
-    let mut decoder = flate2::read::DeflateDecoder::new(entry.stored.as_slice());
-    std::io::Read::read_to_end(&mut decoder, &mut inflated).unwrap();
-    assert_eq!(inflated.len(), 3 * 1024 * 1024);
-    assert!(inflated.iter().all(|&byte| byte == 0));
-    assert_eq!(crc32fast::hash(&inflated), entry.crc);
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn every_setting_of_the_policy_reaches_the_worker() {
         ("BAVS_S3_REGION", "us-east-1"),
         ("BAVS_S3_CA_BUNDLE", "/etc/bucket-av/s3-ca/ca.crt"),
         ("BAVS_CLAMD", "127.0.0.1:3310"),
-        ("BAVS_CLAMD_STREAM_MAX_BYTES", "2147483648"),
+        ("BAVS_CLAMD_STREAM_MAX_BYTES", "2147483645"),
         ("BAVS_MAX_OBJECT_SIZE", "2147483648"),
         ("BAVS_CHUNK_BYTES", "262144"),
         ("BAVS_SCAN_TIMEOUT_SECONDS", "900"),
@@ -254,7 +254,12 @@ fn the_sidecar_runs_clamd_and_freshclam_from_the_mirror() {
     let clamd_conf = &data["clamd.conf"];
     assert!(clamd_conf.contains("TCPSocket 3310\n"));
     assert!(clamd_conf.contains("TCPAddr 127.0.0.1\n"));
-    assert!(clamd_conf.contains("StreamMaxLength 2147483648\n"));
+    // The example's 2Gi, lowered to the largest file clamd scans whole.
+    assert!(clamd_conf.contains("StreamMaxLength 2147483645\n"));
+    assert!(clamd_conf.contains("MaxFileSize 2147483645\n"));
+    assert!(clamd_conf.contains("AlertExceedsMax yes\n"));
+    assert!(clamd_conf.contains("AlertEncrypted yes\n"));
+    assert!(clamd_conf.contains("MaxThreads 8\n"), "one thread per scan the worker runs at once");
     assert!(!clamd_conf.contains("User "), "clamd must not try to switch users");
 }
 
