@@ -30,8 +30,12 @@ pub mod condition_types {
     pub const QUEUE_READY: &str = "QueueReady";
     /// At least one worker replica is available (or minReplicas is 0 and the queue is empty).
     pub const WORKERS_AVAILABLE: &str = "WorkersAvailable";
+    /// With `spec.protection.enabled`: MinIO enforces the protection (the IAM policy exists and
+    /// is attached to the listed users and groups, every bucket's policy carries the statements
+    /// for anonymous requests). Not reported while protection is off.
+    pub const VERDICT_PROTECTED: &str = "VerdictProtected";
     /// All of them, in the order the operator reconciles them (Ready last).
-    pub const ALL: [&str; 4] = [NOTIFICATION_CONFIGURED, QUEUE_READY, WORKERS_AVAILABLE, READY];
+    pub const ALL: [&str; 5] = [NOTIFICATION_CONFIGURED, QUEUE_READY, VERDICT_PROTECTED, WORKERS_AVAILABLE, READY];
 }
 
 /// The CustomResourceDefinition as YAML, exactly as `crdgen` prints it and as committed in

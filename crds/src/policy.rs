@@ -55,7 +55,17 @@ pub const MAX_QUEUE_NAME_LEN: usize = 240;
         "!has(self.actions) || !has(self.actions.quarantineBucket) || !self.buckets.exists(b, b.name == self.actions.quarantineBucket)"
     )
     .message(messages::QUARANTINE_IS_SCANNED)
-    .field_path(".actions.quarantineBucket")
+    .field_path(".actions.quarantineBucket"),
+    validation = Rule::new(
+        "!has(self.protection) || !self.protection.enabled || !has(self.actions) || !has(self.actions.tagging) || self.actions.tagging.enabled"
+    )
+    .message(messages::PROTECTION_WITHOUT_TAGGING)
+    .field_path(".protection.enabled"),
+    validation = Rule::new(
+        "!has(self.protection) || !self.protection.enabled || !has(self.actions) || !has(self.actions.tagging) || !self.actions.tagging.prefix.matches('[$*?]')"
+    )
+    .message(messages::PROTECTION_PREFIX_PATTERN)
+    .field_path(".actions.tagging.prefix")
 )]
 pub struct BucketScanPolicySpec {
     /// The MinIO server that holds the buckets, and how to reach it.
@@ -89,6 +99,49 @@ pub struct BucketScanPolicySpec {
     /// and the workers are removed either way.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// Make MinIO itself refuse forged verdicts and, optionally, reads of objects that are not
+    /// clean. Off by default. Enforced for anonymous requests on every bucket of the policy and
+    /// for the MinIO users and groups listed here; never for MinIO's root user.
+    #[serde(default)]
+    pub protection: ProtectionSpec,
+}
+
+/// MinIO-enforced protection of the verdict tags: the operator writes a MinIO IAM policy with
+/// Deny statements, attaches it to the listed users and groups, and merges the same Deny
+/// statements for anonymous requests into each bucket's policy (keeping every other statement).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProtectionSpec {
+    /// Turn the protection on. Covered requests (anonymous ones, and those of the listed users
+    /// and groups) can no longer set tags starting with the tagging prefix on any upload or copy,
+    /// copy objects into the buckets from other buckets, upload to them with browser (POST) forms
+    /// or fan-out, or change or remove the tags of objects in the buckets after the upload.
+    /// Turning it off (or deleting the policy) removes everything the operator added.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Reads fail closed (default true while enabled): covered GetObject and HeadObject requests
+    /// for keys the policy scans are refused unless the object carries `<prefix>status=clean`,
+    /// so pending, infected, unscannable and never-scanned objects cannot be downloaded. Server
+    /// side copies out of those keys are refused too.
+    #[serde(default = "default_true")]
+    pub require_clean_to_read: bool,
+
+    /// MinIO users (access keys of MinIO's built-in identity provider) the protection applies
+    /// to. Their service accounts and temporary credentials inherit it. Must not name the
+    /// policy's own MinIO user (the scanner's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.all(u, size(u) >= 1 && size(u) <= 256)").message(messages::BAD_PRINCIPAL_NAME))]
+    pub users: Vec<String>,
+
+    /// MinIO groups the protection applies to (every member, present and future). Must not
+    /// contain the policy's own MinIO user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new("self.all(g, size(g) >= 1 && size(g) <= 256)").message(messages::BAD_PRINCIPAL_NAME))]
+    pub groups: Vec<String>,
 }
 
 /// The MinIO server that holds the buckets.
@@ -602,8 +655,8 @@ pub struct BucketScanPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Ready, NotificationConfigured, QueueReady and WorkersAvailable; each True, False or
-    /// Unknown with a reason and a message.
+    /// Ready, NotificationConfigured, QueueReady, WorkersAvailable and (with protection)
+    /// VerdictProtected; each True, False or Unknown with a reason and a message.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -637,6 +690,12 @@ pub struct BucketScanPolicyStatus {
     /// MinIO has a notification target change that takes effect only after MinIO restarts.
     #[serde(default)]
     pub restart_pending: bool,
+
+    /// Buckets whose bucket policy may carry this policy's protection statements. A bucket
+    /// dropped from the spec loses them at the next reconcile; turning protection off or
+    /// deleting the policy removes them from all of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protected_buckets: Vec<String>,
 }
 
 // Defaults, shared by serde (missing fields) and the schema (`default` in the CRD).
@@ -737,6 +796,12 @@ impl Default for NotificationSpec {
             allow_restart: false,
             queue_dir: default_queue_dir(),
         }
+    }
+}
+
+impl Default for ProtectionSpec {
+    fn default() -> Self {
+        Self { enabled: false, require_clean_to_read: true, users: Vec::new(), groups: Vec::new() }
     }
 }
 

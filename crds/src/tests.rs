@@ -272,6 +272,27 @@ fn invalid_cases() -> Vec<InvalidCase> {
             edit: |spec| spec["scanner"]["streamMaxBytes"] = json!("0Mi"),
             message: messages::BAD_STREAM_MAX_BYTES,
         },
+        InvalidCase {
+            name: "protection without tagging",
+            edit: |spec| {
+                spec["protection"] = json!({"enabled": true});
+                spec["actions"] = json!({"tagging": {"enabled": false}});
+            },
+            message: messages::PROTECTION_WITHOUT_TAGGING,
+        },
+        InvalidCase {
+            name: "protection with a wildcard in the tag prefix",
+            edit: |spec| {
+                spec["protection"] = json!({"enabled": true, "users": ["app"]});
+                spec["actions"] = json!({"tagging": {"prefix": "av*"}});
+            },
+            message: messages::PROTECTION_PREFIX_PATTERN,
+        },
+        InvalidCase {
+            name: "empty protected user name",
+            edit: |spec| spec["protection"] = json!({"enabled": true, "users": [""]}),
+            message: messages::BAD_PRINCIPAL_NAME,
+        },
     ]
 }
 
@@ -292,7 +313,13 @@ fn validate_and_the_crd_refuse_each_invalid_policy_with_the_same_message() {
 
 #[test]
 fn valid_variations_pass_both_checks() {
-    let variations: [fn(&mut Value); 9] = [
+    let variations: [fn(&mut Value); 11] = [
+        |spec| spec["protection"] = json!({"enabled": true, "users": ["app"], "groups": ["uploaders"]}),
+        // A wildcard in the prefix matters only while protection is on.
+        |spec| {
+            spec["protection"] = json!({"enabled": false, "requireCleanToRead": false});
+            spec["actions"] = json!({"tagging": {"prefix": "av*"}});
+        },
         |spec| spec["actions"] = json!({"onInfected": "Quarantine", "quarantineBucket": "quarantine"}),
         |spec| spec["actions"] = json!({"onInfected": "Delete", "onUnscannable": "Delete"}),
         |spec| spec["workers"] = json!({"minReplicas": 0, "maxReplicas": 1}),

@@ -31,6 +31,12 @@ pub mod messages {
         "scanner.maxObjectSize must be a positive number of bytes or a quantity such as 512Mi or 2Gi";
     pub const BAD_STREAM_MAX_BYTES: &str =
         "scanner.streamMaxBytes must be a positive number of bytes or a quantity such as 100Mi";
+    pub const PROTECTION_WITHOUT_TAGGING: &str = "protection.enabled needs actions.tagging.enabled: with fail-closed reads \
+         no object would ever become readable, and there would be no verdict to protect";
+    pub const PROTECTION_PREFIX_PATTERN: &str = "actions.tagging.prefix must not contain '$', '*' or '?' while protection is \
+         enabled: MinIO policies read them as variables and wildcards";
+    pub const BAD_PRINCIPAL_NAME: &str =
+        "protection.users and protection.groups entries must be 1 to 256 characters (MinIO user or group names)";
 }
 
 /// Why a policy spec is invalid. The messages say what to change.
@@ -68,6 +74,14 @@ pub enum SpecError {
     BadMaxObjectSize(String),
     #[error("{msg} (got {0:?})", msg = messages::BAD_STREAM_MAX_BYTES)]
     BadStreamMaxBytes(String),
+    #[error("{}", messages::PROTECTION_WITHOUT_TAGGING)]
+    ProtectionWithoutTagging,
+    #[error("{msg} (got {0:?})", msg = messages::PROTECTION_PREFIX_PATTERN)]
+    ProtectionPrefixPattern(String),
+    #[error("{msg} (got {0:?})", msg = messages::BAD_PRINCIPAL_NAME)]
+    BadPrincipalName(String),
+    #[error("protection.{field} lists {count} entries; at most 100 are allowed")]
+    TooManyPrincipals { field: &'static str, count: usize },
     #[error("buckets must list 1 to 100 buckets, not {0}")]
     BucketCount(usize),
     /// A string that does not match its schema pattern or length limits.
@@ -98,6 +112,10 @@ impl SpecError {
             Self::ReservedQueue(_) => "ReservedQueue",
             Self::BadMaxObjectSize(_) => "BadMaxObjectSize",
             Self::BadStreamMaxBytes(_) => "BadStreamMaxBytes",
+            Self::ProtectionWithoutTagging => "ProtectionWithoutTagging",
+            Self::ProtectionPrefixPattern(_) => "ProtectionPrefixPattern",
+            Self::BadPrincipalName(_) => "BadPrincipalName",
+            Self::TooManyPrincipals { .. } => "TooManyPrincipals",
             Self::BucketCount(_) => "BucketCount",
             Self::Malformed { .. } => "Malformed",
             Self::OutOfRange { .. } => "OutOfRange",
@@ -241,6 +259,24 @@ impl BucketScanPolicySpec {
                 check_data_key("actions.webhook.secretRef.key", &secret.key)?;
             }
             check_range("actions.webhook.attempts", webhook.attempts.into(), 1, 20)?;
+        }
+
+        let protection = &self.protection;
+        for (field, names) in [("users", &protection.users), ("groups", &protection.groups)] {
+            if names.len() > 100 {
+                return Err(SpecError::TooManyPrincipals { field, count: names.len() });
+            }
+            if let Some(bad) = names.iter().find(|name| !(1..=256).contains(&name.chars().count())) {
+                return Err(SpecError::BadPrincipalName(bad.clone()));
+            }
+        }
+        if protection.enabled {
+            if !actions.tagging.enabled {
+                return Err(SpecError::ProtectionWithoutTagging);
+            }
+            if tag_prefix.contains(['$', '*', '?']) {
+                return Err(SpecError::ProtectionPrefixPattern(tag_prefix.clone()));
+            }
         }
 
         let workers = &self.workers;

@@ -300,8 +300,13 @@ impl AdminClient {
         Ok(())
     }
 
+    /// The secret key, for sealing request bodies.
+    pub(crate) fn secret_key(&self) -> &Secret {
+        &self.secret_key
+    }
+
     /// Sends one signed admin request and turns non-2xx answers into errors.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,
@@ -345,6 +350,10 @@ impl AdminClient {
         let mut request = self.http.request(method, url.as_str());
         for (name, value) in instructions.headers() {
             request = request.header(name, value);
+        }
+        if !body.is_empty() {
+            // Some handlers (policy attach/detach) refuse a body that is not declared opaque.
+            request = request.header(reqwest::header::CONTENT_TYPE, "application/octet-stream");
         }
         let response = request.body(body).send().await.map_err(|source| Error::Send { operation, source })?;
         if response.status().is_success() {

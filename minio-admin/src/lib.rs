@@ -1,9 +1,11 @@
 //! A small client for MinIO's admin API (`/minio/admin/v3`): reads and writes config lines such as
 //! AMQP notification targets, restarts the server so that they take effect, and waits until it is
-//! ready again. It never logs or reports credentials, and it changes nothing it is not asked to.
+//! ready again; manages canned (IAM) policies and their attachment to users and groups. It never
+//! logs or reports credentials, and it changes nothing it is not asked to.
 
 pub mod client;
 pub mod encrypt;
+pub mod iam;
 pub mod target;
 
 use std::path::PathBuf;
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 pub use client::{AdminClient, ConfigChange, ServerInfo, ServerProperties};
 pub use encrypt::{Cipher, decrypt_data, encrypt_data, encrypt_with};
+pub use iam::{PolicyEntities, Principal};
 pub use target::{AMQP_SUBSYSTEM, AmqpTarget, ConfigEntry, parse_config_kv};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
