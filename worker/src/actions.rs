@@ -1,12 +1,45 @@
 //! The S3 side effects of a verdict: writing the verdict tags, quarantining (copy, verify, delete)
-//! and deleting. Each acts on the exact version that was scanned and is safe to repeat.
+//! and deleting, each acting on exactly the bytes that were scanned, and safe to repeat.
+//!
+//! On a versioned bucket every request names the scanned version, so nothing else can be hit.
+//! An unversioned object (or a version-suspended bucket's `null` version) can be replaced at any
+//! moment, and MinIO honours no precondition on PutObjectTagging or DeleteObject. So there every
+//! step uses the guards that exist: the quarantine copy carries `x-amz-copy-source-if-match`, a
+//! HEAD with `If-Match` follows each tag write and precedes each delete, and the delete itself
+//! carries `If-Match` for stores that honour it. A tag write that a replacement overtook is
+//! found by that HEAD and corrected before the message is acknowledged ([`correct_stale_verdict`]).
 
 use aws_sdk_s3::types::{MetadataDirective, Tag, Tagging, TaggingDirective};
-use bucket_av_pipeline::ObjectEvent;
 use bucket_av_pipeline::s3::percent_encode;
 
 use crate::error::{ErrorClass, ProcessError, S3Failure, s3_failure};
-use crate::tags::{self, MergedTags, VerdictTags};
+use crate::tags::{self, Binding, MergedTags, VerdictTags};
+
+/// The object as the scan saw it: what every later step acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScannedObject {
+    pub bucket: String,
+    pub key: String,
+    /// The version the event named (versioned buckets).
+    pub version_id: Option<String>,
+    /// The ETag of the scanned bytes, as the GET that fed the scan reported it (unquoted).
+    pub etag: Option<String>,
+    /// The size of the scanned object as stored.
+    pub size: u64,
+}
+
+impl ScannedObject {
+    /// Whether requests for this object can reach other bytes than those scanned: true unless a
+    /// version ID names them. A `null` version is the one a version-suspended bucket overwrites.
+    pub fn replaceable(&self) -> bool {
+        !matches!(self.version_id.as_deref(), Some(version) if version != "null")
+    }
+
+    /// The `If-Match` value that holds a request to the scanned bytes, where one is needed.
+    fn guard(&self) -> Option<String> {
+        self.etag.as_ref().filter(|_| self.replaceable()).map(|etag| format!("\"{etag}\""))
+    }
+}
 
 /// Result of tagging.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,14 +47,18 @@ pub enum TagOutcome {
     Tagged(MergedTags),
     /// The object was deleted between the scan and the tagging.
     ObjectGone,
+    /// Another upload replaced the object: the tag write may have landed on it, which
+    /// [`correct_stale_verdict`] must settle before the message is acknowledged.
+    Replaced,
 }
 
-/// Merges the verdict into the object's tags. `known_tag_count` is what the GET that fed the
+/// Merges the verdict into the object's tags, then (where the object can be replaced) checks
+/// that the object is still the scanned one. `known_tag_count` is what the GET that fed the
 /// scan reported; zero saves reading tags the object does not have (one request in three for
 /// small objects).
 pub async fn tag(
     s3: &aws_sdk_s3::Client,
-    event: &ObjectEvent,
+    object: &ScannedObject,
     prefix: &str,
     verdict: &VerdictTags,
     known_tag_count: Option<usize>,
@@ -29,76 +66,204 @@ pub async fn tag(
     let existing = if known_tag_count == Some(0) {
         Vec::new()
     } else {
-        match read_tags(s3, event).await? {
+        match read_tags(s3, &object.bucket, &object.key, object.version_id.as_deref()).await? {
             Some(tags) => tags,
             None => return Ok(TagOutcome::ObjectGone),
         }
     };
     let merged = tags::merge(&existing, prefix, verdict);
-    if merged.tags == existing {
-        return Ok(TagOutcome::Tagged(merged));
-    }
-    let tag_set = merged
-        .tags
-        .iter()
-        .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"))
-        .collect();
-    let tagging = Tagging::builder().set_tag_set(Some(tag_set)).build().expect("tag_set is set");
-    match s3
-        .put_object_tagging()
-        .bucket(&event.bucket)
-        .key(&event.key)
-        .set_version_id(event.version_id.clone())
-        .tagging(tagging)
-        .send()
-        .await
+    if merged.tags != existing
+        && !write_tags(s3, &object.bucket, &object.key, object.version_id.as_deref(), &merged.tags).await?
     {
-        Ok(_) => Ok(TagOutcome::Tagged(merged)),
+        return Ok(TagOutcome::ObjectGone);
+    }
+    Ok(match still_scanned(s3, object).await? {
+        Presence::Scanned => TagOutcome::Tagged(merged),
+        Presence::Gone => TagOutcome::ObjectGone,
+        Presence::Replaced => TagOutcome::Replaced,
+    })
+}
+
+/// Whether the key still holds the scanned bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    Scanned,
+    Gone,
+    Replaced,
+}
+
+/// Checks with a HEAD carrying `If-Match` that the key still holds the scanned bytes. A named
+/// version cannot change, so it needs no request.
+pub async fn still_scanned(s3: &aws_sdk_s3::Client, object: &ScannedObject) -> Result<Presence, ProcessError> {
+    let Some(guard) = object.guard() else { return Ok(Presence::Scanned) };
+    let head = s3
+        .head_object()
+        .bucket(&object.bucket)
+        .key(&object.key)
+        .set_version_id(object.version_id.clone())
+        .if_match(guard)
+        .send()
+        .await;
+    match head {
+        Ok(_) => Ok(Presence::Scanned),
         Err(error) => match s3_failure(&error) {
-            S3Failure::NotFound => Ok(TagOutcome::ObjectGone),
-            S3Failure::PreconditionFailed => unreachable_precondition(),
-            S3Failure::Other { message, class } => Err(ProcessError::PutTags { message, class }),
+            S3Failure::NotFound => Ok(Presence::Gone),
+            S3Failure::PreconditionFailed => Ok(Presence::Replaced),
+            S3Failure::Other { message, class } => Err(ProcessError::CheckObject { message, class }),
         },
     }
 }
 
-/// The object's tags, or `None` when the object (version) is gone.
+/// The ETag the key holds now, for logs; `None` when it cannot be read.
+pub async fn current_etag(s3: &aws_sdk_s3::Client, object: &ScannedObject) -> Option<String> {
+    let head = s3.head_object().bucket(&object.bucket).key(&object.key).set_version_id(object.version_id.clone());
+    let head = head.send().await.ok()?;
+    head.e_tag().map(|etag| etag.trim_matches('"').to_owned())
+}
+
+/// What the key holds now, after a replacement overtook a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// The key holds no object, or one whose verdict tags are its own or absent: its own event
+    /// takes care of it.
+    Nothing,
+    /// The key held a verdict computed on other bytes; it was removed, and the object must be
+    /// scanned (its own event may already have been acknowledged).
+    StaleVerdictRemoved { etag: String, size: u64 },
+}
+
+/// Removes verdict tags that do not belong to the bytes the key now holds. A replacement's own
+/// verdict is bound to its ETag (`<prefix>etag`) and is left alone; anything else (the stale
+/// verdict this worker just wrote, or one without a binding) is removed, leaving no verdict
+/// rather than a wrong one. The caller scans the object after a removal, because the removal
+/// may have taken a correct verdict written between the read and the write (MinIO has no
+/// conditional tag write), and the object's own event may be acknowledged already.
+pub async fn correct_stale_verdict(
+    s3: &aws_sdk_s3::Client,
+    object: &ScannedObject,
+    prefix: &str,
+) -> Result<Settled, ProcessError> {
+    let version = object.version_id.as_deref();
+    let head =
+        s3.head_object().bucket(&object.bucket).key(&object.key).set_version_id(object.version_id.clone()).send().await;
+    let head = match head {
+        Ok(head) => head,
+        Err(error) => {
+            return match s3_failure(&error) {
+                S3Failure::NotFound => Ok(Settled::Nothing),
+                S3Failure::PreconditionFailed => Err(ProcessError::CheckObject {
+                    message: "unexpected 412 Precondition Failed".into(),
+                    class: ErrorClass::Transient,
+                }),
+                S3Failure::Other { message, class } => Err(ProcessError::CheckObject { message, class }),
+            };
+        }
+    };
+    let etag = head.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+    let size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    let Some(current) = read_tags(s3, &object.bucket, &object.key, version).await? else {
+        return Ok(Settled::Nothing);
+    };
+    if tags::bound_to(&current, prefix, &etag) != Binding::Stale {
+        return Ok(Settled::Nothing);
+    }
+    let kept = tags::without_verdict(&current, prefix);
+    if !write_tags(s3, &object.bucket, &object.key, version, &kept).await? {
+        return Ok(Settled::Nothing);
+    }
+    Ok(Settled::StaleVerdictRemoved { etag, size })
+}
+
+/// The tags of an object (version), or `None` when it is gone.
 async fn read_tags(
     s3: &aws_sdk_s3::Client,
-    event: &ObjectEvent,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
 ) -> Result<Option<Vec<(String, String)>>, ProcessError> {
-    match s3
-        .get_object_tagging()
-        .bucket(&event.bucket)
-        .key(&event.key)
-        .set_version_id(event.version_id.clone())
-        .send()
-        .await
-    {
+    match s3.get_object_tagging().bucket(bucket).key(key).set_version_id(version.map(str::to_owned)).send().await {
         Ok(output) => Ok(Some(output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect())),
         Err(error) => match s3_failure(&error) {
             S3Failure::NotFound => Ok(None),
-            S3Failure::PreconditionFailed => unreachable_precondition(),
+            S3Failure::PreconditionFailed => {
+                unexpected_precondition(|message, class| ProcessError::GetTags { message, class })
+            }
             S3Failure::Other { message, class } => Err(ProcessError::GetTags { message, class }),
         },
     }
 }
 
-fn unreachable_precondition<T>() -> Result<T, ProcessError> {
-    // Tagging requests carry no precondition; a 412 here would be a server bug worth retrying.
-    Err(ProcessError::PutTags { message: "unexpected 412 Precondition Failed".into(), class: ErrorClass::Transient })
+/// Replaces an object's tag set (an empty set removes every tag). `false` when the object is gone.
+async fn write_tags(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    version: Option<&str>,
+    tags: &[(String, String)],
+) -> Result<bool, ProcessError> {
+    let tag_set = tags
+        .iter()
+        .map(|(key, value)| Tag::builder().key(key).value(value).build().expect("key and value are set"))
+        .collect();
+    let tagging = Tagging::builder().set_tag_set(Some(tag_set)).build().expect("tag_set is set");
+    let written = s3
+        .put_object_tagging()
+        .bucket(bucket)
+        .key(key)
+        .set_version_id(version.map(str::to_owned))
+        .tagging(tagging)
+        .send()
+        .await;
+    match written {
+        Ok(_) => Ok(true),
+        Err(error) => match s3_failure(&error) {
+            S3Failure::NotFound => Ok(false),
+            S3Failure::PreconditionFailed => {
+                unexpected_precondition(|message, class| ProcessError::PutTags { message, class })
+            }
+            S3Failure::Other { message, class } => Err(ProcessError::PutTags { message, class }),
+        },
+    }
 }
 
-/// Deletes the scanned version (the current object on an unversioned bucket). Already gone is done.
-pub async fn delete(s3: &aws_sdk_s3::Client, event: &ObjectEvent) -> Result<(), ProcessError> {
-    match s3.delete_object().bucket(&event.bucket).key(&event.key).set_version_id(event.version_id.clone()).send().await
-    {
-        Ok(_) => Ok(()),
+fn unexpected_precondition<T>(error: impl FnOnce(String, ErrorClass) -> ProcessError) -> Result<T, ProcessError> {
+    // These requests carry no precondition; a 412 here would be a server bug worth retrying.
+    Err(error("unexpected 412 Precondition Failed".into(), ErrorClass::Transient))
+}
+
+/// What came of removing the scanned object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The scanned bytes are no longer in the bucket (deleted now or before).
+    Removed,
+    /// The key holds a replacement, which was left alone.
+    Replaced,
+}
+
+/// Deletes the scanned object: its version on a versioned bucket; otherwise the current object,
+/// but only after a HEAD with `If-Match` shows it still holds the scanned bytes, and with
+/// `If-Match` on the DELETE itself for stores that honour it (MinIO ignores it, so a replacement
+/// landing within the one round trip between that HEAD and the DELETE would be deleted: the
+/// README says why versioning closes this). Already gone is done.
+pub async fn delete(s3: &aws_sdk_s3::Client, object: &ScannedObject) -> Result<Removal, ProcessError> {
+    match still_scanned(s3, object).await? {
+        Presence::Scanned => {}
+        Presence::Gone => return Ok(Removal::Removed),
+        Presence::Replaced => return Ok(Removal::Replaced),
+    }
+    let deleted = s3
+        .delete_object()
+        .bucket(&object.bucket)
+        .key(&object.key)
+        .set_version_id(object.version_id.clone())
+        .set_if_match(object.guard())
+        .send()
+        .await;
+    match deleted {
+        Ok(_) => Ok(Removal::Removed),
         Err(error) => match s3_failure(&error) {
-            S3Failure::NotFound => Ok(()),
-            S3Failure::PreconditionFailed => {
-                Err(ProcessError::Delete { message: "412 Precondition Failed".into(), class: ErrorClass::Transient })
-            }
+            S3Failure::NotFound => Ok(Removal::Removed),
+            S3Failure::PreconditionFailed => Ok(Removal::Replaced),
             S3Failure::Other { message, class } => Err(ProcessError::Delete { message, class }),
         },
     }
@@ -106,21 +271,34 @@ pub async fn delete(s3: &aws_sdk_s3::Client, event: &ObjectEvent) -> Result<(), 
 
 /// Where an object goes in the quarantine bucket: under its source bucket's name, so objects of
 /// several buckets never collide.
-pub fn quarantine_key(event: &ObjectEvent) -> String {
-    format!("{}/{}", event.bucket, event.key)
+pub fn quarantine_key(bucket: &str, key: &str) -> String {
+    format!("{bucket}/{key}")
 }
 
-/// Copies the scanned version with its tags and metadata into the quarantine bucket, checks that
-/// the copy has the original's size (and ETag, for single-part objects), then deletes the original.
-/// A repeat after a crash copies again over the same key and finishes the delete.
+/// What came of quarantining the scanned object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Quarantine {
+    /// The scanned bytes are in the quarantine bucket under `key`, and gone from the source.
+    Moved { key: String },
+    /// A copy of the scanned bytes is in the quarantine bucket under `key`, but the source key
+    /// now holds a replacement, which was left alone.
+    CopiedThenReplaced { key: String },
+    /// The object was replaced before it could be copied: nothing was copied or deleted.
+    Replaced,
+}
+
+/// Copies the scanned bytes with their tags and metadata into the quarantine bucket, checks that
+/// the stored copy is the one just made, then deletes the original. The copy names the scanned
+/// version, or carries `x-amz-copy-source-if-match` with the scanned ETag, so it can never pick
+/// up a replacement. A repeat after a crash copies again over the same key and finishes the delete.
 pub async fn quarantine(
     s3: &aws_sdk_s3::Client,
-    event: &ObjectEvent,
+    object: &ScannedObject,
     quarantine_bucket: &str,
-) -> Result<String, ProcessError> {
-    let key = quarantine_key(event);
-    let mut source = format!("{}/{}", event.bucket, percent_encode(&event.key, b"/"));
-    if let Some(version) = &event.version_id {
+) -> Result<Quarantine, ProcessError> {
+    let key = quarantine_key(&object.bucket, &object.key);
+    let mut source = format!("{}/{}", object.bucket, percent_encode(&object.key, b"/"));
+    if let Some(version) = &object.version_id {
         source.push_str("?versionId=");
         source.push_str(&percent_encode(version, b""));
     }
@@ -131,30 +309,42 @@ pub async fn quarantine(
         .bucket(quarantine_bucket)
         .key(&key)
         .copy_source(source)
+        .set_copy_source_if_match(object.guard())
         .metadata_directive(MetadataDirective::Copy)
         .tagging_directive(TaggingDirective::Copy)
         .send()
         .await;
-    if let Err(error) = copied {
-        return match s3_failure(&error) {
-            S3Failure::NotFound => Err(copy_error(
-                "the source object or the quarantine bucket does not exist; create the quarantine bucket".into(),
-                ErrorClass::Transient,
-            )),
-            S3Failure::PreconditionFailed => Err(copy_error("412 Precondition Failed".into(), ErrorClass::Transient)),
-            S3Failure::Other { message, class } => Err(copy_error(message, class)),
-        };
-    }
-    verify_copy(s3, event, quarantine_bucket, &key).await?;
-    delete(s3, event).await?;
-    Ok(key)
+    let copied = match copied {
+        Ok(copied) => copied,
+        Err(error) => {
+            return match s3_failure(&error) {
+                S3Failure::PreconditionFailed => Ok(Quarantine::Replaced),
+                S3Failure::NotFound => Err(copy_error(
+                    "the source object or the quarantine bucket does not exist; create the quarantine bucket".into(),
+                    ErrorClass::Transient,
+                )),
+                S3Failure::Other { message, class } => Err(copy_error(message, class)),
+            };
+        }
+    };
+    let copy_etag = copied.copy_object_result().and_then(|result| result.e_tag()).unwrap_or_default().trim_matches('"');
+    verify_copy(s3, object, quarantine_bucket, &key, copied.version_id(), copy_etag).await?;
+    Ok(match delete(s3, object).await? {
+        Removal::Removed => Quarantine::Moved { key },
+        Removal::Replaced => Quarantine::CopiedThenReplaced { key },
+    })
 }
 
+/// Checks that the quarantine key holds the copy just made: the ETag CopyObject reported (an
+/// encrypted or multipart object's copy gets an ETag of its own, so the source's cannot be
+/// compared) and the scanned size. A copy overwritten in between fails and is made again.
 async fn verify_copy(
     s3: &aws_sdk_s3::Client,
-    event: &ObjectEvent,
+    object: &ScannedObject,
     bucket: &str,
     key: &str,
+    copy_version: Option<&str>,
+    copy_etag: &str,
 ) -> Result<(), ProcessError> {
     let verify_error = |message: String, class| ProcessError::QuarantineVerify {
         bucket: bucket.to_owned(),
@@ -162,37 +352,46 @@ async fn verify_copy(
         message,
         class,
     };
-    let head = s3.head_object().bucket(bucket).key(key).send().await.map_err(|error| match s3_failure(&error) {
-        // MinIO down or refusing the key: held like any other step, not counted against the message.
-        S3Failure::Other { message, class } => verify_error(message, class),
-        other => verify_error(format!("{other:?}"), ErrorClass::Transient),
-    })?;
+    let head =
+        s3.head_object().bucket(bucket).key(key).set_version_id(copy_version.map(str::to_owned)).send().await.map_err(
+            |error| match s3_failure(&error) {
+                // MinIO down or refusing the key: held like any other step, not counted against the message.
+                S3Failure::Other { message, class } => verify_error(message, class),
+                other => verify_error(format!("{other:?}"), ErrorClass::Transient),
+            },
+        )?;
     let copied_size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
     let copied_etag = head.e_tag().unwrap_or_default().trim_matches('"');
-    same_object(event, copied_size, copied_etag).map_err(|mismatch| verify_error(mismatch, ErrorClass::Transient))
+    is_the_copy_made(object.size, copy_etag, copied_size, copied_etag)
+        .map_err(|mismatch| verify_error(mismatch, ErrorClass::Transient))
 }
 
-/// Whether a stored copy holds the event's object: the same ETag for a single-part object, else
-/// the same size. A multipart ETag ("<md5>-<parts>") is not a content hash, and a copy may be
-/// stored as one part, so only single-part ETags are compared.
-fn same_object(event: &ObjectEvent, copied_size: u64, copied_etag: &str) -> Result<(), String> {
-    if copied_size != event.size {
-        return Err(format!("copy has {copied_size} bytes, original {}", event.size));
+/// Whether a stored copy is the one CopyObject made from the scanned object.
+fn is_the_copy_made(scanned_size: u64, copy_etag: &str, stored_size: u64, stored_etag: &str) -> Result<(), String> {
+    if stored_size != scanned_size {
+        return Err(format!("copy has {stored_size} bytes, the scanned object {scanned_size}"));
     }
-    if let Some(etag) = event.etag.as_deref().filter(|etag| !etag.contains('-'))
-        && copied_etag != etag
-    {
-        return Err(format!("copy has ETag {copied_etag}, original {etag}"));
+    if !copy_etag.is_empty() && stored_etag != copy_etag {
+        return Err(format!("the quarantine key holds ETag {stored_etag}, the copy made has {copy_etag}"));
     }
     Ok(())
 }
 
-/// Whether a copy found later holds the event's object. A single-part ETag is the content's MD5
-/// and decides alone (the event's size may be stale); otherwise only the size can be compared.
-fn holds_event_object(event: &ObjectEvent, copied_size: u64, copied_etag: &str) -> bool {
-    match event.etag.as_deref().filter(|etag| !etag.contains('-')) {
-        Some(etag) => copied_etag == etag,
-        None => copied_size == event.size,
+/// Whether a copy found later holds the bytes of an event (its `etag`, `size`). The copy's
+/// `<prefix>etag` tag names the ETag of the bytes it was copied from, which decides for every
+/// kind of object; without it (tagging off, no room) a single-part ETag is the content's MD5 and
+/// decides unless the object is encrypted, and otherwise only the size can be compared.
+fn holds_event_object(
+    event_etag: Option<&str>,
+    event_size: u64,
+    copy_tag_etag: Option<&str>,
+    copied_size: u64,
+    copied_etag: &str,
+) -> bool {
+    match (event_etag, copy_tag_etag) {
+        (Some(etag), Some(bound)) => bound == etag,
+        (Some(etag), None) if !etag.contains('-') && copied_etag == etag => true,
+        _ => copied_size == event_size,
     }
 }
 
@@ -206,20 +405,21 @@ pub struct QuarantinedCopy {
     pub detail: Option<String>,
 }
 
-/// Looks for the event's object in the quarantine bucket: a redelivered message (its webhook
-/// failed, or the worker died after the delete and before the ack) finds the source gone
-/// because it was quarantined, and must still report that verdict, not `missing`. `None` when
-/// there is no copy or it holds other content (an older upload of the same key).
+/// Looks for an event's object (`bucket`, `key`, `etag`, `size`) in the quarantine bucket: a
+/// redelivered message (its webhook failed, or the worker died after the delete and before the
+/// ack) finds the source gone because it was quarantined, and must still report that verdict,
+/// not `missing`. `None` when there is no copy or it holds other content (an older upload of the
+/// same key).
 pub async fn find_quarantined(
     s3: &aws_sdk_s3::Client,
-    event: &ObjectEvent,
+    (bucket, key, etag, size): (&str, &str, Option<&str>, u64),
     quarantine_bucket: &str,
     prefix: &str,
 ) -> Result<Option<QuarantinedCopy>, ProcessError> {
-    let key = quarantine_key(event);
+    let copy_key = quarantine_key(bucket, key);
     let read_error = |message, class| ProcessError::QuarantineVerify {
         bucket: quarantine_bucket.to_owned(),
-        key: key.clone(),
+        key: copy_key.clone(),
         message,
         class,
     };
@@ -229,15 +429,12 @@ pub async fn find_quarantined(
         S3Failure::Other { message, class } => Err(read_error(message, class)),
         S3Failure::PreconditionFailed => Err(read_error("412 Precondition Failed".into(), ErrorClass::Transient)),
     };
-    let head = match s3.head_object().bucket(quarantine_bucket).key(&key).send().await {
+    let head = match s3.head_object().bucket(quarantine_bucket).key(&copy_key).send().await {
         Ok(head) => head,
         Err(error) => return lookup_failed(s3_failure(&error)),
     };
-    let size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
-    if !holds_event_object(event, size, head.e_tag().unwrap_or_default().trim_matches('"')) {
-        return Ok(None);
-    }
-    let tags = match s3.get_object_tagging().bucket(quarantine_bucket).key(&key).send().await {
+    let copied_size = head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0);
+    let tags = match s3.get_object_tagging().bucket(quarantine_bucket).key(&copy_key).send().await {
         Ok(output) => output.tag_set,
         Err(error) => return lookup_failed(s3_failure(&error)),
     };
@@ -245,45 +442,59 @@ pub async fn find_quarantined(
         let wanted = format!("{prefix}{name}");
         tags.iter().find(|tag| tag.key == wanted).map(|tag| tag.value.clone())
     };
-    Ok(Some(QuarantinedCopy { key: key.clone(), size, status: tag("status"), detail: tag("detail") }))
+    let copied_etag = head.e_tag().unwrap_or_default().trim_matches('"');
+    if !holds_event_object(etag, size, tag("etag").as_deref(), copied_size, copied_etag) {
+        return Ok(None);
+    }
+    Ok(Some(QuarantinedCopy { key: copy_key.clone(), size: copied_size, status: tag("status"), detail: tag("detail") }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn event(etag: Option<&str>, size: u64) -> ObjectEvent {
-        ObjectEvent {
-            event_name: "s3:ObjectCreated:Put".into(),
-            bucket: "uploads".into(),
-            key: "a/b.com".into(),
-            size,
-            etag: etag.map(str::to_owned),
-            version_id: None,
-            sequencer: None,
-            event_time: None,
-        }
-    }
+    const EICAR_MD5: &str = "44d88612fea8a8f36de82e1278abb02f";
 
     #[test]
-    fn a_quarantined_copy_is_the_events_object_by_single_part_etag_else_by_size() {
-        let single = event(Some("44d88612fea8a8f36de82e1278abb02f"), 68);
-        assert!(holds_event_object(&single, 68, "44d88612fea8a8f36de82e1278abb02f"));
-        // The ETag decides: an event's size can be stale or absent (empty objects).
-        assert!(holds_event_object(&single, 70, "44d88612fea8a8f36de82e1278abb02f"));
-        assert!(!holds_event_object(&single, 68, "0123456789abcdef0123456789abcdef"));
+    fn a_quarantined_copy_is_the_events_object_by_its_etag_tag_else_single_part_etag_else_size() {
+        // The copy's etag tag decides, whatever the copy's own ETag (encrypted, multipart).
+        assert!(holds_event_object(Some("abc-2"), 5, Some("abc-2"), 7, "other"));
+        assert!(!holds_event_object(Some(EICAR_MD5), 68, Some("0123"), 68, EICAR_MD5));
+        // Without the tag, a single-part ETag is the content's MD5; the event's size can be
+        // stale or absent (empty objects).
+        assert!(holds_event_object(Some(EICAR_MD5), 68, None, 68, EICAR_MD5));
+        assert!(holds_event_object(Some(EICAR_MD5), 70, None, 68, EICAR_MD5));
+        // An encrypted copy's ETag differs: the size decides.
+        assert!(holds_event_object(Some(EICAR_MD5), 68, None, 68, "fedcba9876543210fedcba9876543210"));
+        assert!(!holds_event_object(Some(EICAR_MD5), 68, None, 67, "fedcba9876543210fedcba9876543210"));
         // A multipart ETag says nothing about a copy stored as one part: the size decides.
-        let multipart = event(Some("0123456789abcdef0123456789abcdef-3"), 15_000_000);
-        assert!(holds_event_object(&multipart, 15_000_000, "fedcba9876543210fedcba9876543210"));
-        assert!(!holds_event_object(&multipart, 14_999_999, "fedcba9876543210fedcba9876543210"));
-        assert!(holds_event_object(&event(None, 5), 5, "whatever"));
+        let multipart = "0123456789abcdef0123456789abcdef-3";
+        assert!(holds_event_object(Some(multipart), 15_000_000, None, 15_000_000, "fedcba98"));
+        assert!(!holds_event_object(Some(multipart), 15_000_000, None, 14_999_999, "fedcba98"));
+        assert!(holds_event_object(None, 5, None, 5, "whatever"));
     }
 
     #[test]
-    fn a_copy_is_verified_by_size_and_single_part_etag() {
-        let single = event(Some("44d88612fea8a8f36de82e1278abb02f"), 68);
-        assert!(same_object(&single, 68, "44d88612fea8a8f36de82e1278abb02f").is_ok());
-        assert!(same_object(&single, 67, "44d88612fea8a8f36de82e1278abb02f").is_err());
-        assert!(same_object(&single, 68, "0123456789abcdef0123456789abcdef").is_err());
+    fn a_copy_is_verified_against_what_copy_object_reported() {
+        assert!(is_the_copy_made(68, "aaa", 68, "aaa").is_ok());
+        assert!(is_the_copy_made(68, "aaa", 67, "aaa").is_err());
+        // Overwritten by another copy in between.
+        assert!(is_the_copy_made(68, "aaa", 68, "bbb").is_err());
+    }
+
+    #[test]
+    fn only_a_named_version_is_safe_from_replacement() {
+        let object = |version: Option<&str>| ScannedObject {
+            bucket: "b".into(),
+            key: "k".into(),
+            version_id: version.map(str::to_owned),
+            etag: Some(EICAR_MD5.into()),
+            size: 68,
+        };
+        assert!(object(None).replaceable());
+        assert!(object(Some("null")).replaceable());
+        assert!(!object(Some("3f1c0a52-0000-4000-8000-000000000000")).replaceable());
+        assert_eq!(object(None).guard(), Some(format!("\"{EICAR_MD5}\"")));
+        assert_eq!(object(Some("3f1c0a52-0000-4000-8000-000000000000")).guard(), None);
     }
 }

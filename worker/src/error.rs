@@ -33,6 +33,8 @@ pub enum ProcessError {
     Scan(#[source] ClamdError),
     #[error("{0}")]
     ClamdReply(#[source] ClamdReplyError),
+    #[error("check the object is still the scanned one: {message}")]
+    CheckObject { message: String, class: ErrorClass },
     #[error("read object tags: {message}")]
     GetTags { message: String, class: ErrorClass },
     #[error("write object tags: {message}")]
@@ -54,6 +56,7 @@ impl ProcessError {
             Self::GetObject { .. } => "get_object",
             Self::Scan(_) => "clamd",
             Self::ClamdReply(_) => "clamd_reply",
+            Self::CheckObject { .. } => "check_object",
             Self::GetTags { .. } => "get_tags",
             Self::PutTags { .. } => "put_tags",
             Self::QuarantineCopy { .. } => "quarantine_copy",
@@ -66,6 +69,7 @@ impl ProcessError {
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::GetObject { class, .. }
+            | Self::CheckObject { class, .. }
             | Self::GetTags { class, .. }
             | Self::PutTags { class, .. }
             | Self::QuarantineCopy { class, .. }

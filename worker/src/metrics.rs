@@ -37,6 +37,9 @@ pub struct Metrics {
     pub webhook_deliveries: Family<ReasonLabel, Counter>,
     pub held: Family<ReasonLabel, Gauge>,
     pub found_in_quarantine: Counter,
+    pub replaced_after_scan: Counter,
+    pub stale_verdicts_removed: Counter,
+    pub handled_events: Counter,
 }
 
 impl Metrics {
@@ -95,6 +98,24 @@ impl Metrics {
             "Redelivered events whose object had already been quarantined: reported from the quarantined copy, not as missing",
             found_in_quarantine.clone(),
         );
+        let replaced_after_scan = Counter::default();
+        registry.register(
+            "replaced_after_scan",
+            "Objects replaced by a new upload after their scan, while their verdict was applied (unversioned buckets)",
+            replaced_after_scan.clone(),
+        );
+        let stale_verdicts_removed = Counter::default();
+        registry.register(
+            "stale_verdicts_removed",
+            "Verdict tags found on a replacement that belonged to other bytes, removed before the ack (the replacement is then scanned)",
+            stale_verdicts_removed.clone(),
+        );
+        let handled_events = Counter::default();
+        registry.register(
+            "handled_events",
+            "Upload events of watched buckets handled to the end (verdict applied, or nothing to do: missing, superseded), counted before the ack",
+            handled_events.clone(),
+        );
         Self {
             registry,
             scans,
@@ -109,6 +130,9 @@ impl Metrics {
             webhook_deliveries,
             held,
             found_in_quarantine,
+            replaced_after_scan,
+            stale_verdicts_removed,
+            handled_events,
         }
     }
 

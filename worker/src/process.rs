@@ -2,6 +2,7 @@
 //! whether the message is acknowledged, handed back or dead-lettered. Knows nothing of AMQP.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::{self, TagOutcome};
+use crate::actions::{self, Quarantine, Removal, ScannedObject, Settled, TagOutcome};
 use crate::clamd::Clamd;
 use crate::config::ActionKind;
 use crate::error::{ErrorClass, HOLD_S3_REFUSED, ProcessError};
@@ -111,7 +112,7 @@ impl Processor {
         Disposition::Ack
     }
 
-    async fn handle_record(&self, mut event: ObjectEvent, shutdown: &CancellationToken) -> Result<(), ProcessError> {
+    async fn handle_record(&self, event: ObjectEvent, shutdown: &CancellationToken) -> Result<(), ProcessError> {
         if !self.policy.buckets.is_empty() && !self.policy.buckets.contains(&event.bucket) {
             self.metrics.ignored("unwatched_bucket");
             tracing::debug!(bucket = %event.bucket, key = %event.key, "ignored event of a bucket this worker does not watch");
@@ -125,120 +126,206 @@ impl Processor {
             return Ok(());
         }
 
-        let started = Instant::now();
-        self.metrics.in_flight.inc();
-        let scanned = self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits)).await;
-        self.metrics.in_flight.dec();
-        let scanned = scanned?;
-        let scan_time = started.elapsed();
-        let scanned_at = OffsetDateTime::now_utc();
+        self.handle_object(event, shutdown, 0).await?;
+        self.metrics.handled_events.inc();
+        Ok(())
+    }
 
-        let mut found = None;
-        let (verdict, label) = match &scanned {
-            ScanOutcome::Scanned { verdict, size, bytes, .. } => {
-                event.size = *size;
-                self.metrics.scanned_bytes.inc_by(*bytes);
-                self.metrics.scan_duration.observe(scan_time.as_secs_f64());
-                (Some(verdict.clone()), verdict.label())
-            }
-            ScanOutcome::Missing => match self.find_in_quarantine(&event, shutdown).await? {
-                Some(copy) => {
-                    let label = copy.label;
-                    found = Some(copy);
-                    (None, label)
-                }
-                None => (None, "missing"),
-            },
-            ScanOutcome::Superseded => {
-                self.metrics.ignored("superseded");
-                tracing::info!(bucket = %event.bucket, key = %event.key, "object was replaced before its scan; the new upload has its own event");
-                return Ok(());
-            }
-        };
-        if found.is_some() {
-            // Counted as its verdict when it was scanned; this is the same object reported again.
-            self.metrics.found_in_quarantine.inc();
-        } else {
-            self.metrics.scans.get_or_create(&VerdictLabel { verdict: label }).inc();
-        }
-        let event_to_verdict = event.event_time.map(|t| (scanned_at - t).max(time::Duration::ZERO));
-        if let Some(elapsed) = event_to_verdict {
-            self.metrics.event_to_verdict.observe(elapsed.as_seconds_f64());
-        }
+    /// Scans the object an event names, acts on the verdict and reports it. `correction` counts
+    /// how many replacements this message has chased: a stale verdict found on a replacement is
+    /// removed and the replacement handled here too, because its own event may be acknowledged
+    /// already. Bounded, so a key overwritten without pause cannot hold a worker slot for good.
+    fn handle_object<'a>(
+        &'a self,
+        mut event: ObjectEvent,
+        shutdown: &'a CancellationToken,
+        correction: u32,
+    ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            self.metrics.in_flight.inc();
+            let scanned =
+                self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits)).await;
+            self.metrics.in_flight.dec();
+            let scanned = scanned?;
+            let scan_time = started.elapsed();
+            let scanned_at = OffsetDateTime::now_utc();
 
-        let actions_started = Instant::now();
-        let mut report = Report {
-            bucket: event.bucket.clone(),
-            key: event.key.clone(),
-            version_id: event.version_id.clone(),
-            etag: event.etag.clone(),
-            size: event.size,
-            verdict: label.to_owned(),
-            signature: None,
-            reason: None,
-            action: "none".into(),
-            quarantine: None,
-            tagged: false,
-            engine: self.engine(),
-            event_name: event.event_name.clone(),
-            event_time: event.event_time.and_then(|t| t.format(&Rfc3339).ok()),
-            scanned_at: scanned_at.format(&Rfc3339).expect("UTC times always format"),
-            timings: Timings::default(),
-        };
-        match &verdict {
-            Some(Verdict::Infected { signature }) => report.signature = Some(signature.clone()),
-            Some(Verdict::Unscannable { reason }) => report.reason = Some(reason.to_string()),
-            _ => {}
-        }
-        if let Some(copy) = found {
-            tracing::info!(bucket = %event.bucket, key = %event.key, quarantine_key = %copy.location.key, "object already quarantined by an earlier delivery; reporting its verdict again");
-            event.size = copy.size;
-            report.size = copy.size;
-            match copy.label {
-                "infected" => report.signature = copy.detail,
-                _ => report.reason = copy.detail,
-            }
-            report.action = "quarantined".into();
-            report.quarantine = Some(copy.location);
-            report.tagged = copy.tagged;
-        }
-        if let Some(verdict) = &verdict {
-            let known_tag_count = match &scanned {
-                ScanOutcome::Scanned { tag_count, .. } => *tag_count,
-                _ => None,
+            let mut found = None;
+            let mut object = ScannedObject {
+                bucket: event.bucket.clone(),
+                key: event.key.clone(),
+                version_id: event.version_id.clone(),
+                etag: event.etag.clone(),
+                size: event.size,
             };
-            self.act(&event, verdict, known_tag_count, &mut report, shutdown).await?;
+            let (verdict, label) = match &scanned {
+                ScanOutcome::Scanned { verdict, size, etag, bytes, .. } => {
+                    event.size = *size;
+                    object.size = *size;
+                    object.etag = etag.clone();
+                    self.metrics.scanned_bytes.inc_by(*bytes);
+                    self.metrics.scan_duration.observe(scan_time.as_secs_f64());
+                    (Some(verdict.clone()), verdict.label())
+                }
+                ScanOutcome::Missing => match self.find_in_quarantine(&event, shutdown).await? {
+                    Some(copy) => {
+                        let label = copy.label;
+                        found = Some(copy);
+                        (None, label)
+                    }
+                    None => (None, "missing"),
+                },
+                ScanOutcome::Superseded => {
+                    self.metrics.ignored("superseded");
+                    let current = actions::current_etag(&self.s3, &object).await;
+                    tracing::warn!(
+                        bucket = %event.bucket,
+                        key = %event.key,
+                        event_etag = event.etag.as_deref().unwrap_or(""),
+                        current_etag = current.as_deref().unwrap_or(""),
+                        "object was replaced before its scan; not scanned in the replacement's place"
+                    );
+                    // A message chasing a replacement may have removed that replacement's own
+                    // verdict, whose event is then acknowledged: settle the key again.
+                    if correction > 0 {
+                        return self.settle(event, object, shutdown, correction).await;
+                    }
+                    return Ok(());
+                }
+            };
+            if found.is_some() {
+                // Counted as its verdict when it was scanned; this is the same object reported again.
+                self.metrics.found_in_quarantine.inc();
+            } else {
+                self.metrics.scans.get_or_create(&VerdictLabel { verdict: label }).inc();
+            }
+            let event_to_verdict = event.event_time.map(|t| (scanned_at - t).max(time::Duration::ZERO));
+            if let Some(elapsed) = event_to_verdict {
+                self.metrics.event_to_verdict.observe(elapsed.as_seconds_f64());
+            }
+
+            let actions_started = Instant::now();
+            let mut report = Report {
+                bucket: event.bucket.clone(),
+                key: event.key.clone(),
+                version_id: event.version_id.clone(),
+                etag: object.etag.clone(),
+                size: event.size,
+                verdict: label.to_owned(),
+                signature: None,
+                reason: None,
+                action: "none".into(),
+                quarantine: None,
+                tagged: false,
+                engine: self.engine(),
+                event_name: event.event_name.clone(),
+                event_time: event.event_time.and_then(|t| t.format(&Rfc3339).ok()),
+                scanned_at: scanned_at.format(&Rfc3339).expect("UTC times always format"),
+                timings: Timings::default(),
+            };
+            match &verdict {
+                Some(Verdict::Infected { signature }) => report.signature = Some(signature.clone()),
+                Some(Verdict::Unscannable { reason }) => report.reason = Some(reason.to_string()),
+                _ => {}
+            }
+            if let Some(copy) = found {
+                tracing::info!(bucket = %event.bucket, key = %event.key, quarantine_key = %copy.location.key, "object already quarantined by an earlier delivery; reporting its verdict again");
+                event.size = copy.size;
+                report.size = copy.size;
+                match copy.label {
+                    "infected" => report.signature = copy.detail,
+                    _ => report.reason = copy.detail,
+                }
+                report.action = "quarantined".into();
+                report.quarantine = Some(copy.location);
+                report.tagged = copy.tagged;
+            }
+            let mut acted = Acted::Done;
+            if let Some(verdict) = &verdict {
+                let known_tag_count = match &scanned {
+                    ScanOutcome::Scanned { tag_count, .. } => *tag_count,
+                    _ => None,
+                };
+                acted = self.act(&object, verdict, known_tag_count, &mut report, shutdown).await?;
+            }
+            report.timings = Timings {
+                scan_ms: millis(scan_time),
+                actions_ms: millis(actions_started.elapsed()),
+                event_to_verdict_ms: event_to_verdict.map(|d| d.whole_milliseconds().max(0) as u64),
+            };
+            tracing::info!(
+                bucket = %event.bucket,
+                key = %event.key,
+                version_id = event.version_id.as_deref().unwrap_or(""),
+                etag = object.etag.as_deref().unwrap_or(""),
+                size = event.size,
+                verdict = label,
+                detail = report.signature.as_deref().or(report.reason.as_deref()).unwrap_or(""),
+                action = %report.action,
+                scan_ms = report.timings.scan_ms,
+                "scanned"
+            );
+
+            if acted == Acted::Replaced {
+                // The scanned bytes were replaced while the verdict was being applied: the tag
+                // write may have landed on the replacement. Settle that before the ack; the
+                // report below still tells of these bytes (they were uploaded and judged).
+                self.metrics.replaced_after_scan.inc();
+                self.settle(event.clone(), object.clone(), shutdown, correction).await?;
+            }
+
+            let wanted = label != "clean" || self.policy.report_clean;
+            if let (Some(webhook), true) = (&self.webhook, wanted) {
+                match webhook.send(&report).await {
+                    Ok(()) => self.metrics.webhook("delivered"),
+                    Err(error) => {
+                        self.metrics.webhook("failed");
+                        let error = ProcessError::Webhook(error);
+                        self.metrics.error(error.kind());
+                        return Err(error);
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// After a replacement overtook a step: removes a verdict on the key that belongs to other
+    /// bytes (see [`actions::correct_stale_verdict`]) and, when one was removed, handles the
+    /// object now there as if its event had arrived, so it ends with its own verdict.
+    async fn settle(
+        &self,
+        event: ObjectEvent,
+        object: ScannedObject,
+        shutdown: &CancellationToken,
+        correction: u32,
+    ) -> Result<(), ProcessError> {
+        if !self.policy.tagging {
+            // No verdict tag was written, so none can be stale; the replacement has its own event.
+            return Ok(());
         }
-        report.timings = Timings {
-            scan_ms: millis(scan_time),
-            actions_ms: millis(actions_started.elapsed()),
-            event_to_verdict_ms: event_to_verdict.map(|d| d.whole_milliseconds().max(0) as u64),
-        };
-        tracing::info!(
+        let prefix = &self.policy.tag_prefix;
+        let settled = self.retrying(shutdown, || actions::correct_stale_verdict(&self.s3, &object, prefix)).await?;
+        let Settled::StaleVerdictRemoved { etag, size } = settled else { return Ok(()) };
+        self.metrics.stale_verdicts_removed.inc();
+        tracing::warn!(
             bucket = %event.bucket,
             key = %event.key,
-            version_id = event.version_id.as_deref().unwrap_or(""),
-            size = event.size,
-            verdict = label,
-            detail = report.signature.as_deref().or(report.reason.as_deref()).unwrap_or(""),
-            action = %report.action,
-            scan_ms = report.timings.scan_ms,
-            "scanned"
+            scanned_etag = object.etag.as_deref().unwrap_or(""),
+            current_etag = %etag,
+            "a replacement carried a verdict of other bytes; removed it, scanning the replacement"
         );
-
-        let wanted = label != "clean" || self.policy.report_clean;
-        if let (Some(webhook), true) = (&self.webhook, wanted) {
-            match webhook.send(&report).await {
-                Ok(()) => self.metrics.webhook("delivered"),
-                Err(error) => {
-                    self.metrics.webhook("failed");
-                    let error = ProcessError::Webhook(error);
-                    self.metrics.error(error.kind());
-                    return Err(error);
-                }
-            }
+        if correction >= MAX_CORRECTIONS {
+            tracing::warn!(
+                bucket = %event.bucket,
+                key = %event.key,
+                "the key keeps being replaced; left without a verdict (never a wrong one) for its next upload's event"
+            );
+            return Ok(());
         }
-        Ok(())
+        let replacement = ObjectEvent { etag: Some(etag), size, ..event };
+        self.handle_object(replacement, shutdown, correction + 1).await
     }
 
     /// The verdict of an object an earlier delivery of this event quarantined: its source is gone
@@ -263,7 +350,9 @@ impl Processor {
             return Ok(None);
         }
         let prefix = &self.policy.tag_prefix;
-        let Some(copy) = self.retrying(shutdown, || actions::find_quarantined(&self.s3, event, bucket, prefix)).await?
+        let wanted = (event.bucket.as_str(), event.key.as_str(), event.etag.as_deref(), event.size);
+        let Some(copy) =
+            self.retrying(shutdown, || actions::find_quarantined(&self.s3, wanted, bucket, prefix)).await?
         else {
             return Ok(None);
         };
@@ -304,24 +393,25 @@ impl Processor {
     }
 
     /// Tags, then quarantines or deletes. Tagging comes first so a quarantined copy carries the
-    /// verdict with it.
+    /// verdict with it. `Replaced` when a replacement of the scanned bytes overtook a step.
     async fn act(
         &self,
-        event: &ObjectEvent,
+        object: &ScannedObject,
         verdict: &Verdict,
         known_tag_count: Option<usize>,
         report: &mut Report,
         shutdown: &CancellationToken,
-    ) -> Result<(), ProcessError> {
+    ) -> Result<Acted, ProcessError> {
         if self.policy.tagging {
             let tags = VerdictTags {
                 status: verdict.label().to_owned(),
+                etag: object.etag.clone(),
                 detail: verdict.detail(),
                 scanned_at: report.scanned_at.clone(),
                 engine: report.engine.clone(),
             };
             let outcome = self
-                .retrying(shutdown, || actions::tag(&self.s3, event, &self.policy.tag_prefix, &tags, known_tag_count))
+                .retrying(shutdown, || actions::tag(&self.s3, object, &self.policy.tag_prefix, &tags, known_tag_count))
                 .await?;
             match outcome {
                 TagOutcome::Tagged(merged) => {
@@ -329,17 +419,18 @@ impl Processor {
                     if !merged.dropped.is_empty() {
                         self.metrics.tags_without_room.inc();
                         tracing::warn!(
-                            bucket = %event.bucket,
-                            key = %event.key,
+                            bucket = %object.bucket,
+                            key = %object.key,
                             dropped = ?merged.dropped,
                             "the object's own tags leave no room for these verdict tags; the verdict is still reported"
                         );
                     }
                 }
                 TagOutcome::ObjectGone => {
-                    tracing::info!(bucket = %event.bucket, key = %event.key, "object deleted after its scan; nothing to tag");
-                    return Ok(());
+                    tracing::info!(bucket = %object.bucket, key = %object.key, "object deleted after its scan; nothing to tag");
+                    return Ok(Acted::Done);
                 }
+                TagOutcome::Replaced => return Ok(Acted::Replaced),
             }
         }
         let action = match verdict {
@@ -348,19 +439,29 @@ impl Processor {
             Verdict::Unscannable { .. } => self.policy.on_unscannable,
         };
         match action {
-            ActionKind::None => {}
-            ActionKind::Delete => {
-                self.retrying(shutdown, || actions::delete(&self.s3, event)).await?;
-                report.action = "deleted".into();
-            }
+            ActionKind::None => Ok(Acted::Done),
+            ActionKind::Delete => match self.retrying(shutdown, || actions::delete(&self.s3, object)).await? {
+                Removal::Removed => {
+                    report.action = "deleted".into();
+                    Ok(Acted::Done)
+                }
+                Removal::Replaced => Ok(Acted::Replaced),
+            },
             ActionKind::Quarantine => {
                 let bucket = self.policy.quarantine_bucket.as_deref().expect("validated: quarantine has a bucket");
-                let key = self.retrying(shutdown, || actions::quarantine(&self.s3, event, bucket)).await?;
+                let quarantined = self.retrying(shutdown, || actions::quarantine(&self.s3, object, bucket)).await?;
+                let (key, acted) = match quarantined {
+                    Quarantine::Moved { key } => (key, Acted::Done),
+                    // The scanned bytes are in quarantine and no longer in the bucket: that is
+                    // the quarantine, even though a replacement removed them from the source.
+                    Quarantine::CopiedThenReplaced { key } => (key, Acted::Replaced),
+                    Quarantine::Replaced => return Ok(Acted::Replaced),
+                };
                 report.action = "quarantined".into();
                 report.quarantine = Some(QuarantineLocation { bucket: bucket.to_owned(), key });
+                Ok(acted)
             }
         }
-        Ok(())
     }
 
     /// Runs `step` until it succeeds or fails for good: while a service is unavailable or MinIO
@@ -400,6 +501,17 @@ impl Processor {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// How many replacements one message chases before it leaves the key to its next upload's event.
+const MAX_CORRECTIONS: u32 = 3;
+
+/// Whether the verdict's actions ran on the scanned bytes to the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Acted {
+    Done,
+    /// A replacement of the scanned bytes overtook a step.
+    Replaced,
 }
 
 /// A report rebuilt from a copy an earlier delivery quarantined.

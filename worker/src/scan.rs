@@ -15,9 +15,10 @@ use crate::verdict::{Unscannable, Verdict, parse_instream_reply};
 /// What came of trying to scan an event's object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScanOutcome {
-    /// `size` is the object's size as stored (the event's may be stale); `bytes` what clamd saw;
-    /// `tag_count` the number of tags the GET response reported, when it was downloaded.
-    Scanned { verdict: Verdict, size: u64, bytes: u64, tag_count: Option<usize> },
+    /// `size` is the object's size as stored (the event's may be stale); `etag` the ETag of the
+    /// bytes fetched (unquoted), which binds the verdict to them; `bytes` what clamd saw;
+    /// `tag_count` the number of tags the GET response reported.
+    Scanned { verdict: Verdict, size: u64, etag: Option<String>, bytes: u64, tag_count: Option<usize> },
     /// The object (or the event's version of it) was deleted before it could be scanned.
     Missing,
     /// A newer upload replaced the object before the scan; that upload has an event of its own.
@@ -45,7 +46,8 @@ impl ScanLimits {
 }
 
 /// Scans the event's object: its `versionId` when the bucket is versioned, otherwise the current
-/// object guarded by the event's ETag so that a replacement is never scanned in its place.
+/// object guarded by the event's ETag so that a replacement is never scanned in its place (also
+/// for a `null` version, which a version-suspended bucket overwrites).
 pub async fn scan_object(
     s3: &aws_sdk_s3::Client,
     clamd: &Clamd,
@@ -57,11 +59,10 @@ pub async fn scan_object(
     // would skip the ETag guard and could land as tags on a replacement. The body is only read
     // once the size passes, so an object over the limit is still never downloaded.
     let mut request = s3.get_object().bucket(&event.bucket).key(&event.key);
-    request = match (&event.version_id, &event.etag) {
-        (Some(version), _) => request.version_id(version),
-        (None, Some(etag)) => request.if_match(format!("\"{etag}\"")),
-        (None, None) => request,
-    };
+    request = request.set_version_id(event.version_id.clone());
+    if let (None | Some("null"), Some(etag)) = (event.version_id.as_deref(), &event.etag) {
+        request = request.if_match(format!("\"{etag}\""));
+    }
     let output = match request.send().await {
         Ok(output) => output,
         Err(error) => {
@@ -76,8 +77,9 @@ pub async fn scan_object(
     let size = stored_size(output.content_length(), event.size);
     // S3 omits x-amz-tagging-count on untagged objects, so absent means none.
     let tag_count = Some(output.tag_count().and_then(|n| usize::try_from(n).ok()).unwrap_or(0));
+    let etag = output.e_tag().map(|etag| etag.trim_matches('"').to_owned()).or_else(|| event.etag.clone());
     if let Some(verdict) = limits.by_size(size) {
-        return Ok(ScanOutcome::Scanned { verdict, size, bytes: 0, tag_count });
+        return Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: 0, tag_count });
     }
     let streamed = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&streamed);
@@ -99,7 +101,7 @@ pub async fn scan_object(
         other => ProcessError::Scan(other),
     })?;
     let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
-    Ok(ScanOutcome::Scanned { verdict, size, bytes: streamed.load(Ordering::Relaxed), tag_count })
+    Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: streamed.load(Ordering::Relaxed), tag_count })
 }
 
 /// The size to judge an object by: what the GET response says it is; the event's only when the

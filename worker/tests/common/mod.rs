@@ -6,6 +6,7 @@
 pub mod clamd_proxy;
 pub mod minio_users;
 pub mod rabbitmq_users;
+pub mod s3_proxy;
 
 use std::time::Duration;
 
@@ -53,7 +54,21 @@ impl Scenario {
 
     /// Starts the worker with other credentials than the stack's: `s3` as (access key, secret
     /// key), `amqp_url` in place of the stack's URL. Everything else as [`Scenario::with_worker`].
-    pub async fn with_worker_as(mut self, s3: Option<(&str, &str)>, amqp_url: Option<&str>) -> Self {
+    pub async fn with_worker_as(self, s3: Option<(&str, &str)>, amqp_url: Option<&str>) -> Self {
+        self.start_worker(s3, amqp_url, None).await
+    }
+
+    /// Starts the worker with `s3_endpoint` in place of the stack's MinIO (a proxy in front of it).
+    pub async fn with_worker_through(self, s3_endpoint: &str) -> Self {
+        self.start_worker(None, None, Some(s3_endpoint)).await
+    }
+
+    async fn start_worker(
+        mut self,
+        s3: Option<(&str, &str)>,
+        amqp_url: Option<&str>,
+        s3_endpoint: Option<&str>,
+    ) -> Self {
         let http = format!("127.0.0.1:{}", bucket_av_testing::process::free_port());
         let stack = &self.stack;
         let (access_key, secret_key) = s3.unwrap_or((stack.var("BAVS_S3_ACCESS_KEY"), stack.var("BAVS_S3_SECRET_KEY")));
@@ -63,7 +78,7 @@ impl Scenario {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into()))
             .env("BAVS_AMQP_URL", amqp_url.unwrap_or(stack.var("BAVS_AMQP_URL")))
-            .env("BAVS_S3_ENDPOINT", stack.var("BAVS_S3_ENDPOINT"))
+            .env("BAVS_S3_ENDPOINT", s3_endpoint.unwrap_or(stack.var("BAVS_S3_ENDPOINT")))
             .env("BAVS_S3_REGION", stack.var("BAVS_S3_REGION"))
             .env("BAVS_S3_ACCESS_KEY", access_key)
             .env("BAVS_S3_SECRET_KEY", secret_key)
