@@ -396,7 +396,18 @@ async fn check_placement(
     let key = plan.key(index);
     let status = |tags: &BTreeMap<String, String>| tags.get("av-status").cloned().unwrap_or_default();
     match (expect, placement) {
-        (Expect::Clean, Placement::InBucket(tags)) if status(&tags) == "clean" => None,
+        (Expect::Clean, Placement::InBucket(tags)) if status(&tags) == "clean" => {
+            // The verdict must name the bytes the key holds, not some other upload's.
+            match stack.s3().head_object().bucket(bucket).key(&key).send().await {
+                Ok(head) => {
+                    let etag = head.e_tag().unwrap_or_default().trim_matches('"');
+                    (tags.get("av-etag").map(String::as_str) != Some(etag)).then(|| {
+                        format!("{bucket}/{key}: the clean verdict names other bytes than ETag {etag}, tags {tags:?}")
+                    })
+                }
+                Err(error) => Some(format!("{bucket}/{key}: {}", aws_sdk_s3::error::DisplayErrorContext(&error))),
+            }
+        }
         (Expect::Clean, Placement::InBucket(tags)) => {
             Some(format!("{bucket}/{key}: expected av-status=clean, tags {tags:?}"))
         }
