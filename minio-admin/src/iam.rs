@@ -84,22 +84,23 @@ struct PolicyInfo {
 #[serde(rename_all = "camelCase")]
 struct PolicyEntitiesResult {
     #[serde(default)]
-    policy_mappings: Vec<PolicyMapping>,
+    policy_mappings: Option<Vec<PolicyMapping>>,
 }
 
 #[derive(Deserialize)]
 struct PolicyMapping {
+    // MinIO writes `null` for an empty list.
     #[serde(default)]
-    users: Vec<String>,
+    users: Option<Vec<String>>,
     #[serde(default)]
-    groups: Vec<String>,
+    groups: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct UserInfo {
     #[serde(default)]
-    member_of: Vec<String>,
+    member_of: Option<Vec<String>>,
 }
 
 #[derive(Serialize)]
@@ -203,9 +204,9 @@ impl AdminClient {
         let result: PolicyEntitiesResult =
             serde_json::from_slice(&plain).map_err(|source| Error::ParseJson { operation, source })?;
         let mut entities = PolicyEntities::default();
-        for mapping in result.policy_mappings {
-            entities.users.extend(mapping.users);
-            entities.groups.extend(mapping.groups);
+        for mapping in result.policy_mappings.unwrap_or_default() {
+            entities.users.extend(mapping.users.unwrap_or_default());
+            entities.groups.extend(mapping.groups.unwrap_or_default());
         }
         entities.users.sort();
         entities.users.dedup();
@@ -225,7 +226,7 @@ impl AdminClient {
         };
         let body = response.bytes().await.map_err(|source| Error::ReadResponse { operation, source })?;
         let info: UserInfo = serde_json::from_slice(&body).map_err(|source| Error::ParseJson { operation, source })?;
-        Ok(Some(info.member_of))
+        Ok(Some(info.member_of.unwrap_or_default()))
     }
 
     /// Creates (or resets the secret of) an enabled built-in user without policies.
@@ -290,6 +291,15 @@ mod tests {
         assert_eq!(serde_json::to_string(&user).unwrap(), r#"{"policies":["p"],"user":"alice"}"#);
         let group = PolicyAssociationReq { policies: ["p"], user: None, group: Some("staff") };
         assert_eq!(serde_json::to_string(&group).unwrap(), r#"{"policies":["p"],"group":"staff"}"#);
+    }
+
+    #[test]
+    fn minio_null_lists_read_as_empty() {
+        let text =
+            r#"{"timestamp":"2026-11-29T05:00:00Z","policyMappings":[{"policy":"p","users":null,"groups":["g"]}]}"#;
+        let result: PolicyEntitiesResult = serde_json::from_str(text).unwrap();
+        let mapping = &result.policy_mappings.unwrap()[0];
+        assert_eq!((mapping.users.clone(), mapping.groups.clone()), (None, Some(vec!["g".to_owned()])));
     }
 
     #[test]

@@ -98,6 +98,28 @@ pub enum Error {
     #[error("{0}")]
     RemoveNotification(#[source] Box<NotificationError>),
 
+    #[error(
+        "{via} covers the policy's own MinIO user {user}, which the workers scan, tag and quarantine with: \
+         remove it from {via}, or give the workers a user of their own; protection is not applied until then"
+    )]
+    ScannerProtected { user: String, via: String },
+    #[error(
+        "protection: MinIO has no {}: create it in MinIO or remove it from spec.protection; the others are \
+         covered meanwhile", .principals.join(", ")
+    )]
+    ProtectionPrincipalMissing { principals: Vec<String> },
+    #[error("protection: {step}: {source}")]
+    Protection {
+        step: &'static str,
+        #[source]
+        source: Box<bucket_av_minio_admin::Error>,
+    },
+    #[error(
+        "protection: {step} the bucket policy of {bucket}: {message} (the credentials need s3:GetBucketPolicy, \
+         s3:PutBucketPolicy and s3:DeleteBucketPolicy)"
+    )]
+    BucketPolicy { bucket: String, step: &'static str, message: String },
+
     #[error("apply {kind} {name}: {}", api_message(.source))]
     ApplyChild {
         kind: &'static str,
@@ -164,6 +186,15 @@ impl Error {
             Self::BucketMissing { .. } => "BucketMissing",
             Self::QuarantineBucketMissing { .. } => "QuarantineBucketMissing",
             Self::CheckQuarantineBucket { .. } => "CheckQuarantineBucket",
+            Self::ScannerProtected { .. } => "ScannerProtected",
+            Self::ProtectionPrincipalMissing { .. } => "PrincipalMissing",
+            Self::Protection { source, .. } => match source.kind() {
+                "denied" => "MinioAdminDenied",
+                "credentials" => "MinioCredentials",
+                "connection" => "MinioUnreachable",
+                _ => "ProtectionPolicy",
+            },
+            Self::BucketPolicy { .. } => "BucketPolicy",
             Self::ApplyChild { .. } => "ApplyChild",
             Self::PatchStatus(_) => "PatchStatus",
             Self::Finalizer(error) => match error.as_ref() {

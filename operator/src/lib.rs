@@ -12,6 +12,7 @@ pub mod lease;
 pub mod metrics;
 pub mod metrics_api;
 pub mod minio_target;
+pub mod protection;
 pub mod queue_metrics;
 pub mod reconcile;
 pub mod secrets;

@@ -33,8 +33,8 @@ use tracing::{info, warn};
 use crate::context::Context;
 use crate::error::{Error, Result};
 use crate::minio_target::{self, TargetState};
-use crate::secrets;
 use crate::workload::{self, MANAGER};
+use crate::{protection, secrets};
 
 /// The finalizer that holds a deleted policy until its MinIO entries (and queues) are removed.
 pub const FINALIZER: &str = "bucketav.dev/cleanup";
@@ -182,6 +182,9 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         Err(error) => {
             let message = format!("{error}; until then RabbitMQ and MinIO are left as they are");
             report.set(condition_types::QUEUE_READY, false, error.kind(), message.clone());
+            if policy.spec.protection.enabled {
+                report.set(condition_types::VERDICT_PROTECTED, false, error.kind(), message.clone());
+            }
             report.set(condition_types::NOTIFICATION_CONFIGURED, false, error.kind(), message);
             report.first_error = Some(error);
         }
@@ -261,6 +264,7 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                 ),
             }
             actions_problem = check_quarantine_bucket(policy, &resolved.s3).await.err();
+            reconcile_protection(policy, ctx, &resolved.s3, &old_status, &mut report).await;
         }
     }
 
@@ -365,11 +369,18 @@ async fn patch_status(policy: &BucketScanPolicy, ctx: &Context, status: &BucketS
     Ok(())
 }
 
-/// Ready is True when every other condition is; otherwise it carries the first failing one's
-/// reason and message.
+/// Ready is True when every other condition is (VerdictProtected only while it is reported,
+/// that is while `spec.protection` is on or its removal failed); otherwise it carries the first
+/// failing one's reason and message.
 pub fn readiness(status: &BucketScanPolicyStatus) -> (bool, String, String) {
-    let others =
-        [condition_types::QUEUE_READY, condition_types::NOTIFICATION_CONFIGURED, condition_types::WORKERS_AVAILABLE];
+    let mut others = vec![
+        condition_types::QUEUE_READY,
+        condition_types::NOTIFICATION_CONFIGURED,
+        condition_types::WORKERS_AVAILABLE,
+    ];
+    if status.condition(condition_types::VERDICT_PROTECTED).is_some() {
+        others.insert(2, condition_types::VERDICT_PROTECTED);
+    }
     for condition_type in others {
         match status.condition(condition_type) {
             Some(condition) if condition.status == "True" => {}
@@ -599,6 +610,96 @@ async fn remove_stale_routes(
         info!(policy = %policy.name_any(), %bucket, arn = %old_arn, "removed the entries of a bucket no longer routed");
     }
     Ok(())
+}
+
+/// `spec.protection`: applied while enabled (reported as VerdictProtected), removed when turned
+/// off after having been on (the condition then goes away). Events on transitions.
+async fn reconcile_protection(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    s3: &S3Settings,
+    old_status: &BucketScanPolicyStatus,
+    report: &mut Report,
+) {
+    let mut touched = spec_buckets(policy);
+    touched.extend(old_status.protected_buckets.iter().cloned());
+    if policy.spec.protection.enabled {
+        match protection::apply(policy, ctx, s3, &old_status.protected_buckets).await {
+            Ok(applied) => {
+                report.status.protected_buckets = applied.protected_buckets;
+                report.set(condition_types::VERDICT_PROTECTED, true, "Enforced", applied.summary);
+            }
+            Err(error) => {
+                report.status.protected_buckets = touched.into_iter().collect();
+                report.fail(condition_types::VERDICT_PROTECTED, error);
+            }
+        }
+        let old = old_status.condition(condition_types::VERDICT_PROTECTED);
+        if let Some(new) = report.status.condition(condition_types::VERDICT_PROTECTED).cloned()
+            && old.is_none_or(|old| old.status != new.status || old.reason != new.reason)
+        {
+            let (type_, reason) = if new.status == "True" {
+                (EventType::Normal, "ProtectionEnforced".to_owned())
+            } else {
+                (EventType::Warning, new.reason.clone())
+            };
+            publish_event(policy, ctx, type_, &reason, new.message.clone(), "Protect").await;
+        }
+        return;
+    }
+    let was_on =
+        !old_status.protected_buckets.is_empty() || old_status.condition(condition_types::VERDICT_PROTECTED).is_some();
+    if !was_on {
+        return;
+    }
+    let buckets: Vec<String> = touched.into_iter().collect();
+    match protection::remove(policy, ctx, s3, &buckets).await {
+        Ok(()) => {
+            report.status.protected_buckets.clear();
+            report.status.conditions.retain(|condition| condition.type_ != condition_types::VERDICT_PROTECTED);
+            let note = format!(
+                "protection turned off: removed IAM policy {} and this policy's bucket-policy statements",
+                protection::canned_policy_name(policy)
+            );
+            publish_event(policy, ctx, EventType::Normal, "ProtectionRemoved", note, "Protect").await;
+        }
+        Err(error) => {
+            report.status.protected_buckets = buckets;
+            report.fail(condition_types::VERDICT_PROTECTED, error);
+        }
+    }
+}
+
+/// Removes what `spec.protection` put into MinIO, when it may have put anything. Credentials
+/// that may not (no admin permission) never will: a Warning event, not a deletion blocked
+/// forever; the Deny statements then stay, which keeps the covered requests refused.
+async fn remove_protection(policy: &BucketScanPolicy, ctx: &Context, s3: &S3Settings) -> Result<()> {
+    let status = policy.status.clone().unwrap_or_default();
+    let was_on = policy.spec.protection.enabled
+        || !status.protected_buckets.is_empty()
+        || status.condition(condition_types::VERDICT_PROTECTED).is_some();
+    if !was_on {
+        return Ok(());
+    }
+    let mut buckets = spec_buckets(policy);
+    buckets.extend(status.protected_buckets.iter().cloned());
+    let buckets: Vec<String> = buckets.into_iter().collect();
+    match protection::remove(policy, ctx, s3, &buckets).await {
+        Ok(()) => Ok(()),
+        Err(error)
+            if matches!(error.kind(), "MinioAdminDenied" | "MinioCredentials")
+                || matches!(&error, Error::BucketPolicy { message, .. } if message.contains("AccessDenied")) =>
+        {
+            let note = format!(
+                "{error}; IAM policy {} and this policy's bucket-policy statements stay in MinIO: remove them by hand",
+                protection::canned_policy_name(policy)
+            );
+            warn!(policy = %policy.name_any(), %note, "protection cleanup skipped");
+            publish_event(policy, ctx, EventType::Warning, "CleanupSkipped", note, "Cleanup").await;
+            Ok(())
+        }
+        Err(other) => Err(other),
+    }
 }
 
 /// Removes the policy's entries for `arn` from `bucket`, as the bucket's only writer.
@@ -997,6 +1098,7 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         for bucket in buckets {
             remove_entries(policy, ctx, &client, &resolved.s3.endpoint, &bucket, &arn).await?;
         }
+        remove_protection(policy, ctx, &resolved.s3).await?;
         if policy.manages_target() {
             remove_target(policy, ctx, &resolved.s3).await?;
         }
