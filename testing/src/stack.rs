@@ -162,16 +162,40 @@ impl Stack {
         version: Option<&str>,
         timeout: Duration,
     ) -> HashMap<String, String> {
+        self.wait_for_tags(bucket, key, version, timeout, |tags| tags.contains_key("av-status")).await
+    }
+
+    /// Waits until the object's `av-status` is `status` (for objects uploaded with a forged one).
+    pub async fn wait_for_verdict_of(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+        status: &str,
+        timeout: Duration,
+    ) -> HashMap<String, String> {
+        self.wait_for_tags(bucket, key, version, timeout, |tags| tags.get("av-status").is_some_and(|s| s == status))
+            .await
+    }
+
+    /// Waits until the object's tags satisfy `done` and returns them.
+    pub async fn wait_for_tags(
+        &self,
+        bucket: &str,
+        key: &str,
+        version: Option<&str>,
+        timeout: Duration,
+        done: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> HashMap<String, String> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(tags) = self.tags(bucket, key, version).await
-                && tags.contains_key("av-status")
-            {
-                return tags;
+            let tags = self.tags(bucket, key, version).await;
+            if let Some(tags) = tags.as_ref().filter(|tags| done(tags)) {
+                return tags.clone();
             }
             assert!(
                 Instant::now() < deadline,
-                "no verdict tag on {bucket}/{key} (version {version:?}) within {timeout:?}"
+                "no expected verdict tag on {bucket}/{key} (version {version:?}) within {timeout:?}; tags {tags:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

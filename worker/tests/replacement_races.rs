@@ -137,11 +137,11 @@ async fn run(case: Interleaving) {
     match replacement_get {
         None => {
             // The replacement gets its own verdict while the first message is held.
-            wait_for_tags(stack, &bucket, second.version.as_deref(), |tags| {
+            let own_verdict = |tags: &HashMap<String, String>| {
                 tags.get("av-status").map(String::as_str) == Some(second_verdict)
                     && tags.get("av-etag") == Some(&second.etag)
-            })
-            .await;
+            };
+            stack.wait_for_tags(&bucket, KEY, second.version.as_deref(), VERDICT_TIMEOUT, own_verdict).await;
             held.release();
         }
         Some(mut replacement_get) => {
@@ -230,23 +230,6 @@ async fn put(scenario: &Scenario, key: &str, body: &[u8], encryption: Encryption
 
 async fn copy_exists(stack: &bucket_av_testing::Stack, bucket: &str, key: &str) -> bool {
     stack.s3().head_object().bucket(bucket).key(key).send().await.is_ok()
-}
-
-async fn wait_for_tags(
-    stack: &bucket_av_testing::Stack,
-    bucket: &str,
-    version: Option<&str>,
-    done: impl Fn(&HashMap<String, String>) -> bool,
-) {
-    let deadline = Instant::now() + VERDICT_TIMEOUT;
-    loop {
-        let tags = stack.tags(bucket, KEY, version).await.unwrap_or_default();
-        if done(&tags) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the replacement never got its own verdict; tags {tags:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 async fn wait_for_metric_at_least(scenario: &Scenario, sample: &str, value: f64) {

@@ -209,7 +209,7 @@ async fn an_object_deleted_before_its_scan_is_acknowledged_and_reported_missing(
     let hooks = webhook().await;
     let url = hooks.url();
     // No worker yet: the event waits in the queue while the object is deleted.
-    let scenario = Scenario::prepare("missing", false, &["--webhook-url", &url]).await;
+    let scenario = Scenario::prepare_immediate("missing", false, &["--webhook-url", &url]).await;
     scenario.stack.put(&scenario.bucket, "gone.txt", clean_bytes(10)).await;
     scenario.wait_for_queued_events(1).await;
     scenario.stack.s3().delete_object().bucket(&scenario.bucket).key("gone.txt").send().await.unwrap();
@@ -242,7 +242,8 @@ async fn on_a_versioned_bucket_the_version_in_the_event_is_the_one_scanned() {
 async fn an_object_replaced_before_its_scan_is_not_scanned_in_place_of_the_original() {
     let hooks = webhook().await;
     let url = hooks.url();
-    let scenario = Scenario::prepare("replaced", false, &["--webhook-url", &url, "--report-clean", "true"]).await;
+    let scenario =
+        Scenario::prepare_immediate("replaced", false, &["--webhook-url", &url, "--report-clean", "true"]).await;
     scenario.stack.put(&scenario.bucket, "swap.bin", marked_bytes(500)).await;
     scenario.stack.put(&scenario.bucket, "swap.bin", clean_bytes(500)).await;
     scenario.wait_for_queued_events(2).await;
@@ -266,15 +267,18 @@ async fn existing_tags_are_kept_beside_the_verdict() {
         .put_object()
         .bucket(&scenario.bucket)
         .key("tagged.txt")
-        .tagging("owner=alice&project=apollo")
+        // A user's own key under the verdict prefix is theirs; a forged verdict is not kept.
+        .tagging("owner=alice&project=apollo&av-owner=bob&av-status=infected&av-etag=forged")
         .body(ByteStream::from(clean_bytes(64)))
         .send()
         .await
         .unwrap();
-    let tags = scenario.stack.wait_for_verdict(&scenario.bucket, "tagged.txt", None, VERDICT_TIMEOUT).await;
+    let tags = scenario.stack.wait_for_verdict_of(&scenario.bucket, "tagged.txt", None, "clean", VERDICT_TIMEOUT).await;
     assert_eq!(tags["owner"], "alice");
     assert_eq!(tags["project"], "apollo");
+    assert_eq!(tags["av-owner"], "bob");
     assert_eq!(tags["av-status"], "clean");
+    assert_ne!(tags["av-etag"], "forged");
     scenario.finish().await;
 }
 

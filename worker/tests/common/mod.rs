@@ -35,7 +35,23 @@ impl Scenario {
     /// The bucket and the queue (declared, bound, empty), without a worker yet: events queue up.
     pub async fn prepare(name: &str, versioned: bool, args: &[&str]) -> Self {
         let stack = Stack::load();
-        let bucket = stack.watched_bucket(name, versioned).await;
+        let arn = stack.notify_arn().to_owned();
+        Self::prepare_routed_to(stack, &arn, name, versioned, args).await
+    }
+
+    /// As [`Scenario::prepare`], with uploads published through the stack's target without
+    /// `queue_dir`: with `MINIO_API_SYNC_EVENTS=on` an upload's event is in the queue when its
+    /// PUT returns, instead of up to 3 s later from MinIO's replay ticker. For tests that count
+    /// queued events: [`Scenario::queued_events_of_bucket`] peeks by taking and requeueing, which
+    /// spends a delivery each time, so polling a half-arrived batch would dead-letter it.
+    pub async fn prepare_immediate(name: &str, versioned: bool, args: &[&str]) -> Self {
+        let stack = Stack::load();
+        let arn = stack.var("BAVS_NOTIFY_DIRECT_ARN").to_owned();
+        Self::prepare_routed_to(stack, &arn, name, versioned, args).await
+    }
+
+    async fn prepare_routed_to(stack: Stack, arn: &str, name: &str, versioned: bool, args: &[&str]) -> Self {
+        let bucket = stack.bucket_routed_to(name, versioned, arn).await;
         let queue = unique_name(&format!("test-{name}"));
         let mut all_args: Vec<String> = vec!["--bucket".into(), bucket.clone(), "--delivery-limit".into(), "3".into()];
         all_args.extend(args.iter().map(|arg| arg.to_string()));
