@@ -201,7 +201,7 @@ async fn only_the_scanner_writes_verdicts_and_reads_fail_closed_until_clean() {
     let locks = LocalLocks::default();
 
     let applied = protection::apply(&policy, &locks, &users.scanner, &[]).await.expect("apply the protection");
-    assert_eq!(applied.protected_buckets, [uploads.clone()]);
+    assert_eq!(applied.protected_buckets, std::slice::from_ref(&uploads));
     let canned = protection::canned_policy_name(&policy);
     assert_eq!(
         users.admin.policy_entities(&canned).await.unwrap(),
@@ -434,7 +434,7 @@ async fn reads_stay_open_without_the_read_gate_and_removed_buckets_lose_the_stat
     policy.spec.buckets.retain(|bucket| bucket.name == first);
     policy.spec.protection.groups.clear();
     let reapplied = protection::apply(&policy, &locks, &users.scanner, &applied.protected_buckets).await.unwrap();
-    assert_eq!(reapplied.protected_buckets, [first.clone()]);
+    assert_eq!(reapplied.protected_buckets, std::slice::from_ref(&first));
     assert_eq!(bucket_policy(&root, &second).await, None, "only our statements were there: the policy goes");
     let canned = protection::canned_policy_name(&policy);
     assert_eq!(
