@@ -164,8 +164,10 @@ pub struct MinioSpec {
 
     /// Secret in the policy's namespace with MinIO credentials. The operator needs
     /// `admin:ConfigUpdate` (Managed notifications), `admin:ServerUpdate` (restart), and
-    /// Get/PutBucketNotification; the workers need GetObject, Get/PutObjectTagging,
-    /// DeleteObject and, for quarantine, PutObject on the quarantine bucket.
+    /// Get/PutBucketNotification; with protection also `admin:CreatePolicy`, `admin:DeletePolicy`,
+    /// `admin:GetPolicy`, `admin:AttachUserOrGroupPolicy`, `admin:ListUserPolicies`,
+    /// `admin:GetUser` and Get/Put/DeleteBucketPolicy. The workers need GetObject,
+    /// Get/PutObjectTagging, DeleteObject and, for quarantine, PutObject on the quarantine bucket.
     pub credentials_secret: MinioCredentialsSecretRef,
 
     /// PEM bundle of CA certificates to trust for an https endpoint signed by a private CA.

@@ -100,7 +100,8 @@ pub enum Error {
 
     #[error(
         "{via} covers the policy's own MinIO user {user}, which the workers scan, tag and quarantine with: \
-         remove it from {via}, or give the workers a user of their own; protection is not applied until then"
+         remove it from {via}, or give the workers a user of their own; until then the protection in MinIO is \
+         left as it was"
     )]
     ScannerProtected { user: String, via: String },
     #[error(

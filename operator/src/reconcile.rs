@@ -1247,6 +1247,31 @@ mod tests {
     }
 
     #[test]
+    fn ready_waits_for_verdict_protection_only_while_it_is_reported() {
+        let mut status = BucketScanPolicyStatus::default();
+        for condition_type in
+            [condition_types::QUEUE_READY, condition_types::NOTIFICATION_CONFIGURED, condition_types::WORKERS_AVAILABLE]
+        {
+            status.set_condition(condition(condition_type, "True", "Fine", "ok".into(), Some(1)));
+        }
+        assert!(readiness(&status).0, "protection off: no VerdictProtected, Ready as before");
+        let refused = "protection.users covers the policy's own MinIO user".to_owned();
+        status.set_condition(condition(
+            condition_types::VERDICT_PROTECTED,
+            "False",
+            "ScannerProtected",
+            refused,
+            Some(1),
+        ));
+        let (ready, reason, message) = readiness(&status);
+        assert!(!ready);
+        assert_eq!(reason, "ScannerProtected");
+        assert!(message.starts_with("VerdictProtected: "), "{message}");
+        status.set_condition(condition(condition_types::VERDICT_PROTECTED, "True", "Enforced", "ok".into(), Some(1)));
+        assert!(readiness(&status).0);
+    }
+
+    #[test]
     fn unknown_targets_are_recognised_in_minio_errors() {
         assert!(is_unknown_target("service error: ARNNotFound: ..."));
         assert!(is_unknown_target("InvalidArgument: A specified destination ARN does not exist or is not well-formed"));
