@@ -366,21 +366,24 @@ pub async fn apply(
     let mut protected: BTreeSet<String> = BTreeSet::new();
     let mut missing_buckets = Vec::new();
     for (bucket, statements) in &plan.bucket_statements {
-        protected.insert(bucket.clone());
         match write_bucket_statements(ctx, &client, &s3.endpoint, bucket, &plan.sid_prefix, statements).await {
-            Ok(()) => {}
-            Err(Error::BucketPolicy { ref message, .. }) if message.contains("NoSuchBucket") => {
-                missing_buckets.push(bucket.clone())
+            Ok(()) => {
+                protected.insert(bucket.clone());
             }
+            Err(error) if is_missing_bucket(&error) => missing_buckets.push(bucket.clone()),
             Err(other) => return Err(other),
         }
     }
     let mut stale_failure = None;
     let stale: Vec<&String> = previously_protected.iter().filter(|bucket| !protected.contains(*bucket)).collect();
     for bucket in stale {
-        if let Err(error) = write_bucket_statements(ctx, &client, &s3.endpoint, bucket, &plan.sid_prefix, &[]).await {
-            protected.insert(bucket.clone());
-            stale_failure.get_or_insert(error);
+        match write_bucket_statements(ctx, &client, &s3.endpoint, bucket, &plan.sid_prefix, &[]).await {
+            Ok(()) => {}
+            Err(error) if is_missing_bucket(&error) => {}
+            Err(error) => {
+                protected.insert(bucket.clone());
+                stale_failure.get_or_insert(error);
+            }
         }
     }
     let protected_buckets = protected.into_iter().collect();
@@ -409,7 +412,7 @@ pub async fn remove(
     let client = s3_client(s3)?;
     for bucket in buckets {
         match write_bucket_statements(ctx, &client, &s3.endpoint, bucket, &sid, &[]).await {
-            Err(Error::BucketPolicy { ref message, .. }) if message.contains("NoSuchBucket") => {}
+            Err(error) if is_missing_bucket(&error) => {}
             other => other?,
         }
     }
@@ -494,6 +497,11 @@ async fn write_bucket_statements(
     }
     info!(%bucket, statements = statements.len(), "updated the protection statements of the bucket policy");
     Ok(())
+}
+
+/// A bucket that does not exist has no policy to protect or clean.
+fn is_missing_bucket(error: &Error) -> bool {
+    matches!(error, Error::BucketPolicy { message, .. } if message.contains("NoSuchBucket") && !message.contains("NoSuchBucketPolicy"))
 }
 
 fn s3_client(s3: &S3Settings) -> Result<Client> {

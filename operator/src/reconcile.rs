@@ -1079,7 +1079,7 @@ async fn cleanup(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
         Ok(resolved) => Some(resolved),
         Err(error @ Error::ReferenceMissing { .. }) => {
             let note = format!(
-                "{error}; the buckets' notification entries for {} and the queues are left in place",
+                "{error}; the buckets' notification entries for {}, the queues and any protection are left in place",
                 policy.target_arn()
             );
             warn!(policy = %name, %note, "cleanup skipped");

@@ -473,7 +473,21 @@ async fn reads_stay_open_without_the_read_gate_and_removed_buckets_lose_the_stat
         .expect_err("a user MinIO does not have");
     assert_eq!(error.kind(), "PrincipalMissing", "{error}");
 
-    protection::remove(&policy, &locks, &users.scanner, &reapplied.protected_buckets).await.expect("remove");
+    // A bucket that does not exist is reported, the others are protected meanwhile, and
+    // cleaning up a bucket that never existed counts as done.
+    let mut with_missing = policy.clone();
+    let absent = unique_name("absent");
+    with_missing.spec.buckets.push(BucketSpec { name: absent.clone(), prefix: None, suffix: None });
+    let error = protection::apply(&with_missing, &locks, &users.scanner, &reapplied.protected_buckets)
+        .await
+        .expect_err("a missing bucket");
+    assert_eq!(error.kind(), "BucketMissing", "{error}");
+    assert!(bucket_policy(&root, &first).await.is_some(), "the existing bucket stays protected");
+    let previously = [first.clone(), absent.clone()];
+    let back = protection::apply(&policy, &locks, &users.scanner, &previously).await.expect("the bucket dropped");
+    assert_eq!(back.protected_buckets, std::slice::from_ref(&first));
+
+    protection::remove(&policy, &locks, &users.scanner, &previously).await.expect("remove");
     assert_eq!(bucket_policy(&root, &first).await, None);
     users.remove().await;
 }
