@@ -3,10 +3,17 @@
 //! The configuration has two parts, kept apart. [`ClamdLimits`] is derived from the policy alone:
 //! the scan limits, sized so that every object a worker sends is scanned whole at top level, and
 //! the alerts that make clamd name every limit it hits (`Heuristics.Limits.Exceeded.<limit>`) and
-//! every encrypted archive or document (`Heuristics.Encrypted.<format>`) instead of answering
+//! every encrypted archive or PDF (`Heuristics.Encrypted.<format>`) instead of answering
 //! `stream: OK` for content it did not fully scan. With ClamAV's defaults (`AlertExceedsMax no`,
 //! `AlertEncrypted no`) a zip bomb, an archive nested past `MaxRecursion`, a scan stopped by
 //! `MaxScanTime` and an encrypted zip all come back `OK`, and the worker would tag them `clean`.
+//!
+//! `MaxScanSize` equals `MaxFileSize` on purpose. clamd 1.4 cuts a zip member (also xar and
+//! InstallShield members) that inflates past `MaxFileSize` down to `MaxFileSize` bytes without
+//! any alert, scans the cut copy and answers `OK` (`unz()` in libclamav/unzip.c: "trimming output
+//! size to maxfilesize"; checked: a 3 MiB member under `MaxFileSize 2M`, `MaxScanSize 8M`,
+//! `AlertExceedsMax yes` is `OK`). With the two equal, the cut copy plus the archive's own bytes
+//! always exceed `MaxScanSize`, and that limit does alert.
 //! [`HostSettings`] is where clamd runs: database, listeners, pid, log and temporary paths. The
 //! sidecar uses the pod's paths ([`HostSettings::sidecar`]); `bucket-av-operator clamd-config`
 //! renders the same limits with a host's paths for an external clamd and for the test stack.
@@ -23,10 +30,11 @@ use bucket_av_crds::{BucketScanPolicySpec, quantity_bytes};
 /// scanned whole, so nothing larger is accepted on the stream either.
 pub const MAX_FILE_SIZE_CAP: u64 = 2_147_483_645;
 
-/// `MaxScanSize` is this many times `MaxFileSize`: ClamAV's own ratio (400M to 100M). An archive
-/// counts with its own size plus the size of everything extracted from it, so a scan size equal
-/// to the file size would make every archive near the limit unscannable.
-pub const SCAN_SIZE_RATIO: u64 = 4;
+/// `MaxFileSize` and `MaxScanSize` are this many times `StreamMaxLength` (ClamAV's own ratio of
+/// `MaxScanSize` to `MaxFileSize`, 400M to 100M). A scan counts the object's own size plus the
+/// size of everything extracted from it, so a scan size equal to the stream size would make every
+/// archive near the object limit unscannable.
+pub const EXTRACTED_SIZE_RATIO: u64 = 4;
 
 /// clamd keeps `MaxScanTime` in 32 bits: a larger value wraps, and 4294967296 turns the limit
 /// off ("Global time limit protection disabled", checked on clamd 1.4.6).
@@ -50,9 +58,10 @@ pub struct ClamdLimits {
     /// `StreamMaxLength`: the largest INSTREAM clamd accepts; the workers are told it
     /// (`BAVS_CLAMD_STREAM_MAX_BYTES`) and mark larger objects unscannable without downloading them.
     pub stream_max_length: u64,
-    /// `MaxFileSize`: never below `stream_max_length`, so every streamed object is scanned whole.
+    /// `MaxFileSize`: [`EXTRACTED_SIZE_RATIO`] times `stream_max_length` (at most
+    /// [`MAX_FILE_SIZE_CAP`]), so never below it: every streamed object is scanned whole.
     pub max_file_size: u64,
-    /// `MaxScanSize`: [`SCAN_SIZE_RATIO`] times `max_file_size`.
+    /// `MaxScanSize`: equal to `max_file_size` (see the module documentation).
     pub max_scan_size: u64,
     pub max_recursion: u32,
     pub max_files: u32,
@@ -68,8 +77,8 @@ impl ClamdLimits {
     /// The limits for a policy.
     ///
     /// The largest object a worker streams is `scanner.streamMaxBytes`, else `maxObjectSize`;
-    /// `StreamMaxLength` and `MaxFileSize` are both that (capped at [`MAX_FILE_SIZE_CAP`]), so no
-    /// object can be accepted on the stream and then skipped for its size.
+    /// `StreamMaxLength` is that (capped at [`MAX_FILE_SIZE_CAP`]) and `MaxFileSize` at least as
+    /// much, so no object can be accepted on the stream and then skipped for its size.
     ///
     /// `MaxScanTime` is half of `scanTimeoutSeconds`. The worker's timeout covers the whole scan:
     /// downloading the object and streaming it to clamd as well as clamd's work, while clamd's
@@ -82,11 +91,12 @@ impl ClamdLimits {
         let max_object_size = quantity_bytes(&scanner.max_object_size).unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
         let streamed = scanner.stream_max_bytes.as_ref().and_then(quantity_bytes).unwrap_or(max_object_size);
         let stream_max_length = streamed.clamp(1, MAX_FILE_SIZE_CAP);
+        let extracted = stream_max_length.saturating_mul(EXTRACTED_SIZE_RATIO).min(MAX_FILE_SIZE_CAP);
         let max_threads = u32::from(spec.workers.concurrency.max(1));
         Self {
             stream_max_length,
-            max_file_size: stream_max_length,
-            max_scan_size: stream_max_length.saturating_mul(SCAN_SIZE_RATIO),
+            max_file_size: extracted,
+            max_scan_size: extracted,
             max_recursion: MAX_RECURSION,
             max_files: MAX_FILES,
             max_scan_time_ms: (u64::from(scanner.scan_timeout_seconds) * 1000 / 2).clamp(1, MAX_SCAN_TIME_CAP_MS),
@@ -172,7 +182,9 @@ pub fn render(policy_name: &str, limits: &ClamdLimits, host: &HostSettings) -> S
         conf,
         "\n\
          # From the policy. Every object the workers stream is scanned whole at top level\n\
-         # (MaxFileSize >= StreamMaxLength); clamd answers within half the worker's scan timeout.\n\
+         # (MaxFileSize >= StreamMaxLength). MaxScanSize = MaxFileSize: clamd cuts a zip member\n\
+         # larger than MaxFileSize silently, and only MaxScanSize then reports it. MaxScanTime is\n\
+         # half the worker's scan timeout, so clamd answers before the worker gives up.\n\
          StreamMaxLength {stream}\n\
          MaxFileSize {file}\n\
          MaxScanSize {scan}\n\
@@ -268,7 +280,11 @@ mod tests {
             );
             assert!(limits.max_file_size >= limits.stream_max_length, "{limits:?}");
             assert!(limits.max_file_size <= MAX_FILE_SIZE_CAP, "clamd would lower it silently: {limits:?}");
-            assert_eq!(limits.max_scan_size, SCAN_SIZE_RATIO * limits.max_file_size);
+            assert_eq!(limits.max_file_size, (EXTRACTED_SIZE_RATIO * limits.stream_max_length).min(MAX_FILE_SIZE_CAP));
+            assert_eq!(
+                limits.max_scan_size, limits.max_file_size,
+                "a silently cut zip member must overflow the scan size"
+            );
         }
     }
 
@@ -304,7 +320,7 @@ mod tests {
         let conf = render("uploads", &ClamdLimits::for_policy(&spec("2Mi", None, 6)), &host());
         for (name, value) in [
             ("StreamMaxLength", "2097152"),
-            ("MaxFileSize", "2097152"),
+            ("MaxFileSize", "8388608"),
             ("MaxScanSize", "8388608"),
             ("MaxRecursion", "17"),
             ("MaxFiles", "10000"),

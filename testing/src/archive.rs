@@ -168,19 +168,33 @@ pub fn nested_zip(archive: Vec<u8>, levels: usize) -> Vec<u8> {
 /// first row so that images of different seeds differ (clamd caches the verdicts of files it has
 /// seen by their hash). It compresses to about a thousandth of its pixel count, while decoding
 /// it (clamd 1.x computes a fuzzy hash of every image it meets) costs time in proportion to the
-/// pixels.
+/// pixels. Built without compressing every row: one batch of zero rows is deflated once and its
+/// self-contained blocks repeated, as in [`ZipEntry::zeros_bomb`].
 pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
-    let mut compressor = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    let mut row = vec![0u8; width as usize + 1]; // filter byte 0, then the pixels
+    let row_len = width as usize + 1; // filter byte 0, then the pixels
+    let mut first_row = vec![0u8; row_len];
     let seed_bytes = seed.to_be_bytes();
-    let first = seed_bytes.len().min(width as usize);
-    row[1..=first].copy_from_slice(&seed_bytes[..first]);
-    compressor.write_all(&row).expect("compress into memory");
-    row[1..=first].fill(0);
-    for _ in 1..height {
-        compressor.write_all(&row).expect("compress into memory");
+    let shown = seed_bytes.len().min(width as usize);
+    first_row[1..=shown].copy_from_slice(&seed_bytes[..shown]);
+    let zero_rows = height.saturating_sub(1) as usize;
+    let batch_rows = (1024 * 1024 / row_len).clamp(1, zero_rows.max(1));
+    let (batches, rest_rows) = (zero_rows / batch_rows, zero_rows % batch_rows);
+
+    let mut data = vec![0x78, 0xda]; // zlib header: deflate, 32 KiB window, best compression
+    data.extend_from_slice(&deflate_sync(&first_row));
+    let batch = deflate_sync(&vec![0u8; batch_rows * row_len]);
+    for _ in 0..batches {
+        data.extend_from_slice(&batch);
     }
-    let data = compressor.finish().expect("compress into memory");
+    if rest_rows > 0 {
+        data.extend_from_slice(&deflate_sync(&vec![0u8; rest_rows * row_len]));
+    }
+    data.extend_from_slice(&[0x03, 0x00]); // an empty final block with fixed Huffman codes
+    let mut adler = Adler32::default();
+    adler.update(&first_row);
+    adler.zeros(zero_rows as u64 * row_len as u64);
+    data.extend_from_slice(&adler.value().to_be_bytes());
+
     let mut header = Vec::with_capacity(13);
     header.extend_from_slice(&width.to_be_bytes());
     header.extend_from_slice(&height.to_be_bytes());
@@ -196,6 +210,55 @@ pub fn png(width: u32, height: u32, seed: u32) -> Vec<u8> {
         png.extend_from_slice(&crc.finalize().to_be_bytes());
     }
     png
+}
+
+/// Raw deflate blocks of `data`, ended by a sync flush (byte-aligned, not final) and referring to
+/// nothing before them, so they can follow any other such blocks.
+fn deflate_sync(data: &[u8]) -> Vec<u8> {
+    let mut compressor = flate2::Compress::new(flate2::Compression::best(), false);
+    let mut out = Vec::with_capacity(data.len() / 512 + 64);
+    loop {
+        out.reserve(64 * 1024);
+        let consumed = compressor.total_in() as usize;
+        compressor.compress_vec(&data[consumed..], &mut out, flate2::FlushCompress::Sync).expect("deflate into memory");
+        // Done once all the input is in and the flush fitted (room was left over). Another round
+        // only adds an empty stored block, which is harmless.
+        if compressor.total_in() as usize == data.len() && out.len() < out.capacity() {
+            return out;
+        }
+    }
+}
+
+/// Adler-32 (zlib's checksum), with runs of zeros added in constant time.
+struct Adler32 {
+    a: u64,
+    b: u64,
+}
+
+impl Default for Adler32 {
+    fn default() -> Self {
+        Self { a: 1, b: 0 }
+    }
+}
+
+impl Adler32 {
+    const MOD: u64 = 65_521;
+
+    fn update(&mut self, data: &[u8]) {
+        for &byte in data {
+            self.a = (self.a + u64::from(byte)) % Self::MOD;
+            self.b = (self.b + self.a) % Self::MOD;
+        }
+    }
+
+    /// `count` zero bytes: `a` stays, `b` grows by `a` for each.
+    fn zeros(&mut self, count: u64) {
+        self.b = (self.b + (count % Self::MOD) * self.a) % Self::MOD;
+    }
+
+    fn value(&self) -> u32 {
+        ((self.b << 16) | self.a) as u32
+    }
 }
 
 /// A one-page PDF encrypted with the standard security handler under a user password (its `/U`
@@ -265,10 +328,25 @@ mod tests {
         assert_eq!(&image[37..41], b"IDAT");
         let mut pixels = Vec::new();
         let mut decoder = flate2::read::ZlibDecoder::new(&image[41..41 + data_length]);
-        std::io::Read::read_to_end(&mut decoder, &mut pixels).unwrap();
+        std::io::Read::read_to_end(&mut decoder, &mut pixels).expect("a valid zlib stream, checksum included");
         assert_eq!(pixels.len(), 301 * 200, "a filter byte and 300 pixels per row");
         assert_eq!(&pixels[1..5], &7u32.to_be_bytes());
+        assert!(pixels[5..].iter().all(|&byte| byte == 0));
         assert_ne!(png(300, 200, 8), image);
+        // Large ones too: the batches of zero rows are repeated, not compressed again.
+        let large = png(2000, 2000, 1);
+        assert!(large.len() < 8 * 1024, "{} bytes", large.len());
+        let data_length = u32::from_be_bytes(large[33..37].try_into().unwrap()) as usize;
+        let mut pixels = Vec::new();
+        let mut decoder = flate2::read::ZlibDecoder::new(&large[41..41 + data_length]);
+        std::io::Read::read_to_end(&mut decoder, &mut pixels).expect("a valid zlib stream, checksum included");
+        assert_eq!(pixels.len(), 2001 * 2000);
+        let mut adler = Adler32::default();
+        adler.update(&pixels);
+        let mut fast = Adler32::default();
+        fast.update(&pixels[..2001]);
+        fast.zeros(2001 * 1999);
+        assert_eq!(fast.value(), adler.value());
     }
 
     #[test]
