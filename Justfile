@@ -59,7 +59,7 @@ demo *flags:
 
 # Measure the worker against raw clamd on the same machine and bytes; see BENCHMARKS.md
 bench-worker *flags:
-    @BAVS_CLAMD_STREAM_MAX_LENGTH=1100M BAVS_CLAMD_MAX_FILE_SIZE=1100M BAVS_CLAMD_MAX_SCAN_SIZE=1100M bash testing/stack/stack-up.sh
+    @BAVS_CLAMD_STREAM_MAX_LENGTH=1100M bash testing/stack/stack-up.sh
     @cargo build --release --locked -p bucket-av-worker -p bucket-av-testing --bins
     @WORKER_LOG=warn target/release/bench-worker --worker target/release/bucket-av-worker {{ flags }}
 

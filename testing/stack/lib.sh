@@ -42,11 +42,16 @@ bavs_defaults() {
     : "${BAVS_MINIO_PORT:=29000}"
     : "${BAVS_MINIO_CONSOLE_PORT:=29001}"
     : "${BAVS_CLAMD_PORT:=23310}"
-    # clamd limits ("<n>", "<n>K" or "<n>M", as in clamd.conf). Small enough that the
-    # stream-limit test stays quick; `just bench-worker` raises them for its 1 GiB run.
+    # clamd runs the configuration the operator renders for the stack's policy (stack-up.sh):
+    # its maxObjectSize ("<n>", "<n>K" or "<n>M", clamd's powers of 1024) becomes StreamMaxLength,
+    # and MaxFileSize = MaxScanSize four times that. Small enough that the stream-limit test stays
+    # quick; `just bench-worker` raises it for its 1 GiB run.
     : "${BAVS_CLAMD_STREAM_MAX_LENGTH:=128M}"
-    : "${BAVS_CLAMD_MAX_FILE_SIZE:=128M}"
-    : "${BAVS_CLAMD_MAX_SCAN_SIZE:=128M}"
+    # The policy's scanTimeoutSeconds (clamd's MaxScanTime is half of it; the worker's default).
+    : "${BAVS_CLAMD_SCAN_TIMEOUT_SECONDS:=600}"
+    # The policy's workers.concurrency, clamd's MaxThreads: every suite's workers share one clamd.
+    : "${BAVS_CLAMD_MAX_THREADS:=12}"
+    : "${BAVS_CLAMD_MAX_QUEUE:=200}"
     # readiness timeouts in seconds
     : "${BAVS_RABBITMQ_TIMEOUT:=60}"
     : "${BAVS_MINIO_TIMEOUT:=30}"
@@ -86,6 +91,7 @@ bavs_paths() {
 
     CLAMD_DIR=$s/clamd
     CLAMD_CONF=$CLAMD_DIR/clamd.conf
+    CLAMD_POLICY=$CLAMD_DIR/policy.yaml
     CLAMD_DB=$CLAMD_DIR/db
     CLAMD_TMP=$CLAMD_DIR/tmp
     CLAMD_SOCKET=$CLAMD_DIR/clamd.sock
