@@ -26,7 +26,9 @@
 //! only; `the_worker_tags_every_limit_unscannable_never_clean` runs the worker binary with the
 //! settings the operator gives it (`workload::worker_env`) on a fresh watched bucket of the running
 //! stack (`just stack-up`) and reads the tags. `cargo build --bins` first: the worker binary must
-//! be built. Both fail loudly when clamd, the stack or the binary is missing.
+//! be built. Both fail loudly when clamd, the stack or the binary is missing. With
+//! `BAVS_CLAMD_LIMITS_SAVE_DIR=<dir>` the first also writes the policy, the rendered clamd.conf,
+//! every case's content and the expected answers there, to re-run them outside this suite.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -394,7 +396,11 @@ async fn clamd_answers_every_limit_with_a_verdict() {
     let policy = policy("clamd-limits", "http://127.0.0.1:9000", "bucket-av.events");
     let clamd = ClamdProcess::start(&policy).await;
     let scan_time = Duration::from_millis(clamd.limits.max_scan_time_ms);
-    for case in cases() {
+    let cases = cases();
+    if let Some(dir) = std::env::var_os("BAVS_CLAMD_LIMITS_SAVE_DIR") {
+        save_for_rerun(Path::new(&dir), &policy, &cases);
+    }
+    for case in cases {
         let (reply, took) = clamd.instream(&case.body).await;
         assert_eq!(reply, case.reply, "{}: clamd's reply", case.key);
         if case.key == "slow-images.zip" {
@@ -408,6 +414,39 @@ async fn clamd_answers_every_limit_with_a_verdict() {
             );
         }
     }
+}
+
+/// Writes the policy, the clamd.conf rendered for it (with this directory's paths: `db/` needs the
+/// signatures of `testing/signatures/`), every case's content and `expected.txt` (file, clamd's
+/// reply, tags) into `dir`, to re-run the cases outside this suite: `clamd -c <dir>/clamd.conf`
+/// (it listens on `<dir>/clamd.sock`) and any INSTREAM client, such as `clamdscan --stream`.
+fn save_for_rerun(dir: &Path, policy: &BucketScanPolicy, cases: &[Case]) {
+    let dir = std::path::absolute(dir).expect("an absolute save directory");
+    let files = dir.join("cases");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::create_dir_all(dir.join("db")).unwrap();
+    std::fs::create_dir_all(dir.join("tmp")).unwrap();
+    std::fs::write(dir.join("policy.yaml"), serde_norway::to_string(policy).unwrap()).unwrap();
+    let host = HostSettings {
+        database_directory: dir.join("db"),
+        temporary_directory: dir.join("tmp"),
+        pid_file: dir.join("clamd.pid"),
+        tcp: None,
+        local_socket: Some(dir.join("clamd.sock")),
+        log_file: Some(dir.join("clamd.log")),
+        foreground: true,
+        self_check_seconds: None,
+        max_queue: None,
+    };
+    let conf =
+        clamd_config::render(policy.metadata.name.as_deref().unwrap(), &ClamdLimits::for_policy(&policy.spec), &host);
+    std::fs::write(dir.join("clamd.conf"), conf).unwrap();
+    let mut expected = String::from("# file | clamd's INSTREAM reply | av-status | av-detail\n");
+    for case in cases {
+        std::fs::write(files.join(case.key), &case.body).unwrap();
+        expected.push_str(&format!("cases/{} | {} | {} | {}\n", case.key, case.reply, case.status, case.detail));
+    }
+    std::fs::write(dir.join("expected.txt"), expected).unwrap();
 }
 
 #[tokio::test]

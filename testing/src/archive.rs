@@ -276,14 +276,14 @@ pub fn encrypted_pdf() -> Vec<u8> {
     let mut offsets = Vec::new();
     for (number, object) in objects.iter().enumerate() {
         offsets.push(pdf.len());
-        write!(pdf, "{} 0 obj\n", number + 1).unwrap();
+        writeln!(pdf, "{} 0 obj", number + 1).unwrap();
         pdf.extend_from_slice(object);
         pdf.extend_from_slice(b"\nendobj\n");
     }
     let xref = pdf.len();
     write!(pdf, "xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).unwrap();
     for offset in offsets {
-        write!(pdf, "{offset:010} 00000 n \n").unwrap();
+        writeln!(pdf, "{offset:010} 00000 n ").unwrap();
     }
     let id = "33".repeat(16);
     write!(
