@@ -14,6 +14,7 @@
 //! size to maxfilesize"; checked: a 3 MiB member under `MaxFileSize 2M`, `MaxScanSize 8M`,
 //! `AlertExceedsMax yes` is `OK`). With the two equal, the cut copy plus the archive's own bytes
 //! always exceed `MaxScanSize`, and that limit does alert.
+//!
 //! [`HostSettings`] is where clamd runs: database, listeners, pid, log and temporary paths. The
 //! sidecar uses the pod's paths ([`HostSettings::sidecar`]); `bucket-av-operator clamd-config`
 //! renders the same limits with a host's paths for an external clamd and for the test stack.
@@ -84,8 +85,8 @@ impl ClamdLimits {
     /// downloading the object and streaming it to clamd as well as clamd's work, while clamd's
     /// clock only starts once the stream is complete. Half leaves the other half for the transfer,
     /// so clamd stops and answers `Heuristics.Limits.Exceeded.MaxScanTime` (an `unscannable`
-    /// verdict) before the worker gives up on the scan and retries it, again and again, until the
-    /// message is dead-lettered without a verdict.
+    /// verdict) before the worker gives up on the scan; a worker timeout gives no verdict at all,
+    /// only another attempt at the same scan.
     pub fn for_policy(spec: &BucketScanPolicySpec) -> Self {
         let scanner = &spec.scanner;
         let max_object_size = quantity_bytes(&scanner.max_object_size).unwrap_or(DEFAULT_MAX_OBJECT_SIZE);
