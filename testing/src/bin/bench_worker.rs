@@ -7,7 +7,7 @@
 //! 3. The worker's peak RSS (VmHWM) while it scans a 1 GiB object.
 //! 4. Latency from PUT returning to the verdict tag being visible, with no backlog.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,10 @@ struct Args {
     /// The worker binary to measure (a release build).
     #[arg(long)]
     worker: PathBuf,
+    /// Another worker binary (e.g. the previous release) to drain the same 4 KiB backlog in the
+    /// same run, so that the cost of a change is a ratio of two figures taken under one load.
+    #[arg(long)]
+    baseline_worker: Option<PathBuf>,
     /// Objects in the 4 KiB backlog run.
     #[arg(long, default_value_t = 2000)]
     small_objects: usize,
@@ -157,13 +161,33 @@ async fn throughput_small(stack: &Stack, args: &Args) {
     let raw_rate = args.small_objects as f64 / started.elapsed().as_secs_f64();
     let minio_rate = minio_get_and_tag_rate(stack, &body, args.small_objects).await;
 
-    // A backlog first, then the worker drains it at concurrency 8.
+    let worker_rate = drain_small_backlog(stack, &args.worker, &body, args.small_objects).await;
+    println!(
+        "4 KiB objects, concurrency 8: raw clamd {raw_rate:.0} scans/s; MinIO GET + PutObjectTagging alone {minio_rate:.0} objects/s; \
+         worker {worker_rate:.0} objects/s (GET, scan, tag, ack): {:.2} of the MinIO baseline (target >= 300 objects/s)",
+        worker_rate / minio_rate
+    );
+    if let Some(baseline) = &args.baseline_worker {
+        let baseline_rate = drain_small_backlog(stack, baseline, &body, args.small_objects).await;
+        println!(
+            "4 KiB objects, concurrency 8: baseline worker {} {baseline_rate:.0} objects/s ({:.2} of the MinIO baseline); \
+             the measured worker reaches {:.2} of it",
+            baseline.display(),
+            baseline_rate / minio_rate,
+            worker_rate / baseline_rate
+        );
+    }
+}
+
+/// Queues `count` uploads of `body` into a fresh unversioned bucket, then measures how fast the
+/// worker binary drains that backlog at concurrency 8.
+async fn drain_small_backlog(stack: &Stack, worker: &Path, body: &Bytes, count: usize) -> f64 {
     let bucket = stack.watched_bucket("bench-small", false).await;
     let queue = unique_name("bench-small");
     let connection = stack.amqp().await;
     stack.topology(&queue, 10).declare(&connection.create_channel().await.unwrap()).await.unwrap();
     let s3 = stack.s3();
-    futures::stream::iter(0..args.small_objects)
+    futures::stream::iter(0..count)
         .for_each_concurrent(16, |i| {
             let (s3, bucket, body) = (s3.clone(), bucket.clone(), body.clone());
             async move {
@@ -178,21 +202,18 @@ async fn throughput_small(stack: &Stack, args: &Args) {
         })
         .await;
     let channel = connection.create_channel().await.unwrap();
-    while bucket_av_pipeline::topology::ready_messages(&channel, &queue).await.unwrap() < args.small_objects as u32 {
+    while bucket_av_pipeline::topology::ready_messages(&channel, &queue).await.unwrap() < count as u32 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = Instant::now();
-    let worker = WorkerProcess::start(&args.worker, stack, &queue, &["--bucket", &bucket, "--concurrency", "8"]).await;
-    while worker.metric("bucket_av_worker_scans_total{verdict=\"clean\"}").await < args.small_objects as f64 {
+    let worker = WorkerProcess::start(worker, stack, &queue, &["--bucket", &bucket, "--concurrency", "8"]).await;
+    while worker.metric("bucket_av_worker_scans_total{verdict=\"clean\"}").await < count as f64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let worker_rate = args.small_objects as f64 / started.elapsed().as_secs_f64();
+    let rate = count as f64 / started.elapsed().as_secs_f64();
     worker.terminate(Duration::from_secs(60)).await;
-    println!(
-        "4 KiB objects, concurrency 8: raw clamd {raw_rate:.0} scans/s; MinIO GET + PutObjectTagging alone {minio_rate:.0} objects/s; \
-         worker {worker_rate:.0} objects/s (GET, scan, tag, ack): {:.2} of the MinIO baseline (target >= 300 objects/s)",
-        worker_rate / minio_rate
-    );
+    connection.close(200, "done".into()).await.ok();
+    rate
 }
 
 /// The S3 work the worker must do per small object, without clamd or RabbitMQ: GET the body and
