@@ -603,7 +603,7 @@ pub struct WorkersSpec {
     #[schemars(length(min = 1, max = 1024))]
     pub image: Option<String>,
 
-    /// Scans one worker runs at once (1 to 1024); also its RabbitMQ prefetch.
+    /// Scans one worker runs at once (1 to 1024); its RabbitMQ prefetch is twice that.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 1024))]
     pub concurrency: u16,

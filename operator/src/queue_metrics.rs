@@ -6,7 +6,7 @@
 //! management API: it lags by RabbitMQ's statistics interval, 5 s by default).
 //!
 //! Why both: with waiting messages only, a backlog that the workers have prefetched (up to
-//! `concurrency` per worker) reads as an empty queue, and the HPA would scale down workers that
+//! twice `concurrency` per worker) reads as an empty queue, and the HPA would scale down workers that
 //! are busy scanning. Counting the unacknowledged ones keeps the replicas while scans run.
 //!
 //! Nothing here writes to Kubernetes, RabbitMQ or a log line with a secret in it. Each lookup is

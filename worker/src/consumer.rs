@@ -1,6 +1,6 @@
-//! The AMQP side: connects (and reconnects), declares the topology, consumes with manual acks and
-//! a prefetch equal to the concurrency, settles each message as `process` decided, dead-letters
-//! with the reason, and drains on shutdown.
+//! The AMQP side: connects (and reconnects), declares the topology, consumes with manual acks,
+//! handles at most `concurrency` messages at a time from a prefetch twice that, settles each
+//! message as `process` decided, dead-letters with the reason, and drains on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -98,7 +99,8 @@ impl Consumer {
         // only after the broker has taken its dead-lettered copy.
         let dead_letters = connection.create_channel().await?;
         dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
-        channel.basic_qos(self.concurrency, BasicQosOptions::default()).await?;
+        channel.basic_qos(prefetch(self.concurrency), BasicQosOptions::default()).await?;
+        let slots = Arc::new(Semaphore::new(usize::from(self.concurrency)));
         let mut consumer = channel
             .basic_consume(
                 self.topology.queue.as_str().into(),
@@ -133,12 +135,33 @@ impl Consumer {
             let dead_letters = Arc::clone(&dead_letters);
             let topology = self.topology.clone();
             let shutdown = shutdown.clone();
+            let slots = Arc::clone(&slots);
             tracker.spawn(async move {
+                let slot = tokio::select! {
+                    slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
+                    () = shutdown.cancelled() => {
+                        // Never started: hand it back at once rather than scan it while draining.
+                        if let Err(error) = delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await {
+                            tracing::warn!(error = %error, "could not hand back an unstarted message; the broker will redeliver it");
+                        }
+                        return;
+                    }
+                };
                 let disposition = processor.handle(&delivery.data, &shutdown).await;
+                // The next message starts while this one is settled.
+                drop(slot);
                 settle(&delivery, disposition, &dead_letters, &topology, &metrics).await;
             });
         }
     }
+}
+
+/// Messages the broker may hand the worker ahead of the ones it handles: twice the concurrency,
+/// so a freed slot starts on a message already here instead of idling through the round trip of
+/// its ack and the next delivery (with a quorum queue the broker's slowest step). Unstarted
+/// messages are handed back at once on shutdown.
+fn prefetch(concurrency: u16) -> u16 {
+    concurrency.saturating_mul(2)
 }
 
 /// Acks, hands back or dead-letters one delivery. Failures here leave the message unacked, so the
@@ -225,6 +248,13 @@ async fn publish_dead_letter(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_prefetch_is_twice_the_concurrency_within_the_protocol_limit() {
+        assert_eq!(prefetch(1), 2);
+        assert_eq!(prefetch(8), 16);
+        assert_eq!(prefetch(u16::MAX), u16::MAX);
+    }
     use crate::error::{ErrorClass, ProcessError};
 
     fn failure(class: ErrorClass) -> ProcessError {

@@ -212,6 +212,12 @@ async fn drain_small_backlog(stack: &Stack, worker: &Path, body: &Bytes, count: 
     }
     let rate = count as f64 / started.elapsed().as_secs_f64();
     worker.terminate(Duration::from_secs(60)).await;
+    // A queue left behind stays bound to the stack's exchange and takes a copy of every later
+    // event: the next figure of the same run would pay for it.
+    let topology = stack.topology(&queue, 10);
+    for name in [queue.clone(), topology.dead_letter_queue()] {
+        channel.queue_delete(name.as_str().into(), Default::default()).await.ok();
+    }
     connection.close(200, "done".into()).await.ok();
     rate
 }
