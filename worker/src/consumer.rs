@@ -1,6 +1,6 @@
-//! The AMQP side: connects (and reconnects), declares the topology, consumes with manual acks,
-//! handles at most `concurrency` messages at a time from a prefetch twice that, settles each
-//! message as `process` decided, dead-letters with the reason, and drains on shutdown.
+//! The AMQP side: connects (and reconnects), declares the topology, consumes with manual acks and
+//! a prefetch of twice the concurrency (the processor runs at most `concurrency` scans at once),
+//! settles each message as `process` decided, dead-letters with the reason, and drains on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,6 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -100,7 +99,6 @@ impl Consumer {
         let dead_letters = connection.create_channel().await?;
         dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
         channel.basic_qos(prefetch(self.concurrency), BasicQosOptions::default()).await?;
-        let slots = Arc::new(Semaphore::new(usize::from(self.concurrency)));
         let mut consumer = channel
             .basic_consume(
                 self.topology.queue.as_str().into(),
@@ -135,31 +133,19 @@ impl Consumer {
             let dead_letters = Arc::clone(&dead_letters);
             let topology = self.topology.clone();
             let shutdown = shutdown.clone();
-            let slots = Arc::clone(&slots);
             tracker.spawn(async move {
-                let slot = tokio::select! {
-                    slot = slots.acquire_owned() => slot.expect("the semaphore is never closed"),
-                    () = shutdown.cancelled() => {
-                        // Never started: hand it back at once rather than scan it while draining.
-                        if let Err(error) = delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await {
-                            tracing::warn!(error = %error, "could not hand back an unstarted message; the broker will redeliver it");
-                        }
-                        return;
-                    }
-                };
                 let disposition = processor.handle(&delivery.data, &shutdown).await;
-                // The next message starts while this one is settled.
-                drop(slot);
                 settle(&delivery, disposition, &dead_letters, &topology, &metrics).await;
             });
         }
     }
 }
 
-/// Messages the broker may hand the worker ahead of the ones it handles: twice the concurrency,
-/// so a freed slot starts on a message already here instead of idling through the round trip of
-/// its ack and the next delivery (with a quorum queue the broker's slowest step). Unstarted
-/// messages are handed back at once on shutdown.
+/// Messages the broker may hand the worker at once: twice the concurrency. The processor scans
+/// `concurrency` of them at a time; the others are being tagged, checked, acted on and
+/// acknowledged, or wait for a scan slot, so a freed slot starts on a message already here
+/// instead of idling through S3 round trips, the ack and the next delivery (with a quorum queue
+/// the broker's slowest step). Waiting messages are handed back at once on shutdown.
 fn prefetch(concurrency: u16) -> u16 {
     concurrency.saturating_mul(2)
 }

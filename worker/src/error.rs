@@ -47,6 +47,8 @@ pub enum ProcessError {
     Delete { message: String, class: ErrorClass },
     #[error("{0}")]
     Webhook(#[source] WebhookError),
+    #[error("the worker is stopping; handed back before its scan began")]
+    ShuttingDown,
 }
 
 impl ProcessError {
@@ -63,6 +65,7 @@ impl ProcessError {
             Self::QuarantineVerify { .. } => "quarantine_verify",
             Self::Delete { .. } => "delete",
             Self::Webhook(_) => "webhook",
+            Self::ShuttingDown => "shutting_down",
         }
     }
 
@@ -79,6 +82,8 @@ impl ProcessError {
             Self::Scan(_) | Self::ClamdReply(_) => ErrorClass::Transient,
             Self::Webhook(WebhookError::Rejected { .. }) => ErrorClass::Permanent,
             Self::Webhook(WebhookError::Exhausted { .. }) => ErrorClass::Transient,
+            // Not the message's fault: handed back without spending its budget.
+            Self::ShuttingDown => ErrorClass::Unavailable,
         }
     }
 

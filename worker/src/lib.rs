@@ -78,8 +78,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     };
     let health = Arc::new(Health::new());
-    let processor =
-        Arc::new(Processor::new(s3, clamd.clone(), webhook, policy, Arc::clone(&metrics), Arc::clone(&health)));
+    let processor = Arc::new(Processor::new(
+        s3,
+        clamd.clone(),
+        webhook,
+        policy,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+        config.concurrency,
+    ));
 
     let http_state =
         http::HttpState { metrics: Arc::clone(&metrics), health: Arc::clone(&health), clamd: clamd.clone() };

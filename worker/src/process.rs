@@ -10,6 +10,7 @@ use bucket_av_pipeline::ObjectEvent;
 use bucket_av_pipeline::event::parse_event;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{self, Quarantine, Removal, ScannedObject, Settled, TagOutcome};
@@ -63,6 +64,10 @@ pub struct Processor {
     engine: RwLock<Option<String>>,
     /// Attempts in place for transient failures before the message is handed back.
     transient_attempts: u32,
+    /// Bounds the GET-and-scan steps to the worker's concurrency. Only those: tagging, the
+    /// checks, actions and the webhook of one message overlap the next message's scan, so the
+    /// S3 round trips after a verdict do not leave clamd idle.
+    scan_slots: Semaphore,
 }
 
 impl Processor {
@@ -73,8 +78,19 @@ impl Processor {
         policy: Policy,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
+        concurrency: u16,
     ) -> Self {
-        Self { s3, clamd, webhook, policy, metrics, health, engine: RwLock::new(None), transient_attempts: 3 }
+        Self {
+            s3,
+            clamd,
+            webhook,
+            policy,
+            metrics,
+            health,
+            engine: RwLock::new(None),
+            transient_attempts: 3,
+            scan_slots: Semaphore::new(usize::from(concurrency)),
+        }
     }
 
     pub fn clamd(&self) -> &Clamd {
@@ -142,11 +158,16 @@ impl Processor {
         correction: u32,
     ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
         Box::pin(async move {
+            let slot = tokio::select! {
+                slot = self.scan_slots.acquire() => slot.expect("the semaphore is never closed"),
+                () = shutdown.cancelled() => return Err(ProcessError::ShuttingDown),
+            };
             let started = Instant::now();
             self.metrics.in_flight.inc();
             let scanned =
                 self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits)).await;
             self.metrics.in_flight.dec();
+            drop(slot);
             let scanned = scanned?;
             let scan_time = started.elapsed();
             let scanned_at = OffsetDateTime::now_utc();
