@@ -2,20 +2,12 @@
 //! are written, read back decrypted and deleted again. Nothing here restarts MinIO, so these
 //! tests are safe while others use the stack; `tests/restart.rs` holds the part that restarts.
 
+mod common;
+
 use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange, Error};
 use bucket_av_pipeline::Secret;
 use bucket_av_testing::Stack;
-
-fn admin(stack: &Stack) -> AdminClient {
-    AdminClient::new(
-        stack.var("BAVS_S3_ENDPOINT"),
-        stack.var("BAVS_S3_ACCESS_KEY"),
-        Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
-        None,
-    )
-    .expect("the stack's endpoint is valid")
-    .with_region(stack.var("BAVS_S3_REGION"))
-}
+use common::admin;
 
 /// A target on the stack's exchange with the same exchange flags as the stack's own target
 /// (RabbitMQ refuses a redeclare with other flags), a routing key no worker listens to, and

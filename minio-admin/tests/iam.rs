@@ -1,21 +1,13 @@
 //! Canned policies, users and groups against the real MinIO of the local stack: each test makes
 //! its own names and removes what it created, so these run beside every other suite.
 
-use bucket_av_minio_admin::{AdminClient, Error, PolicyEntities, Principal};
+mod common;
+
+use bucket_av_minio_admin::{Error, PolicyEntities, Principal};
 use bucket_av_pipeline::Secret;
 use bucket_av_testing::Stack;
+use common::admin;
 use serde_json::json;
-
-fn admin(stack: &Stack) -> AdminClient {
-    AdminClient::new(
-        stack.var("BAVS_S3_ENDPOINT"),
-        stack.var("BAVS_S3_ACCESS_KEY"),
-        Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
-        None,
-    )
-    .expect("the stack's endpoint is valid")
-    .with_region(stack.var("BAVS_S3_REGION"))
-}
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())

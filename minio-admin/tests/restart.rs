@@ -7,25 +7,17 @@
 //! BAVS_ALLOW_MINIO_RESTART=1 cargo test -p bucket-av-minio-admin --test restart -- --ignored
 //! ```
 
+mod common;
+
 use std::time::Duration;
 
-use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange};
+use bucket_av_minio_admin::{AmqpTarget, ConfigChange};
 use bucket_av_pipeline::Secret;
 use bucket_av_pipeline::notification::{self, KeyFilter};
 use bucket_av_testing::Stack;
+use common::admin;
 
 const RESTART_TIMEOUT: Duration = Duration::from_secs(90);
-
-fn admin(stack: &Stack) -> AdminClient {
-    AdminClient::new(
-        stack.var("BAVS_S3_ENDPOINT"),
-        stack.var("BAVS_S3_ACCESS_KEY"),
-        Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
-        None,
-    )
-    .expect("the stack's endpoint is valid")
-    .with_region(stack.var("BAVS_S3_REGION"))
-}
 
 #[tokio::test]
 #[ignore = "restarts the stack's MinIO: run with BAVS_ALLOW_MINIO_RESTART=1 and -- --ignored"]
