@@ -243,6 +243,17 @@ async fn apply(policy: &BucketScanPolicy, ctx: &Context) -> Result<Action> {
                                     publish_event(policy, ctx, kind, "EventsNotDurable", note, "CheckMinIO").await;
                                 }
                             }
+                            if let Some(warning) = unversioned_buckets_warning(policy, &resolved.s3).await {
+                                message = format!("{message}; WARNING: {warning}");
+                                let already_said = old_status
+                                    .condition(condition_types::NOTIFICATION_CONFIGURED)
+                                    .is_some_and(|old| old.message.contains(&warning));
+                                if !already_said {
+                                    let kind = EventType::Warning;
+                                    publish_event(policy, ctx, kind, "UnversionedBucket", warning, "CheckBuckets")
+                                        .await;
+                                }
+                            }
                             report.set(condition_types::NOTIFICATION_CONFIGURED, true, "Configured", message);
                         }
                         // Not an error: nothing changes until one of the policies does, and
@@ -758,6 +769,40 @@ async fn check_quarantine_bucket(policy: &BucketScanPolicy, s3: &S3Settings) -> 
             message: bucket_av_pipeline::s3::describe_error(&error),
         }),
     }
+}
+
+/// A warning naming the policy's buckets that are not versioned, when the policy deletes or
+/// quarantines objects: there MinIO offers no conditional delete, so an upload that replaces an
+/// infected object within the one round trip between the worker's last check and its DELETE is
+/// removed with it (README, "Replacements while an object is handled"). A bucket whose
+/// versioning cannot be read is left out: the notification step reports bucket problems.
+async fn unversioned_buckets_warning(policy: &BucketScanPolicy, s3: &S3Settings) -> Option<String> {
+    let actions = &policy.spec.actions;
+    let removes = [actions.on_infected, actions.on_unscannable]
+        .iter()
+        .any(|action| matches!(action, ObjectAction::Delete | ObjectAction::Quarantine));
+    if !removes {
+        return None;
+    }
+    let client = s3_client(s3).ok()?;
+    let mut unversioned = Vec::new();
+    for bucket in spec_buckets(policy) {
+        if let Ok(versioning) = client.get_bucket_versioning().bucket(&bucket).send().await
+            && versioning.status().map(|status| status.as_str()) != Some("Enabled")
+        {
+            unversioned.push(bucket);
+        }
+    }
+    (!unversioned.is_empty()).then(|| unversioned_message(&unversioned))
+}
+
+fn unversioned_message(buckets: &[String]) -> String {
+    format!(
+        "bucket(s) {} are not versioned, and this policy removes infected or unscannable objects: MinIO has no \
+         conditional delete, so an upload that replaces such an object within one round trip of its removal can be \
+         removed with it; enable versioning on them",
+        buckets.join(", ")
+    )
 }
 
 /// The NotificationConfigured reason of a policy that leaves a bucket to an older policy.

@@ -13,6 +13,47 @@ use common::{Bucket, CONTENT_EVENTS, Fixture, Target, condition, filter_rules};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A policy that quarantines infected objects names the buckets without versioning in a warning
+/// (there a replacement landing right before the delete can be removed with the infected object),
+/// and only those; a policy that leaves objects in place does not warn.
+#[tokio::test]
+async fn a_policy_that_removes_objects_warns_about_its_buckets_without_versioning() {
+    let fixture = Fixture::new("op-versioning", true);
+    let stack = &fixture.stack;
+    let unversioned = stack.bucket("op-unversioned", false).await;
+    let versioned = stack.bucket("op-versioned", true).await;
+    let quarantine = stack.bucket("op-quarantine", false).await;
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let buckets = [Bucket { name: &unversioned, prefix: None }, Bucket { name: &versioned, prefix: None }];
+    let quarantines = format!("  actions:\n    onInfected: Quarantine\n    quarantineBucket: {quarantine}\n");
+    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, &quarantines));
+    let policy = fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let configured = condition(&policy, "NotificationConfigured").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(configured.contains("WARNING: bucket(s) ") && configured.contains("not versioned"), "{configured}");
+    let warned = configured.split("WARNING").nth(1).unwrap_or_default();
+    assert!(warned.contains(&unversioned) && !warned.contains(&versioned), "{configured}");
+    let events = fixture.kubectl(&["get", "events", "--field-selector", "reason=UnversionedBucket", "-o", "name"]);
+    assert_eq!(events.lines().count(), 1, "one UnversionedBucket event: {events}");
+
+    // Leaving infected objects in place removes nothing: no warning.
+    let tags_only = fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, "");
+    fixture.apply(&tags_only);
+    let generation = fixture.policy("scan").unwrap()["metadata"]["generation"].as_i64().unwrap();
+    let deadline = std::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let policy = fixture.policy("scan").unwrap();
+        let configured = condition(&policy, "NotificationConfigured").unwrap();
+        if configured["observedGeneration"].as_i64() == Some(generation) {
+            assert!(!configured["message"].as_str().unwrap().contains("WARNING"), "{configured}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "generation {generation} never reconciled: {configured}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    fixture.delete_policy("scan", READY_TIMEOUT).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
 /// Apply -> everything read back from the real systems -> uploads scanned by a worker started
 /// exactly as the Deployment describes it -> update converges -> delete removes only ours.
 #[tokio::test]
