@@ -8,13 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
 use bucket_av_minio_admin::{AdminClient, Principal};
 use bucket_av_operator::protection::same_statements;
 use bucket_av_pipeline::Secret;
 use bucket_av_pipeline::s3::S3Settings;
 use bucket_av_testing::{OperatorProcess, unique_name};
-use common::{Bucket, Fixture, Target, condition};
+use common::{Bucket, Fixture, Target, condition, put_with_tags};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -28,19 +27,6 @@ fn protection_yaml(enabled: bool, users: &[&str]) -> String {
         }
     }
     yaml
-}
-
-async fn put_status(client: &aws_sdk_s3::Client, bucket: &str, key: &str, tags: Option<&str>) -> Result<(), String> {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from_static(b"content"))
-        .set_tagging(tags.map(str::to_owned))
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|error| bucket_av_pipeline::s3::describe_error(&error))
 }
 
 async fn statements(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<Value> {
@@ -105,9 +91,9 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     assert!(admin.canned_policy(&canned).await.unwrap().is_some(), "the IAM policy exists");
 
     // MinIO enforces it for the uploader and for anonymous requests; the owner's statement stays.
-    let forged = put_status(&as_uploader, &bucket, "forged.txt", Some("av-status=clean")).await;
+    let forged = put_with_tags(&as_uploader, &bucket, "forged.txt", Some("av-status=clean")).await;
     assert!(forged.as_ref().is_err_and(|e| e.contains("AccessDenied")), "forged verdict: {forged:?}");
-    put_status(&as_uploader, &bucket, "pending.txt", None).await.expect("an ordinary upload");
+    put_with_tags(&as_uploader, &bucket, "pending.txt", None).await.expect("an ordinary upload");
     let read = as_uploader.get_object().bucket(&bucket).key("pending.txt").send().await;
     assert!(read.is_err(), "a pending object is unreadable");
     let url = format!("{}/{bucket}/pending.txt", stack.var("BAVS_S3_ENDPOINT"));
@@ -128,7 +114,7 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     assert!(fixture.events("scan").iter().any(|event| event.starts_with("ProtectionRemoved: ")));
     assert_eq!(admin.canned_policy(&canned).await.unwrap(), None);
     assert!(same_statements(&statements(&s3, &bucket).await, std::slice::from_ref(&owner)), "only the owner's");
-    put_status(&as_uploader, &bucket, "tagged-again.txt", Some("av-status=clean")).await.expect("no protection");
+    put_with_tags(&as_uploader, &bucket, "tagged-again.txt", Some("av-status=clean")).await.expect("no protection");
 
     // On again, then the policy is deleted: the finalizer removes it all.
     fixture.apply(&yaml(&protection_yaml(true, &[&uploader.access_key])));
@@ -137,7 +123,7 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     fixture.delete_policy("scan", TIMEOUT).await;
     assert_eq!(admin.canned_policy(&canned).await.unwrap(), None);
     assert!(same_statements(&statements(&s3, &bucket).await, &[owner]), "only the owner's statement is left");
-    put_status(&as_uploader, &bucket, "after-delete.txt", Some("av-status=clean")).await.expect("policy deleted");
+    put_with_tags(&as_uploader, &bucket, "after-delete.txt", Some("av-status=clean")).await.expect("policy deleted");
 
     operator.terminate(Duration::from_secs(30)).await;
     let _ = admin.remove_user(&uploader.access_key).await;

@@ -5,6 +5,8 @@
 //! own (non-root) user does its work throughout. Each test makes its own users, groups and
 //! buckets and removes them again, so this runs beside every other suite.
 
+mod common;
+
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Tag, Tagging, TaggingDirective};
 use bucket_av_crds::{BucketScanPolicy, BucketSpec};
@@ -13,6 +15,7 @@ use bucket_av_operator::protection::{self, LocalLocks};
 use bucket_av_pipeline::Secret;
 use bucket_av_pipeline::s3::{Client, S3Settings};
 use bucket_av_testing::{Stack, unique_name};
+use common::put_with_tags;
 use serde_json::{Value, json};
 
 struct Users {
@@ -127,19 +130,6 @@ fn expect_ok<
     result.unwrap_or_else(|error| panic!("{what}: {}", bucket_av_pipeline::s3::describe_error(&error)))
 }
 
-async fn put(client: &Client, bucket: &str, key: &str, tags: Option<&str>) -> Result<(), String> {
-    client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from_static(b"content"))
-        .set_tagging(tags.map(str::to_owned))
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|error| bucket_av_pipeline::s3::describe_error(&error))
-}
-
 async fn get(client: &Client, bucket: &str, key: &str) -> Result<(), String> {
     client
         .get_object()
@@ -233,19 +223,21 @@ async fn only_the_scanner_writes_verdicts_and_reads_fail_closed_until_clean() {
 
     // (a) Forged verdicts on every write path.
     for (who, client) in [("uploader", &uploader), ("group member", &member)] {
-        let result = put(client, &uploads, "forged.txt", forged).await;
+        let result = put_with_tags(client, &uploads, "forged.txt", forged).await;
         assert!(result.as_ref().is_err_and(|e| e.contains("AccessDenied")), "{who}: PUT with av-status: {result:?}");
     }
     for other in ["av-detail=x", "av-engine=x", "av-anything=x", "team=a&av-scanned-at=now"] {
-        let result = put(&uploader, &uploads, "forged.txt", Some(other)).await;
+        let result = put_with_tags(&uploader, &uploads, "forged.txt", Some(other)).await;
         assert!(result.as_ref().is_err_and(|e| e.contains("AccessDenied")), "PUT with {other}: {result:?}");
     }
     expect_denied(
         "CreateMultipartUpload with av-status",
         uploader.create_multipart_upload().bucket(&uploads).key("mp.bin").tagging("av-status=clean").send().await,
     );
-    put(&uploader, &uploads, "pending.txt", Some("team=a")).await.expect("an upload with the uploader's own tags");
-    put(&uploader, &uploads, "plain.txt", None).await.expect("an upload without tags");
+    put_with_tags(&uploader, &uploads, "pending.txt", Some("team=a"))
+        .await
+        .expect("an upload with the uploader's own tags");
+    put_with_tags(&uploader, &uploads, "plain.txt", None).await.expect("an upload without tags");
     expect_denied(
         "CopyObject REPLACE with av-status",
         uploader
@@ -406,7 +398,9 @@ async fn only_the_scanner_writes_verdicts_and_reads_fail_closed_until_clean() {
         "{restored:#}"
     );
     assert_eq!(users.admin.canned_policy(&canned).await.unwrap(), None);
-    put(&uploader, &uploads, "after.txt", forged).await.expect("without protection, MinIO takes any tag again");
+    put_with_tags(&uploader, &uploads, "after.txt", forged)
+        .await
+        .expect("without protection, MinIO takes any tag again");
     get(&uploader, &uploads, "after.txt").await.expect("and serves any object");
     assert_eq!(
         anonymous(reqwest::Method::GET, url("anon.txt"), &[], b"").await,
@@ -433,9 +427,9 @@ async fn reads_stay_open_without_the_read_gate_and_removed_buckets_lose_the_stat
     assert_eq!(applied.protected_buckets, both);
 
     let uploader = client(&users.uploader);
-    put(&uploader, &first, "pending.txt", None).await.expect("upload");
+    put_with_tags(&uploader, &first, "pending.txt", None).await.expect("upload");
     get(&uploader, &first, "pending.txt").await.expect("without the read gate a pending object is readable");
-    let result = put(&uploader, &first, "forged.txt", Some("av-status=clean")).await;
+    let result = put_with_tags(&uploader, &first, "forged.txt", Some("av-status=clean")).await;
     assert!(result.is_err_and(|e| e.contains("AccessDenied")), "verdict tags stay refused");
 
     // Drop the second bucket and the group: it loses the statements, the group the policy.
@@ -516,8 +510,8 @@ async fn known_gap_a_crafted_request_reads_a_pending_object_without_tags() {
     let locks = LocalLocks::default();
     let applied = protection::apply(&policy, &locks, &users.scanner, &[]).await.expect("apply");
     let uploader = client(&users.uploader);
-    put(&uploader, &uploads, "untagged.txt", None).await.unwrap();
-    put(&uploader, &uploads, "tagged.txt", Some("team=a")).await.unwrap();
+    put_with_tags(&uploader, &uploads, "untagged.txt", None).await.unwrap();
+    put_with_tags(&uploader, &uploads, "tagged.txt", Some("team=a")).await.unwrap();
     assert!(get(&uploader, &uploads, "untagged.txt").await.is_err(), "a plain GET is refused");
 
     let with_header = |key: &'static str| {

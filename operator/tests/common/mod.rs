@@ -279,3 +279,22 @@ pub fn filter_rules(entry: &QueueConfiguration) -> Vec<(String, String)> {
         })
         .unwrap_or_default()
 }
+
+/// Uploads a small object as `client`, with `tags` as `x-amz-tagging`; the error as one line.
+pub async fn put_with_tags(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    tags: Option<&str>,
+) -> Result<(), String> {
+    client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"content"))
+        .set_tagging(tags.map(str::to_owned))
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|error| bucket_av_pipeline::s3::describe_error(&error))
+}
