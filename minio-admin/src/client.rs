@@ -11,7 +11,7 @@ use aws_sigv4::http_request::{
     sign,
 };
 use aws_sigv4::sign::v4;
-use bucket_av_pipeline::Secret;
+use bucket_av_core::Redacted;
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -65,7 +65,7 @@ pub struct AdminClient {
     http: reqwest::Client,
     endpoint: String,
     access_key: String,
-    secret_key: Secret,
+    secret_key: Redacted,
     region: String,
 }
 
@@ -99,7 +99,7 @@ impl AdminClient {
     pub fn new(
         endpoint: impl Into<String>,
         access_key: impl Into<String>,
-        secret_key: Secret,
+        secret_key: Redacted,
         ca_bundle: Option<PathBuf>,
     ) -> Result<Self> {
         let endpoint = endpoint.into().trim_end_matches('/').to_owned();
@@ -141,7 +141,7 @@ impl AdminClient {
     /// running server has no such target.
     pub async fn get_config_kv(&self, key: &str) -> Result<String> {
         let operation = "get-config-kv";
-        let query = format!("key={}", bucket_av_pipeline::s3::percent_encode(key, b""));
+        let query = format!("key={}", bucket_av_core::percent_encode(key, b""));
         let response = self.send(Method::GET, "/get-config-kv", &query, Vec::new(), operation, CONFIG_UPDATE).await;
         let response = match response {
             Err(Error::Rejected { status: 400 | 404, code, message, .. })
@@ -301,7 +301,7 @@ impl AdminClient {
     }
 
     /// The secret key, for sealing request bodies.
-    pub(crate) fn secret_key(&self) -> &Secret {
+    pub(crate) fn secret_key(&self) -> &Redacted {
         &self.secret_key
     }
 
@@ -428,16 +428,19 @@ mod tests {
 
     #[test]
     fn query_values_are_encoded_like_sigv4() {
-        assert_eq!(bucket_av_pipeline::s3::percent_encode("notify_amqp:TEST-1", b""), "notify_amqp%3ATEST-1");
-        assert_eq!(bucket_av_pipeline::s3::percent_encode("a b/c", b""), "a%20b%2Fc");
+        assert_eq!(bucket_av_core::percent_encode("notify_amqp:TEST-1", b""), "notify_amqp%3ATEST-1");
+        assert_eq!(bucket_av_core::percent_encode("a b/c", b""), "a%20b%2Fc");
     }
 
     #[test]
     fn endpoints_need_a_scheme_and_no_path() {
         for bad in ["127.0.0.1:9000", "http://", "http://host/minio", "https://user@host"] {
-            assert!(matches!(AdminClient::new(bad, "a", Secret::new("s"), None), Err(Error::BadEndpoint(_))), "{bad}");
+            assert!(
+                matches!(AdminClient::new(bad, "a", Redacted::new("s"), None), Err(Error::BadEndpoint(_))),
+                "{bad}"
+            );
         }
-        let client = AdminClient::new("http://127.0.0.1:9000/", "a", Secret::new("s3cr3t"), None).unwrap();
+        let client = AdminClient::new("http://127.0.0.1:9000/", "a", Redacted::new("s3cr3t"), None).unwrap();
         assert_eq!(client.endpoint(), "http://127.0.0.1:9000");
         assert!(!format!("{client:?}").contains("s3cr3t"));
     }

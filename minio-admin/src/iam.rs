@@ -3,7 +3,7 @@
 //! and removed too, which tests need. Request bodies MinIO expects sealed (attach, detach, users)
 //! are encrypted with the secret key; it must not log or report any secret.
 
-use bucket_av_pipeline::Secret;
+use bucket_av_core::Redacted;
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
@@ -230,7 +230,7 @@ impl AdminClient {
     }
 
     /// Creates (or resets the secret of) an enabled built-in user without policies.
-    pub async fn add_user(&self, access_key: &str, secret_key: &Secret) -> Result<()> {
+    pub async fn add_user(&self, access_key: &str, secret_key: &Redacted) -> Result<()> {
         let operation = "add-user";
         let plain = serde_json::json!({"secretKey": secret_key.expose(), "status": "enabled"}).to_string();
         let body = encrypt::encrypt_data(self.secret_key().expose(), plain.as_bytes());
@@ -274,7 +274,7 @@ impl AdminClient {
 }
 
 fn encode(value: &str) -> String {
-    bucket_av_pipeline::s3::percent_encode(value, b"")
+    bucket_av_core::percent_encode(value, b"")
 }
 
 fn is_code(error: &Error, wanted: &str) -> bool {

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use bucket_av_pipeline::Secret;
+use bucket_av_core::Redacted;
 
 use crate::Error;
 
@@ -47,7 +47,7 @@ pub struct AmqpTarget {
     /// The target ID: the `<ID>` of `notify_amqp:<ID>` and of the ARN `arn:minio:sqs::<ID>:amqp`.
     pub id: String,
     /// `amqp://user:password@host:port/vhost`; MinIO has to reach it when the target is set.
-    pub url: Secret,
+    pub url: Redacted,
     pub exchange: String,
     /// `direct`, `fanout`, `topic` or `headers`.
     pub exchange_type: String,
@@ -70,7 +70,7 @@ impl AmqpTarget {
     /// A target with MinIO's defaults for everything but the connection and routing.
     pub fn new(
         id: impl Into<String>,
-        url: Secret,
+        url: Redacted,
         exchange: impl Into<String>,
         exchange_type: impl Into<String>,
         routing_key: impl Into<String>,
@@ -100,7 +100,7 @@ impl AmqpTarget {
 
     /// The queue ARN that bucket notification configurations use for this target.
     pub fn arn(&self, region: &str) -> String {
-        bucket_av_pipeline::notification::amqp_target_arn(region, &self.id)
+        bucket_av_core::arn::amqp_target_arn(region, &self.id)
     }
 
     /// Checks that MinIO would store exactly these values (see the module documentation).
@@ -370,7 +370,7 @@ mod tests {
             queue_limit: 50000,
             ..AmqpTarget::new(
                 "SCAN",
-                Secret::new("amqp://user:pa55@rabbit:5672/%2f"),
+                Redacted::new("amqp://user:pa55@rabbit:5672/%2f"),
                 "bucket-av.events",
                 "direct",
                 "scan",
@@ -400,7 +400,7 @@ mod tests {
             ("exchange", |t| t.exchange = "'quoted'".into()),
             ("exchange", |t| t.exchange = String::new()),
             ("queue_dir", |t| t.queue_dir = Some("relative/dir".into())),
-            ("url", |t| t.url = Secret::new("http://rabbit")),
+            ("url", |t| t.url = Redacted::new("http://rabbit")),
         ];
         for (field, change) in cases {
             let mut target = durable_target();
@@ -433,7 +433,7 @@ mod tests {
 
         let mut other = durable_target();
         other.delivery_mode = 1;
-        other.url = Secret::new("amqp://user:new@rabbit:5672/%2f");
+        other.url = Redacted::new("amqp://user:new@rabbit:5672/%2f");
         assert_eq!(other.differences(entry), ["url", "delivery_mode"]);
 
         let mut disabled = entry.clone();

@@ -4,8 +4,8 @@
 
 mod common;
 
+use bucket_av_core::Redacted;
 use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange, Error};
-use bucket_av_pipeline::Secret;
 use bucket_av_testing::Stack;
 use common::admin;
 
@@ -21,7 +21,7 @@ fn test_target(stack: &Stack, id: &str) -> AmqpTarget {
         queue_limit: 1000,
         ..AmqpTarget::new(
             id,
-            Secret::new(stack.var("BAVS_AMQP_URL")),
+            Redacted::new(stack.var("BAVS_AMQP_URL")),
             stack.var("BAVS_EXCHANGE"),
             stack.var("BAVS_EXCHANGE_TYPE"),
             "bucket-av-admin-test",
@@ -82,7 +82,7 @@ async fn the_stacks_environment_configured_target_reads_back_as_configured() {
         queue_limit: 100000,
         ..AmqpTarget::new(
             id,
-            Secret::new(url),
+            Redacted::new(url),
             stack.var("BAVS_EXCHANGE"),
             stack.var("BAVS_EXCHANGE_TYPE"),
             stack.var("BAVS_ROUTING_KEY"),
@@ -101,7 +101,7 @@ async fn a_wrong_secret_key_gets_a_clear_error() {
     let wrong = AdminClient::new(
         stack.var("BAVS_S3_ENDPOINT"),
         stack.var("BAVS_S3_ACCESS_KEY"),
-        Secret::new("not-the-secret-key"),
+        Redacted::new("not-the-secret-key"),
         None,
     )
     .unwrap();
@@ -112,7 +112,7 @@ async fn a_wrong_secret_key_gets_a_clear_error() {
     assert!(!message.contains("not-the-secret-key") && !format!("{error:?}").contains("not-the-secret-key"));
 
     let unknown =
-        AdminClient::new(stack.var("BAVS_S3_ENDPOINT"), "no-such-user", Secret::new("whatever1"), None).unwrap();
+        AdminClient::new(stack.var("BAVS_S3_ENDPOINT"), "no-such-user", Redacted::new("whatever1"), None).unwrap();
     let error = unknown.server_info().await.expect_err("an unknown access key must be refused");
     assert!(matches!(error, Error::Credentials { .. }), "{error:?}");
 }
@@ -121,7 +121,7 @@ async fn a_wrong_secret_key_gets_a_clear_error() {
 async fn a_target_minio_cannot_reach_is_refused_with_the_reason_and_no_password() {
     let stack = Stack::load();
     let mut target = test_target(&stack, &unique_id());
-    target.url = Secret::new("amqp://someone:hunter22@127.0.0.1:1/");
+    target.url = Redacted::new("amqp://someone:hunter22@127.0.0.1:1/");
     let error = admin(&stack).set_config_kv(&target.to_config_line().unwrap()).await.expect_err("unreachable");
     assert!(matches!(error, Error::Rejected { status: 400, .. }), "{error:?}");
     assert!(!error.to_string().contains("hunter22"), "{error}");

@@ -3,8 +3,8 @@
 
 mod common;
 
+use bucket_av_core::Redacted;
 use bucket_av_minio_admin::{Error, PolicyEntities, Principal};
-use bucket_av_pipeline::Secret;
 use bucket_av_testing::Stack;
 use common::admin;
 use serde_json::json;
@@ -51,7 +51,7 @@ async fn a_policy_attaches_to_users_and_groups_once_and_detaches() {
     let user = unique("bavs-user");
     let group = unique("bavs-group");
     admin.put_canned_policy(&policy, &deny_tagging("any")).await.expect("create the policy");
-    admin.add_user(&user, &Secret::new(unique("secret-key-of"))).await.expect("create the user");
+    admin.add_user(&user, &Redacted::new(unique("secret-key-of"))).await.expect("create the user");
     admin.add_group_members(&group, &[&user]).await.expect("create the group");
     let (as_user, as_group) = (Principal::User(user.clone()), Principal::Group(group.clone()));
 

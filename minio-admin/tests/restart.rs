@@ -11,9 +11,9 @@ mod common;
 
 use std::time::Duration;
 
+use bucket_av_core::Redacted;
 use bucket_av_minio_admin::{AmqpTarget, ConfigChange};
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::notification::{self, KeyFilter};
+use bucket_av_s3::notification::{self, KeyFilter};
 use bucket_av_testing::Stack;
 use common::admin;
 
@@ -40,7 +40,7 @@ async fn a_new_amqp_target_works_after_a_restart_through_the_admin_api() {
         queue_limit: 1000,
         ..AmqpTarget::new(
             id.as_str(),
-            Secret::new(stack.var("BAVS_AMQP_URL")),
+            Redacted::new(stack.var("BAVS_AMQP_URL")),
             stack.var("BAVS_EXCHANGE"),
             stack.var("BAVS_EXCHANGE_TYPE"),
             "bucket-av-admin-test",

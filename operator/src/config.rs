@@ -78,7 +78,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-pub use bucket_av_pipeline::service::LogFormat;
+pub use bucket_av_runtime::LogFormat;
 
 /// The first argument that selects [`ClamdConfigArgs`] instead of running the operator.
 pub const CLAMD_CONFIG_COMMAND: &str = "clamd-config";

@@ -4,11 +4,11 @@
 
 use std::path::PathBuf;
 
+use bucket_av_amqp::ConnectError;
+use bucket_av_amqp::topology::TopologyError;
 use bucket_av_crds::SpecError;
-use bucket_av_pipeline::amqp::ConnectError;
-use bucket_av_pipeline::notification::NotificationError;
-use bucket_av_pipeline::s3::S3SetupError;
-use bucket_av_pipeline::topology::TopologyError;
+use bucket_av_s3::S3SetupError;
+use bucket_av_s3::notification::NotificationError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

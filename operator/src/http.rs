@@ -37,7 +37,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, bucket_av_pipeline::service::OPENMETRICS_CONTENT_TYPE)], state.metrics.render())
+    ([(header::CONTENT_TYPE, bucket_av_runtime::OPENMETRICS_CONTENT_TYPE)], state.metrics.render())
 }
 
 /// Binds `addr` (failing at once when it cannot) and serves until `shutdown`.
@@ -46,5 +46,5 @@ pub async fn serve(
     state: HttpState,
     shutdown: CancellationToken,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    bucket_av_pipeline::service::serve_http(addr, router(state), shutdown).await
+    bucket_av_runtime::serve_http(addr, router(state), shutdown).await
 }

@@ -14,7 +14,7 @@ use bucket_av_operator::metrics::Metrics;
 use bucket_av_operator::metrics_api::{self, ServiceRef};
 use bucket_av_operator::queue_metrics::QueueDepthSource;
 use bucket_av_operator::{Context, OperatorDefaults, controller};
-use bucket_av_pipeline::service::{init_logging, shutdown_on_signal};
+use bucket_av_runtime::{init_logging, shutdown_on_signal};
 use clap::Parser;
 use kube::ResourceExt as _;
 

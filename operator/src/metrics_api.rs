@@ -1,4 +1,4 @@
-//! Runs the external metrics API (`bucket-av-metrics-api`) inside the operator with the
+//! Runs the external metrics API (`bucket-av-external-metrics`) inside the operator with the
 //! queue-depth source, and registers it with the aggregator: the APIService
 //! `v1beta1.external.metrics.k8s.io` pointing at the operator's Service, with the serving
 //! certificate's CA as `caBundle`.
@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bucket_av_metrics_api::{
+use bucket_av_external_metrics::{
     ApiServiceRegistration, Config as ServerConfig, ExternalMetricSource, MetricsApiServer, ServingCert,
     apply_api_service,
 };
@@ -43,7 +43,7 @@ pub fn serving_cert(
     config: &Config,
     service: Option<&ServiceRef>,
     own_namespace: &str,
-) -> Result<ServingCert, bucket_av_metrics_api::Error> {
+) -> Result<ServingCert, bucket_av_external_metrics::Error> {
     if let (Some(cert), Some(key)) = (&config.metrics_api_cert_file, &config.metrics_api_key_file) {
         return ServingCert::from_pem_files(cert, key, config.metrics_api_ca_file.as_deref());
     }

@@ -12,10 +12,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange, ConfigEntry};
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::s3::S3Settings;
+use bucket_av_s3::S3Settings;
 use tracing::{info, warn};
 
 use crate::error::{Error, Result};
@@ -91,7 +91,7 @@ pub const EVENTS_NOT_DURABLE: &str = "MinIO answers uploads before it stores the
 /// The AMQP target the operator configures for a managed policy: MinIO publishes persistently to
 /// the durable exchange with the policy's routing key, waits for RabbitMQ's confirmation, and
 /// keeps events on disk while RabbitMQ is unreachable.
-pub fn managed_target(policy: &BucketScanPolicy, amqp_url: &Secret) -> AmqpTarget {
+pub fn managed_target(policy: &BucketScanPolicy, amqp_url: &Redacted) -> AmqpTarget {
     let rabbitmq = &policy.spec.rabbitmq;
     AmqpTarget {
         durable: true,
@@ -119,7 +119,7 @@ pub fn admin_client(s3: &S3Settings) -> Result<AdminClient> {
 pub async fn ensure(
     policy: &BucketScanPolicy,
     s3: &S3Settings,
-    amqp_url: &Secret,
+    amqp_url: &Redacted,
     gate: &RestartGate,
 ) -> Result<TargetState> {
     let admin = admin_client(s3)?;
@@ -261,7 +261,7 @@ mod tests {
     #[test]
     fn a_managed_target_is_durable_persistent_confirmed_and_stored_on_disk() {
         let policy = example();
-        let target = managed_target(&policy, &Secret::new("amqp://u:p@rabbitmq:5672/%2f"));
+        let target = managed_target(&policy, &Redacted::new("amqp://u:p@rabbitmq:5672/%2f"));
         assert_eq!(target.id, policy.target_id());
         assert_eq!(target.exchange, "bucket-av.events");
         assert_eq!(target.exchange_type, "direct");

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_minio_admin::{AdminClient, Principal};
-use bucket_av_pipeline::s3::{Client, S3Settings};
+use bucket_av_s3::{Client, S3Settings};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use tracing::info;
@@ -464,8 +464,8 @@ async fn write_bucket_statements(
     let failed = |step: &'static str, message: String| Error::BucketPolicy { bucket: bucket.to_owned(), step, message };
     let existing = match client.get_bucket_policy().bucket(bucket).send().await {
         Ok(output) => output.policy().map(str::to_owned),
-        Err(error) if bucket_av_pipeline::s3::describe_error(&error).contains("NoSuchBucketPolicy") => None,
-        Err(error) => return Err(failed("read", bucket_av_pipeline::s3::describe_error(&error))),
+        Err(error) if bucket_av_s3::describe_error(&error).contains("NoSuchBucketPolicy") => None,
+        Err(error) => return Err(failed("read", bucket_av_s3::describe_error(&error))),
     };
     let existing: Option<Value> = match existing.as_deref().map(serde_json::from_str) {
         None => None,
@@ -484,7 +484,7 @@ async fn write_bucket_statements(
                 .policy(document.to_string())
                 .send()
                 .await
-                .map_err(|error| failed("write", bucket_av_pipeline::s3::describe_error(&error)))?;
+                .map_err(|error| failed("write", bucket_av_s3::describe_error(&error)))?;
         }
         None => {
             client
@@ -492,7 +492,7 @@ async fn write_bucket_statements(
                 .bucket(bucket)
                 .send()
                 .await
-                .map_err(|error| failed("delete", bucket_av_pipeline::s3::describe_error(&error)))?;
+                .map_err(|error| failed("delete", bucket_av_s3::describe_error(&error)))?;
         }
     }
     info!(%bucket, statements = statements.len(), "updated the protection statements of the bucket policy");
@@ -505,7 +505,7 @@ fn is_missing_bucket(error: &Error) -> bool {
 }
 
 fn s3_client(s3: &S3Settings) -> Result<Client> {
-    bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))
+    bucket_av_s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))
 }
 
 /// The VerdictProtected message of an applied plan.

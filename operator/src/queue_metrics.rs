@@ -1,5 +1,5 @@
 //! The queue-depth metric the worker HPAs scale on, served through the external metrics API
-//! (`bucket-av-metrics-api`): `bucketav_queue_depth{bucketav.dev/policy=<name>}` in the policy's
+//! (`bucket-av-external-metrics`): `bucketav_queue_depth{bucketav.dev/policy=<name>}` in the policy's
 //! namespace is the number of events in the policy's work queue that are not yet done, that is
 //! messages waiting (a passive declare on the AMQP connection: live) plus, when the policy sets
 //! `rabbitmq.managementUrl`, messages delivered to a worker and not yet acknowledged (the
@@ -19,10 +19,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bucket_av_amqp::topology::ready_messages;
+use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
-use bucket_av_metrics_api::{ExternalMetricSource, LabelSelector, MetricValue, Quantity, SourceError};
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::topology::ready_messages;
+use bucket_av_external_metrics::{ExternalMetricSource, LabelSelector, MetricValue, Quantity, SourceError};
 use kube::{Api, Client};
 use lapin::Connection;
 use serde::Deserialize;
@@ -104,7 +104,7 @@ impl QueueDepthSource {
         &self,
         namespace: &str,
         name: &str,
-        url: &Secret,
+        url: &Redacted,
         ca: Option<&str>,
         queue: &str,
     ) -> Result<u32, SourceError> {
@@ -132,7 +132,7 @@ impl QueueDepthSource {
         &self,
         namespace: &str,
         name: &str,
-        url: &Secret,
+        url: &Redacted,
         ca: Option<&str>,
     ) -> Result<Arc<Connection>, SourceError> {
         let mut hasher = DefaultHasher::new();
@@ -151,7 +151,7 @@ impl QueueDepthSource {
             ),
             None => None,
         };
-        let connection = bucket_av_pipeline::amqp::connect(url, ca_path.as_deref())
+        let connection = bucket_av_amqp::connect(url, ca_path.as_deref())
             .await
             .map_err(|error| SourceError::unavailable("connect to RabbitMQ", error))?;
         let connection = Arc::new(connection);
@@ -164,7 +164,7 @@ impl QueueDepthSource {
     async fn management(
         &self,
         base: &str,
-        url: &Secret,
+        url: &Redacted,
         ca: Option<&str>,
         queue: &str,
     ) -> Result<ManagementQueue, SourceError> {

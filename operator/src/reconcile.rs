@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bucket_av_amqp::topology::{Topology, ready_messages};
+use bucket_av_core::Redacted;
 use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, DeletionPolicy, ObjectAction, condition_types};
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::notification::{self, KeyFilter, NotificationError};
-use bucket_av_pipeline::s3::S3Settings;
-use bucket_av_pipeline::topology::{Topology, ready_messages};
+use bucket_av_s3::S3Settings;
+use bucket_av_s3::notification::{self, KeyFilter, NotificationError};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -485,7 +485,7 @@ pub fn topology(policy: &BucketScanPolicy) -> Topology {
 
 /// The connection settings read from the policy's Secrets and ConfigMaps.
 struct Resolved {
-    amqp_url: Secret,
+    amqp_url: Redacted,
     amqp_ca: Option<PathBuf>,
     s3: S3Settings,
 }
@@ -528,7 +528,7 @@ async fn dereference(policy: &BucketScanPolicy, ctx: &Context) -> Result<Resolve
 /// ready messages in the work queue.
 async fn declare_topology(policy: &BucketScanPolicy, routing_key: &str, resolved: &Resolved) -> Result<u32> {
     let topology = Topology { routing_key: routing_key.to_owned(), ..topology(policy) };
-    let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
+    let connection = bucket_av_amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
         .await
         .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
     let mut channels = Vec::new();
@@ -544,7 +544,7 @@ async fn declare_topology(policy: &BucketScanPolicy, routing_key: &str, resolved
             .map_err(|source| Error::ReadQueueDepth { queue: topology.queue.clone(), source: Box::new(source) })
     }
     .await;
-    bucket_av_pipeline::amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;
+    bucket_av_amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;
     result
 }
 
@@ -717,7 +717,7 @@ async fn remove_protection(policy: &BucketScanPolicy, ctx: &Context, s3: &S3Sett
 async fn remove_entries(
     policy: &BucketScanPolicy,
     ctx: &Context,
-    client: &bucket_av_pipeline::s3::Client,
+    client: &bucket_av_s3::Client,
     endpoint: &str,
     bucket: &str,
     arn: &str,
@@ -729,8 +729,8 @@ async fn remove_entries(
         .map_err(|error| Error::RemoveNotification(Box::new(error)))
 }
 
-fn s3_client(s3: &S3Settings) -> Result<bucket_av_pipeline::s3::Client> {
-    bucket_av_pipeline::s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))
+fn s3_client(s3: &S3Settings) -> Result<bucket_av_s3::Client> {
+    bucket_av_s3::client(s3).map_err(|error| Error::S3Client(Box::new(error)))
 }
 
 /// The bucket names of the spec, each once.
@@ -764,10 +764,9 @@ async fn check_quarantine_bucket(policy: &BucketScanPolicy, s3: &S3Settings) -> 
         Err(error) if error.as_service_error().is_some_and(|error| error.is_not_found()) => {
             Err(Error::QuarantineBucketMissing { bucket: bucket.clone() })
         }
-        Err(error) => Err(Error::CheckQuarantineBucket {
-            bucket: bucket.clone(),
-            message: bucket_av_pipeline::s3::describe_error(&error),
-        }),
+        Err(error) => {
+            Err(Error::CheckQuarantineBucket { bucket: bucket.clone(), message: bucket_av_s3::describe_error(&error) })
+        }
     }
 }
 
@@ -1177,7 +1176,7 @@ async fn remove_target(policy: &BucketScanPolicy, ctx: &Context, s3: &S3Settings
 /// Deletes the work queue, the dead-letter queue and the dead-letter exchange; ones that are
 /// already gone count as deleted. The events exchange may be shared and stays.
 async fn delete_queues(topology: &Topology, resolved: &Resolved) -> Result<()> {
-    let connection = bucket_av_pipeline::amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
+    let connection = bucket_av_amqp::connect(&resolved.amqp_url, resolved.amqp_ca.as_deref())
         .await
         .map_err(|error| Error::ConnectRabbitMq(Box::new(error)))?;
     let mut channels = Vec::new();
@@ -1202,7 +1201,7 @@ async fn delete_queues(topology: &Topology, resolved: &Resolved) -> Result<()> {
         }
     }
     .await;
-    bucket_av_pipeline::amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;
+    bucket_av_amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;
     result
 }
 

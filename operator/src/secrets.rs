@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use bucket_av_core::Redacted;
 use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource};
-use bucket_av_pipeline::Secret;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret as KubeSecret};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
 use crate::error::{Error, Result};
@@ -29,7 +29,7 @@ pub fn referenced_secrets(policy: &BucketScanPolicy) -> BTreeSet<String> {
 }
 
 /// The text under `key` of a Secret.
-pub fn secret_value(secret: &KubeSecret, key: &str) -> Result<Secret> {
+pub fn secret_value(secret: &Secret, key: &str) -> Result<Redacted> {
     let name = secret.metadata.name.clone().unwrap_or_default();
     let bytes = secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| Error::ReferenceKeyMissing {
         kind: "secret",
@@ -41,7 +41,7 @@ pub fn secret_value(secret: &KubeSecret, key: &str) -> Result<Secret> {
         name,
         key: key.to_owned(),
     })?;
-    Ok(Secret::new(text))
+    Ok(Redacted::new(text))
 }
 
 /// The text under `key` of a ConfigMap, from `data` or `binaryData`.
@@ -63,8 +63,8 @@ pub fn config_map_value(config_map: &ConfigMap, key: &str) -> Result<String> {
 }
 
 /// Reads the value under `key` of the Secret `namespace/name`.
-pub async fn read_secret(client: &Client, namespace: &str, name: &str, key: &str) -> Result<Secret> {
-    let secret = get(Api::<KubeSecret>::namespaced(client.clone(), namespace), "secret", namespace, name).await?;
+pub async fn read_secret(client: &Client, namespace: &str, name: &str, key: &str) -> Result<Redacted> {
+    let secret = get(Api::<Secret>::namespaced(client.clone(), namespace), "secret", namespace, name).await?;
     secret_value(&secret, key)
 }
 
@@ -76,7 +76,7 @@ pub async fn read_ca_bundle(client: &Client, namespace: &str, ca: &CaBundleRef) 
             config_map_value(&get(api, "configmap", namespace, &ca.name).await?, &ca.key)
         }
         CaBundleSource::Secret => {
-            let api = Api::<KubeSecret>::namespaced(client.clone(), namespace);
+            let api = Api::<Secret>::namespaced(client.clone(), namespace);
             let secret = get(api, "secret", namespace, &ca.name).await?;
             Ok(secret_value(&secret, &ca.key)?.expose().to_owned())
         }
@@ -120,11 +120,11 @@ mod tests {
 
     use super::*;
 
-    fn secret(data: &[(&str, &[u8])]) -> KubeSecret {
-        KubeSecret {
+    fn secret(data: &[(&str, &[u8])]) -> Secret {
+        Secret {
             metadata: ObjectMeta { name: Some("minio-creds".into()), ..ObjectMeta::default() },
             data: Some(data.iter().map(|(key, value)| (key.to_string(), ByteString(value.to_vec()))).collect()),
-            ..KubeSecret::default()
+            ..Secret::default()
         }
     }
 

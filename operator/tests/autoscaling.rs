@@ -113,7 +113,7 @@ async fn start_serving_operator(fixture: &Fixture, extra: &[&str]) -> (OperatorP
     let existing =
         fixture.cluster.kubectl(&["get", "apiservice", API_SERVICE, "-o", "jsonpath={.metadata.labels}"], None);
     assert!(
-        !existing.success || existing.stdout.contains("bucket-av-metrics-api"),
+        !existing.success || existing.stdout.contains("bucket-av-external-metrics"),
         "APIService {API_SERVICE} is registered by another provider (labels {}); delete it first",
         existing.stdout
     );
@@ -326,7 +326,7 @@ async fn an_existing_deployment_keeps_its_replicas_when_the_autoscaler_takes_ove
 /// when it is not.
 #[tokio::test]
 async fn in_flight_messages_count_only_with_the_management_api() {
-    use bucket_av_metrics_api::{ExternalMetricSource, LabelSelector};
+    use bucket_av_external_metrics::{ExternalMetricSource, LabelSelector};
     use bucket_av_operator::queue_metrics::{METRIC_NAME, QueueDepthSource};
     use futures::StreamExt;
     use lapin::options::{BasicConsumeOptions, BasicQosOptions};

@@ -9,8 +9,8 @@ mod common;
 
 use std::time::Duration;
 
+use bucket_av_core::Redacted;
 use bucket_av_minio_admin::AdminClient;
-use bucket_av_pipeline::Secret;
 use bucket_av_testing::{OperatorProcess, Stack, unique_name};
 use common::{Bucket, Fixture, Target, condition};
 
@@ -29,7 +29,7 @@ fn admin(stack: &Stack) -> AdminClient {
     AdminClient::new(
         stack.var("BAVS_S3_ENDPOINT"),
         stack.var("BAVS_S3_ACCESS_KEY"),
-        Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
+        Redacted::new(stack.var("BAVS_S3_SECRET_KEY")),
         None,
     )
     .expect("admin client")

@@ -68,8 +68,8 @@ async fn a_policy_routes_its_buckets_runs_workers_converges_on_change_and_cleans
     }
     // Someone else's entry on the same bucket, on another target: it must survive everything.
     let foreign_arn = stack.var("BAVS_NOTIFY_DIRECT_ARN").to_owned();
-    let foreign = [bucket_av_pipeline::notification::KeyFilter { prefix: Some("foreign/".into()), suffix: None }];
-    bucket_av_pipeline::notification::ensure(&s3, &bucket, &foreign_arn, "someone-else", &foreign)
+    let foreign = [bucket_av_s3::notification::KeyFilter { prefix: Some("foreign/".into()), suffix: None }];
+    bucket_av_s3::notification::ensure(&s3, &bucket, &foreign_arn, "someone-else", &foreign)
         .await
         .expect("write the foreign entry");
 

@@ -8,10 +8,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bucket_av_core::Redacted;
 use bucket_av_minio_admin::{AdminClient, Principal};
 use bucket_av_operator::protection::same_statements;
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::s3::S3Settings;
+use bucket_av_s3::S3Settings;
 use bucket_av_testing::{OperatorProcess, unique_name};
 use common::{Bucket, Fixture, Target, condition, put_with_tags};
 use serde_json::{Value, json};
@@ -64,18 +64,18 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     let admin = AdminClient::new(
         stack.var("BAVS_S3_ENDPOINT"),
         stack.var("BAVS_S3_ACCESS_KEY"),
-        Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
+        Redacted::new(stack.var("BAVS_S3_SECRET_KEY")),
         None,
     )
     .unwrap();
     let uploader = S3Settings {
         access_key: unique_name("uploader"),
-        secret_key: Secret::new(unique_name("secret-of-uploader")),
+        secret_key: Redacted::new(unique_name("secret-of-uploader")),
         ..stack.s3_settings()
     };
     admin.add_user(&uploader.access_key, &uploader.secret_key).await.expect("create the uploader");
     admin.attach_policy("readwrite", &Principal::User(uploader.access_key.clone())).await.expect("readwrite");
-    let as_uploader = bucket_av_pipeline::s3::client(&uploader).unwrap();
+    let as_uploader = bucket_av_s3::client(&uploader).unwrap();
 
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
     let buckets = [Bucket { name: &bucket, prefix: None }];

@@ -9,11 +9,11 @@ mod common;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{Tag, Tagging, TaggingDirective};
+use bucket_av_core::Redacted;
 use bucket_av_crds::{BucketScanPolicy, BucketSpec};
 use bucket_av_minio_admin::{AdminClient, PolicyEntities, Principal};
 use bucket_av_operator::protection::{self, LocalLocks};
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::s3::{Client, S3Settings};
+use bucket_av_s3::{Client, S3Settings};
 use bucket_av_testing::{Stack, unique_name};
 use common::put_with_tags;
 use serde_json::{Value, json};
@@ -36,14 +36,14 @@ impl Users {
         let admin = AdminClient::new(
             stack.var("BAVS_S3_ENDPOINT"),
             stack.var("BAVS_S3_ACCESS_KEY"),
-            Secret::new(stack.var("BAVS_S3_SECRET_KEY")),
+            Redacted::new(stack.var("BAVS_S3_SECRET_KEY")),
             None,
         )
         .unwrap()
         .with_region(stack.var("BAVS_S3_REGION"));
         let settings = |access_key: &str| S3Settings {
             access_key: access_key.to_owned(),
-            secret_key: Secret::new(format!("{access_key}-secret")),
+            secret_key: Redacted::new(format!("{access_key}-secret")),
             ..stack.s3_settings()
         };
         let (scanner, uploader, member) =
@@ -71,7 +71,7 @@ impl Users {
 }
 
 fn client(settings: &S3Settings) -> Client {
-    bucket_av_pipeline::s3::client(settings).expect("valid S3 settings")
+    bucket_av_s3::client(settings).expect("valid S3 settings")
 }
 
 /// The example policy, protecting `buckets` for the uploader and the group, quarantining to
@@ -102,7 +102,7 @@ fn denied<T, E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 's
     match result {
         Ok(_) => false,
         Err(aws_sdk_s3::error::SdkError::ServiceError(service)) if service.raw().status().as_u16() == 403 => true,
-        Err(error) => bucket_av_pipeline::s3::describe_error(error).contains("AccessDenied"),
+        Err(error) => bucket_av_s3::describe_error(error).contains("AccessDenied"),
     }
 }
 
@@ -113,7 +113,7 @@ fn expect_denied<T, E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Err
     if !denied(&result) {
         let outcome = match &result {
             Ok(_) => "it succeeded".to_owned(),
-            Err(error) => bucket_av_pipeline::s3::describe_error(error),
+            Err(error) => bucket_av_s3::describe_error(error),
         };
         panic!("{what} should be refused with AccessDenied, but {outcome}");
     }
@@ -127,7 +127,7 @@ fn expect_ok<
     what: &str,
     result: Result<T, aws_sdk_s3::error::SdkError<E, R>>,
 ) -> T {
-    result.unwrap_or_else(|error| panic!("{what}: {}", bucket_av_pipeline::s3::describe_error(&error)))
+    result.unwrap_or_else(|error| panic!("{what}: {}", bucket_av_s3::describe_error(&error)))
 }
 
 async fn get(client: &Client, bucket: &str, key: &str) -> Result<(), String> {
@@ -138,7 +138,7 @@ async fn get(client: &Client, bucket: &str, key: &str) -> Result<(), String> {
         .send()
         .await
         .map(|_| ())
-        .map_err(|error| bucket_av_pipeline::s3::describe_error(&error))
+        .map_err(|error| bucket_av_s3::describe_error(&error))
 }
 
 /// Tags as the worker does: read, merge the verdict in, write the whole set.

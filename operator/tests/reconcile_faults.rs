@@ -14,7 +14,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bucket_av_pipeline::notification::{self, KeyFilter};
+use bucket_av_s3::notification::{self, KeyFilter};
 use bucket_av_testing::{OperatorProcess, Stack, unique_name};
 use common::{Bucket, Fixture, Target, condition, filter_rules};
 use lapin::options::BasicGetOptions;

@@ -146,7 +146,7 @@ pub async fn upload(
                             return;
                         }
                         Err(error) => {
-                            let error = bucket_av_pipeline::s3::error_chain(&error);
+                            let error = bucket_av_s3::error_chain(&error);
                             eprintln!("  put {key} (attempt {attempt} of {PUT_ATTEMPTS}): {error}");
                             if attempt < PUT_ATTEMPTS {
                                 counters.retried.fetch_add(1, Ordering::Relaxed);
@@ -212,7 +212,7 @@ pub fn format_verdicts(verdicts: &BTreeMap<String, f64>) -> String {
 /// `None` while RabbitMQ cannot answer.
 pub async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> Option<u32> {
     let channel = amqp.create_channel().await.ok()?;
-    let depth = bucket_av_pipeline::topology::ready_messages(&channel, queue).await.ok();
+    let depth = bucket_av_amqp::topology::ready_messages(&channel, queue).await.ok();
     let _ = channel.close(200, "done".into()).await;
     depth
 }

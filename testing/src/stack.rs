@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::notification::{self, KeyFilter};
-use bucket_av_pipeline::s3::S3Settings;
-use bucket_av_pipeline::topology::Topology;
+use bucket_av_amqp::topology::Topology;
+use bucket_av_core::Redacted;
+use bucket_av_s3::S3Settings;
+use bucket_av_s3::notification::{self, KeyFilter};
 
 #[derive(Debug, Clone)]
 pub struct Stack {
@@ -45,13 +45,13 @@ impl Stack {
             endpoint: self.var("BAVS_S3_ENDPOINT").to_owned(),
             region: self.var("BAVS_S3_REGION").to_owned(),
             access_key: self.var("BAVS_S3_ACCESS_KEY").to_owned(),
-            secret_key: Secret::new(self.var("BAVS_S3_SECRET_KEY")),
+            secret_key: Redacted::new(self.var("BAVS_S3_SECRET_KEY")),
             ca_bundle: None,
         }
     }
 
     pub fn s3(&self) -> aws_sdk_s3::Client {
-        bucket_av_pipeline::s3::client(&self.s3_settings()).expect("the stack's S3 settings are valid")
+        bucket_av_s3::client(&self.s3_settings()).expect("the stack's S3 settings are valid")
     }
 
     pub fn notify_arn(&self) -> &str {

@@ -10,7 +10,7 @@
 //! found by that HEAD and corrected before the message is acknowledged ([`correct_stale_verdict`]).
 
 use aws_sdk_s3::types::{MetadataDirective, Tag, Tagging, TaggingDirective};
-use bucket_av_pipeline::s3::percent_encode;
+use bucket_av_core::percent_encode;
 
 use crate::error::{ErrorClass, ProcessError, S3Failure, s3_failure};
 use crate::tags::{self, Binding, MergedTags, VerdictTags};

@@ -4,12 +4,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::s3::S3Settings;
-use bucket_av_pipeline::topology::Topology;
+use bucket_av_amqp::topology::Topology;
+use bucket_av_core::Redacted;
+use bucket_av_s3::S3Settings;
 use clap::{Parser, ValueEnum};
 
-use crate::clamd::ClamdAddress;
+use bucket_av_clamd::ClamdAddress;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -20,7 +20,7 @@ use crate::clamd::ClamdAddress;
 pub struct Config {
     /// AMQP URL of RabbitMQ (`amqp://` or `amqps://`), credentials included.
     #[arg(long, env = "BAVS_AMQP_URL", hide_env_values = true)]
-    pub amqp_url: Secret,
+    pub amqp_url: Redacted,
     /// PEM file of CA certificates to trust for an `amqps://` URL (system roots otherwise).
     #[arg(long, env = "BAVS_AMQP_CA_BUNDLE")]
     pub amqp_ca_bundle: Option<PathBuf>,
@@ -56,7 +56,7 @@ pub struct Config {
     #[arg(long, env = "BAVS_S3_ACCESS_KEY")]
     pub s3_access_key: String,
     #[arg(long, env = "BAVS_S3_SECRET_KEY", hide_env_values = true)]
-    pub s3_secret_key: Secret,
+    pub s3_secret_key: Redacted,
     /// PEM file of CA certificates to trust for an https S3 endpoint.
     #[arg(long, env = "BAVS_S3_CA_BUNDLE")]
     pub s3_ca_bundle: Option<PathBuf>,
@@ -104,7 +104,7 @@ pub struct Config {
     pub webhook_url: Option<String>,
     /// Key for the `X-Bucket-AV-Signature` HMAC-SHA256 header.
     #[arg(long, env = "BAVS_WEBHOOK_SECRET", hide_env_values = true)]
-    pub webhook_secret: Option<Secret>,
+    pub webhook_secret: Option<Redacted>,
     /// Report clean verdicts to the webhook too.
     #[arg(long, env = "BAVS_REPORT_CLEAN", default_value_t = false, action = clap::ArgAction::Set)]
     pub report_clean: bool,
@@ -136,7 +136,7 @@ pub enum ActionKind {
     Quarantine,
 }
 
-pub use bucket_av_pipeline::service::LogFormat;
+pub use bucket_av_runtime::LogFormat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bucket_av_pipeline::Secret;
-use bucket_av_pipeline::topology::{Topology, header_u64};
+use bucket_av_amqp::topology::{Topology, header_u64};
+use bucket_av_core::Redacted;
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -31,9 +31,9 @@ pub enum ConsumeError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
     #[error(transparent)]
-    Connect(#[from] bucket_av_pipeline::amqp::ConnectError),
+    Connect(#[from] bucket_av_amqp::ConnectError),
     #[error(transparent)]
-    Topology(#[from] bucket_av_pipeline::topology::TopologyError),
+    Topology(#[from] bucket_av_amqp::topology::TopologyError),
     #[error("the broker cancelled the consumer (queue deleted?)")]
     Cancelled,
     #[error(
@@ -43,7 +43,7 @@ pub enum ConsumeError {
 }
 
 pub struct Consumer {
-    pub amqp_url: Secret,
+    pub amqp_url: Redacted,
     pub amqp_ca_bundle: Option<std::path::PathBuf>,
     pub topology: Topology,
     pub declare_topology: bool,
@@ -89,7 +89,7 @@ impl Consumer {
     }
 
     async fn consume_once(&self, shutdown: &CancellationToken, tracker: &TaskTracker) -> Result<(), ConsumeError> {
-        let connection = bucket_av_pipeline::amqp::connect(&self.amqp_url, self.amqp_ca_bundle.as_deref()).await?;
+        let connection = bucket_av_amqp::connect(&self.amqp_url, self.amqp_ca_bundle.as_deref()).await?;
         let channel = connection.create_channel().await?;
         if self.declare_topology {
             self.topology.declare(&channel).await?;

@@ -3,9 +3,9 @@
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 
-use crate::clamd::ClamdError;
 use crate::verdict::ClamdReplyError;
 use crate::webhook::WebhookError;
+use bucket_av_clamd::ClamdError;
 
 /// How a failure is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug + HttpStatus + 'static,
 {
-    let message = bucket_av_pipeline::s3::describe_error(error);
+    let message = bucket_av_s3::describe_error(error);
     match error {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             S3Failure::Other { message, class: ErrorClass::Unavailable }

@@ -2,7 +2,6 @@
 //! S3 into clamd, and acts on the verdict (tags, quarantine or delete, webhook report).
 
 pub mod actions;
-pub mod clamd;
 pub mod config;
 pub mod consumer;
 pub mod error;
@@ -20,7 +19,6 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::clamd::Clamd;
 use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::health::Health;
@@ -28,13 +26,14 @@ use crate::metrics::Metrics;
 use crate::process::{Policy, Processor};
 use crate::scan::ScanLimits;
 use crate::webhook::Webhook;
+use bucket_av_clamd::Clamd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    S3(#[from] bucket_av_pipeline::s3::S3SetupError),
+    S3(#[from] bucket_av_s3::S3SetupError),
     #[error("build the webhook HTTP client: {0}")]
     Webhook(#[source] reqwest::Error),
     #[error("bind the HTTP server on {addr}: {source}")]
@@ -49,7 +48,7 @@ pub enum StartError {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), StartError> {
     config.validate()?;
     let metrics = Arc::new(Metrics::new());
-    let s3 = bucket_av_pipeline::s3::client(&config.s3_settings())?;
+    let s3 = bucket_av_s3::client(&config.s3_settings())?;
     let clamd = Clamd::new(config.clamd.clone(), config.chunk_bytes as usize);
     let webhook = match &config.webhook_url {
         Some(url) => Some(

@@ -1,6 +1,6 @@
 //! Entry point: parses flags, sets up logging, and runs the worker until SIGTERM or Ctrl-C.
 
-use bucket_av_pipeline::service::{init_logging, shutdown_on_signal};
+use bucket_av_runtime::{init_logging, shutdown_on_signal};
 use bucket_av_worker::config::Config;
 use clap::Parser;
 

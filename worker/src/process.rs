@@ -6,15 +6,14 @@ use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bucket_av_pipeline::ObjectEvent;
-use bucket_av_pipeline::event::parse_event;
+use bucket_av_core::ObjectEvent;
+use bucket_av_core::event::parse_event;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{self, Quarantine, Removal, ScannedObject, Settled, TagOutcome};
-use crate::clamd::Clamd;
 use crate::config::ActionKind;
 use crate::error::{ErrorClass, HOLD_S3_REFUSED, ProcessError};
 use crate::health::Health;
@@ -23,6 +22,7 @@ use crate::scan::{ScanLimits, ScanOutcome, scan_object};
 use crate::tags::VerdictTags;
 use crate::verdict::Verdict;
 use crate::webhook::{QuarantineLocation, Report, Timings, Webhook};
+use bucket_av_clamd::Clamd;
 
 /// What to do with a message once it has been handled.
 #[derive(Debug)]

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bucket_av_pipeline::ObjectEvent;
+use bucket_av_core::ObjectEvent;
 
-use crate::clamd::Clamd;
 use crate::error::{ProcessError, S3Failure, s3_failure};
 use crate::verdict::{Unscannable, Verdict, parse_instream_reply};
+use bucket_av_clamd::Clamd;
 
 /// What came of trying to scan an event's object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ pub async fn scan_object(
     });
     let reply = clamd.instream(Box::pin(body), limits.timeout).await.map_err(|error| match error {
         // A body that breaks off mid-stream is MinIO's failure, not clamd's.
-        crate::clamd::ClamdError::Source(message) => {
+        bucket_av_clamd::ClamdError::Source(message) => {
             ProcessError::GetObject { message, class: crate::error::ErrorClass::Unavailable }
         }
         other => ProcessError::Scan(other),

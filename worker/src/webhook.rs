@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use bucket_av_pipeline::Secret;
+use bucket_av_core::Redacted;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::Sha256;
@@ -56,7 +56,7 @@ pub struct Timings {
 
 /// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"). Signing the timestamp with the
 /// body lets receivers refuse replays of old reports.
-pub fn signature(secret: &Secret, timestamp: &str, body: &[u8]) -> String {
+pub fn signature(secret: &Redacted, timestamp: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes keys of any length");
     mac.update(timestamp.as_bytes());
     mac.update(b".");
@@ -77,13 +77,18 @@ pub enum WebhookError {
 pub struct Webhook {
     client: reqwest::Client,
     url: String,
-    secret: Option<Secret>,
+    secret: Option<Redacted>,
     attempts: u32,
     first_backoff: Duration,
 }
 
 impl Webhook {
-    pub fn new(url: String, secret: Option<Secret>, attempts: u32, timeout: Duration) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        url: String,
+        secret: Option<Redacted>,
+        attempts: u32,
+        timeout: Duration,
+    ) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(5))
@@ -139,7 +144,7 @@ mod tests {
     #[test]
     fn signature_is_hmac_sha256_of_timestamp_dot_body() {
         // Computed independently: printf '1700000000.{"a":1}' | openssl dgst -sha256 -hmac key
-        let sig = signature(&Secret::new("key"), "1700000000", br#"{"a":1}"#);
+        let sig = signature(&Redacted::new("key"), "1700000000", br#"{"a":1}"#);
         assert_eq!(sig, "sha256=a438e398bfafc57e4396bb7fc2304422f0f768e965d073ca313cb52e22e6ad03");
     }
 }

@@ -66,7 +66,7 @@ mod common;
 
 use std::time::Duration;
 
-use bucket_av_pipeline::topology::header_text;
+use bucket_av_amqp::topology::header_text;
 use bucket_av_testing::archive::{ZipEntry, zip};
 use bucket_av_testing::{EICAR, unique_name};
 use common::clamd_proxy::{ClamdProxy, Fault, OUT_OF_MEMORY};
@@ -193,7 +193,7 @@ fn query_escape(raw: &str) -> String {
 #[test]
 fn go_query_escape_is_reproduced() {
     assert_eq!(query_escape("a b+c/%.txt"), "a+b%2Bc%2F%25.txt");
-    assert_eq!(bucket_av_pipeline::event::decode_object_key(&query_escape("😀 +%2F/")).unwrap(), "😀 +%2F/");
+    assert_eq!(bucket_av_core::event::decode_object_key(&query_escape("😀 +%2F/")).unwrap(), "😀 +%2F/");
 }
 
 // ---- the cases -----------------------------------------------------------------------------

@@ -350,10 +350,10 @@ async fn a_malformed_message_reaches_the_dead_letter_queue_with_its_reason() {
     let dead = scenario.dead_letter(VERDICT_TIMEOUT).await;
     assert_eq!(dead.delivery.data, b"{this is not json");
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    let reason = bucket_av_pipeline::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
+    let reason = bucket_av_amqp::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
     assert!(reason.contains("not valid JSON"), "{reason}");
     assert_eq!(
-        bucket_av_pipeline::topology::header_text(&headers, "x-bucket-av-error-kind").as_deref(),
+        bucket_av_amqp::topology::header_text(&headers, "x-bucket-av-error-kind").as_deref(),
         Some("malformed_event")
     );
     // The worker keeps going.
@@ -371,7 +371,7 @@ async fn a_webhook_that_keeps_failing_sends_the_message_to_the_dead_letter_queue
     scenario.stack.put(&scenario.bucket, "unreported", EICAR).await;
     let dead = scenario.dead_letter(Duration::from_secs(90)).await;
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    let reason = bucket_av_pipeline::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
+    let reason = bucket_av_amqp::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
     assert!(reason.contains("gave up after 3 deliveries") && reason.contains("503"), "{reason}");
     // Tags were written on every attempt; the verdict stands even though the report failed.
     let tags = scenario.stack.tags(&scenario.bucket, "unreported", None).await.unwrap();
@@ -388,7 +388,7 @@ async fn a_webhook_that_refuses_the_report_dead_letters_it_at_once() {
     scenario.stack.put(&scenario.bucket, "refused", EICAR).await;
     let dead = scenario.dead_letter(VERDICT_TIMEOUT).await;
     let headers = dead.delivery.properties.headers().clone().unwrap();
-    let reason = bucket_av_pipeline::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
+    let reason = bucket_av_amqp::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
     assert!(reason.contains("HTTP 400"), "{reason}");
     assert_eq!(hooks.received().len(), 1, "a 4xx must not be retried");
     scenario.finish().await;

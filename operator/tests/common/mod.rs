@@ -206,7 +206,7 @@ spec:
             .queue_configurations
             .unwrap_or_default()
             .into_iter()
-            .filter(|entry| bucket_av_pipeline::notification::same_target(&entry.queue_arn, arn))
+            .filter(|entry| bucket_av_s3::notification::same_target(&entry.queue_arn, arn))
             .collect()
     }
 
@@ -296,5 +296,5 @@ pub async fn put_with_tags(
         .send()
         .await
         .map(|_| ())
-        .map_err(|error| bucket_av_pipeline::s3::describe_error(&error))
+        .map_err(|error| bucket_av_s3::describe_error(&error))
 }

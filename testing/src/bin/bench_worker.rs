@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
+use bucket_av_clamd::{Clamd, ClamdAddress};
 use bucket_av_testing::{Stack, WebhookReceiver, WorkerProcess, unique_name};
-use bucket_av_worker::clamd::{Clamd, ClamdAddress};
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
@@ -202,7 +202,7 @@ async fn drain_small_backlog(stack: &Stack, worker: &Path, body: &Bytes, count: 
         })
         .await;
     let channel = connection.create_channel().await.unwrap();
-    while bucket_av_pipeline::topology::ready_messages(&channel, &queue).await.unwrap() < count as u32 {
+    while bucket_av_amqp::topology::ready_messages(&channel, &queue).await.unwrap() < count as u32 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let started = Instant::now();

@@ -102,5 +102,5 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
 
 /// SigV4's URI encoding: everything but unreserved characters, `/` included.
 fn sigv4_encode(value: &str) -> String {
-    bucket_av_pipeline::s3::percent_encode(value, b"")
+    bucket_av_core::percent_encode(value, b"")
 }

@@ -233,11 +233,10 @@ impl Scenario {
     pub async fn queue_depths(&self) -> (u32, u32) {
         let connection = self.stack.amqp().await;
         let topology = self.stack.topology(&self.queue, 3);
-        let work =
-            bucket_av_pipeline::topology::ready_messages(&connection.create_channel().await.unwrap(), &self.queue)
-                .await
-                .unwrap();
-        let dead = bucket_av_pipeline::topology::ready_messages(
+        let work = bucket_av_amqp::topology::ready_messages(&connection.create_channel().await.unwrap(), &self.queue)
+            .await
+            .unwrap();
+        let dead = bucket_av_amqp::topology::ready_messages(
             &connection.create_channel().await.unwrap(),
             &topology.dead_letter_queue(),
         )

@@ -49,7 +49,7 @@ impl RabbitUser {
             .filter_map(|connection| connection["name"].as_str().map(str::to_owned))
             .collect();
         for name in &names {
-            let path = format!("/api/connections/{}", bucket_av_pipeline::s3::percent_encode(name, b""));
+            let path = format!("/api/connections/{}", bucket_av_core::percent_encode(name, b""));
             self.call(reqwest::Method::DELETE, &path, None).await;
         }
         names.len()

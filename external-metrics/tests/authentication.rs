@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bucket_av_metrics_api::{Config, MetricValue, Quantity, ServingCert};
+use bucket_av_external_metrics::{Config, MetricValue, Quantity, ServingCert};
 use bucket_av_testing::Cluster;
 use common::{ClientIdentity, Endpoint, RunningServer, SERVICE, TestCa, TestNamespace, TestSource, kube_client};
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
-use crate::Secret;
+use bucket_av_core::Redacted;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -21,7 +21,7 @@ pub enum ConnectError {
 }
 
 /// Connects to `url`; with `ca_bundle`, TLS connections trust the PEM certificates in it.
-pub async fn connect(url: &Secret, ca_bundle: Option<&Path>) -> Result<Connection, ConnectError> {
+pub async fn connect(url: &Redacted, ca_bundle: Option<&Path>) -> Result<Connection, ConnectError> {
     let properties = ConnectionProperties::default();
     let Some(path) = ca_bundle else {
         return Connection::connect(url.expose(), properties).await.map_err(ConnectError::Connect);

@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # use std::sync::Arc;
-//! # use bucket_av_metrics_api::*;
+//! # use bucket_av_external_metrics::*;
 //! # async fn embed(client: kube::Client, source: Arc<dyn ExternalMetricSource>) -> Result<(), Error> {
 //! let cert = ServingCert::self_signed_for_service("bucket-av-metrics", "bucket-av")?;
 //! let config = Config::new("0.0.0.0:6443".parse().expect("address"), cert);

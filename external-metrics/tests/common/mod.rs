@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bucket_av_metrics_api::{
+use bucket_av_external_metrics::{
     Config, ExternalMetricSource, LabelSelector, MetricValue, MetricsApiServer, ServingCert, SourceError,
 };
 use bucket_av_testing::Cluster;
@@ -104,7 +104,7 @@ pub struct RunningServer {
     pub address: SocketAddr,
     pub ca_bundle_pem: String,
     pub shutdown: CancellationToken,
-    pub task: tokio::task::JoinHandle<Result<(), bucket_av_metrics_api::Error>>,
+    pub task: tokio::task::JoinHandle<Result<(), bucket_av_external_metrics::Error>>,
 }
 
 impl RunningServer {
@@ -290,7 +290,7 @@ pub fn captured_logs() -> &'static Mutex<Vec<u8>> {
     LOGS.get_or_init(|| {
         let logs: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
         let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("bucket_av_metrics_api=debug"))
+            .with_env_filter(tracing_subscriber::EnvFilter::new("bucket_av_external_metrics=debug"))
             .with_ansi(false)
             .with_writer(move || LogWriter(logs))
             .finish();

@@ -9,12 +9,9 @@ use aws_sdk_s3::types::{
     S3KeyFilter,
 };
 
-use crate::event::CreatedEvent;
+use bucket_av_core::CreatedEvent;
 
-/// The ARN MinIO gives an AMQP notification target.
-pub fn amqp_target_arn(region: &str, target_id: &str) -> String {
-    format!("arn:minio:sqs:{region}:{target_id}:amqp")
-}
+pub use bucket_av_core::arn::amqp_target_arn;
 
 /// Which objects of a bucket are routed to the target.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -138,7 +135,7 @@ pub async fn remove(
 
 async fn read(client: &aws_sdk_s3::Client, bucket: &str) -> Result<NotificationConfiguration, NotificationError> {
     let output = client.get_bucket_notification_configuration().bucket(bucket).send().await.map_err(|error| {
-        NotificationError::Read { bucket: bucket.to_owned(), message: crate::s3::describe_error(&error) }
+        NotificationError::Read { bucket: bucket.to_owned(), message: crate::describe_error(&error) }
     })?;
     Ok(NotificationConfiguration::builder()
         .set_topic_configurations(output.topic_configurations)
@@ -160,10 +157,7 @@ async fn write(
         .send()
         .await
         .map(drop)
-        .map_err(|error| NotificationError::Write {
-            bucket: bucket.to_owned(),
-            message: crate::s3::describe_error(&error),
-        })
+        .map_err(|error| NotificationError::Write { bucket: bucket.to_owned(), message: crate::describe_error(&error) })
 }
 
 #[cfg(test)]

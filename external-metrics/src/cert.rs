@@ -65,7 +65,7 @@ impl ServingCert {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
         ca_params
             .distinguished_name
-            .push(DnType::CommonName, format!("bucket-av-metrics-api-ca@{}", now.unix_timestamp()));
+            .push(DnType::CommonName, format!("bucket-av-external-metrics-ca@{}", now.unix_timestamp()));
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         ca_params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -76,7 +76,7 @@ impl ServingCert {
         let mut leaf_params = CertificateParams::new(names.to_vec()).map_err(generate)?;
         leaf_params
             .distinguished_name
-            .push(DnType::CommonName, names.first().map_or("bucket-av-metrics-api", String::as_str));
+            .push(DnType::CommonName, names.first().map_or("bucket-av-external-metrics", String::as_str));
         leaf_params.is_ca = IsCa::ExplicitNoCa;
         leaf_params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -78,7 +78,7 @@ impl ApiServiceRegistration {
 }
 
 /// The field manager of [`apply_api_service`].
-pub const FIELD_MANAGER: &str = "bucket-av-metrics-api";
+pub const FIELD_MANAGER: &str = "bucket-av-external-metrics";
 
 /// Server-side-applies the APIService (forcing ownership of the fields it sets, so a restart with
 /// a new self-signed CA takes over `caBundle`). Needs RBAC `patch` on
@@ -123,7 +123,7 @@ mod tests {
                 "kind": "APIService",
                 "metadata": {
                     "name": "v1beta1.external.metrics.k8s.io",
-                    "labels": {"app.kubernetes.io/managed-by": "bucket-av-metrics-api"},
+                    "labels": {"app.kubernetes.io/managed-by": "bucket-av-external-metrics"},
                 },
                 "spec": {
                     "group": "external.metrics.k8s.io",

@@ -1,12 +1,13 @@
-//! A string that must never reach a log line: `Debug` and `Display` print a placeholder.
+//! A string that must never reach a log line (a password, a key, a URL with credentials):
+//! `Debug` and `Display` print a placeholder.
 
 use std::fmt;
 
-/// Holds a credential, key or URL with a password in it. Read it with [`Secret::expose`].
+/// Holds a credential, key or URL with a password in it. Read it with [`Redacted::expose`].
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Redacted(String);
 
-impl Secret {
+impl Redacted {
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
@@ -21,26 +22,26 @@ impl Secret {
     }
 }
 
-impl From<String> for Secret {
+impl From<String> for Redacted {
     fn from(value: String) -> Self {
         Self(value)
     }
 }
 
-impl std::str::FromStr for Secret {
+impl std::str::FromStr for Redacted {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(Self(s.to_owned()))
     }
 }
 
-impl fmt::Debug for Secret {
+impl fmt::Debug for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
+        f.write_str("Redacted(<redacted>)")
     }
 }
 
-impl fmt::Display for Secret {
+impl fmt::Display for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
@@ -52,7 +53,7 @@ mod tests {
 
     #[test]
     fn debug_and_display_never_show_the_value() {
-        let secret = Secret::new("hunter2");
+        let secret = Redacted::new("hunter2");
         assert!(!format!("{secret:?}").contains("hunter2"));
         assert!(!format!("{secret}").contains("hunter2"));
         assert_eq!(secret.expose(), "hunter2");

@@ -1,5 +1,6 @@
-//! What both long-running binaries (worker and operator) set up the same way: logging and the
-//! shutdown signal. Nothing here knows what the binary does.
+//! What both long-running binaries (worker and operator) set up the same way: logging, the
+//! shutdown signal and the HTTP server for probes and metrics. Nothing here knows what the
+//! binary does.
 
 use clap::ValueEnum;
 use tokio::signal::unix::{SignalKind, signal};

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bucket_av_metrics_api::{
+use bucket_av_external_metrics::{
     API_SERVICE_NAME, ApiServiceRegistration, MetricValue, Quantity, apply_api_service, delete_api_service,
 };
 use bucket_av_testing::Cluster;
@@ -44,7 +44,7 @@ async fn the_hpa_scales_a_deployment_on_a_metric_served_through_the_aggregator()
     let _lock = bucket_av_testing::cluster::ApiServiceLock::acquire(&cluster).await;
     let existing = cluster.kubectl(&["get", "apiservice", API_SERVICE_NAME, "-o", "jsonpath={.metadata.labels}"], None);
     assert!(
-        !existing.success || existing.stdout.contains("bucket-av-metrics-api"),
+        !existing.success || existing.stdout.contains("bucket-av-external-metrics"),
         "APIService {API_SERVICE_NAME} is registered by another provider (labels {}); delete it first",
         existing.stdout
     );

@@ -68,7 +68,7 @@ pub fn external_metric_value_list(metric: &str, values: &[MetricValue], now: Off
 pub fn openapi_v2() -> Value {
     json!({
         "swagger": "2.0",
-        "info": { "title": "bucket-av-metrics-api", "version": VERSION },
+        "info": { "title": "bucket-av-external-metrics", "version": VERSION },
         "paths": {},
     })
 }
@@ -83,7 +83,7 @@ pub fn openapi_v3_discovery() -> Value {
 pub fn openapi_v3_group_version() -> Value {
     json!({
         "openapi": "3.0.0",
-        "info": { "title": "bucket-av-metrics-api", "version": VERSION },
+        "info": { "title": "bucket-av-external-metrics", "version": VERSION },
         "paths": {},
         "components": {},
     })

@@ -10,7 +10,7 @@ use aws_sdk_s3::config::{
 };
 use aws_smithy_http_client::tls;
 
-use crate::Secret;
+use bucket_av_core::Redacted;
 
 /// Where and how to reach the object store.
 #[derive(Debug, Clone)]
@@ -19,7 +19,7 @@ pub struct S3Settings {
     pub endpoint: String,
     pub region: String,
     pub access_key: String,
-    pub secret_key: Secret,
+    pub secret_key: Redacted,
     /// PEM file with extra CA certificates to trust for an `https` endpoint.
     pub ca_bundle: Option<PathBuf>,
 }
@@ -82,20 +82,6 @@ pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, S3SetupError>
     Ok(aws_sdk_s3::Client::from_conf(builder.build()))
 }
 
-/// Percent-encodes `value` as S3 and SigV4 expect: RFC 3986 unreserved characters (and the bytes
-/// in `also_keep`, such as `/` in a path) stay, every other byte becomes `%XX`.
-pub fn percent_encode(value: &str, also_keep: &[u8]) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) || also_keep.contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
-}
-
 /// A short description of an S3 SDK error for logs, conditions and dead-letter reasons: MinIO's
 /// error code and message for an answer it gave (`AccessDenied: Access Denied.`), the whole
 /// cause chain when no answer came (connection refused, timeout), never the raw response dump.
@@ -156,11 +142,5 @@ mod tests {
         fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
             Some(&self.0)
         }
-    }
-
-    #[test]
-    fn percent_encoding_keeps_unreserved_bytes_and_the_ones_asked_for() {
-        assert_eq!(percent_encode("a b/c+d%e?✓", b"/"), "a%20b/c%2Bd%25e%3F%E2%9C%93");
-        assert_eq!(percent_encode("a/b~c", b""), "a%2Fb~c");
     }
 }

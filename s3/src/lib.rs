@@ -1,0 +1,11 @@
+//! The S3 side of the pipeline, shared by the worker and the operator.
+//!
+//! - [`client`]: the S3 client for MinIO (static credentials, path-style addressing, a private
+//!   CA, cheap downloads) and short descriptions of its errors.
+//! - [`notification`]: a bucket's notification entries that route upload events to one AMQP
+//!   target, changed read-merge-write so other users' entries are never touched.
+
+pub mod client;
+pub mod notification;
+
+pub use client::{Client, S3Settings, S3SetupError, client, describe_error, error_chain};
