@@ -14,6 +14,7 @@ use bucket_av_core::percent_encode;
 
 use crate::error::{ErrorClass, ProcessError, S3Failure, s3_failure};
 use crate::tags::{self, Binding, MergedTags, VerdictTags};
+use crate::verdict::Status;
 
 /// The object as the scan saw it: what every later step acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -400,8 +401,9 @@ fn holds_event_object(
 pub struct QuarantinedCopy {
     pub key: String,
     pub size: u64,
-    /// The copy's `<prefix>status` and `<prefix>detail` tags, written before the copy was made.
-    pub status: Option<String>,
+    /// The copy's `<prefix>status` and `<prefix>detail` tags, written before the copy was made
+    /// (`status` is `None` when the tag is absent or names no status).
+    pub status: Option<Status>,
     pub detail: Option<String>,
 }
 
@@ -446,7 +448,12 @@ pub async fn find_quarantined(
     if !holds_event_object(etag, size, tag("etag").as_deref(), copied_size, copied_etag) {
         return Ok(None);
     }
-    Ok(Some(QuarantinedCopy { key: copy_key.clone(), size: copied_size, status: tag("status"), detail: tag("detail") }))
+    Ok(Some(QuarantinedCopy {
+        key: copy_key.clone(),
+        size: copied_size,
+        status: tag("status").as_deref().and_then(Status::from_tag),
+        detail: tag("detail"),
+    }))
 }
 
 #[cfg(test)]

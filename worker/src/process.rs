@@ -20,8 +20,8 @@ use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel, VerdictLabel};
 use crate::scan::{ScanLimits, ScanOutcome, scan_object};
 use crate::tags::VerdictTags;
-use crate::verdict::Verdict;
-use crate::webhook::{QuarantineLocation, Report, Timings, Webhook};
+use crate::verdict::{Status, Verdict};
+use crate::webhook::{ActionTaken, QuarantineLocation, Report, Timings, Webhook};
 use bucket_av_clamd::Clamd;
 
 /// What to do with a message once it has been handled.
@@ -180,22 +180,22 @@ impl Processor {
                 etag: event.etag.clone(),
                 size: event.size,
             };
-            let (verdict, label) = match &scanned {
+            let (verdict, status) = match &scanned {
                 ScanOutcome::Scanned { verdict, size, etag, bytes, .. } => {
                     event.size = *size;
                     object.size = *size;
                     object.etag = etag.clone();
                     self.metrics.scanned_bytes.inc_by(*bytes);
                     self.metrics.scan_duration.observe(scan_time.as_secs_f64());
-                    (Some(verdict.clone()), verdict.label())
+                    (Some(verdict.clone()), verdict.status())
                 }
                 ScanOutcome::Missing => match self.find_in_quarantine(&event, shutdown).await? {
                     Some(copy) => {
-                        let label = copy.label;
+                        let status = copy.status;
                         found = Some(copy);
-                        (None, label)
+                        (None, status)
                     }
-                    None => (None, "missing"),
+                    None => (None, Status::Missing),
                 },
                 ScanOutcome::Superseded => {
                     self.metrics.ignored("superseded");
@@ -219,7 +219,7 @@ impl Processor {
                 // Counted as its verdict when it was scanned; this is the same object reported again.
                 self.metrics.found_in_quarantine.inc();
             } else {
-                self.metrics.scans.get_or_create(&VerdictLabel { verdict: label }).inc();
+                self.metrics.scans.get_or_create(&VerdictLabel { verdict: status.as_str() }).inc();
             }
             let event_to_verdict = event.event_time.map(|t| (scanned_at - t).max(time::Duration::ZERO));
             if let Some(elapsed) = event_to_verdict {
@@ -233,10 +233,10 @@ impl Processor {
                 version_id: event.version_id.clone(),
                 etag: object.etag.clone(),
                 size: event.size,
-                verdict: label.to_owned(),
+                verdict: status,
                 signature: None,
                 reason: None,
-                action: "none".into(),
+                action: ActionTaken::None,
                 quarantine: None,
                 tagged: false,
                 engine: self.engine(),
@@ -254,11 +254,11 @@ impl Processor {
                 tracing::info!(bucket = %event.bucket, key = %event.key, quarantine_key = %copy.location.key, "object already quarantined by an earlier delivery; reporting its verdict again");
                 event.size = copy.size;
                 report.size = copy.size;
-                match copy.label {
-                    "infected" => report.signature = copy.detail,
+                match copy.status {
+                    Status::Infected => report.signature = copy.detail,
                     _ => report.reason = copy.detail,
                 }
-                report.action = "quarantined".into();
+                report.action = ActionTaken::Quarantined;
                 report.quarantine = Some(copy.location);
                 report.tagged = copy.tagged;
             }
@@ -281,9 +281,9 @@ impl Processor {
                 version_id = event.version_id.as_deref().unwrap_or(""),
                 etag = object.etag.as_deref().unwrap_or(""),
                 size = event.size,
-                verdict = label,
+                verdict = status.as_str(),
                 detail = report.signature.as_deref().or(report.reason.as_deref()).unwrap_or(""),
-                action = %report.action,
+                action = report.action.as_str(),
                 scan_ms = report.timings.scan_ms,
                 "scanned"
             );
@@ -296,7 +296,7 @@ impl Processor {
                 self.settle(event.clone(), object.clone(), shutdown, correction).await?;
             }
 
-            let wanted = label != "clean" || self.policy.report_clean;
+            let wanted = status != Status::Clean || self.policy.report_clean;
             if let (Some(webhook), true) = (&self.webhook, wanted) {
                 match webhook.send(&report).await {
                     Ok(()) => self.metrics.webhook("delivered"),
@@ -358,16 +358,16 @@ impl Processor {
         event: &ObjectEvent,
         shutdown: &CancellationToken,
     ) -> Result<Option<FoundInQuarantine>, ProcessError> {
-        let quarantines = |label: &str| {
-            let action = match label {
-                "infected" => self.policy.on_infected,
-                "unscannable" => self.policy.on_unscannable,
-                _ => ActionKind::None,
+        let quarantines = |status: Status| {
+            let action = match status {
+                Status::Infected => self.policy.on_infected,
+                Status::Unscannable => self.policy.on_unscannable,
+                Status::Clean | Status::Missing => ActionKind::None,
             };
             action == ActionKind::Quarantine
         };
         let Some(bucket) = self.policy.quarantine_bucket.as_deref() else { return Ok(None) };
-        if !quarantines("infected") && !quarantines("unscannable") {
+        if !quarantines(Status::Infected) && !quarantines(Status::Unscannable) {
             return Ok(None);
         }
         let prefix = &self.policy.tag_prefix;
@@ -377,9 +377,8 @@ impl Processor {
         else {
             return Ok(None);
         };
-        let (label, detail, tagged) = match copy.status.as_deref() {
-            Some("infected") => ("infected", copy.detail, true),
-            Some("unscannable") => ("unscannable", copy.detail, true),
+        let (status, detail, tagged) = match copy.status {
+            Some(status @ (Status::Infected | Status::Unscannable)) => (status, copy.detail, true),
             // No verdict tag on the copy (tagging off, or no room beside the object's own
             // tags): scan the copy itself, guarded by the event's ETag like any scan.
             _ => {
@@ -394,18 +393,18 @@ impl Processor {
                     .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &copy_event, &self.policy.limits))
                     .await?;
                 match scanned {
-                    ScanOutcome::Scanned { verdict, .. } => (verdict.label(), verdict.detail(), false),
+                    ScanOutcome::Scanned { verdict, .. } => (verdict.status(), verdict.detail(), false),
                     ScanOutcome::Missing | ScanOutcome::Superseded => return Ok(None),
                 }
             }
         };
         // A copy the policy would not have made (a clean one, or one made under an older policy)
         // says nothing about this event.
-        if !quarantines(label) {
+        if !quarantines(status) {
             return Ok(None);
         }
         Ok(Some(FoundInQuarantine {
-            label,
+            status,
             detail,
             tagged,
             size: copy.size,
@@ -425,7 +424,7 @@ impl Processor {
     ) -> Result<Acted, ProcessError> {
         if self.policy.tagging {
             let tags = VerdictTags {
-                status: verdict.label().to_owned(),
+                status: verdict.status(),
                 etag: object.etag.clone(),
                 detail: verdict.detail(),
                 scanned_at: report.scanned_at.clone(),
@@ -463,7 +462,7 @@ impl Processor {
             ActionKind::None => Ok(Acted::Done),
             ActionKind::Delete => match self.retrying(shutdown, || actions::delete(&self.s3, object)).await? {
                 Removal::Removed => {
-                    report.action = "deleted".into();
+                    report.action = ActionTaken::Deleted;
                     Ok(Acted::Done)
                 }
                 Removal::Replaced => Ok(Acted::Replaced),
@@ -478,7 +477,7 @@ impl Processor {
                     Quarantine::CopiedThenReplaced { key } => (key, Acted::Replaced),
                     Quarantine::Replaced => return Ok(Acted::Replaced),
                 };
-                report.action = "quarantined".into();
+                report.action = ActionTaken::Quarantined;
                 report.quarantine = Some(QuarantineLocation { bucket: bucket.to_owned(), key });
                 Ok(acted)
             }
@@ -537,7 +536,7 @@ enum Acted {
 
 /// A report rebuilt from a copy an earlier delivery quarantined.
 struct FoundInQuarantine {
-    label: &'static str,
+    status: Status,
     detail: Option<String>,
     tagged: bool,
     size: u64,

@@ -2,6 +2,8 @@
 //! has, within MinIO's rules (10 tags, keys up to 128 and values up to 256 characters, no `&`).
 //! Pure: the S3 calls live in `actions`.
 
+use crate::verdict::Status;
+
 /// MinIO's (and S3's) limit of tags on one object.
 pub const MAX_TAGS: usize = 10;
 const MAX_KEY_CHARS: usize = 128;
@@ -14,7 +16,7 @@ const VERDICT_KEYS: [&str; 5] = ["status", "etag", "detail", "scanned-at", "engi
 /// The verdict tags of one scan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerdictTags {
-    pub status: String,
+    pub status: Status,
     /// The ETag of the bytes the verdict was computed on. It binds the verdict to those bytes:
     /// a reader that fetches with `If-Match: <etag>` gets exactly the bytes that were judged,
     /// and a verdict whose `etag` differs from the object's is stale (see [`bound_to`]).
@@ -26,13 +28,9 @@ pub struct VerdictTags {
 
 impl VerdictTags {
     fn ordered(&self, prefix: &str) -> Vec<(String, String)> {
-        let values = [
-            Some(&self.status),
-            self.etag.as_ref(),
-            self.detail.as_ref(),
-            Some(&self.scanned_at),
-            self.engine.as_ref(),
-        ];
+        let status = self.status.as_str().to_owned();
+        let values =
+            [Some(&status), self.etag.as_ref(), self.detail.as_ref(), Some(&self.scanned_at), self.engine.as_ref()];
         VERDICT_KEYS
             .iter()
             .zip(values)
@@ -126,7 +124,7 @@ mod tests {
 
     fn verdict() -> VerdictTags {
         VerdictTags {
-            status: "infected".into(),
+            status: Status::Infected,
             etag: Some("44d88612fea8a8f36de82e1278abb02f".into()),
             detail: Some("Eicar-Test-Signature.UNOFFICIAL".into()),
             scanned_at: "2026-11-27T08:00:00Z".into(),
@@ -161,7 +159,7 @@ mod tests {
     #[test]
     fn a_clean_verdict_removes_the_detail_of_an_earlier_one() {
         let existing = pairs(&[("av-status", "infected"), ("av-detail", "Eicar"), ("av-etag", "x")]);
-        let clean = VerdictTags { status: "clean".into(), detail: None, engine: None, ..verdict() };
+        let clean = VerdictTags { status: Status::Clean, detail: None, engine: None, ..verdict() };
         let merged = merge(&existing, "av-", &clean);
         assert_eq!(
             merged.tags,

@@ -27,13 +27,47 @@ pub enum Unscannable {
     Encrypted { heuristic: String },
 }
 
-impl Verdict {
-    /// The tag and metric value: `clean`, `infected` or `unscannable`.
-    pub fn label(&self) -> &'static str {
+/// What an object is reported as: the kind of its verdict, or `Missing` when it was gone before
+/// its scan. Its text is the `<prefix>status` tag, the report's `verdict` and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Clean,
+    Infected,
+    Unscannable,
+    Missing,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Clean => "clean",
-            Self::Infected { .. } => "infected",
-            Self::Unscannable { .. } => "unscannable",
+            Self::Infected => "infected",
+            Self::Unscannable => "unscannable",
+            Self::Missing => "missing",
+        }
+    }
+
+    /// The status a `<prefix>status` tag names. `None` for anything else: a tag is user-writable
+    /// data, not a verdict this worker computed.
+    pub fn from_tag(value: &str) -> Option<Self> {
+        [Self::Clean, Self::Infected, Self::Unscannable].into_iter().find(|status| status.as_str() == value)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Verdict {
+    /// The verdict's kind: `Clean`, `Infected` or `Unscannable`.
+    pub fn status(&self) -> Status {
+        match self {
+            Self::Clean => Status::Clean,
+            Self::Infected { .. } => Status::Infected,
+            Self::Unscannable { .. } => Status::Unscannable,
         }
     }
 
@@ -104,8 +138,8 @@ mod tests {
             Ok(Verdict::Unscannable { reason: Unscannable::StreamLimit })
         );
         assert_eq!(
-            parse_instream_reply("stream: Heuristics.Limits.Exceeded.MaxRecursion FOUND").unwrap().label(),
-            "unscannable"
+            parse_instream_reply("stream: Heuristics.Limits.Exceeded.MaxRecursion FOUND").unwrap().status(),
+            Status::Unscannable
         );
         assert!(matches!(
             parse_instream_reply("stream: Heuristics.Encrypted.Zip FOUND"),
@@ -122,5 +156,16 @@ mod tests {
         assert_eq!(Verdict::Clean.detail(), None);
         let too_large = Verdict::Unscannable { reason: Unscannable::TooLarge { size: 10, limit: 5 } };
         assert_eq!(too_large.detail().unwrap(), "too-large: 10 bytes over the 5 byte limit");
+    }
+
+    #[test]
+    fn a_status_reads_the_same_in_tags_reports_and_metrics() {
+        for status in [Status::Clean, Status::Infected, Status::Unscannable, Status::Missing] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        assert_eq!(Status::from_tag("infected"), Some(Status::Infected));
+        // `missing` is reported, never written as a tag; a forged or mistyped tag names nothing.
+        assert_eq!(Status::from_tag("missing"), None);
+        assert_eq!(Status::from_tag("Clean"), None);
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::verdict::Status;
 use bucket_av_core::Redacted;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
@@ -21,11 +22,10 @@ pub struct Report {
     pub etag: Option<String>,
     pub size: u64,
     /// `clean`, `infected`, `unscannable` or `missing`.
-    pub verdict: String,
+    pub verdict: Status,
     pub signature: Option<String>,
     pub reason: Option<String>,
-    /// `none`, `deleted` or `quarantined`.
-    pub action: String,
+    pub action: ActionTaken,
     pub quarantine: Option<QuarantineLocation>,
     /// False when the object's own tags left no room for the verdict status tag.
     pub tagged: bool,
@@ -34,6 +34,25 @@ pub struct Report {
     pub event_time: Option<String>,
     pub scanned_at: String,
     pub timings: Timings,
+}
+
+/// What the worker did to the object after tagging it.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionTaken {
+    None,
+    Deleted,
+    Quarantined,
+}
+
+impl ActionTaken {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Deleted => "deleted",
+            Self::Quarantined => "quarantined",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
