@@ -12,8 +12,8 @@ use std::time::Duration;
 use bucket_av_external_metrics::{
     API_SERVICE_NAME, ApiServiceRegistration, MetricValue, Quantity, apply_api_service, delete_api_service,
 };
-use bucket_av_testing::Cluster;
-use common::{RunningServer, SERVICE, TestNamespace, TestSource, kube_client, wait_for};
+use bucket_av_testing::{Cluster, wait_for};
+use common::{RunningServer, SERVICE, TestNamespace, TestSource, kube_client};
 
 /// Deletes the APIService when dropped, also when the test panics.
 struct ApiServiceGuard<'a>(&'a Cluster);
@@ -71,7 +71,7 @@ async fn the_hpa_scales_a_deployment_on_a_metric_served_through_the_aggregator()
         ApiServiceRegistration::new(SERVICE, ns, server.ca_bundle_pem.clone()).with_port(server.address.port());
     apply_api_service(client.clone(), &registration).await.expect("apply the APIService");
     let start = std::time::Instant::now();
-    wait_for(Duration::from_secs(60), "APIService Available", || {
+    wait_for("APIService Available", Duration::from_secs(60), Duration::from_millis(500), async || {
         let status = cluster.kubectl_ok(
             &[
                 "get",
@@ -82,7 +82,7 @@ async fn the_hpa_scales_a_deployment_on_a_metric_served_through_the_aggregator()
             ],
             None,
         );
-        (status == "True").then_some(())
+        if status == "True" { Ok(()) } else { Err(format!("Available: {status:?}")) }
     })
     .await;
     eprintln!("APIService Available after {:?}", start.elapsed());
@@ -94,11 +94,14 @@ async fn the_hpa_scales_a_deployment_on_a_metric_served_through_the_aggregator()
     assert_eq!(names, ["queue_age", "queue_depth"]);
 
     // The OpenAPI documents the aggregator merges (an empty one; 404 would make it log errors).
-    let url = wait_for(Duration::from_secs(30), "the group version in /openapi/v3", || {
-        let discovery = get_raw(&cluster, "/openapi/v3");
-        discovery["paths"]["apis/external.metrics.k8s.io/v1beta1"]["serverRelativeURL"].as_str().map(str::to_owned)
-    })
-    .await;
+    let url =
+        wait_for("the group version in /openapi/v3", Duration::from_secs(30), Duration::from_millis(500), async || {
+            let discovery = get_raw(&cluster, "/openapi/v3");
+            let url = discovery["paths"]["apis/external.metrics.k8s.io/v1beta1"]["serverRelativeURL"].as_str();
+            url.map(str::to_owned)
+                .ok_or_else(|| format!("paths {:?}", discovery["paths"].as_object().map(|paths| paths.len())))
+        })
+        .await;
     assert_eq!(get_raw(&cluster, &url)["openapi"], "3.0.0");
 
     // A value, filtered by the label selector, and changing when the source changes.
@@ -167,7 +170,11 @@ spec:
     };
     let describe = || cluster.kubectl(&["-n", ns, "describe", "hpa", "workers"], None).stdout;
     let start = std::time::Instant::now();
-    wait_for(Duration::from_secs(90), "4 ready replicas from queue depth 18", || (ready() == "4").then_some(())).await;
+    wait_for("4 ready replicas from queue depth 18", Duration::from_secs(90), Duration::from_millis(500), async || {
+        let ready = ready();
+        if ready == "4" { Ok(()) } else { Err(format!("readyReplicas {ready:?}")) }
+    })
+    .await;
     eprintln!("scaled 1 -> 4 after {:?}", start.elapsed());
     let hpa_calls: Vec<_> = source.calls().into_iter().filter(|(_, _, selector)| selector == "queue=scan-a").collect();
     assert!(!hpa_calls.is_empty());
@@ -181,14 +188,24 @@ spec:
 
     source.set("queue_depth", vec![scan_a(6), scan_b]);
     let start = std::time::Instant::now();
-    wait_for(Duration::from_secs(90), "2 ready replicas from queue depth 6", || (ready() == "2").then_some(())).await;
+    wait_for("2 ready replicas from queue depth 6", Duration::from_secs(90), Duration::from_millis(500), async || {
+        let ready = ready();
+        if ready == "2" { Ok(()) } else { Err(format!("readyReplicas {ready:?}")) }
+    })
+    .await;
     eprintln!("scaled 4 -> 2 after {:?}", start.elapsed());
 
     // A failing source shows in the HPA's conditions with the source's message.
     source.fail("queue_depth", "rabbitmq management API unreachable");
-    wait_for(Duration::from_secs(60), "the source error in the HPA conditions", || {
-        describe().contains("rabbitmq management API unreachable").then_some(())
-    })
+    wait_for(
+        "the source error in the HPA conditions",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || {
+            let described = describe();
+            if described.contains("rabbitmq management API unreachable") { Ok(()) } else { Err(described) }
+        },
+    )
     .await;
 
     // What the API server asked for, and as whom (for the README; the apiserver log shows whether

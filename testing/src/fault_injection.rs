@@ -26,6 +26,7 @@ use crate::Stack;
 use crate::chart::{ChartOperator, Helm};
 use crate::load::{self, UploadCounters, UploadPlan};
 use crate::local_system::{self, LOAD_POLICY, LoadedSystem, WEBHOOK_SECRET};
+use crate::wait::poll_until;
 
 /// What to run: the upload stream and how the faults are spread over it.
 #[derive(Debug, Clone)]
@@ -380,20 +381,20 @@ impl Injector<'_> {
     /// any: workers may still be reconnecting after the previous fault) and starts a new one
     /// from the Deployment in its place.
     async fn kill_worker_mid_scan(&mut self) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (victim, in_flight) = loop {
+        let workers = &self.system.workers;
+        let busiest = poll_until(Duration::from_secs(30), Duration::from_millis(20), async || {
             let mut busiest = (0, 0.0);
-            for (i, worker) in self.system.workers.iter().enumerate() {
+            for (i, worker) in workers.iter().enumerate() {
                 let in_flight = worker.metric("bucket_av_worker_scans_in_flight").await;
                 if in_flight > busiest.1 {
                     busiest = (i, in_flight);
                 }
             }
-            if busiest.1 > 0.0 || Instant::now() > deadline {
-                break busiest;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+            if busiest.1 > 0.0 { Ok(busiest) } else { Err(busiest) }
+        })
+        .await;
+        // None busy after 30 s: the first worker is killed all the same.
+        let (victim, in_flight) = busiest.unwrap_or_else(|idle| idle);
         let worker = self.system.workers.remove(victim);
         let pid = worker.pid();
         worker.kill().await;
@@ -424,13 +425,16 @@ impl Injector<'_> {
             cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64();
         // Dropping the old handle reaps the killed process; the new one uses the same identity.
         self.system.operator = ChartOperator::start(cluster, &namespace, local_system::LOAD_RELEASE).await;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64() != generation {
-            if Instant::now() > deadline {
-                return Err(format!("generation {generation:?} not reconciled within 60 s of the operator's restart"));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        poll_until(Duration::from_secs(60), Duration::from_millis(200), async || {
+            let observed = cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64();
+            if observed == generation { Ok(()) } else { Err(observed) }
+        })
+        .await
+        .map_err(|observed| {
+            format!(
+                "generation {generation:?} not reconciled within 60 s of the operator's restart (observed {observed:?})"
+            )
+        })?;
         let when = if observed_at_kill == generation { "after" } else { "before" };
         Ok(format!(
             "operator pid {pid} SIGKILLed {when} it finished reconciling generation {}; restarted, the change \

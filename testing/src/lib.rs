@@ -13,6 +13,7 @@ pub mod operator;
 pub mod pod_spec;
 pub mod process;
 pub mod stack;
+pub mod wait;
 pub mod webhook;
 pub mod worker;
 
@@ -21,6 +22,7 @@ pub use operator::OperatorProcess;
 pub use pod_spec::ContainerLaunch;
 pub use process::ServiceProcess;
 pub use stack::Stack;
+pub use wait::{poll_until, wait_for};
 pub use webhook::{ReceivedWebhook, WebhookReceiver};
 pub use worker::WorkerProcess;
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 
-use crate::{EICAR, Stack, TEST_MARKER, WebhookReceiver, WorkerProcess};
+use crate::{EICAR, Stack, TEST_MARKER, WebhookReceiver, WorkerProcess, poll_until};
 
 /// What to upload: `count` objects at `rate` per second, every `infected_every`th infected, sizes
 /// drawn from `size` (inclusive), keys under `key_prefix`.
@@ -249,7 +249,7 @@ pub async fn wait_settled(
     let started = Instant::now();
     let amqp = stack.amqp().await;
     let mut next_line = Duration::from_secs(15);
-    loop {
+    let settled = poll_until(timeout, Duration::from_secs(1), async || {
         let mut in_flight = 0.0;
         for worker in workers {
             in_flight += worker.metric("bucket_av_worker_scans_in_flight").await;
@@ -259,23 +259,26 @@ pub async fn wait_settled(
             println!("  [{:>4.0} s] queue {depth:?}, in flight {in_flight}", started.elapsed().as_secs_f64());
             next_line += Duration::from_secs(15);
         }
-        if depth == Some(0) && in_flight == 0.0 {
-            // The check itself takes a while on a busy machine: the time is when it began.
-            let checked_at = started.elapsed();
-            let pending = without_verdict(stack, awaited).await;
-            if pending == 0 {
-                println!("  every upload had its verdict {:.1} s after the last one", checked_at.as_secs_f64());
-                return true;
-            }
-            if started.elapsed() > timeout {
-                println!("  not settled after {timeout:?}: the queue is empty but {pending} objects have no verdict");
-                return false;
-            }
-        } else if started.elapsed() > timeout {
-            println!("  not settled after {timeout:?}: queue {depth:?}, in flight {in_flight}");
-            return false;
+        if depth != Some(0) || in_flight != 0.0 {
+            return Err(format!("queue {depth:?}, in flight {in_flight}"));
         }
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The check itself takes a while on a busy machine: the time is when it began.
+        let checked_at = started.elapsed();
+        match without_verdict(stack, awaited).await {
+            0 => Ok(checked_at),
+            pending => Err(format!("the queue is empty but {pending} objects have no verdict")),
+        }
+    })
+    .await;
+    match settled {
+        Ok(checked_at) => {
+            println!("  every upload had its verdict {:.1} s after the last one", checked_at.as_secs_f64());
+            true
+        }
+        Err(last_seen) => {
+            println!("  not settled after {timeout:?}: {last_seen}");
+            false
+        }
     }
 }
 

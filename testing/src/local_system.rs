@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::chart::Helm;
 use crate::process::free_port;
-use crate::{Cluster, ContainerLaunch, Stack, WorkerProcess};
+use crate::{Cluster, ContainerLaunch, Stack, WorkerProcess, wait_for};
 
 /// The one external metrics APIService of a cluster, which the chart installs.
 pub const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
@@ -93,27 +93,28 @@ pub fn example_policy(
 pub async fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
     let started = Instant::now();
     let mut last_reason = String::new();
-    loop {
-        let policy = cluster.get_json(namespace, "bsp", name);
-        let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
-        if let Some(ready) = conditions.iter().find(|condition| condition["type"] == "Ready") {
-            if ready["status"] == "True" {
-                println!("  Ready after {:.1} s", started.elapsed().as_secs_f64());
-                return;
+    wait_for(
+        &format!("policy {name} to become Ready"),
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        async || {
+            let policy = cluster.get_json(namespace, "bsp", name);
+            let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
+            if let Some(ready) = conditions.iter().find(|condition| condition["type"] == "Ready") {
+                if ready["status"] == "True" {
+                    return Ok(());
+                }
+                let reason = ready["reason"].as_str().unwrap_or_default().to_owned();
+                if reason != last_reason {
+                    println!("  not ready yet: {reason}: {}", ready["message"].as_str().unwrap_or_default());
+                    last_reason = reason;
+                }
             }
-            let reason = ready["reason"].as_str().unwrap_or_default().to_owned();
-            if reason != last_reason {
-                println!("  not ready yet: {reason}: {}", ready["message"].as_str().unwrap_or_default());
-                last_reason = reason;
-            }
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "the policy did not become Ready within 2 minutes: {}",
-            serde_json::to_string_pretty(&policy["status"]).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+            Err(serde_json::to_string_pretty(&policy["status"]).unwrap())
+        },
+    )
+    .await;
+    println!("  Ready after {:.1} s", started.elapsed().as_secs_f64());
 }
 
 /// Starts `count` workers exactly as the policy's worker Deployment describes them; only the

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tokio::process::{Child, Command};
 
+use crate::wait_for;
+
 pub struct ServiceProcess {
     child: Child,
     /// What the process is, for messages (`worker`, `operator`).
@@ -26,20 +28,20 @@ impl ServiceProcess {
     }
 
     async fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
         let url = format!("http://{}/readyz", self.http);
-        loop {
-            if let Ok(response) = reqwest::get(&url).await
-                && response.status().is_success()
-            {
-                return;
-            }
+        let what = format!("{} to be ready ({url})", self.name);
+        wait_for(&what, timeout, Duration::from_millis(100), async || {
+            let answer = match reqwest::get(&url).await {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => format!("readyz answered {}", response.status()),
+                Err(error) => format!("readyz: {error}"),
+            };
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("{} exited before it was ready: {status}", self.name);
             }
-            assert!(Instant::now() < deadline, "{} not ready within {timeout:?} ({url})", self.name);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(answer)
+        })
+        .await
     }
 
     /// The `/metrics` text.

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
@@ -11,6 +11,8 @@ use bucket_av_amqp::topology::Topology;
 use bucket_av_core::Redacted;
 use bucket_av_s3::S3Settings;
 use bucket_av_s3::notification::{self, KeyFilter};
+
+use crate::wait_for;
 
 #[derive(Debug, Clone)]
 pub struct Stack {
@@ -187,18 +189,15 @@ impl Stack {
         timeout: Duration,
         done: impl Fn(&HashMap<String, String>) -> bool,
     ) -> HashMap<String, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("the expected verdict tag on {bucket}/{key} (version {version:?})");
+        wait_for(&what, timeout, Duration::from_millis(50), async || {
             let tags = self.tags(bucket, key, version).await;
-            if let Some(tags) = tags.as_ref().filter(|tags| done(tags)) {
-                return tags.clone();
+            match tags {
+                Some(tags) if done(&tags) => Ok(tags),
+                other => Err(format!("tags {other:?}")),
             }
-            assert!(
-                Instant::now() < deadline,
-                "no expected verdict tag on {bucket}/{key} (version {version:?}) within {timeout:?}; tags {tags:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 
     pub async fn object_exists(&self, bucket: &str, key: &str) -> bool {

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -13,6 +13,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+
+use crate::wait_for;
 
 #[derive(Debug, Clone)]
 pub struct ReceivedWebhook {
@@ -102,14 +104,12 @@ impl WebhookReceiver {
 
     /// Waits for a delivery whose JSON `key` field equals `key`.
     pub async fn wait_for_key(&self, key: &str, timeout: Duration) -> ReceivedWebhook {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = self.received().into_iter().find(|hook| hook.json["key"] == key) {
-                return found;
-            }
-            assert!(Instant::now() < deadline, "no webhook for key {key:?} within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_for(&format!("a webhook for key {key:?}"), timeout, Duration::from_millis(50), async || {
+            let received = self.received();
+            let count = received.len();
+            received.into_iter().find(|hook| hook.json["key"] == key).ok_or_else(|| format!("{count} other deliveries"))
+        })
+        .await
     }
 }
 

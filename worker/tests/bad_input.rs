@@ -68,7 +68,7 @@ use std::time::Duration;
 
 use bucket_av_amqp::topology::header_text;
 use bucket_av_testing::archive::{ZipEntry, zip};
-use bucket_av_testing::{EICAR, unique_name};
+use bucket_av_testing::{EICAR, unique_name, wait_for};
 use common::clamd_proxy::{ClamdProxy, Fault, OUT_OF_MEMORY};
 use common::minio_users::MinioAdmin;
 use common::rabbitmq_users::RabbitUser;
@@ -112,15 +112,13 @@ async fn nothing_left(scenario: &Scenario) {
 
 /// Waits until the scenario's work queue holds no message for its bucket and none unacknowledged.
 async fn wait_until_settled(scenario: &Scenario) {
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    loop {
+    let what = format!("the messages of {} to be settled", scenario.bucket);
+    wait_for(&what, VERDICT_TIMEOUT, Duration::from_millis(100), async || {
         let in_flight = scenario.worker().metric("bucket_av_worker_scans_in_flight").await;
-        if scenario.queued_events_of_bucket().await.is_empty() && in_flight == 0.0 {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "messages of {} were never settled", scenario.bucket);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        let queued = scenario.queued_events_of_bucket().await.len();
+        if queued == 0 && in_flight == 0.0 { Ok(()) } else { Err(format!("{queued} queued, {in_flight} in flight")) }
+    })
+    .await;
 }
 
 // ---- MinIO-shaped events, by hand ------------------------------------------------------------
@@ -533,11 +531,13 @@ async fn events_that_disagree_with_the_stored_object_get_its_true_verdict() {
     let report = hooks.wait_for_key("never-existed", VERDICT_TIMEOUT).await;
     assert_eq!(report.json["verdict"], "missing");
     let worker = scenario.worker();
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while worker.metric("bucket_av_worker_ignored_events_total{reason=\"superseded\"}").await < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the wrong-ETag event was not counted as superseded");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let superseded = "bucket_av_worker_ignored_events_total{reason=\"superseded\"}";
+    let what = "the wrong-ETag event to be counted as superseded";
+    wait_for(what, VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let value = worker.metric(superseded).await;
+        if value >= 1.0 { Ok(()) } else { Err(format!("{superseded} is {value}")) }
+    })
+    .await;
     assert_eq!(stack.tags(&side, "wrong-etag.com", None).await.unwrap().len(), 0);
     wait_until_settled(&scenario).await;
     still_scanning(&scenario).await;
@@ -632,11 +632,11 @@ async fn a_changed_rabbitmq_password_fails_the_reconnect_clearly_and_recovers_wh
     rabbit.set_password(&unique_name("changed")).await;
     let failures_before = scenario.worker().metric("bucket_av_worker_errors_total{kind=\"amqp\"}").await;
     // The management API lists a connection only once its statistics have been emitted.
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while rabbit.close_connections().await == 0 {
-        assert!(std::time::Instant::now() < deadline, "the worker had no connection as {name}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let what = format!("a connection of the worker as {name} to close");
+    wait_for(&what, VERDICT_TIMEOUT, Duration::from_millis(200), async || {
+        if rabbit.close_connections().await == 0 { Err("no connection listed") } else { Ok(()) }
+    })
+    .await;
     // Events keep arriving in the queue while the worker cannot log in.
     stack.put(&bucket, "while-refused.com", EICAR).await;
     scenario
@@ -762,11 +762,11 @@ async fn a_redelivered_quarantine_still_reports_infected_after_the_webhook_faile
     // the message goes back: its redelivery finds the source gone.
     hooks.respond_with(&[500, 500]);
     scenario.stack.put(&scenario.bucket, "redelivered.com", EICAR).await;
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while hooks.received().iter().filter(|hook| hook.json["key"] == "redelivered.com").count() < 3 {
-        assert!(std::time::Instant::now() < deadline, "the redelivery sent no report");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the redelivery's report", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let reports = hooks.received().iter().filter(|hook| hook.json["key"] == "redelivered.com").count();
+        if reports >= 3 { Ok(()) } else { Err(format!("{reports} reports")) }
+    })
+    .await;
     wait_until_settled(&scenario).await;
     let reports = reported_and_quarantined(&scenario, &hooks, &quarantine, "redelivered.com").await;
     assert_eq!(reports.len(), 3, "{reports:?}");
@@ -797,11 +797,11 @@ async fn a_worker_killed_between_the_quarantine_delete_and_the_ack_reports_infec
     scenario.kill_worker().await;
     hooks.delay(Duration::ZERO);
     let scenario = scenario.with_worker().await;
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while hooks.received().iter().filter(|hook| hook.json["key"] == "killed.com").count() < 2 {
-        assert!(std::time::Instant::now() < deadline, "the redelivery sent no report");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for("the redelivery's report", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let reports = hooks.received().iter().filter(|hook| hook.json["key"] == "killed.com").count();
+        if reports >= 2 { Ok(()) } else { Err(format!("{reports} reports")) }
+    })
+    .await;
     wait_until_settled(&scenario).await;
     let reports = reported_and_quarantined(&scenario, &hooks, &quarantine, "killed.com").await;
     let last = reports.last().unwrap();

@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bucket_av_testing::EICAR;
+use bucket_av_testing::{EICAR, wait_for};
 use common::{Scenario, VERDICT_TIMEOUT, clean_bytes};
 
 /// Starts clamd again even when the test fails half-way, so later suites find it running.
@@ -33,19 +33,13 @@ async fn clamd_stopped_then_restarted_loses_no_message() {
 
     // While clamd is down the worker is not ready, holds what it took, and dead-letters nothing.
     let readyz = format!("http://{}/readyz", scenario.worker().http);
-    let deadline = Instant::now() + VERDICT_TIMEOUT;
-    loop {
+    let what = "12 waiting messages (20 minus a prefetch of 2 x 4)";
+    wait_for(what, VERDICT_TIMEOUT, Duration::from_millis(200), async || {
         let (waiting, dead) = scenario.queue_depths().await;
         assert_eq!(dead, 0, "nothing may be dead-lettered because clamd is down");
-        if waiting == 12 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "expected 12 waiting messages (20 minus a prefetch of 2 x 4), saw {waiting}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        if waiting == 12 { Ok(()) } else { Err(format!("{waiting} waiting")) }
+    })
+    .await;
     assert_eq!(reqwest::get(&readyz).await.unwrap().status(), 503);
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(stack.tags(&scenario.bucket, &keys[0], None).await.unwrap().is_empty(), "nothing can be scanned yet");

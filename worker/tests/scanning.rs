@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bucket_av_testing::EICAR;
+use bucket_av_testing::{EICAR, wait_for};
 use common::{Scenario, VERDICT_TIMEOUT, clean_bytes, marked_bytes, webhook};
 
 #[tokio::test]
@@ -62,11 +62,10 @@ async fn infected_objects_are_quarantined_with_their_tags_and_metadata() {
     assert_eq!(head.content_type(), Some("application/x-test"));
     assert_eq!(head.content_length(), Some(4096));
     // The original goes only after the copy is verified; wait for that.
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while stack.object_exists(&scenario.bucket, "in/bad.bin").await {
-        assert!(std::time::Instant::now() < deadline, "the infected original was not deleted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for("the infected original to be deleted", VERDICT_TIMEOUT, Duration::from_millis(50), async || {
+        if stack.object_exists(&scenario.bucket, "in/bad.bin").await { Err("it still exists") } else { Ok(()) }
+    })
+    .await;
     let good = stack.wait_for_verdict(&scenario.bucket, "in/good.bin", None, VERDICT_TIMEOUT).await;
     assert_eq!(good["av-status"], "clean");
     assert!(!stack.object_exists(&quarantine, &format!("{}/in/good.bin", scenario.bucket)).await);
@@ -333,11 +332,12 @@ async fn tagging_does_not_cause_a_second_scan() {
     scenario.stack.put(&scenario.bucket, "once.txt", clean_bytes(10)).await;
     scenario.stack.wait_for_verdict(&scenario.bucket, "once.txt", None, VERDICT_TIMEOUT).await;
     let worker = scenario.worker();
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while worker.metric("bucket_av_worker_ignored_events_total{reason=\"not_content_event\"}").await < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the PutTagging event never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ignored = "bucket_av_worker_ignored_events_total{reason=\"not_content_event\"}";
+    wait_for("the PutTagging event to arrive", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let value = worker.metric(ignored).await;
+        if value >= 1.0 { Ok(()) } else { Err(format!("{ignored} is {value}")) }
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(worker.metric("bucket_av_worker_scans_total{verdict=\"clean\"}").await, 1.0);
     scenario.finish().await;
@@ -472,11 +472,11 @@ async fn sigterm_lets_the_scan_in_flight_finish_and_exits() {
     scenario.stack.put(&scenario.bucket, "slow.bin", marked_bytes(100 * 1024 * 1024)).await;
     // Wait until the scan is in flight, then ask the worker to stop.
     let worker = scenario.worker();
-    let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-    while worker.metric("bucket_av_worker_scans_in_flight").await < 1.0 {
-        assert!(std::time::Instant::now() < deadline, "the scan never started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the scan to start", VERDICT_TIMEOUT, Duration::from_millis(20), async || {
+        let in_flight = worker.metric("bucket_av_worker_scans_in_flight").await;
+        if in_flight >= 1.0 { Ok(()) } else { Err(format!("{in_flight} scans in flight")) }
+    })
+    .await;
     let mut scenario = scenario;
     let took = scenario.worker.take().unwrap().terminate(Duration::from_secs(70)).await;
     // The in-flight scan was finished and acknowledged before the exit.

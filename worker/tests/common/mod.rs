@@ -10,7 +10,7 @@ pub mod s3_proxy;
 
 use std::time::Duration;
 
-use bucket_av_testing::{Stack, WebhookReceiver, WorkerProcess, unique_name};
+use bucket_av_testing::{Stack, WebhookReceiver, WorkerProcess, unique_name, wait_for};
 use lapin::BasicProperties;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeleteOptions};
 
@@ -122,31 +122,20 @@ impl Scenario {
 
     /// Waits until `/readyz` answers `status`, and returns its body.
     pub async fn wait_for_readyz(&self, status: u16, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        wait_for(&format!("/readyz to answer {status}"), timeout, Duration::from_millis(100), async || {
             let (answered, body) = self.readyz().await;
-            if answered == status {
-                return body;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "/readyz still answers {answered} ({body}) after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if answered == status { Ok(body) } else { Err(format!("/readyz still answers {answered} ({body})")) }
+        })
+        .await
     }
 
     /// Waits until the worker's metric `sample` reaches `at_least`.
     pub async fn wait_for_metric(&self, sample: &str, at_least: f64, timeout: Duration) -> f64 {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
+        wait_for(&format!("{sample} to reach {at_least}"), timeout, Duration::from_millis(100), async || {
             let value = self.worker().metric(sample).await;
-            if value >= at_least {
-                return value;
-            }
-            assert!(std::time::Instant::now() < deadline, "{sample} is {value}, not {at_least}, after {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            if value >= at_least { Ok(value) } else { Err(format!("{sample} is {value}")) }
+        })
+        .await
     }
 
     pub fn worker(&self) -> &WorkerProcess {
@@ -178,16 +167,11 @@ impl Scenario {
         let connection = self.stack.amqp().await;
         let channel = connection.create_channel().await.unwrap();
         let dlq = self.stack.topology(&self.queue, 3).dead_letter_queue();
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(message) =
-                channel.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap()
-            {
-                return message;
-            }
-            assert!(std::time::Instant::now() < deadline, "nothing reached {dlq} within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for(&format!("a message in {dlq}"), timeout, Duration::from_millis(100), async || {
+            let message = channel.basic_get(dlq.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap();
+            message.ok_or("nothing yet")
+        })
+        .await
     }
 
     /// Bodies of the messages waiting in this scenario's queue that name its bucket, read through
@@ -214,19 +198,12 @@ impl Scenario {
 
     /// Waits until `count` events of this scenario's bucket wait in its queue.
     pub async fn wait_for_queued_events(&self, count: usize) {
-        let deadline = std::time::Instant::now() + VERDICT_TIMEOUT;
-        loop {
+        let what = format!("{count} queued events of {}", self.bucket);
+        wait_for(&what, VERDICT_TIMEOUT, Duration::from_millis(200), async || {
             let queued = self.queued_events_of_bucket().await.len();
-            if queued == count {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "expected {count} queued events of {}, saw {queued}",
-                self.bucket
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if queued == count { Ok(()) } else { Err(format!("{queued} queued events")) }
+        })
+        .await
     }
 
     /// Messages waiting in the work queue and in the dead-letter queue.
