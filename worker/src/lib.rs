@@ -1,18 +1,37 @@
 //! The scanning worker: takes MinIO bucket events from RabbitMQ, streams each named object from
 //! S3 into clamd, and acts on the verdict (tags, quarantine or delete, webhook report).
+//!
+//! Layout, in the order a message meets it:
+//!
+//! - [`consumer`]: the AMQP side: (re)connects, declares the topology, consumes with manual acks,
+//!   and settles each message as [`process`] decides.
+//! - [`process`]: one message from start to verdict: parse, filter, scan, tag, act, report; and
+//!   whether it is acknowledged, handed back or dead-lettered. Knows nothing of AMQP.
+//! - [`scan`]: streams the exact object version from S3 into clamd.
+//! - [`verdict`]: what clamd's reply means (pure), and the [`Status`](verdict::Status) reported.
+//! - [`tags`]: the verdict tags merged into the object's own (pure).
+//! - [`actions`]: the S3 side effects of a verdict (tag, quarantine, delete), each guarded so it
+//!   acts on exactly the bytes that were scanned.
+//! - [`webhook`]: the signed report to the webhook, with retries.
+//! - [`error`]: one error variant per failing step, each knowing whether a retry can help.
+//! - [`health`], [`http`], [`metrics`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`config`]: the flags, each also an environment variable.
+//!
+//! The clamd client itself is the `bucket-av-clamd` crate; the event format, the S3 client and the
+//! RabbitMQ topology are `bucket-av-core`, `bucket-av-s3` and `bucket-av-amqp`.
 
-pub mod actions;
+mod actions;
 pub mod config;
-pub mod consumer;
-pub mod error;
-pub mod health;
-pub mod http;
-pub mod metrics;
-pub mod process;
-pub mod scan;
-pub mod tags;
-pub mod verdict;
-pub mod webhook;
+mod consumer;
+mod error;
+mod health;
+mod http;
+mod metrics;
+mod process;
+mod scan;
+mod tags;
+mod verdict;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::Duration;
