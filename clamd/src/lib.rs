@@ -1,5 +1,6 @@
 //! A clamd client over TCP or a unix socket: PING, VERSION and INSTREAM. It streams bytes it is
-//! given and returns clamd's reply text; what the reply means is decided in `verdict`.
+//! given and returns clamd's reply text; what the reply means is the caller's business (the
+//! worker's `verdict` module).
 
 use std::fmt;
 use std::path::PathBuf;

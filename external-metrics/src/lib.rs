@@ -5,6 +5,15 @@
 //! It does not create the Service or RBAC it needs, and never authorizes on its own (see
 //! [`auth`]).
 //!
+//! - `server`: [`MetricsApiServer`]: TLS, routing, one handler per path of the API.
+//! - [`api`]: the API's discovery and OpenAPI documents and its JSON types.
+//! - [`auth`]: who may call: the aggregator's front-proxy client certificate and headers.
+//! - `source`: [`ExternalMetricSource`], the numbers the embedding program supplies.
+//! - `selector`: label selectors as the API server sends them, parsed and matched.
+//! - `cert`: [`ServingCert`], self-signed or from files.
+//! - [`apiservice`]: registering (and removing) the `APIService` that points the aggregator here.
+//! - `quantity`: [`Quantity`] in the Kubernetes text form.
+//!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # use bucket_av_external_metrics::*;

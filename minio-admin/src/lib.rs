@@ -2,6 +2,12 @@
 //! AMQP notification targets, restarts the server so that they take effect, and waits until it is
 //! ready again; manages canned (IAM) policies and their attachment to users and groups. It never
 //! logs or reports credentials, and it changes nothing it is not asked to.
+//!
+//! - [`client`]: [`AdminClient`]: SigV4-signed admin calls, server info, restart and wait.
+//! - [`encrypt`]: the payload encryption MinIO's admin API requires (Argon2id + AES-GCM or
+//!   ChaCha20-Poly1305; PBKDF2 in FIPS mode).
+//! - [`target`]: AMQP notification targets as `set-config-kv` lines, and parsing them back.
+//! - [`iam`]: canned policies, users, groups and their attachments.
 
 pub mod client;
 pub mod encrypt;

@@ -3,18 +3,18 @@
 //!
 //! Layout, in the order a message meets it:
 //!
-//! - [`consumer`]: the AMQP side: (re)connects, declares the topology, consumes with manual acks,
-//!   and settles each message as [`process`] decides.
-//! - [`process`]: one message from start to verdict: parse, filter, scan, tag, act, report; and
+//! - `consumer`: the AMQP side: (re)connects, declares the topology, consumes with manual acks,
+//!   and settles each message as `process` decides.
+//! - `process`: one message from start to verdict: parse, filter, scan, tag, act, report; and
 //!   whether it is acknowledged, handed back or dead-lettered. Knows nothing of AMQP.
-//! - [`scan`]: streams the exact object version from S3 into clamd.
-//! - [`verdict`]: what clamd's reply means (pure), and the [`Status`](verdict::Status) reported.
-//! - [`tags`]: the verdict tags merged into the object's own (pure).
-//! - [`actions`]: the S3 side effects of a verdict (tag, quarantine, delete), each guarded so it
+//! - `scan`: streams the exact object version from S3 into clamd.
+//! - `verdict`: what clamd's reply means (pure), and the `Status` reported.
+//! - `tags`: the verdict tags merged into the object's own (pure).
+//! - `actions`: the S3 side effects of a verdict (tag, quarantine, delete), each guarded so it
 //!   acts on exactly the bytes that were scanned.
-//! - [`webhook`]: the signed report to the webhook, with retries.
-//! - [`error`]: one error variant per failing step, each knowing whether a retry can help.
-//! - [`health`], [`http`], [`metrics`]: `/healthz`, `/readyz` and `/metrics`.
+//! - `webhook`: the signed report to the webhook, with retries.
+//! - `error`: one error variant per failing step, each knowing whether a retry can help.
+//! - `health`, `http`, `metrics`: `/healthz`, `/readyz` and `/metrics`.
 //! - [`config`]: the flags, each also an environment variable.
 //!
 //! The clamd client itself is the `bucket-av-clamd` crate; the event format, the S3 client and the
