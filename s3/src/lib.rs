@@ -1,6 +1,6 @@
 //! The S3 side of the pipeline, shared by the worker and the operator.
 //!
-//! - [`client`]: the S3 client for MinIO (static credentials, path-style addressing, a private
+//! - [`client`](mod@client): the S3 client for MinIO (static credentials, path-style addressing, a private
 //!   CA, cheap downloads) and short descriptions of its errors.
 //! - [`notification`]: a bucket's notification entries that route upload events to one AMQP
 //!   target, changed read-merge-write so other users' entries are never touched.
