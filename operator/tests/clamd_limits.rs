@@ -39,7 +39,7 @@ use bucket_av_operator::clamd_config::{self, ClamdLimits, HostSettings};
 use bucket_av_operator::workload::worker_env;
 use bucket_av_testing::archive::{ZipEntry, encrypted_pdf, nested_zip, png, zip};
 use bucket_av_testing::process::{free_port, workspace_binary};
-use bucket_av_testing::{EICAR, Stack, TEST_MARKER, WorkerProcess, unique_name};
+use bucket_av_testing::{EICAR, Stack, TEST_MARKER, WorkerProcess, unique_name, wait_for};
 use lapin::options::QueueDeleteOptions;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -156,19 +156,19 @@ impl ClamdProcess {
     }
 
     async fn wait_for_pong(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), self.command(b"zPING\0")).await
+        wait_for("a PONG from clamd", timeout, Duration::from_millis(100), async || {
+            let reply = tokio::time::timeout(Duration::from_secs(2), self.command(b"zPING\0")).await;
+            if let Ok(Ok(reply)) = &reply
                 && reply == "PONG"
             {
-                return;
+                return Ok(());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("clamd exited ({status}) with the rendered configuration:\n{}\n{}", self.conf, self.output());
             }
-            assert!(Instant::now() < deadline, "clamd gave no PONG within {timeout:?}:\n{}", self.output());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Err(format!("{reply:?}; clamd's output:\n{}", self.output()))
+        })
+        .await
     }
 
     async fn command(&self, command: &[u8]) -> std::io::Result<String> {
