@@ -19,8 +19,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bucket_av_testing::cluster::ApiServiceLock;
-use bucket_av_testing::{ContainerLaunch, OperatorProcess, WorkerProcess, process::free_port};
-use common::{Bucket, Fixture, Target};
+use bucket_av_testing::kube_api::apply;
+use bucket_av_testing::{ContainerLaunch, OperatorProcess, WorkerProcess, process::free_port, wait_for};
+use common::Fixture;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::Value;
@@ -36,6 +43,7 @@ struct ApiServiceGuard<'a>(&'a Fixture);
 
 impl Drop for ApiServiceGuard<'_> {
     fn drop(&mut self) {
+        // kubectl, not the typed client: `drop` cannot await.
         self.0.cluster.kubectl(&["delete", "apiservice", API_SERVICE, "--ignore-not-found", "--wait=false"], None);
     }
 }
@@ -46,7 +54,8 @@ fn metric_path(namespace: &str, policy: &str) -> String {
     )
 }
 
-/// The metric's value as `kubectl get --raw` shows it through the aggregator.
+/// The metric's value as `kubectl get --raw` shows it through the aggregator (kubectl, as the
+/// subject: the path an administrator reads the metric by, as the README shows).
 fn metric_value(fixture: &Fixture, policy: &str) -> Result<String, String> {
     let output = fixture.cluster.kubectl(&["get", "--raw", &metric_path(&fixture.namespace, policy)], None);
     if !output.success {
@@ -56,16 +65,8 @@ fn metric_value(fixture: &Fixture, policy: &str) -> Result<String, String> {
     list["items"][0]["value"].as_str().map(str::to_owned).ok_or_else(|| format!("no value in {list}"))
 }
 
-async fn wait_for<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
+/// How often the waits of this file look again.
+const POLL: Duration = Duration::from_millis(250);
 
 /// Publishes `count` messages (not S3 events) into `queue` through the default exchange, with
 /// publisher confirms.
@@ -91,8 +92,22 @@ async fn publish(fixture: &Fixture, queue: &str, count: usize) {
     let _ = connection.close(200, "done".into()).await;
 }
 
-fn deployment_field(fixture: &Fixture, name: &str, path: &str) -> String {
-    fixture.kubectl(&["get", "deployment", name, "-o", &format!("jsonpath={{{path}}}")])
+async fn deployment(fixture: &Fixture, name: &str) -> Deployment {
+    fixture.api::<Deployment>().get(name).await.unwrap_or_else(|error| panic!("get deployment {name}: {error}"))
+}
+
+async fn replicas(fixture: &Fixture, name: &str) -> Option<i32> {
+    deployment(fixture, name).await.spec.replicas
+}
+
+/// The field managers of the Deployment, comma-separated.
+async fn managers(fixture: &Fixture, name: &str) -> String {
+    let managed = deployment(fixture, name).await.metadata.managed_fields.unwrap_or_default();
+    managed.into_iter().filter_map(|entry| entry.manager).collect::<Vec<_>>().join(",")
+}
+
+fn api_services(fixture: &Fixture) -> Api<APIService> {
+    Api::all(fixture.client.clone())
 }
 
 /// Starts an operator that serves the metrics API on a free loopback port and registers the
@@ -103,26 +118,27 @@ async fn operator_with_metrics_api(fixture: &Fixture) -> (OperatorProcess, u16) 
     (operator, port)
 }
 
-fn api_service_port(fixture: &Fixture) -> String {
-    fixture.cluster.kubectl(&["get", "apiservice", API_SERVICE, "-o", "jsonpath={.spec.service.port}"], None).stdout
+async fn api_service_port(fixture: &Fixture) -> Option<i32> {
+    let service = api_services(fixture).get_opt(API_SERVICE).await.expect("get the APIService");
+    service.and_then(|service| service.spec?.service?.port)
 }
 
 /// Starts an operator serving the metrics API on a free port, registering the APIService for
 /// the namespace's ExternalName Service with that port (when it leads).
 async fn start_serving_operator(fixture: &Fixture, extra: &[&str]) -> (OperatorProcess, u16) {
-    let existing =
-        fixture.cluster.kubectl(&["get", "apiservice", API_SERVICE, "-o", "jsonpath={.metadata.labels}"], None);
+    let existing = api_services(fixture).get_opt(API_SERVICE).await.expect("get the APIService");
+    let labels = existing.map(|service| service.metadata.labels.unwrap_or_default());
     assert!(
-        !existing.success || existing.stdout.contains("bucket-av-external-metrics"),
-        "APIService {API_SERVICE} is registered by another provider (labels {}); delete it first",
-        existing.stdout
+        labels.as_ref().is_none_or(|labels| labels.values().any(|value| value == "bucket-av-external-metrics")),
+        "APIService {API_SERVICE} is registered by another provider (labels {labels:?}); delete it first"
     );
     let service = serde_json::json!({
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": SERVICE, "namespace": fixture.namespace},
         "spec": {"type": "ExternalName", "externalName": "localhost"},
     });
-    fixture.cluster.kubectl_ok(&["apply", "-f", "-"], Some(&service.to_string()));
+    let service: Service = serde_json::from_value(service).expect("a Service");
+    apply(&fixture.api::<Service>(), &service).await;
     let port = free_port();
     let mut args: Vec<String> = extra.iter().map(|arg| (*arg).to_owned()).collect();
     args.extend([
@@ -138,12 +154,14 @@ async fn start_serving_operator(fixture: &Fixture, extra: &[&str]) -> (OperatorP
 
 async fn wait_api_service_available(fixture: &Fixture) {
     let started = Instant::now();
-    wait_for(Duration::from_secs(60), "APIService Available", || {
-        let status = fixture.cluster.kubectl(
-            &["get", "apiservice", API_SERVICE, "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")].status}"],
-            None,
-        );
-        (status.stdout == "True").then_some(())
+    wait_for("APIService Available", Duration::from_secs(60), POLL, async || {
+        let service = api_services(fixture).get_opt(API_SERVICE).await.map_err(|error| error.to_string())?;
+        let conditions = service.and_then(|service| service.status?.conditions).unwrap_or_default();
+        let available = conditions.iter().find(|condition| condition.type_ == "Available");
+        match available {
+            Some(condition) if condition.status == "True" => Ok(()),
+            other => Err(format!("Available: {other:?}")),
+        }
     })
     .await;
     eprintln!("APIService Available after {:?}", started.elapsed());
@@ -155,7 +173,7 @@ async fn wait_api_service_available(fixture: &Fixture) {
 /// client without the aggregator's certificate.
 #[tokio::test]
 async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_them_back_down() {
-    let fixture = Fixture::new("op-autoscale", true);
+    let fixture = Fixture::new("op-autoscale", true).await;
     let _lock = ApiServiceLock::acquire(&fixture.cluster).await;
     let (operator, port) = operator_with_metrics_api(&fixture).await;
     let _api_service = ApiServiceGuard(&fixture);
@@ -163,19 +181,23 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
     // minReplicas 1, maxReplicas 4, 5 events per replica; scale down at once.
     let bucket = bucket_av_testing::unique_name("op-autoscale");
     fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    let workers = "  workers:\n    minReplicas: 1\n    maxReplicas: 4\n    targetQueueDepth: 5\n    \
-                   scaleDownStabilizationSeconds: 0\n    concurrency: 4\n    drainSeconds: 5\n";
-    let management =
-        format!("    deliveryLimit: 4\n    managementUrl: {}\n", fixture.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL"));
-    let yaml = fixture
-        .policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: None }], workers)
-        .replace("    deliveryLimit: 4\n", &management);
-    fixture.apply(&yaml);
+    let management_url = fixture.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL").to_owned();
+    let policy = fixture.policy_builder("scan").bucket(&bucket).spec(|spec| {
+        spec.workers.min_replicas = 1;
+        spec.workers.max_replicas = 4;
+        spec.workers.target_queue_depth = 5;
+        spec.workers.scale_down_stabilization_seconds = 0;
+        spec.workers.concurrency = 4;
+        spec.workers.drain_seconds = 5;
+        spec.rabbitmq.management_url = Some(management_url);
+    });
+    fixture.apply(&policy.clone().build()).await;
     fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
     let queue = format!("bucket-av.{}.scan", fixture.namespace);
 
     // The HPA the operator applied.
-    let hpa = fixture.cluster.get_json(&fixture.namespace, "hpa", "scan-worker");
+    let hpa = fixture.api::<HorizontalPodAutoscaler>().get("scan-worker").await.expect("the HPA");
+    let hpa = serde_json::to_value(&hpa).unwrap();
     assert_eq!(hpa["spec"]["minReplicas"], 1);
     assert_eq!(hpa["spec"]["maxReplicas"], 4);
     assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "scan-worker");
@@ -183,7 +205,7 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
     assert_eq!(hpa["spec"]["metrics"][0]["external"]["target"]["averageValue"], "5");
     assert_eq!(hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 0);
     assert_eq!(hpa["metadata"]["ownerReferences"][0]["kind"], "BucketScanPolicy");
-    assert_eq!(deployment_field(&fixture, "scan-worker", ".spec.replicas"), "1");
+    assert_eq!(replicas(&fixture, "scan-worker").await, Some(1));
 
     // The metric is the live depth.
     assert_eq!(metric_value(&fixture, "scan").expect("metric"), "0");
@@ -201,50 +223,53 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
     let backlog = Instant::now();
     assert_eq!(metric_value(&fixture, "scan").expect("metric"), "30");
     // Six HPA syncs of the test cluster.
-    wait_for(Duration::from_secs(30), "4 replicas for a backlog of 30", || {
-        (deployment_field(&fixture, "scan-worker", ".spec.replicas") == "4").then_some(())
+    wait_for("4 replicas for a backlog of 30", Duration::from_secs(30), POLL, async || {
+        let replicas = replicas(&fixture, "scan-worker").await;
+        if replicas == Some(4) { Ok(()) } else { Err(format!("replicas {replicas:?}")) }
     })
     .await;
     let scaled = backlog.elapsed();
-    wait_for(Duration::from_secs(30), "4 ready replicas", || {
-        (deployment_field(&fixture, "scan-worker", ".status.readyReplicas") == "4").then_some(())
+    wait_for("4 ready replicas", Duration::from_secs(30), POLL, async || {
+        let ready = deployment(&fixture, "scan-worker").await.status.and_then(|status| status.ready_replicas);
+        if ready == Some(4) { Ok(()) } else { Err(format!("readyReplicas {ready:?}")) }
     })
     .await;
     let ready = backlog.elapsed();
     eprintln!("scale-up 1 -> 4: replicas set {scaled:?}, ready {ready:?} after the backlog of 30 was queued");
 
     // The status shows it.
-    wait_for(Duration::from_secs(30), "status replicas 4/4", || {
-        let policy = fixture.policy("scan")?;
-        (policy["status"]["replicas"] == 4 && policy["status"]["desiredReplicas"] == 4).then_some(())
+    wait_for("status replicas 4/4", Duration::from_secs(30), POLL, async || {
+        let status = fixture.policy("scan").await.and_then(|policy| policy.status);
+        let replicas = status.as_ref().map(|status| (status.replicas, status.desired_replicas));
+        if replicas == Some((Some(4), Some(4))) { Ok(()) } else { Err(format!("(replicas, desired) {replicas:?}")) }
     })
     .await;
 
     // A reconcile (a spec change) leaves the HPA's replicas alone.
-    let changed = yaml.replace("    concurrency: 4\n", "    concurrency: 3\n");
-    fixture.apply(&changed);
+    fixture.apply(&policy.spec(|spec| spec.workers.concurrency = 3).build()).await;
     let policy = fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
-    assert_eq!(policy["status"]["observedGeneration"], 2);
-    assert_eq!(deployment_field(&fixture, "scan-worker", ".spec.replicas"), "4", "a reconcile reset replicas");
-    let managers = deployment_field(&fixture, "scan-worker", ".metadata.managedFields[*].manager");
+    assert_eq!(policy.status.unwrap().observed_generation, Some(2));
+    assert_eq!(replicas(&fixture, "scan-worker").await, Some(4), "a reconcile reset replicas");
+    let managers = managers(&fixture, "scan-worker").await;
     assert!(managers.contains("bucket-av-operator"), "{managers}");
 
     // Workers started from the Deployment's spec dead-letter the backlog; the HPA goes back to 1.
-    let launch = ContainerLaunch::from_deployment(&fixture.cluster, &fixture.namespace, "scan-worker", "worker");
+    let launch = ContainerLaunch::from_deployment(&fixture.client, &fixture.namespace, "scan-worker", "worker").await;
     let mut processes = Vec::new();
     for _ in 0..2 {
         let http = format!("127.0.0.1:{}", free_port());
         let command = launch.local_command(&[("BAVS_HTTP_ADDR", &http), ("BAVS_LOG_FORMAT", "plain")]);
         processes.push(WorkerProcess::from_command(command, http, &queue).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fixture.queue_depth(&queue).await != Some(0) {
-        assert!(Instant::now() < deadline, "the workers did not drain {queue} within 60 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for(&format!("the workers to drain {queue}"), Duration::from_secs(60), POLL, async || {
+        let depth = fixture.queue_depth(&queue).await;
+        if depth == Some(0) { Ok(()) } else { Err(format!("depth {depth:?}")) }
+    })
+    .await;
     let drained = Instant::now();
-    wait_for(Duration::from_secs(90), "back to 1 replica once the queue is drained", || {
-        (deployment_field(&fixture, "scan-worker", ".spec.replicas") == "1").then_some(())
+    wait_for("back to 1 replica once the queue is drained", Duration::from_secs(90), POLL, async || {
+        let replicas = replicas(&fixture, "scan-worker").await;
+        if replicas == Some(1) { Ok(()) } else { Err(format!("replicas {replicas:?}")) }
     })
     .await;
     eprintln!("scale-down 4 -> 1: {:?} after the queue was drained", drained.elapsed());
@@ -261,20 +286,22 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
 /// replica count when this version takes over and leaves the field to the HPA.
 #[tokio::test]
 async fn an_existing_deployment_keeps_its_replicas_when_the_autoscaler_takes_over() {
-    let fixture = Fixture::new("op-handover", true);
+    let fixture = Fixture::new("op-handover", true).await;
     // What the previous operator version applied: replicas owned by the operator's field manager.
-    let old = format!(
-        r#"{{"apiVersion": "apps/v1", "kind": "Deployment",
-  "metadata": {{"name": "scan-worker", "namespace": "{ns}"}},
-  "spec": {{"replicas": 3,
-    "selector": {{"matchLabels": {{"app.kubernetes.io/name": "bucket-av-worker", "app.kubernetes.io/instance": "scan"}}}},
-    "template": {{"metadata": {{"labels": {{"app.kubernetes.io/name": "bucket-av-worker", "app.kubernetes.io/instance": "scan"}}}},
-      "spec": {{"containers": [{{"name": "worker", "image": "bucket-av-worker:old"}}]}}}}}}}}"#,
-        ns = fixture.namespace
-    );
+    let labels =
+        serde_json::json!({"app.kubernetes.io/name": "bucket-av-worker", "app.kubernetes.io/instance": "scan"});
+    let old = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "scan-worker", "namespace": fixture.namespace},
+        "spec": {"replicas": 3,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "worker", "image": "bucket-av-worker:old"}]}}}});
+    let old: Deployment = serde_json::from_value(old).expect("a Deployment");
     fixture
-        .cluster
-        .kubectl_ok(&["apply", "--server-side", "--field-manager=bucket-av-operator", "-f", "-"], Some(&old));
+        .api::<Deployment>()
+        .patch("scan-worker", &PatchParams::apply("bucket-av-operator"), &Patch::Apply(&old))
+        .await
+        .expect("apply the old operator's Deployment");
     // No metrics API here: the HPA cannot read a value and so never scales; only the operator
     // could change replicas.
     let operator = OperatorProcess::start(
@@ -285,37 +312,32 @@ async fn an_existing_deployment_keeps_its_replicas_when_the_autoscaler_takes_ove
     .await;
     let bucket = bucket_av_testing::unique_name("op-handover");
     fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    let workers = "  workers:\n    minReplicas: 1\n    maxReplicas: 5\n    scaleDownStabilizationSeconds: 0\n";
-    fixture.apply(&fixture.policy_yaml(
-        "scan",
-        &Target::Existing("SCAN"),
-        &[Bucket { name: &bucket, prefix: None }],
-        workers,
-    ));
+    let policy = fixture.policy_builder("scan").bucket(&bucket).spec(|spec| {
+        spec.workers.min_replicas = 1;
+        spec.workers.max_replicas = 5;
+        spec.workers.scale_down_stabilization_seconds = 0;
+    });
+    fixture.apply(&policy.clone().build()).await;
     fixture.wait_condition("scan", "QueueReady", "True", None, READY_TIMEOUT).await;
-    wait_for(Duration::from_secs(30), "the operator's Deployment", || {
-        (deployment_field(&fixture, "scan-worker", ".spec.template.spec.containers[0].image")
-            == "bucket-av-worker:test")
-            .then_some(())
+    wait_for("the operator's Deployment", Duration::from_secs(30), POLL, async || {
+        let spec = deployment(&fixture, "scan-worker").await.spec.template.spec;
+        let image = spec.and_then(|spec| spec.containers.into_iter().next()).and_then(|container| container.image);
+        if image.as_deref() == Some("bucket-av-worker:test") { Ok(()) } else { Err(format!("image {image:?}")) }
     })
     .await;
-    assert_eq!(deployment_field(&fixture, "scan-worker", ".spec.replicas"), "3", "the apply reset replicas");
-    let managers = deployment_field(&fixture, "scan-worker", ".metadata.managedFields[*].manager");
+    assert_eq!(replicas(&fixture, "scan-worker").await, Some(3), "the apply reset replicas");
+    let managers = managers(&fixture, "scan-worker").await;
     assert!(managers.contains("bucket-av-operator-replicas-handover"), "{managers}");
     // Reconciles again (a spec change): still untouched.
-    fixture.apply(&fixture.policy_yaml(
-        "scan",
-        &Target::Existing("SCAN"),
-        &[Bucket { name: &bucket, prefix: None }],
-        &format!("{workers}    concurrency: 2\n"),
-    ));
-    wait_for(Duration::from_secs(30), "generation 2 observed", || {
-        (fixture.policy("scan")?["status"]["observedGeneration"] == 2).then_some(())
+    fixture.apply(&policy.spec(|spec| spec.workers.concurrency = 2).build()).await;
+    wait_for("generation 2 observed", Duration::from_secs(30), POLL, async || {
+        let observed = fixture.policy("scan").await.and_then(|policy| policy.status?.observed_generation);
+        if observed == Some(2) { Ok(()) } else { Err(format!("observedGeneration {observed:?}")) }
     })
     .await;
-    assert_eq!(deployment_field(&fixture, "scan-worker", ".spec.replicas"), "3");
-    let hpa = fixture.cluster.get_json(&fixture.namespace, "hpa", "scan-worker");
-    assert_eq!(hpa["spec"]["maxReplicas"], 5);
+    assert_eq!(replicas(&fixture, "scan-worker").await, Some(3));
+    let hpa = fixture.api::<HorizontalPodAutoscaler>().get("scan-worker").await.expect("the HPA");
+    assert_eq!(hpa.spec.max_replicas, 5);
 
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
@@ -331,7 +353,7 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     use futures::StreamExt;
     use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 
-    let fixture = Fixture::new("op-inflight", true);
+    let fixture = Fixture::new("op-inflight", true).await;
     let operator = OperatorProcess::start(
         &fixture.cluster,
         &fixture.namespace,
@@ -340,18 +362,13 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     .await;
     let bucket = bucket_av_testing::unique_name("op-inflight");
     fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    let management =
-        format!("    deliveryLimit: 4\n    managementUrl: {}/\n", fixture.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL"));
-    let yaml = fixture
-        .policy_yaml("scan", &Target::Existing("SCAN"), &[Bucket { name: &bucket, prefix: None }], "")
-        .replace("    deliveryLimit: 4\n", &management);
-    fixture.apply(&yaml);
+    let management_url = format!("{}/", fixture.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL"));
+    let policy = fixture.policy_builder("scan").bucket(&bucket);
+    fixture.apply(&policy.clone().spec(|spec| spec.rabbitmq.management_url = Some(management_url)).build()).await;
     fixture.wait_condition("scan", "QueueReady", "True", None, READY_TIMEOUT).await;
     let queue = format!("bucket-av.{}.scan", fixture.namespace);
 
-    let kubeconfig = kube::config::Kubeconfig::read_from(fixture.cluster.var("BAVS_KUBECONFIG")).expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.expect("kube config");
-    let client = kube::Client::try_from(config).expect("kube client");
+    let client = fixture.client.clone();
     let scratch = std::env::temp_dir().join(bucket_av_testing::unique_name("op-inflight-scratch"));
     let source = QueueDepthSource::new(client, Some(fixture.namespace.clone()), scratch);
     let selector = LabelSelector::parse("bucketav.dev/policy=scan").expect("selector");
@@ -378,26 +395,16 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     // Waiting ones are live; the management API's unacknowledged count follows within its
     // statistics interval.
     let started = Instant::now();
-    loop {
+    wait_for("in-flight messages to be counted", Duration::from_secs(30), Duration::from_millis(500), async || {
         let depth = read().await;
-        if depth == 7 {
-            break;
-        }
         assert!(depth >= 4, "depth {depth}: the 4 waiting messages are always counted");
-        assert!(started.elapsed() < Duration::from_secs(30), "in-flight messages not counted after 30 s: {depth}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        if depth == 7 { Ok(()) } else { Err(format!("depth {depth}")) }
+    })
+    .await;
     eprintln!("in-flight messages counted {:?} after delivery", started.elapsed());
 
     // Without managementUrl: waiting messages only.
-    fixture.kubectl(&[
-        "patch",
-        "bucketscanpolicy",
-        "scan",
-        "--type=json",
-        "-p",
-        r#"[{"op": "remove", "path": "/spec/rabbitmq/managementUrl"}]"#,
-    ]);
+    fixture.apply(&policy.build()).await;
     assert_eq!(read().await, 4);
 
     // Errors say what is wrong.
@@ -416,46 +423,43 @@ async fn in_flight_messages_count_only_with_the_management_api() {
 /// (its port and CA); when it stops, the new leader does, and the metric is served again.
 #[tokio::test]
 async fn only_the_leader_registers_the_api_service_and_a_new_leader_takes_it_over() {
-    let fixture = Fixture::new("op-apisvc", true);
+    let fixture = Fixture::new("op-apisvc", true).await;
     let _lock = ApiServiceLock::acquire(&fixture.cluster).await;
     let _api_service = ApiServiceGuard(&fixture);
     let (first, first_port) = start_serving_operator(&fixture, &["--pod-name=first"]).await;
-    let waited = Instant::now();
-    while !first.is_leader().await {
-        assert!(waited.elapsed() < Duration::from_secs(30), "the only candidate did not become leader");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for("the only candidate to become leader", Duration::from_secs(30), Duration::from_millis(200), async || {
+        if first.is_leader().await { Ok(()) } else { Err("not leader") }
+    })
+    .await;
     wait_api_service_available(&fixture).await;
-    assert_eq!(api_service_port(&fixture), first_port.to_string());
+    assert_eq!(api_service_port(&fixture).await, Some(i32::from(first_port)));
     let (second, second_port) = start_serving_operator(&fixture, &["--pod-name=second"]).await;
     // The standby serves too, but leaves the APIService alone.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(!second.is_leader().await);
-    assert_eq!(api_service_port(&fixture), first_port.to_string(), "the standby applied the APIService");
+    assert_eq!(api_service_port(&fixture).await, Some(i32::from(first_port)), "the standby applied the APIService");
 
     let bucket = bucket_av_testing::unique_name("op-apisvc");
     fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    fixture.apply(&fixture.policy_yaml(
-        "scan",
-        &Target::Existing("SCAN"),
-        &[Bucket { name: &bucket, prefix: None }],
-        "",
-    ));
+    fixture.apply(&fixture.policy_builder("scan").bucket(&bucket).build()).await;
     fixture.wait_condition("scan", "QueueReady", "True", None, READY_TIMEOUT).await;
     let value =
-        wait_for(Duration::from_secs(30), "the metric from the first", || metric_value(&fixture, "scan").ok()).await;
+        wait_for("the metric from the first", Duration::from_secs(30), POLL, async || metric_value(&fixture, "scan"))
+            .await;
     assert_eq!(value, "0");
 
     first.terminate(Duration::from_secs(30)).await;
     let waited = Instant::now();
-    wait_for(Duration::from_secs(30), "the second replica's APIService", || {
-        (api_service_port(&fixture) == second_port.to_string()).then_some(())
+    wait_for("the second replica's APIService", Duration::from_secs(30), POLL, async || {
+        let port = api_service_port(&fixture).await;
+        if port == Some(i32::from(second_port)) { Ok(()) } else { Err(format!("port {port:?}")) }
     })
     .await;
     wait_api_service_available(&fixture).await;
-    let value =
-        wait_for(Duration::from_secs(30), "the metric from the new leader", || metric_value(&fixture, "scan").ok())
-            .await;
+    let value = wait_for("the metric from the new leader", Duration::from_secs(30), POLL, async || {
+        metric_value(&fixture, "scan")
+    })
+    .await;
     assert_eq!(value, "0");
     eprintln!("the new leader served the metric {:?} after the old one stopped", waited.elapsed());
 

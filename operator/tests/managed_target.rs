@@ -10,9 +10,10 @@ mod common;
 use std::time::Duration;
 
 use bucket_av_core::Redacted;
+use bucket_av_crds::BucketScanPolicy;
 use bucket_av_minio_admin::AdminClient;
 use bucket_av_testing::{OperatorProcess, Stack, unique_name};
-use common::{Bucket, Fixture, Target, condition};
+use common::{Fixture, condition};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -36,29 +37,34 @@ fn admin(stack: &Stack) -> AdminClient {
 }
 
 /// The policy's target ID, from the ARN in its status (`arn:minio:sqs:<region>:<ID>:amqp`).
-fn target_id(policy: &serde_json::Value) -> String {
-    let arn = policy["status"]["notificationTargetArn"].as_str().expect("ARN in the status");
+fn target_id(policy: &BucketScanPolicy) -> String {
+    let arn = target_arn(policy);
     arn.split(':').nth(4).expect("ARN has an ID").to_owned()
+}
+
+/// The ARN of the policy's target, from its status.
+fn target_arn(policy: &BucketScanPolicy) -> &str {
+    policy.status.as_ref().and_then(|status| status.notification_target_arn.as_deref()).expect("ARN in the status")
 }
 
 #[tokio::test]
 #[ignore = "restarts the stack's MinIO: run with BAVS_ALLOW_MINIO_RESTART=1 and -- --ignored"]
 async fn the_operator_writes_the_target_restarts_minio_when_allowed_and_removes_the_target_on_delete() {
     require_restart_permission();
-    let fixture = Fixture::new("op-managed", true);
+    let fixture = Fixture::new("op-managed", true).await;
     let stack = &fixture.stack;
     let bucket = unique_name("op-managed");
     stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let buckets = [Bucket { name: &bucket, prefix: Some("in/") }];
-    fixture.apply(&fixture.policy_yaml("managed", &Target::Managed { allow_restart: true }, &buckets, ""));
+    let managed = fixture
+        .policy_builder("managed")
+        .managed_target(true, &fixture.managed_queue_dir())
+        .bucket_filtered(&bucket, Some("in/"));
+    fixture.apply(&managed.clone().build()).await;
     let policy = fixture.wait_condition("managed", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    assert_eq!(policy["status"]["restartPending"], false);
-    assert!(
-        fixture.events("managed").iter().any(|event| event.starts_with("RestartedMinIO: ")),
-        "events: {:?}",
-        fixture.events("managed")
-    );
+    assert!(!policy.status.as_ref().unwrap().restart_pending);
+    let events = fixture.events("managed").await;
+    assert!(events.iter().any(|event| event.starts_with("RestartedMinIO: ")), "events: {events:?}");
 
     // MinIO runs the target exactly as the operator means it.
     let id = target_id(&policy);
@@ -75,7 +81,7 @@ async fn the_operator_writes_the_target_restarts_minio_when_allowed_and_removes_
     ] {
         assert_eq!(running.effective(key), Some(expected), "{key} of the running target");
     }
-    let queue_ready = condition(&policy, "QueueReady").unwrap()["message"].as_str().unwrap().to_owned();
+    let queue_ready = condition(&policy, "QueueReady").unwrap().message.clone();
     assert!(queue_ready.ends_with(&format!("with routing key {queue}")), "{queue_ready}");
 
     // Only uploads under the prefix reach the policy's queue, through the new target.
@@ -86,19 +92,14 @@ async fn the_operator_writes_the_target_restarts_minio_when_allowed_and_removes_
     assert_eq!(fixture.queue_depth(&queue).await, Some(1), "the upload outside the prefix is not routed");
 
     // A second reconcile (forced by a spec change) finds the target running: no second restart.
-    let changed = fixture.policy_yaml(
-        "managed",
-        &Target::Managed { allow_restart: true },
-        &buckets,
-        "  workers:\n    concurrency: 3\n",
-    );
-    fixture.apply(&changed);
+    fixture.apply(&managed.spec(|spec| spec.workers.concurrency = 3).build()).await;
     fixture.wait_condition("managed", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    let restarts = fixture.events("managed").iter().filter(|event| event.starts_with("RestartedMinIO: ")).count();
+    let events = fixture.events("managed").await;
+    let restarts = events.iter().filter(|event| event.starts_with("RestartedMinIO: ")).count();
     assert_eq!(restarts, 1, "MinIO restarted again for a target it already runs");
 
     fixture.delete_policy("managed", Duration::from_secs(60)).await;
-    assert!(fixture.entries_for(&bucket, policy["status"]["notificationTargetArn"].as_str().unwrap()).await.is_empty());
+    assert!(fixture.entries_for(&bucket, target_arn(&policy)).await.is_empty());
     assert_eq!(
         admin(stack).delete_amqp_target(&id).await.expect("delete again"),
         None,
@@ -111,23 +112,23 @@ async fn the_operator_writes_the_target_restarts_minio_when_allowed_and_removes_
 #[ignore = "restarts the stack's MinIO: run with BAVS_ALLOW_MINIO_RESTART=1 and -- --ignored"]
 async fn without_allow_restart_the_policy_says_a_restart_is_pending_and_is_ready_once_someone_restarts() {
     require_restart_permission();
-    let fixture = Fixture::new("op-pending", true);
+    let fixture = Fixture::new("op-pending", true).await;
     let stack = &fixture.stack;
     let bucket = unique_name("op-pending");
     stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let buckets = [Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("pending", &Target::Managed { allow_restart: false }, &buckets, ""));
+    let pending = fixture.policy_builder("pending").managed_target(false, &fixture.managed_queue_dir()).bucket(&bucket);
+    fixture.apply(&pending.build()).await;
     let policy = fixture
         .wait_condition("pending", "NotificationConfigured", "False", Some("RestartPending"), READY_TIMEOUT)
         .await;
-    assert_eq!(policy["status"]["restartPending"], true);
-    let message = condition(&policy, "NotificationConfigured").unwrap()["message"].as_str().unwrap().to_owned();
+    assert!(policy.status.as_ref().unwrap().restart_pending);
+    let message = &condition(&policy, "NotificationConfigured").unwrap().message;
     assert!(message.contains("allowRestart"), "the message says what to do: {message}");
     let ready = condition(&policy, "Ready").unwrap();
-    assert_eq!(ready["reason"], "RestartPending");
+    assert_eq!(ready.reason, "RestartPending");
     assert!(
-        fixture.entries_for(&bucket, policy["status"]["notificationTargetArn"].as_str().unwrap()).await.is_empty(),
+        fixture.entries_for(&bucket, target_arn(&policy)).await.is_empty(),
         "no bucket is routed to a target MinIO does not run"
     );
 
@@ -136,8 +137,8 @@ async fn without_allow_restart_the_policy_says_a_restart_is_pending_and_is_ready
     let restarted = std::time::Instant::now();
     let policy = fixture.wait_condition("pending", "Ready", "True", Some("Ready"), Duration::from_secs(45)).await;
     eprintln!("Ready {:?} after MinIO restarted", restarted.elapsed());
-    assert_eq!(policy["status"]["restartPending"], false);
-    assert!(fixture.events("pending").iter().all(|event| !event.starts_with("RestartedMinIO: ")));
+    assert!(!policy.status.as_ref().unwrap().restart_pending);
+    assert!(fixture.events("pending").await.iter().all(|event| !event.starts_with("RestartedMinIO: ")));
 
     fixture.delete_policy("pending", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;

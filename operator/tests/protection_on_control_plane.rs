@@ -6,27 +6,30 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bucket_av_core::Redacted;
+use bucket_av_crds::BucketScanPolicy;
 use bucket_av_minio_admin::{AdminClient, Principal};
 use bucket_av_operator::protection::same_statements;
 use bucket_av_s3::S3Settings;
-use bucket_av_testing::{OperatorProcess, unique_name};
-use common::{Bucket, Fixture, Target, condition, put_with_tags};
+use bucket_av_testing::policy::status_text;
+use bucket_av_testing::{OperatorProcess, PolicyBuilder, unique_name, wait_for};
+use common::{Fixture, condition, put_with_tags};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-fn protection_yaml(enabled: bool, users: &[&str]) -> String {
-    let mut yaml = format!("  protection:\n    enabled: {enabled}\n");
-    if !users.is_empty() {
-        yaml.push_str("    users:\n");
-        for user in users {
-            yaml.push_str(&format!("      - {user}\n"));
-        }
-    }
-    yaml
+/// `policy` with protection `enabled` for MinIO users `users`.
+fn with_protection(policy: &PolicyBuilder, enabled: bool, users: &[&str]) -> BucketScanPolicy {
+    let users = users.iter().map(|user| (*user).to_owned()).collect();
+    policy
+        .clone()
+        .spec(|spec| {
+            spec.protection.enabled = enabled;
+            spec.protection.users = users;
+        })
+        .build()
 }
 
 async fn statements(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<Value> {
@@ -37,21 +40,17 @@ async fn statements(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<Value> {
 
 /// Waits until the policy at its current generation has no VerdictProtected condition and Ready
 /// is True.
-async fn wait_protection_off(fixture: &Fixture, name: &str) -> Value {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
+async fn wait_protection_off(fixture: &Fixture, name: &str) -> BucketScanPolicy {
+    wait_for("VerdictProtected to be no longer reported", TIMEOUT, Duration::from_millis(250), async || {
         let policy = fixture.wait_condition(name, "Ready", "True", None, TIMEOUT).await;
-        if condition(&policy, "VerdictProtected").is_none() {
-            return policy;
-        }
-        assert!(Instant::now() < deadline, "VerdictProtected is still reported: {:#}", policy["status"]);
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        if condition(&policy, "VerdictProtected").is_none() { Ok(policy) } else { Err(status_text(&policy)) }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
-    let fixture = Fixture::new("op-protect", true);
+    let fixture = Fixture::new("op-protect", true).await;
     let stack = &fixture.stack;
     let s3 = stack.s3();
     let bucket = unique_name("op-protect");
@@ -78,15 +77,14 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     let as_uploader = bucket_av_s3::client(&uploader).unwrap();
 
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let buckets = [Bucket { name: &bucket, prefix: None }];
-    let yaml = |protection: &str| fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, protection);
-    fixture.apply(&yaml(&protection_yaml(true, &[&uploader.access_key])));
+    let scanning = fixture.policy_builder("scan").bucket(&bucket);
+    fixture.apply(&with_protection(&scanning, true, &[&uploader.access_key])).await;
     let policy = fixture.wait_condition("scan", "VerdictProtected", "True", Some("Enforced"), TIMEOUT).await;
-    let message = condition(&policy, "VerdictProtected").unwrap()["message"].as_str().unwrap().to_owned();
+    let message = &condition(&policy, "VerdictProtected").unwrap().message;
     assert!(message.contains(&format!("user {}", uploader.access_key)), "{message}");
-    assert_eq!(policy["status"]["protectedBuckets"], json!([bucket]));
+    assert_eq!(policy.status.as_ref().unwrap().protected_buckets, std::slice::from_ref(&bucket));
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), TIMEOUT).await;
-    assert!(fixture.events("scan").iter().any(|event| event.starts_with("ProtectionEnforced: ")));
+    assert!(fixture.events("scan").await.iter().any(|event| event.starts_with("ProtectionEnforced: ")));
     let canned = format!("bucket-av-protect.{}.scan", fixture.namespace);
     assert!(admin.canned_policy(&canned).await.unwrap().is_some(), "the IAM policy exists");
 
@@ -102,22 +100,22 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     assert!(merged.iter().any(|s| same_statements(std::slice::from_ref(s), std::slice::from_ref(&owner))));
 
     // A spec that would cover the scanner (here the policy's credentials are the root user's).
-    fixture.apply(&yaml(&protection_yaml(true, &[&uploader.access_key, stack.var("BAVS_S3_ACCESS_KEY")])));
+    fixture.apply(&with_protection(&scanning, true, &[&uploader.access_key, stack.var("BAVS_S3_ACCESS_KEY")])).await;
     let policy = fixture.wait_condition("scan", "VerdictProtected", "False", Some("ScannerProtected"), TIMEOUT).await;
-    assert_eq!(condition(&policy, "Ready").unwrap()["reason"], "ScannerProtected", "Ready depends on it");
-    assert!(fixture.events("scan").iter().any(|event| event.starts_with("ScannerProtected: ")));
+    assert_eq!(condition(&policy, "Ready").unwrap().reason, "ScannerProtected", "Ready depends on it");
+    assert!(fixture.events("scan").await.iter().any(|event| event.starts_with("ScannerProtected: ")));
 
     // Off: everything the operator added goes, the owner's statement stays, MinIO takes tags again.
-    fixture.apply(&yaml(&protection_yaml(false, &[&uploader.access_key])));
+    fixture.apply(&with_protection(&scanning, false, &[&uploader.access_key])).await;
     let policy = wait_protection_off(&fixture, "scan").await;
-    assert!(policy["status"].get("protectedBuckets").is_none(), "{:#}", policy["status"]);
-    assert!(fixture.events("scan").iter().any(|event| event.starts_with("ProtectionRemoved: ")));
+    assert!(policy.status.as_ref().unwrap().protected_buckets.is_empty(), "{}", status_text(&policy));
+    assert!(fixture.events("scan").await.iter().any(|event| event.starts_with("ProtectionRemoved: ")));
     assert_eq!(admin.canned_policy(&canned).await.unwrap(), None);
     assert!(same_statements(&statements(&s3, &bucket).await, std::slice::from_ref(&owner)), "only the owner's");
     put_with_tags(&as_uploader, &bucket, "tagged-again.txt", Some("av-status=clean")).await.expect("no protection");
 
     // On again, then the policy is deleted: the finalizer removes it all.
-    fixture.apply(&yaml(&protection_yaml(true, &[&uploader.access_key])));
+    fixture.apply(&with_protection(&scanning, true, &[&uploader.access_key])).await;
     fixture.wait_condition("scan", "VerdictProtected", "True", Some("Enforced"), TIMEOUT).await;
     assert!(statements(&s3, &bucket).await.len() > 1);
     fixture.delete_policy("scan", TIMEOUT).await;

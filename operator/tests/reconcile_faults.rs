@@ -14,9 +14,14 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bucket_av_crds::{BucketScanPolicy, ExchangeType};
 use bucket_av_s3::notification::{self, KeyFilter};
-use bucket_av_testing::{OperatorProcess, Stack, unique_name};
-use common::{Bucket, Fixture, Target, condition, filter_rules};
+use bucket_av_testing::kube_api::{delete, put_secret};
+use bucket_av_testing::policy::status_text;
+use bucket_av_testing::{OperatorProcess, Stack, poll_until, unique_name, wait_for};
+use common::{Fixture, condition, filter_rules};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use lapin::options::BasicGetOptions;
 use serde_json::Value;
 
@@ -101,10 +106,15 @@ async fn assert_no_hot_loop(operator: &OperatorProcess, what: &str) {
 }
 
 /// The message of condition `type_`, after checking its status and reason.
-fn condition_message(policy: &Value, type_: &str, status: &str, reason: &str) -> String {
-    let found = condition(policy, type_).unwrap_or_else(|| panic!("no {type_} condition: {}", policy["status"]));
-    assert_eq!((found["status"].as_str(), found["reason"].as_str()), (Some(status), Some(reason)), "{found}");
-    found["message"].as_str().unwrap_or_default().to_owned()
+fn condition_message(policy: &BucketScanPolicy, type_: &str, status: &str, reason: &str) -> String {
+    let found = condition(policy, type_).unwrap_or_else(|| panic!("no {type_} condition: {}", status_text(policy)));
+    assert_eq!((found.status.as_str(), found.reason.as_str()), (status, reason), "{found:?}");
+    found.message.clone()
+}
+
+/// The ARN of the policy's notification target, from its status.
+fn target_arn(policy: &BucketScanPolicy) -> String {
+    policy.status.as_ref().and_then(|status| status.notification_target_arn.clone()).expect("ARN in the status")
 }
 
 fn assert_mentions(text: &str, parts: &[&str]) {
@@ -116,15 +126,13 @@ fn assert_mentions(text: &str, parts: &[&str]) {
 /// Waits until an Event with `reason` is recorded for the policy (Events are written after
 /// the status).
 async fn wait_event(fixture: &Fixture, policy: &str, reason: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let events = fixture.events(policy);
-        if let Some(event) = events.iter().find(|event| event.starts_with(&format!("{reason}: "))) {
-            return event.clone();
-        }
-        assert!(Instant::now() < deadline, "no {reason} event for {policy}; events: {events:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = format!("a {reason} event for {policy}");
+    wait_for(&what, Duration::from_secs(15), Duration::from_millis(250), async || {
+        let events = fixture.events(policy).await;
+        let found = events.iter().find(|event| event.starts_with(&format!("{reason}: "))).cloned();
+        found.ok_or_else(|| format!("events: {events:?}"))
+    })
+    .await
 }
 
 /// Someone else's notification entry (another target, the prefix `foreign/`): it must survive
@@ -150,19 +158,21 @@ async fn queued_keys(stack: &Stack, queue: &str, bucket: &str, expected: usize, 
     let connection = stack.amqp().await;
     let channel = connection.create_channel().await.expect("open channel");
     let mut keys = Vec::new();
-    let deadline = Instant::now() + timeout;
-    while keys.len() < expected && Instant::now() < deadline {
-        match channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get") {
-            Some(message) => {
-                let body: Value = serde_json::from_slice(&message.delivery.data).expect("a MinIO event");
-                let full = body["Key"].as_str().expect("the event's Key").to_owned();
-                if let Some(key) = full.strip_prefix(&format!("{bucket}/")) {
-                    keys.push(key.to_owned());
-                }
+    // Short of `expected` after the timeout: the assertion on the keys says what came.
+    let _ = poll_until(timeout, Duration::from_millis(200), async || {
+        while keys.len() < expected
+            && let Some(message) =
+                channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("basic.get")
+        {
+            let body: Value = serde_json::from_slice(&message.delivery.data).expect("a MinIO event");
+            let full = body["Key"].as_str().expect("the event's Key").to_owned();
+            if let Some(key) = full.strip_prefix(&format!("{bucket}/")) {
+                keys.push(key.to_owned());
             }
-            None => tokio::time::sleep(Duration::from_millis(200)).await,
         }
-    }
+        if keys.len() < expected { Err(()) } else { Ok(()) }
+    })
+    .await;
     // Anything else for this bucket that arrives a little later must be seen too.
     tokio::time::sleep(Duration::from_secs(2)).await;
     while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await.expect("get") {
@@ -183,20 +193,19 @@ async fn queued_keys(stack: &Stack, queue: &str, bucket: &str, expected: usize, 
 #[ignore = "stops MinIO/RabbitMQ; run on its own (testing/run-tests.sh does)"]
 async fn minio_down_during_a_reconcile_is_reported_retried_with_backoff_and_recovers_by_itself() {
     require_exclusive_stack();
-    let fixture = Fixture::new("opf-minio", true);
+    let fixture = Fixture::new("opf-minio", true).await;
     let stack = &fixture.stack;
     let bucket = stack.bucket("opf-minio", false).await;
     let added = stack.bucket("opf-minio-2", false).await;
     let foreign_arn = add_foreign_entry(stack, &bucket).await;
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let one = [Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &one, ""));
+    let one = fixture.policy_builder("scan").bucket(&bucket);
+    fixture.apply(&one.clone().build()).await;
     let policy = fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    let arn = policy["status"]["notificationTargetArn"].as_str().unwrap().to_owned();
+    let arn = target_arn(&policy);
 
     let mut minio = Stopped::stop(stack, "minio");
-    let two = [Bucket { name: &bucket, prefix: None }, Bucket { name: &added, prefix: Some("in/") }];
-    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &two, ""));
+    fixture.apply(&one.bucket_filtered(&added, Some("in/")).build()).await;
     let policy = fixture
         .wait_condition("scan", "NotificationConfigured", "False", Some("MinioUnreachable"), READY_TIMEOUT)
         .await;
@@ -206,7 +215,7 @@ async fn minio_down_during_a_reconcile_is_reported_retried_with_backoff_and_reco
     condition_message(&policy, "QueueReady", "True", "Declared");
     wait_event(&fixture, "scan", "MinioUnreachable").await;
     assert_no_hot_loop(&operator, "MinIO is down").await;
-    assert!(fixture.cluster.get_json_opt(&fixture.namespace, "deployment", "scan-worker").is_some());
+    assert!(fixture.api::<Deployment>().get_opt("scan-worker").await.expect("get the Deployment").is_some());
 
     minio.start();
     let started = Instant::now();
@@ -232,21 +241,20 @@ async fn minio_down_during_a_reconcile_is_reported_retried_with_backoff_and_reco
 #[ignore = "stops MinIO/RabbitMQ; run on its own (testing/run-tests.sh does)"]
 async fn rabbitmq_down_when_a_policy_is_applied_is_reported_retried_with_backoff_and_recovers_by_itself() {
     require_exclusive_stack();
-    let fixture = Fixture::new("opf-rabbit", true);
+    let fixture = Fixture::new("opf-rabbit", true).await;
     let stack = &fixture.stack;
     let bucket = stack.bucket("opf-rabbit", false).await;
     let foreign_arn = add_foreign_entry(stack, &bucket).await;
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
 
     let mut rabbitmq = Stopped::stop(stack, "rabbitmq");
-    let buckets = [Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, ""));
+    fixture.apply(&fixture.policy_builder("scan").bucket(&bucket).build()).await;
     let policy = fixture.wait_condition("scan", "QueueReady", "False", Some("ConnectRabbitMq"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "QueueReady", "False", "ConnectRabbitMq");
     assert_mentions(&message, &["connect to RabbitMQ", "check that RabbitMQ runs", "rabbitmq.urlSecret"]);
     condition_message(&policy, "NotificationConfigured", "False", "WaitingForQueue");
     condition_message(&policy, "Ready", "False", "ConnectRabbitMq");
-    let arn = policy["status"]["notificationTargetArn"].as_str().unwrap().to_owned();
+    let arn = target_arn(&policy);
     assert!(fixture.entries_for(&bucket, &arn).await.is_empty(), "no route to a queue that does not exist");
     wait_event(&fixture, "scan", "ConnectRabbitMq").await;
     assert_no_hot_loop(&operator, "RabbitMQ is down").await;
@@ -268,11 +276,12 @@ async fn rabbitmq_down_when_a_policy_is_applied_is_reported_retried_with_backoff
 /// Waits until at least `at_least` reconciles of `kind` have failed.
 async fn wait_failures(operator: &OperatorProcess, kind: &str, at_least: f64) {
     let sample = format!("bucket_av_operator_reconcile_failures_total{{kind=\"{kind}\"}}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while operator.metric(&sample).await < at_least {
-        assert!(Instant::now() < deadline, "fewer than {at_least} {kind} failures within 60 s");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let what = format!("{at_least} {kind} failures");
+    wait_for(&what, Duration::from_secs(60), Duration::from_millis(250), async || {
+        let failed = operator.metric(&sample).await;
+        if failed >= at_least { Ok(()) } else { Err(format!("{failed} failures")) }
+    })
+    .await;
 }
 
 /// The Secrets of a Ready policy are deleted (and one restored with a wrong key): the
@@ -283,31 +292,32 @@ async fn wait_failures(operator: &OperatorProcess, kind: &str, at_least: f64) {
 #[ignore = "stops MinIO/RabbitMQ; run on its own (testing/run-tests.sh does)"]
 async fn deleted_secrets_are_named_nothing_configured_is_removed_and_restoring_them_recovers_at_once() {
     require_exclusive_stack();
-    let fixture = Fixture::new("opf-secrets", true);
+    let fixture = Fixture::new("opf-secrets", true).await;
     let stack = &fixture.stack;
     let bucket = stack.bucket("opf-secrets", false).await;
     let foreign_arn = add_foreign_entry(stack, &bucket).await;
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let buckets = [Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &buckets, ""));
+    fixture.apply(&fixture.policy_builder("scan").bucket(&bucket).build()).await;
     let policy = fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    let arn = policy["status"]["notificationTargetArn"].as_str().unwrap().to_owned();
+    let arn = target_arn(&policy);
     let queue = format!("bucket-av.{}.scan", fixture.namespace);
-    let deployment_uid = || {
-        let deployment = fixture.cluster.get_json_opt(&fixture.namespace, "deployment", "scan-worker");
-        deployment.expect("the worker Deployment exists")["metadata"]["uid"].as_str().unwrap().to_owned()
+    let deployments = fixture.api::<Deployment>();
+    let deployment_uid = async || {
+        let deployment = deployments.get_opt("scan-worker").await.expect("get the Deployment");
+        deployment.expect("the worker Deployment exists").metadata.uid.unwrap()
     };
-    let original_deployment = deployment_uid();
+    let original_deployment = deployment_uid().await;
     let nothing_taken_down = async || {
         assert_eq!(fixture.entries_for(&bucket, &arn).await.len(), 1, "our entry stays");
         assert_foreign_entry_intact(&fixture, &bucket, &foreign_arn).await;
         assert_eq!(fixture.queue_depth(&queue).await, Some(0), "the queue stays");
-        assert_eq!(deployment_uid(), original_deployment, "the Deployment stays");
+        assert_eq!(deployment_uid().await, original_deployment, "the Deployment stays");
     };
     let missing = "bucket_av_operator_reconcile_failures_total{kind=\"ReferenceMissing\"}";
 
     // The MinIO credentials go.
-    fixture.kubectl(&["delete", "secret", common::MINIO_SECRET]);
+    let secrets = fixture.api::<Secret>();
+    delete(&secrets, common::MINIO_SECRET).await;
     let policy = fixture
         .wait_condition("scan", "NotificationConfigured", "False", Some("ReferenceMissing"), READY_TIMEOUT)
         .await;
@@ -321,13 +331,13 @@ async fn deleted_secrets_are_named_nothing_configured_is_removed_and_restoring_t
     nothing_taken_down().await;
     // Three failures in a row put the next retry 20 s away: Ready sooner than that is the watch.
     wait_failures(&operator, "ReferenceMissing", failed_before + 2.0).await;
-    fixture.create_minio_secret();
+    fixture.create_minio_secret().await;
     let restored = Instant::now();
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), Duration::from_secs(15)).await;
     eprintln!("Ready {:?} after the MinIO Secret was restored", restored.elapsed());
 
     // The AMQP URL Secret goes, then comes back with the URL under the wrong key.
-    fixture.kubectl(&["delete", "secret", common::AMQP_SECRET]);
+    delete(&secrets, common::AMQP_SECRET).await;
     let policy = fixture.wait_condition("scan", "QueueReady", "False", Some("ReferenceMissing"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "QueueReady", "False", "ReferenceMissing");
     assert_mentions(&message, &["secret rabbitmq-url does not exist", "create it or fix the reference"]);
@@ -335,15 +345,15 @@ async fn deleted_secrets_are_named_nothing_configured_is_removed_and_restoring_t
     assert_no_hot_loop(&operator, "the AMQP Secret is missing").await;
     nothing_taken_down().await;
     wait_failures(&operator, "ReferenceMissing", failed_before + 2.0).await;
-    let wrong_key = format!("--from-literal=amqpUrl={}", stack.var("BAVS_AMQP_URL"));
-    fixture.kubectl(&["create", "secret", "generic", common::AMQP_SECRET, &wrong_key]);
+    let wrong_key = [("amqpUrl", stack.var("BAVS_AMQP_URL"))];
+    put_secret(&fixture.client, &fixture.namespace, common::AMQP_SECRET, &wrong_key).await;
     let policy = fixture
         .wait_condition("scan", "QueueReady", "False", Some("ReferenceKeyMissing"), Duration::from_secs(15))
         .await;
     let message = condition_message(&policy, "QueueReady", "False", "ReferenceKeyMissing");
     assert_mentions(&message, &["secret rabbitmq-url has no key url", "add it or set the key the policy reads"]);
-    fixture.kubectl(&["delete", "secret", common::AMQP_SECRET]);
-    fixture.create_amqp_secret();
+    delete(&secrets, common::AMQP_SECRET).await;
+    fixture.create_amqp_secret().await;
     let restored = Instant::now();
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), Duration::from_secs(15)).await;
     eprintln!("Ready {:?} after the AMQP Secret was restored", restored.elapsed());
@@ -365,7 +375,7 @@ async fn deleted_secrets_are_named_nothing_configured_is_removed_and_restoring_t
 #[ignore = "stops MinIO/RabbitMQ; run on its own (testing/run-tests.sh does)"]
 async fn two_policies_on_one_bucket_never_overlap_and_never_remove_each_others_entries() {
     require_exclusive_stack();
-    let fixture = Fixture::new("opf-shared", true);
+    let fixture = Fixture::new("opf-shared", true).await;
     let stack = &fixture.stack;
     let bucket = stack.bucket("opf-shared", false).await;
     let other_bucket = stack.bucket("opf-shared-other", false).await;
@@ -380,18 +390,16 @@ async fn two_policies_on_one_bucket_never_overlap_and_never_remove_each_others_e
     assert_foreign_entry_intact(&fixture, &bucket, &foreign_arn).await;
 
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let first = [Bucket { name: &bucket, prefix: Some("a/") }];
-    fixture.apply(&fixture.policy_yaml("first", &Target::Existing("SCAN"), &first, ""));
+    fixture.apply(&fixture.policy_builder("first").bucket_filtered(&bucket, Some("a/")).build()).await;
     let policy = fixture.wait_condition("first", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    let first_arn = policy["status"]["notificationTargetArn"].as_str().unwrap().to_owned();
+    let first_arn = target_arn(&policy);
     let first_entries = fixture.entries_for(&bucket, &first_arn).await;
     assert_eq!(first_entries.len(), 1);
 
     // A second policy, with a target of its own, on the whole bucket (overlapping a/) and on
     // another bucket.
-    let managed = Target::Managed { allow_restart: true };
-    let second = [Bucket { name: &bucket, prefix: None }, Bucket { name: &other_bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("second", &managed, &second, ""));
+    let managed = fixture.policy_builder("second").managed_target(true, &fixture.managed_queue_dir());
+    fixture.apply(&managed.clone().bucket(&bucket).bucket(&other_bucket).build()).await;
     let policy = fixture
         .wait_condition("second", "NotificationConfigured", "False", Some("BucketConflict"), READY_TIMEOUT)
         .await;
@@ -400,16 +408,15 @@ async fn two_policies_on_one_bucket_never_overlap_and_never_remove_each_others_e
     assert_mentions(&message, &[&format!("bucket {bucket} (all keys)"), &holder, "disjoint prefixes"]);
     condition_message(&policy, "Ready", "False", "BucketConflict");
     wait_event(&fixture, "second", "BucketConflict").await;
-    let second_arn = policy["status"]["notificationTargetArn"].as_str().unwrap().to_owned();
+    let second_arn = target_arn(&policy);
     assert!(fixture.entries_for(&bucket, &second_arn).await.is_empty(), "the younger policy does not route it");
     assert_eq!(fixture.entries_for(&other_bucket, &second_arn).await.len(), 1, "its other bucket is routed");
     assert_eq!(fixture.entries_for(&bucket, &first_arn).await, first_entries, "the holder's entry is untouched");
-    condition_message(&fixture.policy("first").unwrap(), "Ready", "True", "Ready");
+    condition_message(&fixture.policy("first").await.unwrap(), "Ready", "True", "Ready");
     assert_no_hot_loop(&operator, "two policies overlap on one bucket").await;
 
     // Disjoint prefixes: both work, and each queue receives only its own prefix's events.
-    let second = [Bucket { name: &bucket, prefix: Some("b/") }, Bucket { name: &other_bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("second", &managed, &second, ""));
+    fixture.apply(&managed.bucket_filtered(&bucket, Some("b/")).bucket(&other_bucket).build()).await;
     fixture.wait_condition("second", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
     assert_eq!(fixture.entries_for(&bucket, &second_arn).await.len(), 1);
     assert_eq!(fixture.entries_for(&bucket, &first_arn).await, first_entries);
@@ -424,8 +431,7 @@ async fn two_policies_on_one_bucket_never_overlap_and_never_remove_each_others_e
 
     // A third policy on the first one's target, with a prefix of its own: MinIO publishes each
     // event once per target, so its queue would receive the first one's events.
-    let third = [Bucket { name: &bucket, prefix: Some("c/") }];
-    fixture.apply(&fixture.policy_yaml("third", &Target::Existing("SCAN"), &third, ""));
+    fixture.apply(&fixture.policy_builder("third").bucket_filtered(&bucket, Some("c/")).build()).await;
     let policy =
         fixture.wait_condition("third", "NotificationConfigured", "False", Some("BucketConflict"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "NotificationConfigured", "False", "BucketConflict");
@@ -461,21 +467,19 @@ async fn two_policies_on_one_bucket_never_overlap_and_never_remove_each_others_e
 #[ignore = "stops MinIO/RabbitMQ; run on its own (testing/run-tests.sh does)"]
 async fn half_valid_policies_say_what_is_wrong_keep_the_rest_working_and_recover_when_fixed() {
     require_exclusive_stack();
-    let fixture = Fixture::new("opf-half", true);
+    let fixture = Fixture::new("opf-half", true).await;
     let stack = &fixture.stack;
     let bucket = stack.bucket("opf-half", false).await;
     let quarantine = stack.bucket("opf-half-quarantine", false).await;
     let absent = unique_name("opf-absent");
     let absent_quarantine = unique_name("opf-absent-q");
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let actions = |quarantine_bucket: &str| {
-        format!("  actions:\n    onInfected: Quarantine\n    quarantineBucket: {quarantine_bucket}\n")
-    };
-    let existing = Target::Existing("SCAN");
+    let scan = fixture.policy_builder("scan");
+    let one = |quarantine_bucket: &str| scan.clone().bucket(&bucket).quarantine(quarantine_bucket);
 
     // A bucket that does not exist, beside one that does.
-    let both = [Bucket { name: &absent, prefix: None }, Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("scan", &existing, &both, &actions(&absent_quarantine)));
+    let both = scan.clone().bucket(&absent).bucket(&bucket).quarantine(&absent_quarantine);
+    fixture.apply(&both.build()).await;
     let policy =
         fixture.wait_condition("scan", "NotificationConfigured", "False", Some("BucketMissing"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "NotificationConfigured", "False", "BucketMissing");
@@ -483,13 +487,12 @@ async fn half_valid_policies_say_what_is_wrong_keep_the_rest_working_and_recover
     assert_mentions(&message, &[&named, "create it or remove it from spec.buckets"]);
     condition_message(&policy, "Ready", "False", "BucketMissing");
     wait_event(&fixture, "scan", "BucketMissing").await;
-    let arn = policy["status"]["notificationTargetArn"].as_str().unwrap().to_owned();
+    let arn = target_arn(&policy);
     assert_eq!(fixture.entries_for(&bucket, &arn).await.len(), 1, "the bucket that exists is routed");
     assert_no_hot_loop(&operator, "a bucket is missing").await;
 
     // Without it, the quarantine bucket that does not exist is what keeps the policy from Ready.
-    let one = [Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("scan", &existing, &one, &actions(&absent_quarantine)));
+    fixture.apply(&one(&absent_quarantine).build()).await;
     let policy = fixture.wait_condition("scan", "Ready", "False", Some("QuarantineBucketMissing"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "Ready", "False", "QuarantineBucketMissing");
     let named = format!("actions.quarantineBucket {absent_quarantine} does not exist in MinIO");
@@ -497,34 +500,30 @@ async fn half_valid_policies_say_what_is_wrong_keep_the_rest_working_and_recover
     condition_message(&policy, "NotificationConfigured", "True", "Configured");
     wait_event(&fixture, "scan", "QuarantineBucketMissing").await;
     assert_no_hot_loop(&operator, "the quarantine bucket is missing").await;
-    fixture.apply(&fixture.policy_yaml("scan", &existing, &one, &actions(&quarantine)));
+    fixture.apply(&one(&quarantine).build()).await;
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
 
     // An existing target MinIO does not have: the routes to the old target stay.
-    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("NOSUCHTARGET"), &one, &actions(&quarantine)));
+    fixture.apply(&one(&quarantine).existing_target("NOSUCHTARGET").build()).await;
     let policy =
         fixture.wait_condition("scan", "NotificationConfigured", "False", Some("TargetMissing"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "NotificationConfigured", "False", "TargetMissing");
     assert_mentions(&message, &["MinIO has no notification target NOSUCHTARGET", "configure notify_amqp", "targetId"]);
     assert_eq!(fixture.entries_for(&bucket, &arn).await.len(), 1);
     assert_no_hot_loop(&operator, "the target is missing").await;
-    fixture.apply(&fixture.policy_yaml("scan", &existing, &one, &actions(&quarantine)));
+    fixture.apply(&one(&quarantine).build()).await;
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
 
     // An exchange type that contradicts the exchange RabbitMQ (and MinIO's target) has.
-    let direct = format!("    exchangeType: {}\n", stack.var("BAVS_EXCHANGE_TYPE"));
-    assert_eq!(direct, "    exchangeType: direct\n", "the stack's exchange is direct");
-    let fanout = fixture
-        .policy_yaml("scan", &existing, &one, &actions(&quarantine))
-        .replace(&direct, "    exchangeType: fanout\n");
-    fixture.apply(&fanout);
+    assert_eq!(stack.var("BAVS_EXCHANGE_TYPE"), "direct", "the stack's exchange is direct");
+    fixture.apply(&one(&quarantine).spec(|spec| spec.rabbitmq.exchange_type = ExchangeType::Fanout).build()).await;
     let policy = fixture.wait_condition("scan", "QueueReady", "False", Some("DeclareTopology"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "QueueReady", "False", "DeclareTopology");
     assert_mentions(&message, &[&format!("declare exchange {}", stack.var("BAVS_EXCHANGE")), "fanout", "direct"]);
     condition_message(&policy, "NotificationConfigured", "False", "TargetMismatch");
     assert_eq!(fixture.entries_for(&bucket, &arn).await.len(), 1, "the routes stay");
     assert_no_hot_loop(&operator, "the exchange type conflicts").await;
-    fixture.apply(&fixture.policy_yaml("scan", &existing, &one, &actions(&quarantine)));
+    fixture.apply(&one(&quarantine).build()).await;
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
 
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
@@ -581,13 +580,12 @@ impl Drop for MinioEnvironment<'_> {
 #[ignore = "restarts MinIO; run on its own (testing/run-tests.sh does)"]
 async fn a_minio_that_answers_uploads_before_storing_their_events_is_reported() {
     require_exclusive_stack();
-    let fixture = Fixture::new("opf-durable", true);
+    let fixture = Fixture::new("opf-durable", true).await;
     let stack = &fixture.stack;
     let bucket = stack.bucket("opf-durable", false).await;
     let _environment = MinioEnvironment::with(stack, "MINIO_API_SYNC_EVENTS", "off");
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let one = [Bucket { name: &bucket, prefix: None }];
-    fixture.apply(&fixture.policy_yaml("scan", &Target::Existing("SCAN"), &one, ""));
+    fixture.apply(&fixture.policy_builder("scan").bucket(&bucket).build()).await;
     let policy = fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "NotificationConfigured", "True", "Configured");
     assert_mentions(&message, &["WARNING", "sync_events is off", "MINIO_API_SYNC_EVENTS=on", "MINIO_SYNC_BOOT=on"]);

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 
 use crate::process::free_port;
 use crate::{Cluster, ContainerLaunch, ServiceProcess};
@@ -126,8 +127,9 @@ pub struct ChartOperator {
 
 impl ChartOperator {
     pub async fn start(cluster: &Cluster, namespace: &str, release: &str) -> Self {
+        let client = cluster.client().await;
         let deployment = format!("{release}-bucket-av-scanner-operator");
-        let launch = ContainerLaunch::from_deployment(cluster, namespace, &deployment, OPERATOR_CONTAINER);
+        let launch = ContainerLaunch::from_deployment(&client, namespace, &deployment, OPERATOR_CONTAINER).await;
         let scratch = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("operator-{namespace}-{release}"));
         std::fs::create_dir_all(&scratch).unwrap_or_else(|error| panic!("create {}: {error}", scratch.display()));
         let kubeconfig = cluster.service_account_kubeconfig(namespace, &deployment);
@@ -151,9 +153,13 @@ impl ChartOperator {
             if launch.env(variable).is_none() {
                 continue;
             }
-            let secret = cluster.get_json(namespace, "secret", &tls_secret);
-            let encoded = secret["data"][key].as_str().unwrap_or_else(|| panic!("secret {tls_secret} has no {key}"));
-            let pem = base64::engine::general_purpose::STANDARD.decode(encoded).expect("secret data is base64");
+            let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+            let secret = secrets.get(&tls_secret).await.unwrap_or_else(|error| panic!("get {tls_secret}: {error}"));
+            let pem = secret
+                .data
+                .and_then(|mut data| data.remove(key))
+                .unwrap_or_else(|| panic!("secret {tls_secret} has no {key}"))
+                .0;
             let file = scratch.join(key);
             std::fs::write(&file, pem).unwrap_or_else(|error| panic!("write {}: {error}", file.display()));
             overrides.push((variable.into(), file.to_str().unwrap().into()));

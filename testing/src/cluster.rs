@@ -1,5 +1,7 @@
 //! The local control plane's endpoints and credentials, from the env file `just cluster-up`
-//! writes, and a kubectl runner bound to it.
+//! writes, and a kubectl runner bound to it for what is about kubectl itself (its tables,
+//! `auth can-i`, `get --raw`, applying documented files as an administrator does). Objects go
+//! through the typed client of [`crate::kube_api`].
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -72,40 +74,6 @@ impl Cluster {
         let result = self.kubectl(args, stdin);
         assert!(result.success, "kubectl {args:?} failed:\n{}{}", result.stdout, result.stderr);
         result.stdout
-    }
-
-    /// `kubectl get <kind> <name> -n <namespace> -o json`, parsed.
-    pub fn get_json(&self, namespace: &str, kind: &str, name: &str) -> serde_json::Value {
-        let text = self.kubectl_ok(&["get", kind, name, "-n", namespace, "-o", "json"], None);
-        serde_json::from_str(&text).unwrap_or_else(|error| panic!("kubectl get {kind} {name}: not JSON: {error}"))
-    }
-
-    /// Like `get_json`, but `None` when the object does not exist.
-    pub fn get_json_opt(&self, namespace: &str, kind: &str, name: &str) -> Option<serde_json::Value> {
-        let result = self.kubectl(&["get", kind, name, "-n", namespace, "-o", "json", "--ignore-not-found"], None);
-        assert!(result.success, "kubectl get {kind} {name} failed: {}", result.stderr);
-        if result.stdout.trim().is_empty() {
-            return None;
-        }
-        Some(serde_json::from_str(&result.stdout).unwrap_or_else(|error| panic!("kubectl get {kind} {name}: {error}")))
-    }
-
-    /// Installs the BucketScanPolicy CRD of this checkout (server-side apply, idempotent) and
-    /// waits until the API server serves it.
-    pub fn install_crd(&self) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/bucketscanpolicy.yaml");
-        let crd = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-        self.kubectl_ok(&["apply", "--server-side", "--field-manager", "bucket-av-tests", "-f", "-"], Some(&crd));
-        self.kubectl_ok(
-            &["wait", "--for", "condition=Established", "crd/bucketscanpolicies.bucketav.dev", "--timeout", "60s"],
-            None,
-        );
-    }
-
-    /// Creates `namespace` unless it exists.
-    pub fn ensure_namespace(&self, namespace: &str) {
-        let created = self.kubectl(&["create", "namespace", namespace], None);
-        assert!(created.success || created.stderr.contains("AlreadyExists"), "create namespace: {}", created.stderr);
     }
 
     /// A kubeconfig file (in the cluster's directory) that authenticates as service account

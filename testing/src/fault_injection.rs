@@ -22,10 +22,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bucket_av_crds::BucketScanPolicy;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
 use crate::Stack;
 use crate::chart::{ChartOperator, Helm};
 use crate::load::{self, UploadCounters, UploadPlan};
 use crate::local_system::{self, LOAD_POLICY, LoadedSystem, WEBHOOK_SECRET};
+use crate::policy::condition;
 use crate::wait::poll_until;
 
 /// What to run: the upload stream and how the faults are spread over it.
@@ -247,7 +253,7 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     if dead_lettered != Some(0) {
         problems.push(format!("{}.dead holds {dead_lettered:?} messages (expected 0)", system.queue));
     }
-    problems.extend(policy_problems(helm, &system));
+    problems.extend(policy_problems(&system).await);
     problems.extend(notification_problems(stack, &system).await);
 
     let report = FaultReport {
@@ -273,23 +279,25 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
 }
 
 /// The policy after the operator's restart: Ready, with the spec change it was killed during.
-fn policy_problems(helm: &Helm, system: &LoadedSystem) -> Vec<String> {
-    let policy = helm.cluster.get_json(&system.namespace, "bsp", LOAD_POLICY);
+async fn policy_problems(system: &LoadedSystem) -> Vec<String> {
+    let policy = load_policy(system).await;
     let mut problems = Vec::new();
-    let generation = policy["metadata"]["generation"].as_i64();
-    let observed = policy["status"]["observedGeneration"].as_i64();
+    let generation = policy.metadata.generation;
+    let observed = policy.status.as_ref().and_then(|status| status.observed_generation);
     if generation != observed {
         problems.push(format!("policy observedGeneration {observed:?}, generation {generation:?}"));
     }
-    let ready = policy["status"]["conditions"]
-        .as_array()
-        .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"))
-        .cloned()
-        .unwrap_or_default();
-    if ready["status"] != "True" {
-        problems.push(format!("policy not Ready at the end: {ready}"));
+    let ready = condition(&policy, "Ready");
+    if ready.is_none_or(|ready| ready.status != "True") {
+        problems.push(format!("policy not Ready at the end: {ready:?}"));
     }
     problems
+}
+
+/// The policy the load runs, as the API server has it.
+async fn load_policy(system: &LoadedSystem) -> BucketScanPolicy {
+    let policies: Api<BucketScanPolicy> = Api::namespaced(system.client.clone(), &system.namespace);
+    policies.get(LOAD_POLICY).await.unwrap_or_else(|error| panic!("get policy {LOAD_POLICY}: {error}"))
 }
 
 /// The bucket's notification configuration: exactly one entry of ours (a reconcile killed
@@ -398,8 +406,8 @@ impl Injector<'_> {
         let worker = self.system.workers.remove(victim);
         let pid = worker.pid();
         worker.kill().await;
-        let cluster = &self.helm.cluster;
-        let (replacement, _) = local_system::start_workers(cluster, &self.system.namespace, LOAD_POLICY, 1).await;
+        let client = &self.system.client;
+        let (replacement, _) = local_system::start_workers(client, &self.system.namespace, LOAD_POLICY, 1).await;
         self.system.workers.extend(replacement);
         format!("worker pid {pid} SIGKILLed with {in_flight} scans in flight; a new worker started from the Deployment")
     }
@@ -410,23 +418,26 @@ impl Injector<'_> {
     async fn kill_operator_mid_reconcile(&mut self) -> Result<String, String> {
         let cluster = &self.helm.cluster;
         let namespace = self.system.namespace.clone();
-        let policy = cluster.get_json(&namespace, "bsp", LOAD_POLICY);
-        let window = policy["spec"]["workers"]["scaleDownStabilizationSeconds"].as_i64().unwrap_or(300);
-        let patch = format!(r#"{{"spec":{{"workers":{{"scaleDownStabilizationSeconds":{}}}}}}}"#, window + 1);
-        cluster.kubectl_ok(&["patch", "bsp", LOAD_POLICY, "-n", &namespace, "--type", "merge", "-p", &patch], None);
-        let generation = cluster.get_json(&namespace, "bsp", LOAD_POLICY)["metadata"]["generation"].as_i64();
+        let policies: Api<BucketScanPolicy> = Api::namespaced(self.system.client.clone(), &namespace);
+        let window = load_policy(self.system).await.spec.workers.scale_down_stabilization_seconds;
+        let patch = json!({ "spec": { "workers": { "scaleDownStabilizationSeconds": window + 1 } } });
+        let changed = policies.patch(LOAD_POLICY, &PatchParams::default(), &Patch::Merge(&patch)).await;
+        let generation = changed.expect("patch the policy").metadata.generation;
         // The reconcile starts within milliseconds of the watch event and then talks to MinIO,
         // RabbitMQ and the API server for a while: the kill lands somewhere in it.
         tokio::time::sleep(Duration::from_millis(rand::random_range(20..200))).await;
         let pid = self.system.operator.process.pid();
         self.system.operator.process.kill_now();
         let killed = Instant::now();
-        let observed_at_kill =
-            cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64();
+        let observed_generation = async || {
+            let policy = policies.get(LOAD_POLICY).await.unwrap_or_else(|error| panic!("get the policy: {error}"));
+            policy.status.and_then(|status| status.observed_generation)
+        };
+        let observed_at_kill = observed_generation().await;
         // Dropping the old handle reaps the killed process; the new one uses the same identity.
         self.system.operator = ChartOperator::start(cluster, &namespace, local_system::LOAD_RELEASE).await;
         poll_until(Duration::from_secs(60), Duration::from_millis(200), async || {
-            let observed = cluster.get_json(&namespace, "bsp", LOAD_POLICY)["status"]["observedGeneration"].as_i64();
+            let observed = observed_generation().await;
             if observed == generation { Ok(()) } else { Err(observed) }
         })
         .await

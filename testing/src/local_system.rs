@@ -4,11 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use bucket_av_crds::{BucketScanPolicy, BucketSpec, DeletionPolicy};
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::{Api, Client};
+use serde_json::json;
 
 use crate::chart::Helm;
+use crate::kube_api::{self, apply};
+use crate::policy::condition;
 use crate::process::free_port;
-use crate::{Cluster, ContainerLaunch, Stack, WorkerProcess, wait_for};
+use crate::{ContainerLaunch, Stack, WorkerProcess, wait_for};
 
 /// The one external metrics APIService of a cluster, which the chart installs.
 pub const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
@@ -18,13 +23,13 @@ pub const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 /// Installs the chart as `release` in `namespace`, watching that namespace. The local control
 /// plane has no kube-proxy: the APIService reaches the operator through an ExternalName Service
 /// to localhost, on a port of its own. Refuses to run while another APIService exists.
-pub fn install_chart(helm: &Helm, release: &str, namespace: &str) {
-    let cluster = &helm.cluster;
-    if cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
+pub async fn install_chart(helm: &Helm, client: &Client, release: &str, namespace: &str) {
+    let existing = Api::<APIService>::all(client.clone()).get_opt(API_SERVICE).await.expect("get the APIService");
+    if existing.is_some() {
         panic!("the APIService {API_SERVICE} exists already (another provider, or a test running): delete it first");
     }
-    cluster.install_crd();
-    cluster.ensure_namespace(namespace);
+    kube_api::install_crd(client).await;
+    kube_api::ensure_namespace(client, namespace, &[]).await;
     let metrics_port = free_port();
     let values = [
         format!("operator.watchNamespace={namespace}"),
@@ -37,24 +42,11 @@ pub fn install_chart(helm: &Helm, release: &str, namespace: &str) {
 }
 
 /// The Secrets the example policy names, with the stack's credentials and [`WEBHOOK_SECRET`].
-pub fn create_policy_secrets(stack: &Stack, cluster: &Cluster, namespace: &str) {
-    let secrets = [
-        (
-            "minio-scanner",
-            vec![
-                format!("accessKey={}", stack.var("BAVS_S3_ACCESS_KEY")),
-                format!("secretKey={}", stack.var("BAVS_S3_SECRET_KEY")),
-            ],
-        ),
-        ("rabbitmq-scanner", vec![format!("url={}", stack.var("BAVS_AMQP_URL"))]),
-        ("bucket-av-webhook", vec![format!("secret={WEBHOOK_SECRET}")]),
-    ];
-    for (name, literals) in secrets {
-        let mut command = vec!["create", "secret", "generic", name, "-n", namespace];
-        let flags: Vec<String> = literals.iter().map(|literal| format!("--from-literal={literal}")).collect();
-        command.extend(flags.iter().map(String::as_str));
-        cluster.kubectl_ok(&command, None);
-    }
+pub async fn create_policy_secrets(stack: &Stack, client: &Client, namespace: &str) {
+    let minio = [("accessKey", stack.var("BAVS_S3_ACCESS_KEY")), ("secretKey", stack.var("BAVS_S3_SECRET_KEY"))];
+    kube_api::put_secret(client, namespace, "minio-scanner", &minio).await;
+    kube_api::put_secret(client, namespace, "rabbitmq-scanner", &[("url", stack.var("BAVS_AMQP_URL"))]).await;
+    kube_api::put_secret(client, namespace, "bucket-av-webhook", &[("secret", WEBHOOK_SECRET)]).await;
 }
 
 /// `crds/examples/bucketscanpolicy.yaml` as policy `name` in `namespace`, pointed at the local
@@ -67,52 +59,70 @@ pub fn example_policy(
     bucket: &str,
     quarantine: &str,
     webhook_url: &str,
-) -> Value {
+) -> BucketScanPolicy {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/examples/bucketscanpolicy.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-    let mut policy: Value = serde_norway::from_str(&text).expect("the example policy is YAML");
-    policy["metadata"] = json!({ "name": name, "namespace": namespace });
-    let spec = &mut policy["spec"];
-    spec["minio"]["endpoint"] = json!(stack.var("BAVS_S3_ENDPOINT"));
-    spec["minio"]["region"] = json!(stack.var("BAVS_S3_REGION"));
-    spec["minio"].as_object_mut().unwrap().remove("caBundle");
-    spec["buckets"] = json!([{ "name": bucket }]);
-    spec["notification"]["queueDir"] = json!(format!("{}/minio/{namespace}-events", stack.var("BAVS_STACK_DIR")));
-    spec["rabbitmq"].as_object_mut().unwrap().remove("queue");
-    spec["rabbitmq"]["exchange"] = json!(stack.var("BAVS_EXCHANGE"));
-    spec["scanner"] = json!({ "external": { "address": stack.var("BAVS_CLAMD_TCP") }, "maxObjectSize": "100Mi" });
-    spec["actions"]["quarantineBucket"] = json!(quarantine);
-    spec["actions"]["webhook"]["url"] = json!(webhook_url);
-    spec["actions"]["webhook"]["reportClean"] = json!(true);
-    spec["deletionPolicy"] = json!("Delete");
+    let example: BucketScanPolicy = serde_norway::from_str(&text).expect("the example is a BucketScanPolicy");
+    let mut policy = BucketScanPolicy::new(name, example.spec);
+    policy.metadata.namespace = Some(namespace.to_owned());
+    let spec = &mut policy.spec;
+    spec.minio.endpoint = stack.var("BAVS_S3_ENDPOINT").to_owned();
+    spec.minio.region = stack.var("BAVS_S3_REGION").to_owned();
+    spec.minio.ca_bundle = None;
+    spec.buckets = vec![BucketSpec { name: bucket.to_owned(), prefix: None, suffix: None }];
+    spec.notification.queue_dir = format!("{}/minio/{namespace}-events", stack.var("BAVS_STACK_DIR"));
+    spec.rabbitmq.queue = None;
+    spec.rabbitmq.exchange = stack.var("BAVS_EXCHANGE").to_owned();
+    let scanner = json!({ "external": { "address": stack.var("BAVS_CLAMD_TCP") }, "maxObjectSize": "100Mi" });
+    spec.scanner = serde_json::from_value(scanner).expect("an external scanner");
+    spec.actions.quarantine_bucket = Some(quarantine.to_owned());
+    let webhook = spec.actions.webhook.as_mut().expect("the example reports to a webhook");
+    webhook.url = webhook_url.to_owned();
+    webhook.report_clean = true;
+    spec.deletion_policy = DeletionPolicy::Delete;
     policy
+}
+
+/// Applies `policy` (the tests' field manager owns its spec).
+pub async fn apply_policy(client: &Client, policy: &BucketScanPolicy) {
+    let namespace = policy.metadata.namespace.as_deref().expect("the policy names its namespace");
+    apply(&Api::namespaced(client.clone(), namespace), policy).await;
+}
+
+/// Deletes policy `name` and waits (up to a minute) until the operator has cleaned up after it
+/// and it is gone, as `kubectl delete --timeout=60s` does.
+pub async fn delete_policy(client: &Client, namespace: &str, name: &str) {
+    let policies: Api<BucketScanPolicy> = Api::namespaced(client.clone(), namespace);
+    kube_api::delete(&policies, name).await;
+    wait_for(&format!("policy {name} to be gone"), Duration::from_secs(60), Duration::from_millis(250), async || {
+        match policies.get_opt(name).await.map_err(|error| error.to_string())? {
+            Some(policy) => Err(format!("finalizers {:?}", policy.metadata.finalizers)),
+            None => Ok(()),
+        }
+    })
+    .await;
 }
 
 /// Waits until policy `name` is Ready, printing each new reason it is not yet; panics with its
 /// status after two minutes.
-pub async fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
+pub async fn wait_ready(client: &Client, namespace: &str, name: &str) {
+    let policies: Api<BucketScanPolicy> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     let mut last_reason = String::new();
-    wait_for(
-        &format!("policy {name} to become Ready"),
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        async || {
-            let policy = cluster.get_json(namespace, "bsp", name);
-            let conditions = policy["status"]["conditions"].as_array().cloned().unwrap_or_default();
-            if let Some(ready) = conditions.iter().find(|condition| condition["type"] == "Ready") {
-                if ready["status"] == "True" {
-                    return Ok(());
-                }
-                let reason = ready["reason"].as_str().unwrap_or_default().to_owned();
-                if reason != last_reason {
-                    println!("  not ready yet: {reason}: {}", ready["message"].as_str().unwrap_or_default());
-                    last_reason = reason;
-                }
+    let what = format!("policy {name} to become Ready");
+    wait_for(&what, Duration::from_secs(120), Duration::from_millis(500), async || {
+        let policy = policies.get(name).await.unwrap_or_else(|error| panic!("get policy {name}: {error}"));
+        if let Some(ready) = condition(&policy, "Ready") {
+            if ready.status == "True" {
+                return Ok(());
             }
-            Err(serde_json::to_string_pretty(&policy["status"]).unwrap())
-        },
-    )
+            if ready.reason != last_reason {
+                println!("  not ready yet: {}: {}", ready.reason, ready.message);
+                last_reason = ready.reason.clone();
+            }
+        }
+        Err(crate::policy::status_text(&policy))
+    })
     .await;
     println!("  Ready after {:.1} s", started.elapsed().as_secs_f64());
 }
@@ -121,12 +131,12 @@ pub async fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
 /// listen address (one port per local process), the log format and level differ. Returns them
 /// with their queue.
 pub async fn start_workers(
-    cluster: &Cluster,
+    client: &Client,
     namespace: &str,
     policy: &str,
     count: usize,
 ) -> (Vec<WorkerProcess>, String) {
-    let launch = ContainerLaunch::from_deployment(cluster, namespace, &format!("{policy}-worker"), "worker");
+    let launch = ContainerLaunch::from_deployment(client, namespace, &format!("{policy}-worker"), "worker").await;
     let queue = launch.env("BAVS_QUEUE").expect("the worker Deployment sets BAVS_QUEUE").to_owned();
     let log_level = std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into());
     let mut workers = Vec::new();
@@ -150,6 +160,7 @@ pub const LOAD_RELEASE: &str = "bucket-av";
 /// (onInfected: Quarantine, every verdict reported to a local webhook) with a fixed worker count,
 /// and that many workers started from the policy's Deployment.
 pub struct LoadedSystem {
+    pub client: Client,
     pub namespace: String,
     pub bucket: String,
     pub quarantine: String,
@@ -163,9 +174,10 @@ impl LoadedSystem {
     /// Sets everything up under names starting with `prefix`, with `workers` worker processes.
     pub async fn start(stack: &Stack, helm: &Helm, prefix: &str, workers: usize) -> Self {
         let cluster = &helm.cluster;
+        let client = cluster.client().await;
         let namespace = crate::unique_name(&format!("bucket-av-{prefix}"));
         println!("\n==> Installing the Helm chart and starting its operator (as `just demo` does)");
-        install_chart(helm, LOAD_RELEASE, &namespace);
+        install_chart(helm, &client, LOAD_RELEASE, &namespace).await;
         let s3 = stack.s3();
         let bucket = crate::unique_name(&format!("{prefix}-uploads"));
         let quarantine = crate::unique_name(&format!("{prefix}-quarantine"));
@@ -173,31 +185,31 @@ impl LoadedSystem {
             s3.create_bucket().bucket(name).send().await.expect("create bucket");
         }
         let hooks = crate::WebhookReceiver::start().await;
-        create_policy_secrets(stack, cluster, &namespace);
+        create_policy_secrets(stack, &client, &namespace).await;
         let operator = crate::chart::ChartOperator::start(cluster, &namespace, LOAD_RELEASE).await;
         println!("  operator pid {}, namespace {namespace}", operator.process.pid());
 
         println!("\n==> Applying the policy (onInfected: Quarantine) and starting the workers from its Deployment");
         let mut policy = example_policy(stack, &namespace, LOAD_POLICY, &bucket, &quarantine, &hooks.url());
-        policy["spec"]["workers"]["minReplicas"] = json!(workers);
-        policy["spec"]["workers"]["maxReplicas"] = json!(workers);
-        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&serde_json::to_string(&policy).unwrap()));
-        wait_ready(cluster, &namespace, LOAD_POLICY).await;
-        let (workers, queue) = start_workers(cluster, &namespace, LOAD_POLICY, workers).await;
-        Self { namespace, bucket, quarantine, hooks, operator, workers, queue }
+        let count = i32::try_from(workers).expect("a worker count fits a replica count");
+        policy.spec.workers.min_replicas = count;
+        policy.spec.workers.max_replicas = count;
+        apply_policy(&client, &policy).await;
+        wait_ready(&client, &namespace, LOAD_POLICY).await;
+        let (workers, queue) = start_workers(&client, &namespace, LOAD_POLICY, workers).await;
+        Self { client, namespace, bucket, quarantine, hooks, operator, workers, queue }
     }
 
     /// Drains the workers, deletes the policy (its queues go: deletionPolicy Delete), stops the
     /// operator and uninstalls the chart.
     pub async fn stop(self, helm: &Helm) {
         println!("\n==> Deleting the policy and uninstalling the chart");
-        let cluster = &helm.cluster;
         for worker in self.workers {
             worker.terminate(Duration::from_secs(60)).await;
         }
-        cluster.kubectl_ok(&["delete", "bsp", LOAD_POLICY, "-n", &self.namespace, "--timeout=60s"], None);
+        delete_policy(&self.client, &self.namespace, LOAD_POLICY).await;
         self.operator.stop().await;
         helm.ok(&["uninstall", LOAD_RELEASE, "--namespace", &self.namespace, "--wait", "--timeout", "60s"]);
-        cluster.kubectl_ok(&["delete", "namespace", &self.namespace, "--wait=false"], None);
+        kube_api::delete_namespace(&self.client, &self.namespace).await;
     }
 }

@@ -3,11 +3,11 @@
 //! and `fieldRef` resolved from the cluster. Anything this cannot reproduce faithfully (envFrom,
 //! `$(VAR)` expansion) fails loudly instead of being approximated.
 
-use base64::Engine;
-use serde_json::Value;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, EnvVar, Secret};
+use kube::{Api, Client};
 use tokio::process::Command;
 
-use crate::Cluster;
 use crate::process::workspace_binary;
 
 /// How one container would be started.
@@ -21,33 +21,30 @@ pub struct ContainerLaunch {
 
 impl ContainerLaunch {
     /// Reads Deployment `namespace/deployment` and resolves container `container` of its pod
-    /// template; `pod_name` stands in for `metadata.name` in field references.
-    pub fn from_deployment(cluster: &Cluster, namespace: &str, deployment: &str, container: &str) -> Self {
-        let object = cluster.get_json(namespace, "deployment", deployment);
-        let spec = &object["spec"]["template"]["spec"];
-        let containers = spec["containers"].as_array().expect("pod template has containers");
-        let found = containers
-            .iter()
-            .find(|candidate| candidate["name"] == container)
+    /// template; `<deployment>-local` stands in for `metadata.name` in field references.
+    pub async fn from_deployment(client: &Client, namespace: &str, deployment: &str, container: &str) -> Self {
+        let object = Api::<Deployment>::namespaced(client.clone(), namespace)
+            .get(deployment)
+            .await
+            .unwrap_or_else(|error| panic!("get deployment {deployment}: {error}"));
+        let spec = object.spec.template.spec.expect("the pod template has a spec");
+        let found = spec
+            .containers
+            .into_iter()
+            .find(|candidate| candidate.name == container)
             .unwrap_or_else(|| panic!("deployment {deployment} has no container {container}"));
-        assert!(found.get("envFrom").is_none(), "envFrom is not reproduced locally: {found}");
-        let strings = |value: &Value| -> Vec<String> {
-            value
-                .as_array()
-                .map(|items| items.iter().map(|item| item.as_str().unwrap().to_owned()).collect())
-                .unwrap_or_default()
-        };
-        let command = strings(&found["command"]);
+        assert!(found.env_from.is_none(), "envFrom is not reproduced locally: {found:?}");
+        let command = found.command.unwrap_or_default();
         assert!(!command.is_empty(), "container {container} names no command; it must not rely on an image entrypoint");
-        let args = strings(&found["args"]);
+        let args = found.args.unwrap_or_default();
         for word in command.iter().chain(&args) {
             assert!(!word.contains("$("), "$(VAR) expansion is not reproduced locally: {word}");
         }
         let pod_name = format!("{deployment}-local");
-        let env = found["env"]
-            .as_array()
-            .map(|vars| vars.iter().map(|var| resolve_env(cluster, namespace, &pod_name, var)).collect())
-            .unwrap_or_default();
+        let mut env = Vec::new();
+        for var in found.env.unwrap_or_default() {
+            env.push(resolve_env(client, namespace, &pod_name, var).await);
+        }
         Self { command, args, env }
     }
 
@@ -77,33 +74,36 @@ impl ContainerLaunch {
     }
 }
 
-fn resolve_env(cluster: &Cluster, namespace: &str, pod_name: &str, var: &Value) -> (String, String) {
-    let name = var["name"].as_str().expect("env var has a name").to_owned();
-    if let Some(value) = var.get("value") {
-        return (name, value.as_str().unwrap_or_default().to_owned());
+async fn resolve_env(client: &Client, namespace: &str, pod_name: &str, var: EnvVar) -> (String, String) {
+    let name = var.name;
+    if let Some(value) = var.value {
+        return (name, value);
     }
-    let from = &var["valueFrom"];
-    let value = if let Some(reference) = from.get("secretKeyRef") {
-        let secret = cluster.get_json(namespace, "secret", reference["name"].as_str().unwrap());
-        let encoded = secret["data"][reference["key"].as_str().unwrap()]
-            .as_str()
-            .unwrap_or_else(|| panic!("secret {reference} lacks the key that env {name} reads"));
-        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).expect("secret data is base64");
-        String::from_utf8(bytes).expect("secret value is text")
-    } else if let Some(reference) = from.get("configMapKeyRef") {
-        let config_map = cluster.get_json(namespace, "configmap", reference["name"].as_str().unwrap());
-        config_map["data"][reference["key"].as_str().unwrap()]
-            .as_str()
-            .unwrap_or_else(|| panic!("configmap {reference} lacks the key that env {name} reads"))
-            .to_owned()
-    } else if let Some(field) = from.get("fieldRef") {
-        match field["fieldPath"].as_str().unwrap() {
+    let from = var.value_from.unwrap_or_else(|| panic!("env {name} has neither a value nor a source"));
+    let value = if let Some(reference) = &from.secret_key_ref {
+        let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+        let secret = secrets.get(&reference.name).await.unwrap_or_else(|error| panic!("get {reference:?}: {error}"));
+        let bytes = secret
+            .data
+            .and_then(|mut data| data.remove(&reference.key))
+            .unwrap_or_else(|| panic!("secret {reference:?} lacks the key that env {name} reads"));
+        String::from_utf8(bytes.0).expect("secret value is text")
+    } else if let Some(reference) = &from.config_map_key_ref {
+        let config_maps = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+        let config_map =
+            config_maps.get(&reference.name).await.unwrap_or_else(|error| panic!("get {reference:?}: {error}"));
+        config_map
+            .data
+            .and_then(|mut data| data.remove(&reference.key))
+            .unwrap_or_else(|| panic!("configmap {reference:?} lacks the key that env {name} reads"))
+    } else if let Some(field) = &from.field_ref {
+        match field.field_path.as_str() {
             "metadata.name" => pod_name.to_owned(),
             "metadata.namespace" => namespace.to_owned(),
             other => panic!("fieldRef {other} of env {name} is not reproduced locally"),
         }
     } else {
-        panic!("env {name} has a source this harness does not resolve: {from}");
+        panic!("env {name} has a source this harness does not resolve: {from:?}");
     };
     (name, value)
 }

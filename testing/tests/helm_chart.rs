@@ -10,15 +10,28 @@
 //! like operator/tests/autoscaling.rs and metrics-api/tests/aggregator.rs: never run this binary
 //! at the same time as those (`cargo test` runs test binaries one after another, so a workspace
 //! run is fine).
+//!
+//! Objects go through the typed client. kubectl stays where it is the subject: the chart's
+//! rendered manifests applied as a whole (server-side dry run), `auth can-i` for the RBAC the
+//! chart grants, and `get --raw` through the aggregator.
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
+use bucket_av_crds::BucketScanPolicy;
 use bucket_av_testing::chart::{CHART, ChartOperator, Helm, OPERATOR_COMMAND, repo_path};
+use bucket_av_testing::kube_api::{self, POLICY_CRD, apply, delete};
+use bucket_av_testing::policy::{AMQP_SECRET, MINIO_SECRET, condition, status_text};
 use bucket_av_testing::process::free_port;
-use bucket_av_testing::{Cluster, Stack, unique_name};
+use bucket_av_testing::{PolicyBuilder, Stack, unique_name, wait_for};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+use kube::{Api, Client};
 use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -29,14 +42,17 @@ fn read(path: &str) -> String {
 
 /// A fresh namespace whose pods must meet Pod Security Standards "restricted" (enforced by the
 /// API server's PodSecurity admission when the ReplicaSet creates them).
-fn restricted_namespace(cluster: &Cluster, prefix: &str) -> String {
+async fn restricted_namespace(client: &Client, prefix: &str) -> String {
     let namespace = unique_name(prefix);
-    cluster.ensure_namespace(&namespace);
-    cluster.kubectl_ok(
-        &["label", "namespace", &namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"],
-        None,
-    );
+    kube_api::ensure_namespace(client, &namespace, &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
     namespace
+}
+
+/// The client and the CRD installed, as every test against the control plane starts.
+async fn client_with_crd(helm: &Helm) -> Client {
+    let client = helm.cluster.client().await;
+    kube_api::install_crd(&client).await;
+    client
 }
 
 fn items_of_kind<'a>(list: &'a Value, kind: &str) -> Vec<&'a Value> {
@@ -49,74 +65,46 @@ fn env_value<'a>(container: &'a Value, name: &str) -> Option<&'a Value> {
 
 /// The Secrets a test policy names (from the stack's credentials) and a fresh bucket; returns
 /// the bucket's name.
-async fn policy_prerequisites(cluster: &Cluster, stack: &Stack, namespace: &str) -> String {
-    let access = format!("--from-literal=accessKey={}", stack.var("BAVS_S3_ACCESS_KEY"));
-    let secret = format!("--from-literal=secretKey={}", stack.var("BAVS_S3_SECRET_KEY"));
-    cluster.kubectl_ok(&["create", "secret", "generic", "minio-creds", "-n", namespace, &access, &secret], None);
-    let url = format!("--from-literal=url={}", stack.var("BAVS_AMQP_URL"));
-    cluster.kubectl_ok(&["create", "secret", "generic", "rabbitmq-url", "-n", namespace, &url], None);
+async fn policy_prerequisites(client: &Client, stack: &Stack, namespace: &str) -> String {
+    let credentials = [("accessKey", stack.var("BAVS_S3_ACCESS_KEY")), ("secretKey", stack.var("BAVS_S3_SECRET_KEY"))];
+    kube_api::put_secret(client, namespace, MINIO_SECRET, &credentials).await;
+    kube_api::put_secret(client, namespace, AMQP_SECRET, &[("url", stack.var("BAVS_AMQP_URL"))]).await;
     let bucket = unique_name("helm-op");
     stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
     bucket
 }
 
-/// Policy `scan` on the stack's environment-configured MinIO target `SCAN` (no MinIO restart)
-/// with the stack's clamd.
-fn policy_yaml(stack: &Stack, namespace: &str, bucket: &str) -> String {
-    format!(
-        "apiVersion: bucketav.dev/v1alpha1
-kind: BucketScanPolicy
-metadata:
-  name: scan
-  namespace: {namespace}
-spec:
-  minio:
-    endpoint: {endpoint}
-    region: {region}
-    credentialsSecret:
-      name: minio-creds
-  buckets:
-    - name: {bucket}
-  notification:
-    mode: Existing
-    targetId: SCAN
-  rabbitmq:
-    urlSecret:
-      name: rabbitmq-url
-    exchange: {exchange}
-    exchangeType: {exchange_type}
-  scanner:
-    external:
-      address: {clamd}
-  deletionPolicy: Delete
-",
-        endpoint = stack.var("BAVS_S3_ENDPOINT"),
-        region = stack.var("BAVS_S3_REGION"),
-        exchange = stack.var("BAVS_EXCHANGE"),
-        exchange_type = stack.var("BAVS_EXCHANGE_TYPE"),
-        clamd = stack.var("BAVS_CLAMD_TCP"),
-    )
+/// Applies policy `scan` on the stack's environment-configured MinIO target `SCAN` (no MinIO
+/// restart) with the stack's clamd, and waits until it is Ready for its current generation.
+async fn apply_policy_and_wait_ready(client: &Client, stack: &Stack, namespace: &str, bucket: &str) {
+    let policies: Api<BucketScanPolicy> = Api::namespaced(client.clone(), namespace);
+    apply(&policies, &PolicyBuilder::new(stack, namespace, "scan").bucket(bucket).build()).await;
+    wait_for("policy scan to be Ready", READY_TIMEOUT, Duration::from_millis(250), async || {
+        let policy = policies.get("scan").await.map_err(|error| error.to_string())?;
+        let ready = condition(&policy, "Ready").is_some_and(|ready| ready.status == "True");
+        let observed = policy.status.as_ref().and_then(|status| status.observed_generation);
+        if ready && observed == policy.metadata.generation { Ok(()) } else { Err(status_text(&policy)) }
+    })
+    .await;
 }
 
-/// Waits until the policy's Ready condition is True for its current generation.
-async fn wait_ready(cluster: &Cluster, namespace: &str, name: &str) {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
-        let policy = cluster.get_json(namespace, "bucketscanpolicy", name);
-        let ready = policy["status"]["conditions"]
-            .as_array()
-            .and_then(|conditions| conditions.iter().find(|condition| condition["type"] == "Ready"))
-            .is_some_and(|ready| ready["status"] == "True");
-        if ready && policy["status"]["observedGeneration"] == policy["metadata"]["generation"] {
-            return;
+/// Deletes policy `scan` and waits until its finalizer has run, as `kubectl delete` does.
+async fn delete_policy(client: &Client, namespace: &str) {
+    let policies: Api<BucketScanPolicy> = Api::namespaced(client.clone(), namespace);
+    delete(&policies, "scan").await;
+    wait_for("policy scan to be gone", Duration::from_secs(60), Duration::from_millis(250), async || {
+        match policies.get_opt("scan").await.map_err(|error| error.to_string())? {
+            Some(policy) => Err(format!("finalizers {:?}", policy.metadata.finalizers)),
+            None => Ok(()),
         }
-        assert!(
-            Instant::now() < deadline,
-            "policy {name} not Ready within {READY_TIMEOUT:?}: {}",
-            serde_json::to_string_pretty(&policy["status"]).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await;
+}
+
+/// A Deployment in `namespace` as JSON, for reading its pod template like the rendered objects.
+async fn deployment_json(client: &Client, namespace: &str, name: &str) -> Value {
+    let deployment = Api::<Deployment>::namespaced(client.clone(), namespace).get(name).await.expect("the Deployment");
+    serde_json::to_value(deployment).unwrap()
 }
 
 #[test]
@@ -183,14 +171,14 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
 
 /// Every object the chart renders, for each combination of switches, passes the API server's
 /// validation and admission in a server-side dry run (nothing is stored).
-#[test]
-fn rendered_objects_are_accepted_by_the_api_server() {
+#[tokio::test]
+async fn rendered_objects_are_accepted_by_the_api_server() {
     let helm = Helm::load();
     let cluster = &helm.cluster;
-    cluster.install_crd();
-    let namespace = restricted_namespace(cluster, "helm-render");
+    let client = client_with_crd(&helm).await;
+    let namespace = restricted_namespace(&client, "helm-render").await;
     let watched = unique_name("helm-watched");
-    cluster.ensure_namespace(&watched);
+    kube_api::ensure_namespace(&client, &watched, &[]).await;
     let watch = format!("operator.watchNamespace={watched}");
     let value_sets: [&[&str]; 4] = [
         &[],
@@ -200,6 +188,7 @@ fn rendered_objects_are_accepted_by_the_api_server() {
     ];
     for sets in value_sets {
         let rendered = helm.template("render", &namespace, sets);
+        // kubectl, as the subject: the rendered manifests, every kind at once, as they are sent.
         let applied = cluster.kubectl(&["apply", "--dry-run=server", "-o", "json", "-f", "-"], Some(&rendered));
         assert!(applied.success, "values {sets:?} refused by the API server:\n{}", applied.stderr);
         let list: Value = serde_json::from_str(&applied.stdout).expect("kubectl -o json");
@@ -266,32 +255,35 @@ fn rendered_objects_are_accepted_by_the_api_server() {
 
     let monitored = helm.template("render", &namespace, &["serviceMonitor.enabled=true"]);
     assert!(monitored.contains("kind: ServiceMonitor"), "serviceMonitor.enabled renders a ServiceMonitor");
-    let _ = cluster.kubectl(&["delete", "namespace", &namespace, &watched, "--wait=false"], None);
+    kube_api::delete_namespace(&client, &namespace).await;
+    kube_api::delete_namespace(&client, &watched).await;
 }
 
 /// helm install, upgrade (a changed value reaches the Deployment) and uninstall on the control
 /// plane, in a namespace enforcing the "restricted" Pod Security Standard: the operator's pods
 /// are admitted and become available.
-#[test]
-fn install_upgrade_and_uninstall_on_the_control_plane() {
+#[tokio::test]
+async fn install_upgrade_and_uninstall_on_the_control_plane() {
     let helm = Helm::load();
     let cluster = &helm.cluster;
-    cluster.install_crd();
-    let namespace = restricted_namespace(cluster, "helm-life");
+    let client = client_with_crd(&helm).await;
+    let namespace = restricted_namespace(&client, "helm-life").await;
     let release = unique_name("bav");
     let operator = format!("{release}-bucket-av-scanner-operator");
 
     let notes = helm.upgrade_install(&release, &namespace, &["externalMetrics.enabled=false"]);
     assert!(notes.contains("kubectl create secret generic minio-scanner"), "NOTES.txt says what to apply:\n{notes}");
     assert!(notes.contains("crds/examples/bucketscanpolicy.yaml"), "NOTES.txt names the example policy");
-    let deployment = cluster.get_json(&namespace, "deployment", &operator);
+    let deployment = deployment_json(&client, &namespace, &operator).await;
     assert_eq!(deployment["status"]["availableReplicas"], 1, "{}", deployment["status"]);
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env_value(container, "BAVS_OPERATOR_WORKER_IMAGE").unwrap()["value"], "bucket-av-worker:0.1.0");
-    cluster.get_json("", "clusterrole", &operator);
-    cluster.get_json("", "clusterrolebinding", &operator);
-    cluster.get_json(&namespace, "role", &format!("{operator}-leader-election"));
-    cluster.get_json(&namespace, "service", &operator);
+    Api::<ClusterRole>::all(client.clone()).get(&operator).await.expect("the ClusterRole");
+    Api::<ClusterRoleBinding>::all(client.clone()).get(&operator).await.expect("the ClusterRoleBinding");
+    let roles = Api::<Role>::namespaced(client.clone(), &namespace);
+    roles.get(&format!("{operator}-leader-election")).await.expect("the leader-election Role");
+    Api::<Service>::namespaced(client.clone(), &namespace).get(&operator).await.expect("the Service");
+    // kubectl, as the subject: `auth can-i --as` asks the API server what the chart's RBAC allows.
     let as_operator = |verb: &str, resource: &str| {
         let user = format!("system:serviceaccount:{namespace}:{operator}");
         cluster.kubectl(&["auth", "can-i", verb, resource, "-n", "default", "--as", &user], None).success
@@ -305,7 +297,7 @@ fn install_upgrade_and_uninstall_on_the_control_plane() {
         &namespace,
         &["externalMetrics.enabled=false", "worker.image.tag=1.2.3", "operator.replicas=2"],
     );
-    let deployment = cluster.get_json(&namespace, "deployment", &operator);
+    let deployment = deployment_json(&client, &namespace, &operator).await;
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(env_value(container, "BAVS_OPERATOR_WORKER_IMAGE").unwrap()["value"], "bucket-av-worker:1.2.3");
     assert_eq!(deployment["status"]["availableReplicas"], 2, "{}", deployment["status"]);
@@ -314,14 +306,16 @@ fn install_upgrade_and_uninstall_on_the_control_plane() {
     assert_eq!(history.as_array().unwrap().len(), 2, "two revisions: {history}");
 
     helm.ok(&["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
-    assert!(cluster.get_json_opt(&namespace, "deployment", &operator).is_none());
-    assert!(cluster.get_json_opt("", "clusterrole", &operator).is_none());
-    assert!(cluster.get_json_opt(&namespace, "serviceaccount", &operator).is_none());
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    assert!(deployments.get_opt(&operator).await.expect("get the Deployment").is_none());
+    assert!(Api::<ClusterRole>::all(client.clone()).get_opt(&operator).await.expect("get").is_none());
+    let accounts = Api::<ServiceAccount>::namespaced(client.clone(), &namespace);
+    assert!(accounts.get_opt(&operator).await.expect("get the ServiceAccount").is_none());
     assert!(
-        cluster.get_json_opt("", "crd", "bucketscanpolicies.bucketav.dev").is_some(),
+        Api::<CustomResourceDefinition>::all(client.clone()).get_opt(POLICY_CRD).await.expect("get").is_some(),
         "helm never deletes the CRD (policies would go with it)"
     );
-    let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    kube_api::delete_namespace(&client, &namespace).await;
 }
 
 /// The operator started locally exactly as the chart's Deployment starts it (command, args,
@@ -332,13 +326,13 @@ async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
     let helm = Helm::load();
     let cluster = &helm.cluster;
     let stack = Stack::load();
-    cluster.install_crd();
-    let namespace = restricted_namespace(cluster, "helm-op");
+    let client = client_with_crd(&helm).await;
+    let namespace = restricted_namespace(&client, "helm-op").await;
     let release = unique_name("bav");
     let watch = format!("operator.watchNamespace={namespace}");
     helm.upgrade_install(&release, &namespace, &["externalMetrics.enabled=false", &watch]);
 
-    let bucket = policy_prerequisites(cluster, &stack, &namespace).await;
+    let bucket = policy_prerequisites(&client, &stack, &namespace).await;
 
     let operator = ChartOperator::start(cluster, &namespace, &release).await;
     let launch = &operator.launch;
@@ -347,19 +341,18 @@ async fn the_operator_as_the_chart_runs_it_reconciles_a_policy() {
     assert_eq!(launch.env("BAVS_OPERATOR_LEADER_ELECTION_NAMESPACE"), Some(namespace.as_str()));
     let process = &operator.process;
 
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy_yaml(&stack, &namespace, &bucket)));
-    wait_ready(cluster, &namespace, "scan").await;
+    apply_policy_and_wait_ready(&client, &stack, &namespace, &bucket).await;
     assert_eq!(process.metric("bucket_av_operator_leader").await, 1.0, "the Lease was taken with the chart's Role");
-    let worker = cluster.get_json(&namespace, "deployment", "scan-worker");
+    let worker = deployment_json(&client, &namespace, "scan-worker").await;
     assert_eq!(
         worker["spec"]["template"]["spec"]["containers"][0]["image"], "bucket-av-worker:0.1.0",
         "the worker image comes from the chart's worker.image"
     );
 
-    cluster.kubectl_ok(&["delete", "bucketscanpolicy", "scan", "-n", &namespace, "--timeout", "60s"], None);
+    delete_policy(&client, &namespace).await;
     operator.stop().await;
     helm.ok(&["uninstall", &release, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
-    let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    kube_api::delete_namespace(&client, &namespace).await;
 }
 
 const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
@@ -392,17 +385,18 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     let helm = Helm::load();
     let cluster = &helm.cluster;
     let stack = Stack::load();
-    cluster.install_crd();
+    let client = client_with_crd(&helm).await;
     let _lock = bucket_av_testing::cluster::ApiServiceLock::acquire(cluster).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while cluster.get_json_opt("", "apiservice", API_SERVICE).is_some() {
-        assert!(
-            Instant::now() < deadline,
-            "APIService {API_SERVICE} is held by another test or provider; delete it first"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let namespace = restricted_namespace(cluster, "helm-metrics");
+    let api_services = Api::<APIService>::all(client.clone());
+    let what = format!("APIService {API_SERVICE} to be free (held by another test or provider? delete it first)");
+    wait_for(&what, Duration::from_secs(60), Duration::from_millis(500), async || {
+        match api_services.get_opt(API_SERVICE).await.map_err(|error| error.to_string())? {
+            Some(held) => Err(format!("labels {:?}", held.metadata.labels)),
+            None => Ok(()),
+        }
+    })
+    .await;
+    let namespace = restricted_namespace(&client, "helm-metrics").await;
     let release = Release { helm: &helm, name: unique_name("bav"), namespace: namespace.clone() };
     let port = free_port().to_string();
     let sets = [
@@ -413,7 +407,7 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     ];
     let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
     helm.upgrade_install(&release.name, &namespace, &sets);
-    let bucket = policy_prerequisites(cluster, &stack, &namespace).await;
+    let bucket = policy_prerequisites(&client, &stack, &namespace).await;
 
     let chart_operator = ChartOperator::start(cluster, &namespace, &release.name).await;
     let launch = &chart_operator.launch;
@@ -431,41 +425,36 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
         );
     }
 
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&policy_yaml(&stack, &namespace, &bucket)));
-    wait_ready(cluster, &namespace, "scan").await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let available = cluster.kubectl(
-            &["get", "apiservice", API_SERVICE, "-o", "jsonpath={.status.conditions[?(@.type==\"Available\")]}"],
-            None,
-        );
-        if available.stdout.contains("\"status\":\"True\"") {
-            break;
+    apply_policy_and_wait_ready(&client, &stack, &namespace, &bucket).await;
+    wait_for("the APIService to be Available", Duration::from_secs(60), Duration::from_millis(500), async || {
+        let service = api_services.get_opt(API_SERVICE).await.map_err(|error| error.to_string())?;
+        let conditions = service.and_then(|service| service.status?.conditions).unwrap_or_default();
+        match conditions.iter().find(|condition| condition.type_ == "Available") {
+            Some(available) if available.status == "True" => Ok(()),
+            other => Err(format!("Available: {other:?}")),
         }
-        assert!(Instant::now() < deadline, "APIService not Available within 60 s: {}", available.stdout);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await;
     let path = format!(
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/bucketav_queue_depth?labelSelector=bucketav.dev%2Fpolicy%3Dscan"
     );
     // Available comes from the aggregator's availability check; its proxy picks up the new
     // APIService (and caBundle) on its own schedule, so the first reads may still fail.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let values: Value = loop {
+    let what = "the metric through the aggregator";
+    let values: Value = wait_for(what, Duration::from_secs(30), Duration::from_millis(500), async || {
+        // kubectl, as the subject: the path an administrator reads the metric by.
         let read = cluster.kubectl(&["get", "--raw", &path], None);
-        if read.success {
-            break serde_json::from_str(&read.stdout).unwrap();
-        }
-        assert!(Instant::now() < deadline, "the metric through the aggregator: {}", read.stderr);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+        if read.success { Ok(serde_json::from_str(&read.stdout).unwrap()) } else { Err(read.stderr) }
+    })
+    .await;
     let item = &values["items"][0];
     assert_eq!(item["metricName"], "bucketav_queue_depth", "{values}");
     assert_eq!(item["value"], "0", "an empty work queue: {values}");
 
-    cluster.kubectl_ok(&["delete", "bucketscanpolicy", "scan", "-n", &namespace, "--timeout", "60s"], None);
+    delete_policy(&client, &namespace).await;
     chart_operator.stop().await;
     drop(release);
-    assert!(cluster.get_json_opt("", "apiservice", API_SERVICE).is_none(), "helm uninstall removes the APIService");
-    let _ = cluster.kubectl(&["delete", "namespace", &namespace, "--wait=false"], None);
+    let left = api_services.get_opt(API_SERVICE).await.expect("get the APIService");
+    assert!(left.is_none(), "helm uninstall removes the APIService");
+    kube_api::delete_namespace(&client, &namespace).await;
 }

@@ -1,139 +1,87 @@
 //! What the operator's control-plane tests share: a namespace of their own with the Secrets a
-//! policy needs, policies written as YAML and applied with kubectl, waits on status conditions,
-//! and read-back from the real MinIO and RabbitMQ.
+//! policy needs, policies built with [`PolicyBuilder`] and applied through the typed API, waits
+//! on status conditions, and read-back from the real MinIO and RabbitMQ.
 
 #![allow(dead_code)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_s3::types::QueueConfiguration;
-use bucket_av_testing::{Cluster, Stack, unique_name};
+use bucket_av_crds::BucketScanPolicy;
+use bucket_av_testing::kube_api::{self, apply, delete};
+use bucket_av_testing::policy::status_text;
+pub use bucket_av_testing::policy::{AMQP_SECRET, MINIO_SECRET, condition};
+use bucket_av_testing::{Cluster, PolicyBuilder, Stack, unique_name, wait_for};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, Resource};
 use lapin::options::QueueDeclareOptions;
-use serde_json::Value;
-
-pub const MINIO_SECRET: &str = "minio-creds";
-pub const AMQP_SECRET: &str = "rabbitmq-url";
 
 pub struct Fixture {
     pub cluster: Cluster,
     pub stack: Stack,
     pub namespace: String,
-}
-
-/// How a test policy gets its MinIO notification target.
-pub enum Target {
-    /// The stack's environment-configured target with this ID (routing key `scan`).
-    Existing(&'static str),
-    Managed {
-        allow_restart: bool,
-    },
-}
-
-/// One bucket line of a policy.
-pub struct Bucket<'a> {
-    pub name: &'a str,
-    pub prefix: Option<&'a str>,
+    pub client: kube::Client,
 }
 
 impl Fixture {
     /// A fresh namespace with the CRD installed; `with_secrets` also creates the MinIO
     /// credentials and the AMQP URL Secrets from the stack's values.
-    pub fn new(prefix: &str, with_secrets: bool) -> Self {
+    pub async fn new(prefix: &str, with_secrets: bool) -> Self {
         let cluster = Cluster::load();
         let stack = Stack::load();
-        cluster.install_crd();
+        let client = cluster.client().await;
+        kube_api::install_crd(&client).await;
         let namespace = unique_name(prefix);
-        cluster.ensure_namespace(&namespace);
         // Every worker pod the operator creates must pass Pod Security "restricted": the API
         // server refuses the ReplicaSet's pods otherwise, and no worker becomes available.
-        cluster.kubectl_ok(
-            &["label", "namespace", &namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite"],
-            None,
-        );
-        let fixture = Self { cluster, stack, namespace };
+        kube_api::ensure_namespace(&client, &namespace, &[("pod-security.kubernetes.io/enforce", "restricted")]).await;
+        let fixture = Self { cluster, stack, namespace, client };
         if with_secrets {
-            fixture.create_minio_secret();
-            fixture.create_amqp_secret();
+            fixture.create_minio_secret().await;
+            fixture.create_amqp_secret().await;
         }
         fixture
     }
 
-    pub fn create_minio_secret(&self) {
-        let access = format!("--from-literal=accessKey={}", self.stack.var("BAVS_S3_ACCESS_KEY"));
-        let secret = format!("--from-literal=secretKey={}", self.stack.var("BAVS_S3_SECRET_KEY"));
-        self.kubectl(&["create", "secret", "generic", MINIO_SECRET, &access, &secret]);
+    pub async fn create_minio_secret(&self) {
+        let data =
+            [("accessKey", self.stack.var("BAVS_S3_ACCESS_KEY")), ("secretKey", self.stack.var("BAVS_S3_SECRET_KEY"))];
+        kube_api::put_secret(&self.client, &self.namespace, MINIO_SECRET, &data).await;
     }
 
-    pub fn create_amqp_secret(&self) {
-        let url = format!("--from-literal=url={}", self.stack.var("BAVS_AMQP_URL"));
-        self.kubectl(&["create", "secret", "generic", AMQP_SECRET, &url]);
+    pub async fn create_amqp_secret(&self) {
+        kube_api::put_secret(&self.client, &self.namespace, AMQP_SECRET, &[("url", self.stack.var("BAVS_AMQP_URL"))])
+            .await;
     }
 
-    /// kubectl in the test's namespace; panics with its output on failure.
-    pub fn kubectl(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.namespace.as_str()];
-        full.extend_from_slice(args);
-        self.cluster.kubectl_ok(&full, None)
+    /// The API of `K` in the test's namespace.
+    pub fn api<K: Resource<Scope = NamespaceResourceScope>>(&self) -> Api<K>
+    where
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    pub fn apply(&self, yaml: &str) {
-        self.cluster.kubectl_ok(&["apply", "-n", &self.namespace, "-f", "-"], Some(yaml));
+    /// The tests' policy `name` in this namespace (see [`PolicyBuilder::new`]), to add buckets to.
+    pub fn policy_builder(&self, name: &str) -> PolicyBuilder {
+        PolicyBuilder::new(&self.stack, &self.namespace, name)
     }
 
-    /// A policy scanning `buckets` with the stack's clamd, tagging verdicts and deleting its
-    /// queues when deleted; `extra_spec` is appended to the spec (two-space indented YAML).
-    pub fn policy_yaml(&self, name: &str, target: &Target, buckets: &[Bucket], extra_spec: &str) -> String {
-        let notification = match target {
-            Target::Existing(id) => format!("    mode: Existing\n    targetId: {id}\n"),
-            Target::Managed { allow_restart } => format!(
-                "    mode: Managed\n    allowRestart: {allow_restart}\n    queueDir: {}/minio/operator-events\n",
-                self.stack.var("BAVS_STACK_DIR")
-            ),
-        };
-        let mut bucket_lines = String::new();
-        for bucket in buckets {
-            bucket_lines.push_str(&format!("    - name: {}\n", bucket.name));
-            if let Some(prefix) = bucket.prefix {
-                bucket_lines.push_str(&format!("      prefix: {prefix}\n"));
-            }
-        }
-        format!(
-            "apiVersion: bucketav.dev/v1alpha1
-kind: BucketScanPolicy
-metadata:
-  name: {name}
-  namespace: {namespace}
-spec:
-  minio:
-    endpoint: {endpoint}
-    region: {region}
-    credentialsSecret:
-      name: {MINIO_SECRET}
-  buckets:
-{bucket_lines}  notification:
-{notification}  rabbitmq:
-    urlSecret:
-      name: {AMQP_SECRET}
-    exchange: {exchange}
-    exchangeType: {exchange_type}
-    deliveryLimit: 4
-  scanner:
-    external:
-      address: {clamd}
-  deletionPolicy: Delete
-{extra_spec}",
-            namespace = self.namespace,
-            endpoint = self.stack.var("BAVS_S3_ENDPOINT"),
-            region = self.stack.var("BAVS_S3_REGION"),
-            exchange = self.stack.var("BAVS_EXCHANGE"),
-            exchange_type = self.stack.var("BAVS_EXCHANGE_TYPE"),
-            clamd = self.stack.var("BAVS_CLAMD_TCP"),
-        )
+    /// Where MinIO stores the events of targets the operator manages.
+    pub fn managed_queue_dir(&self) -> String {
+        format!("{}/minio/operator-events", self.stack.var("BAVS_STACK_DIR"))
+    }
+
+    /// Server-side applies the policy (the whole spec: fields left out are removed).
+    pub async fn apply(&self, policy: &BucketScanPolicy) {
+        apply(&self.api::<BucketScanPolicy>(), policy).await;
     }
 
     /// The policy as the API server has it, or `None` once it is gone.
-    pub fn policy(&self, name: &str) -> Option<Value> {
-        self.cluster.get_json_opt(&self.namespace, "bucketscanpolicy", name)
+    pub async fn policy(&self, name: &str) -> Option<BucketScanPolicy> {
+        self.api::<BucketScanPolicy>().get_opt(name).await.unwrap_or_else(|error| panic!("get policy {name}: {error}"))
     }
 
     /// Waits until condition `type_` of the policy has `status` (and `reason`, when given) for
@@ -145,50 +93,52 @@ spec:
         status: &str,
         reason: Option<&str>,
         timeout: Duration,
-    ) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let policy = self.policy(name).unwrap_or_else(|| panic!("policy {name} does not exist"));
-            let generation = policy["metadata"]["generation"].as_i64();
-            let observed = policy["status"]["observedGeneration"].as_i64();
-            if let Some(condition) = condition(&policy, type_)
-                && observed == generation
-                && condition["status"] == status
-                && reason.is_none_or(|reason| condition["reason"] == reason)
-            {
-                return policy;
+    ) -> BucketScanPolicy {
+        let what = format!("policy {name}: {type_} to become {status} ({reason:?})");
+        wait_for(&what, timeout, Duration::from_millis(250), async || {
+            let policy = self.policy(name).await.unwrap_or_else(|| panic!("policy {name} does not exist"));
+            let observed = policy.status.as_ref().and_then(|status| status.observed_generation);
+            match condition(&policy, type_) {
+                Some(condition)
+                    if observed == policy.metadata.generation
+                        && condition.status == status
+                        && reason.is_none_or(|reason| condition.reason == reason) =>
+                {
+                    Ok(policy)
+                }
+                _ => Err(format!("status: {}", status_text(&policy))),
             }
-            assert!(
-                Instant::now() < deadline,
-                "policy {name}: {type_} did not become {status} ({reason:?}) within {timeout:?}; status: {}",
-                serde_json::to_string_pretty(&policy["status"]).unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        })
+        .await
     }
 
     /// Deletes the policy and waits until its finalizer has run and it is gone.
     pub async fn delete_policy(&self, name: &str, timeout: Duration) {
-        self.kubectl(&["delete", "bucketscanpolicy", name, "--wait=false"]);
-        let deadline = Instant::now() + timeout;
-        while self.policy(name).is_some() {
-            assert!(Instant::now() < deadline, "policy {name} still exists {timeout:?} after its deletion");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        delete(&self.api::<BucketScanPolicy>(), name).await;
+        wait_for(
+            &format!("policy {name} to be gone after its deletion"),
+            timeout,
+            Duration::from_millis(250),
+            async || match self.policy(name).await {
+                Some(policy) => Err(format!("finalizers {:?}", policy.metadata.finalizers)),
+                None => Ok(()),
+            },
+        )
+        .await;
     }
 
     /// Events recorded for the policy, as `reason: note` lines.
-    pub fn events(&self, name: &str) -> Vec<String> {
+    pub async fn events(&self, name: &str) -> Vec<String> {
         let selector = format!("regarding.name={name},regarding.kind=BucketScanPolicy");
-        let text = self.kubectl(&["get", "events.events.k8s.io", "--field-selector", &selector, "-o", "json"]);
-        let list: Value = serde_json::from_str(&text).expect("event list");
-        list["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|event| {
-                format!("{}: {}", event["reason"].as_str().unwrap_or(""), event["note"].as_str().unwrap_or(""))
-            })
+        let events = self
+            .api::<Event>()
+            .list(&ListParams::default().fields(&selector))
+            .await
+            .unwrap_or_else(|error| panic!("list the events of {name}: {error}"));
+        events
+            .items
+            .into_iter()
+            .map(|event| format!("{}: {}", event.reason.unwrap_or_default(), event.note.unwrap_or_default()))
             .collect()
     }
 
@@ -223,32 +173,21 @@ spec:
 
     /// Waits until `queue` holds at least `count` ready messages.
     pub async fn wait_for_queued(&self, queue: &str, count: u32, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_for(&format!("queue {queue} to hold {count} messages"), timeout, Duration::from_millis(200), async || {
             let depth = self.queue_depth(queue).await;
-            if depth.is_some_and(|depth| depth >= count) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "queue {queue} holds {depth:?} messages, not {count}, after {timeout:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            if depth.is_some_and(|depth| depth >= count) { Ok(()) } else { Err(format!("{depth:?} messages")) }
+        })
+        .await
     }
 }
 
 impl Drop for Fixture {
     fn drop(&mut self) {
         // Policies still holding their finalizer keep the namespace until an operator runs;
-        // the control plane is discarded at the end of the run anyway.
+        // the control plane is discarded at the end of the run anyway. kubectl, not the typed
+        // client: `drop` cannot await, and a panicking test's runtime may be unusable here.
         let _ = self.cluster.kubectl(&["delete", "namespace", &self.namespace, "--wait=false"], None);
     }
-}
-
-/// Condition `type_` of a policy's status.
-pub fn condition<'a>(policy: &'a Value, type_: &str) -> Option<&'a Value> {
-    policy["status"]["conditions"].as_array()?.iter().find(|condition| condition["type"] == type_)
 }
 
 /// The four events MinIO is asked to publish, never `s3:ObjectCreated:*` (which includes tagging).

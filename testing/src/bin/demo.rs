@@ -10,9 +10,11 @@
 use std::time::Duration;
 
 use bucket_av_testing::chart::{ChartOperator, Helm};
-use bucket_av_testing::{Cluster, EICAR, Stack, WebhookReceiver, local_system, unique_name};
+use bucket_av_testing::{EICAR, Stack, WebhookReceiver, kube_api, local_system, poll_until, unique_name};
 use clap::Parser;
-use serde_json::json;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::{Api, Client};
 
 #[derive(Parser)]
 struct Args {
@@ -31,10 +33,11 @@ async fn main() {
     let stack = Stack::load();
     let helm = Helm::load();
     let cluster = &helm.cluster;
+    let client = cluster.client().await;
     let namespace = unique_name("bucket-av-demo");
 
     step("Installing the Helm chart charts/bucket-av-scanner (CRD, operator, RBAC, external metrics API)");
-    local_system::install_chart(&helm, RELEASE, &namespace);
+    local_system::install_chart(&helm, &client, RELEASE, &namespace).await;
     println!("  release {RELEASE} in namespace {namespace}: helm ls -n {namespace}");
 
     step("Creating the buckets and the Secrets the policy refers to");
@@ -45,7 +48,7 @@ async fn main() {
         s3.create_bucket().bucket(name).send().await.expect("create bucket");
     }
     let hooks = WebhookReceiver::start().await;
-    local_system::create_policy_secrets(&stack, cluster, &namespace);
+    local_system::create_policy_secrets(&stack, &client, &namespace).await;
     println!("  uploads: {bucket}   quarantine: {quarantine}   webhook receiver: {}", hooks.url());
 
     step("Starting the operator exactly as the chart's Deployment describes it (its ServiceAccount, its certificate)");
@@ -54,18 +57,20 @@ async fn main() {
 
     step("Applying crds/examples/bucketscanpolicy.yaml, pointed at the local stack");
     let mut policy = local_system::example_policy(&stack, &namespace, POLICY, &bucket, &quarantine, &hooks.url());
-    policy["spec"]["workers"]["maxReplicas"] = json!(3);
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&serde_json::to_string(&policy).unwrap()));
+    policy.spec.workers.max_replicas = 3;
+    local_system::apply_policy(&client, &policy).await;
     println!("  changed from the example: MinIO endpoint and bucket names, the webhook URL, the external");
     println!("  clamd of the stack instead of the sidecar (kwok runs no containers), deletionPolicy Delete");
     println!("  (the operator writes MinIO's notification target and restarts MinIO once to load it)");
-    local_system::wait_ready(cluster, &namespace, POLICY).await;
+    local_system::wait_ready(&client, &namespace, POLICY).await;
+    // kubectl, as the subject: the demo shows what a user sees.
     println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", &namespace], None)));
 
     step("Starting the workers exactly as the operator's Deployment describes them");
-    let deployment = cluster.get_json(&namespace, "deployment", &format!("{POLICY}-worker"));
-    let replicas = deployment["spec"]["replicas"].as_i64().unwrap_or(1).max(1);
-    let (workers, _queue) = local_system::start_workers(cluster, &namespace, POLICY, replicas as usize).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let deployment = deployments.get(&format!("{POLICY}-worker")).await.expect("the worker Deployment");
+    let replicas = deployment.spec.replicas.unwrap_or(1).max(1);
+    let (workers, _queue) = local_system::start_workers(&client, &namespace, POLICY, replicas as usize).await;
 
     step("Uploading invoices/report.pdf (clean) and downloads/eicar.com (the EICAR test file)");
     let clean = b"%PDF-1.4\n% a perfectly ordinary report\n".repeat(100);
@@ -91,7 +96,8 @@ async fn main() {
     }
 
     step("The policy, its workers and their autoscaler (on the live queue depth), as kubectl shows them");
-    wait_for_hpa_metric(cluster, &namespace).await;
+    wait_for_hpa_metric(&client, &namespace).await;
+    // kubectl, as the subject: the table a user reads.
     let shown = cluster.kubectl(&["get", "bsp,deployment,hpa", "-n", &namespace], None);
     println!("{}", indent(&format!("{}{}", shown.stdout, shown.stderr)));
     let metrics = workers[0].metrics().await;
@@ -118,30 +124,34 @@ async fn main() {
     for worker in workers {
         worker.terminate(Duration::from_secs(60)).await;
     }
-    cluster.kubectl_ok(&["delete", "bsp", POLICY, "-n", &namespace, "--timeout=60s"], None);
+    local_system::delete_policy(&client, &namespace, POLICY).await;
     operator.stop().await;
     step("Uninstalling the chart");
     helm.ok(&["uninstall", RELEASE, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
-    cluster.kubectl_ok(&["delete", "namespace", &namespace, "--wait=false"], None);
+    kube_api::delete_namespace(&client, &namespace).await;
     step("Done");
 }
 
-/// Waits until the HPA has read the queue depth through the aggregator for its current replicas.
-async fn wait_for_hpa_metric(cluster: &Cluster, namespace: &str) {
-    let started = std::time::Instant::now();
-    loop {
-        let hpa = cluster.get_json(namespace, "hpa", &format!("{POLICY}-worker"));
+/// Waits until the HPA has read the queue depth through the aggregator for its current replicas;
+/// after a minute shows its conditions and goes on.
+async fn wait_for_hpa_metric(client: &Client, namespace: &str) {
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let read = poll_until(Duration::from_secs(60), Duration::from_millis(500), async || {
+        let hpa = hpas.get(&format!("{POLICY}-worker")).await.expect("the worker HPA");
+        let status = hpa.status.unwrap_or_default();
+        let metric = status.current_metrics.as_ref().and_then(|metrics| metrics.first());
+        let average = metric.and_then(|metric| metric.external.as_ref()?.current.average_value.as_ref());
         // The first sync can divide by zero replicas (the HPA then shows a huge negative value).
-        let average = hpa["status"]["currentMetrics"][0]["external"]["current"]["averageValue"].as_str();
-        if average.is_some_and(|value| !value.starts_with('-')) && hpa["status"]["currentReplicas"].as_i64() > Some(0) {
-            return;
+        if average.is_some_and(|value| !value.0.starts_with('-')) && status.current_replicas > Some(0) {
+            Ok(())
+        } else {
+            Err(status.conditions)
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            println!("  (the HPA has not read its metric within 60 s; its conditions:)");
-            println!("{}", indent(&serde_json::to_string_pretty(&hpa["status"]["conditions"]).unwrap()));
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    })
+    .await;
+    if let Err(conditions) = read {
+        println!("  (the HPA has not read its metric within 60 s; its conditions:)");
+        println!("{}", indent(&serde_json::to_string_pretty(&conditions).unwrap()));
     }
 }
 
