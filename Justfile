@@ -47,13 +47,34 @@ cluster-down:
 test:
     @bash testing/run-tests.sh
 
-# The whole system on a clean file and EICAR: stack, control plane, operator, policy, workers
-# (--keep-running: leave the operator and workers up until Ctrl-C)
-demo *flags:
+# The quick check without services: formatting, lints (the service suites included) and the tests that need no stack
+check:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets --locked --features services -- -D warnings
+    cargo test --workspace --locked
+
+# Write the BucketScanPolicy CRD from its Rust types (crdgen) to crds/ and to the Helm chart's crds/
+generate:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    yaml=$(mktemp)
+    trap 'rm -f "$yaml"' EXIT
+    cargo run --locked -q --bin crdgen >"$yaml"
+    cp "$yaml" crds/bucketscanpolicy.yaml
+    cp "$yaml" charts/bucket-av-scanner/crds/bucketscanpolicy.yaml
+    echo "wrote crds/bucketscanpolicy.yaml and charts/bucket-av-scanner/crds/bucketscanpolicy.yaml"
+
+# The whole system on a clean file and EICAR (--keep-running: leave the operator and workers up until Ctrl-C)
+demo *flags: (on-local-system "demo" flags)
+
+# Starts the stack and the control plane, builds the binaries (as `just test` does) and runs one
+# of testing/src/bin against them: what demo, soak and faults share
+[private]
+on-local-system bin *flags:
     @bash testing/stack/stack-up.sh
     @bash testing/cluster/cluster-up.sh
-    @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
-    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/demo {{ flags }}
+    @cargo build --locked --workspace --features services --bins
+    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/{{ bin }} {{ flags }}
     @echo "The stack and the control plane keep running (target/stack/stack.env, target/cluster/cluster.env);"
     @echo "stop them with: just stack-down cluster-down"
 
@@ -92,18 +113,8 @@ kind-down:
 
 # Flags (defaults): --duration 5m --rate 20 --infected-every 10 --workers 2 --size 1K-64K; see BENCHMARKS.md
 # Sustained uploads through the whole system set up as the demo; checks every verdict, reports worker and operator RSS
-soak *flags:
-    @bash testing/stack/stack-up.sh
-    @bash testing/cluster/cluster-up.sh
-    @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
-    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/soak {{ flags }}
-    @echo "The stack and the control plane keep running; stop them with: just stack-down cluster-down"
+soak *flags: (on-local-system "soak" flags)
 
 # Flags (defaults): --uploads 10000 --rate 25 --rounds 3 --outage 8s --workers 2; see BENCHMARKS.md
 # Uploads while every part fails in turn (webhook, clamd, RabbitMQ, MinIO, a worker, the operator); checks every verdict
-faults *flags:
-    @bash testing/stack/stack-up.sh
-    @bash testing/cluster/cluster-up.sh
-    @cargo build --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
-    @WORKER_LOG=warn OPERATOR_LOG=warn target/debug/faults {{ flags }}
-    @echo "The stack and the control plane keep running; stop them with: just stack-down cluster-down"
+faults *flags: (on-local-system "faults" flags)

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project against a fresh real stack, then stops the stack,
 # also when a test fails. `just test` calls this; so does CI (through `just test`).
+# Every cargo command has the same --workspace --features services: the feature turns on the test
+# suites that need the stack or the control plane, and one feature set means nothing is built
+# twice (stack-up.sh builds the binaries it runs with it too).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -9,11 +12,11 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "Formatting and lints"
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked --features services -- -D warnings
 
 step "Building the tests and the binaries they run"
-cargo test --workspace --locked --no-run
-cargo build --workspace --locked --bins
+cargo test --workspace --locked --features services --no-run
+cargo build --workspace --locked --features services --bins
 
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 bash testing/stack/stack-up.sh
@@ -26,14 +29,14 @@ trap 'step "Stopping the control plane and the stack"; bash testing/cluster/clus
 step "Running every test (unit, then integration against the stack)"
 # Integration tests spend their time waiting on services, so more run at once than there are
 # cores. Test binaries run one after another, which keeps the clamd outage suite on its own.
-WORKER_LOG=${WORKER_LOG:-warn} cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-6}"
+WORKER_LOG=${WORKER_LOG:-warn} cargo test --workspace --locked --features services -- --test-threads "${TEST_THREADS:-6}"
 
 step "Suites that stop or restart the stack's services, on their own: admin API, managed targets, reconcile faults"
 # --workspace keeps the feature set of the build above: with -p, cargo would rebuild half the
 # dependency tree for a narrower one.
-BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked \
+BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked --features services \
     --test restart --test managed_target --test reconcile_faults -- --ignored --test-threads 1
 
 step "Fault injection: 2000 uploads while every part of the system fails in turn (its report is printed)"
 WORKER_LOG=${WORKER_LOG:-warn} OPERATOR_LOG=${OPERATOR_LOG:-warn} \
-    cargo test --workspace --locked --test fault_injection -- --ignored --nocapture
+    cargo test --workspace --locked --features services --test fault_injection -- --ignored --nocapture

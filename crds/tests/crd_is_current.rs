@@ -8,7 +8,7 @@ fn committed_crd_matches_the_generated_one() {
     let generated = bucket_av_crds::crd_yaml().expect("the CRD serializes to YAML");
     assert!(
         committed == generated,
-        "crds/bucketscanpolicy.yaml is out of date with the BucketScanPolicy types; regenerate it with \
-         `cargo run -p bucket-av-crds --bin crdgen > crds/bucketscanpolicy.yaml` and commit the result"
+        "crds/bucketscanpolicy.yaml is out of date with the BucketScanPolicy types; regenerate it (and the \
+         chart's copy) with `just generate` and commit the result"
     );
 }

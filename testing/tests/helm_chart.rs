@@ -36,10 +36,6 @@ use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn read(path: &str) -> String {
-    std::fs::read_to_string(repo_path(path)).unwrap_or_else(|error| panic!("read {path}: {error}"))
-}
-
 /// A fresh namespace whose pods must meet Pod Security Standards "restricted" (enforced by the
 /// API server's PodSecurity admission when the ReplicaSet creates them).
 async fn restricted_namespace(client: &Client, prefix: &str) -> String {
@@ -105,31 +101,6 @@ async fn delete_policy(client: &Client, namespace: &str) {
 async fn deployment_json(client: &Client, namespace: &str, name: &str) -> Value {
     let deployment = Api::<Deployment>::namespaced(client.clone(), namespace).get(name).await.expect("the Deployment");
     serde_json::to_value(deployment).unwrap()
-}
-
-#[test]
-fn the_chart_ships_the_generated_crd_unchanged() {
-    assert!(
-        read("crds/bucketscanpolicy.yaml") == read("charts/bucket-av-scanner/crds/bucketscanpolicy.yaml"),
-        "charts/bucket-av-scanner/crds/bucketscanpolicy.yaml differs from crds/bucketscanpolicy.yaml; copy it: \
-         cp crds/bucketscanpolicy.yaml charts/bucket-av-scanner/crds/"
-    );
-    let files: Vec<_> = std::fs::read_dir(repo_path("charts/bucket-av-scanner/crds"))
-        .expect("the chart has crds/")
-        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(files, ["bucketscanpolicy.yaml"], "the chart's crds/ holds exactly the generated CRD");
-}
-
-#[test]
-fn the_chart_app_version_is_the_workspace_version() {
-    let chart = read("charts/bucket-av-scanner/Chart.yaml");
-    let app_version = chart
-        .lines()
-        .find_map(|line| line.strip_prefix("appVersion:"))
-        .map(|value| value.trim().trim_matches('"'))
-        .expect("Chart.yaml has appVersion");
-    assert_eq!(app_version, env!("CARGO_PKG_VERSION"), "set appVersion in Chart.yaml to the workspace version");
 }
 
 #[test]
