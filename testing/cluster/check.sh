@@ -4,10 +4,12 @@
 #   2. a Deployment of 3 replicas gets 3 pods Running and Ready on kwok nodes;
 #   3. discovery (/apis) works and kube-system/extension-apiserver-authentication
 #      publishes the request-header CA;
-#   4. the aggregation layer end to end: a stand-in external metrics server on
+#   4. the aggregation layer end to end: the external-metrics crate's server
+#      (its example constant_metrics, serving one metric of constant value) on
 #      127.0.0.1 behind an APIService (Service of type ExternalName, localhost)
 #      and an autoscaling/v2 HPA with an External metric that scales the
-#      Deployment from 3 to 5 replicas.
+#      Deployment from 3 to 5 replicas. The example is built unless
+#      BAVS_CONSTANT_METRICS_BIN names a built one.
 # Everything is created in namespace bavs-check and removed afterwards. Step 4
 # is skipped when BAVS_KUBE_AGGREGATOR_ROUTING=true or when another
 # v1beta1.external.metrics.k8s.io APIService is registered.
@@ -102,8 +104,16 @@ else
     openssl x509 -req -in "$work/tls.csr" -CA "$BAVS_CLUSTER_CA" -CAkey "$BAVS_CLUSTER_CA_KEY" \
         -set_serial "0x$(openssl rand -hex 16)" -days 1 -sha256 -out "$work/tls.crt" \
         -extfile <(printf 'subjectAltName=DNS:external-metrics.%s.svc\nextendedKeyUsage=serverAuth\n' "$NS") 2>/dev/null
-    python3 "$here/fake-external-metrics.py" "$BAVS_CHECK_ADAPTER_PORT" "$work/tls.crt" "$work/tls.key" \
-        "$BAVS_FRONT_PROXY_CA" 42 >"$work/adapter.log" 2>&1 &
+    if [[ -z ${BAVS_CONSTANT_METRICS_BIN:-} ]]; then
+        bavs_info "building the example constant_metrics of bucket-av-external-metrics"
+        # The feature set `just test` builds with, so that nothing is built twice.
+        (cd "$BAVS_REPO_ROOT" && cargo build --locked -q --workspace --features services --example constant_metrics) ||
+            fail "cargo build --example constant_metrics (or set BAVS_CONSTANT_METRICS_BIN to a built one)"
+        BAVS_CONSTANT_METRICS_BIN=${CARGO_TARGET_DIR:-$BAVS_REPO_ROOT/target}/debug/examples/constant_metrics
+    fi
+    # The server reads the aggregator's client CA from kube-system/extension-apiserver-authentication.
+    KUBECONFIG=$BAVS_KUBECONFIG "$BAVS_CONSTANT_METRICS_BIN" "127.0.0.1:$BAVS_CHECK_ADAPTER_PORT" \
+        "$work/tls.crt" "$work/tls.key" queue_depth=42 >"$work/adapter.log" 2>&1 &
     adapter_pid=$!
     own_apiservice=true
     k apply -f - >/dev/null <<EOF

@@ -53,12 +53,9 @@ fi
 mkdir -p "$BAVS_CLUSTER_DIR" "$PKI" "$LOGS"
 chmod 700 "$BAVS_CLUSTER_DIR" "$PKI"
 
-bavs_port_in_use() { # PORT: is anything listening on it (any address)?
-    ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
-}
 for v in "${PORT_VARS[@]}"; do
     if bavs_port_in_use "${!v}"; then
-        bavs_die "port ${!v} ($v) is already in use: $(ss -Hltnp "sport = :${!v}" 2>/dev/null | head -n1)
+        bavs_die "port ${!v} ($v) is already in use by $(bavs_port_owner "${!v}")
        stop what holds it, or pick another port: $v=<port> bash testing/cluster/cluster-up.sh"
     fi
 done
@@ -150,24 +147,14 @@ for c in kube-controller-manager kube-scheduler kwok; do
 done
 
 # ---- 4. helpers to start and wait ---------------------------------------------
-# bavs_start COMPONENT BINARY ARGS...: run in the background in its own session
-# (so a Ctrl-C of the caller does not reach it), output to its log file; the
-# process writes its own pid before exec'ing the binary, so the pid file holds
-# the component's pid.
+# bavs_start COMPONENT BINARY ARGS...: run in the background in its own session,
+# output to its log file, pid in its pid file (bavs_spawn).
 bavs_start() {
-    local c=$1 pidf log i
+    local c=$1 pidf log
     shift
     pidf=$(bavs_pidfile "$c")
     log=$(bavs_logfile "$c")
-    rm -f "$pidf"
-    # shellcheck disable=SC2016 # $$ and $0 expand in the child shell
-    setsid bash -c 'echo $$ >"$0.tmp" && mv "$0.tmp" "$0" && exec "$@"' "$pidf" "$@" >"$log" 2>&1 </dev/null &
-    for ((i = 0; i < 100; i++)); do
-        [[ -s $pidf ]] && break
-        sleep 0.05
-    done
-    [[ -s $pidf ]] || bavs_fail_with_log "$c" "$log" "did not start (no pid file $pidf)"
-    bavs_wait_for_exec "$(<"$pidf")"
+    bavs_spawn "$pidf" "$log" "$@" || bavs_fail_with_log "$c" "$log" "did not start (no pid file $pidf)"
     bavs_info "$c started (pid $(<"$pidf"), log $log)"
 }
 

@@ -4,7 +4,8 @@
 # Sourced by provision.sh, cluster-up.sh and cluster-down.sh; not meant to be run.
 
 BAVS_CLUSTER_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BAVS_REPO_ROOT="$(cd "$BAVS_CLUSTER_SCRIPTS/../.." && pwd)"
+# shellcheck source=testing/lib.sh
+source "$BAVS_CLUSTER_SCRIPTS/../lib.sh"
 
 # ---- pinned versions ---------------------------------------------------------
 # Kubernetes and etcd are pinned by the wrapper modules next to this file
@@ -26,7 +27,6 @@ bavs__gomod_require() { # FILE MODULE -> version
 K8S_VERSION=$(bavs__gomod_require "$BAVS_CLUSTER_SCRIPTS/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(bavs__gomod_require "$BAVS_CLUSTER_SCRIPTS/etcd/go.mod" go.etcd.io/etcd/server/v3)
 
-BAVS_TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/bucket-av-scanner/tools"
 BAVS_K8S_DIR="$BAVS_TOOLS_DIR/kubernetes-$K8S_VERSION"
 BAVS_ETCD_DIR="$BAVS_TOOLS_DIR/etcd-$ETCD_VERSION"
 BAVS_KWOK_DIR="$BAVS_TOOLS_DIR/kwok-$KWOK_VERSION"
@@ -37,8 +37,6 @@ BAVS_KWOK_STAGES="$BAVS_KWOK_DIR/stages.yaml"
 
 # ---------------------------------------------------------------- output ----
 
-# shellcheck source=testing/output.sh
-source "$BAVS_REPO_ROOT/testing/output.sh"
 bavs_fail_hint() { printf 'cluster-up stops what it started; logs stay in %s' "${BAVS_CLUSTER_DIR:-}"; }
 
 # ------------------------------------------------------------- config ----
@@ -90,33 +88,8 @@ bavs_logfile() { printf '%s/%s.log\n' "$LOGS" "$1"; }
 # bavs_component_pid COMPONENT: print the pid of a running component of THIS
 # cluster (pid file present, process alive and its command line mentions the
 # cluster dir, so a recycled pid is never taken for ours); fail otherwise.
-bavs_component_pid() {
-    local pidf pid
-    pidf=$(bavs_pidfile "$1")
-    [[ -s $pidf ]] || return 1
-    pid=$(<"$pidf")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/cmdline ]] || return 1
-    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$BAVS_CLUSTER_DIR/" || return 1
-    printf '%s\n' "$pid"
-}
+bavs_component_pid() { bavs_pid_alive "$(bavs_pidfile "$1")" "$BAVS_CLUSTER_DIR/"; }
 
-# bavs_stop_component COMPONENT [TIMEOUT]: SIGTERM, then SIGKILL after TIMEOUT s.
-bavs_stop_component() {
-    local c=$1 timeout=${2:-15} pid i
-    pid=$(bavs_component_pid "$c") || return 0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < timeout * 10; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        # a zombie (not reaped by its parent) counts as stopped
-        [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) == Z ]] && return 0
-        sleep 0.1
-    done
-    bavs_warn "$c (pid $pid) did not stop within ${timeout}s; sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || return 0
-        sleep 0.1
-    done
-    return 1
-}
+# bavs_stop_component COMPONENT [TIMEOUT]: SIGTERM, then SIGKILL after TIMEOUT s;
+# fails when the process is still there.
+bavs_stop_component() { bavs_stop_pid "$1" "$(bavs_pidfile "$1")" "$BAVS_CLUSTER_DIR/" "${2:-15}"; }

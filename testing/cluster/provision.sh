@@ -201,13 +201,7 @@ bavs__provision_apt() {
     for c in openssl curl; do
         command -v "$c" >/dev/null 2>&1 || missing+=("$c")
     done
-    ((${#missing[@]})) || return 0
-    [[ $(id -u) == 0 ]] || bavs_die "missing: ${missing[*]}; run as root: apt-get install -y ${missing[*]}"
-    printf 'installing Debian packages: %s\n' "${missing[*]}"
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get update &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } >/dev/null; then
-        bavs_die "apt-get install ${missing[*]} failed"
-    fi
+    ((${#missing[@]} == 0)) || bavs_apt_install "${missing[@]}"
 }
 
 bavs_cluster_provision() {

@@ -15,23 +15,24 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/lib.sh"
 
 bavs_load_stack || bavs_die "no stack in $BAVS_STACK_DIR (no stack.env); run testing/stack/stack-up.sh first"
+bavs_stack_binaries
+export BAVS_STACK_ENV=$STACK_ENV
 
 bavs_step "services"
 bash "$here/service.sh" status all | sed 's/^/    /' || bavs_die "not all services are running"
 
 bavs_step "rabbitmq management API"
-curl -fsS -m 10 -u "$BAVS_RABBITMQ_USER:$BAVS_RABBITMQ_PASSWORD" "$BAVS_RABBITMQ_MANAGEMENT_URL/api/overview" |
-    python3 -c 'import json,sys; d=json.load(sys.stdin); print("    RabbitMQ", d["rabbitmq_version"], "Erlang", d["erlang_version"], "node", d["node"])'
+"$BAVS_STACK_PROBE_BIN" rabbitmq-overview | sed 's/^/    /'
 
 bavs_step "minio health"
 bavs_minio_ready || bavs_die "minio: $BAVS_S3_ENDPOINT/minio/health/ready is not 200"
 bavs_info "ready"
 
 bavs_step "clamd detections (tcp + unix socket)"
-python3 "$here/probe.py" clamd-selftest --tcp "$BAVS_CLAMD_TCP" --unix "$BAVS_CLAMD_SOCKET"
+"$BAVS_STACK_PROBE_BIN" clamd-selftest --tcp "$BAVS_CLAMD_TCP" --unix "$BAVS_CLAMD_SOCKET"
 bavs_info "EICAR -> Eicar-Test-Signature.UNOFFICIAL, marker -> BucketAV.Test.Marker.UNOFFICIAL, clean -> OK"
 
 bavs_step "minio -> rabbitmq event ($BAVS_NOTIFY_ARN)"
-python3 "$here/probe.py" events-check --env "$STACK_ENV" | sed 's/^/    /'
+"$BAVS_STACK_PROBE_BIN" events-check | sed 's/^/    /'
 
 bavs_step "stack OK"

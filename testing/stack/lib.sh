@@ -7,7 +7,8 @@
 # credentials, same binaries) no matter which environment they are called from.
 
 BAVS_STACK_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BAVS_REPO_ROOT="$(cd "$BAVS_STACK_SCRIPTS/../.." && pwd)"
+# shellcheck source=testing/lib.sh
+source "$BAVS_STACK_SCRIPTS/../lib.sh"
 
 # Debian's own entry points. /usr/sbin/rabbitmq-* are wrappers that `su` to the
 # rabbitmq user and reset HOME (and with it the Erlang cookie), so we call the
@@ -17,8 +18,6 @@ CLAMD_BIN=/usr/sbin/clamd
 
 # ---------------------------------------------------------------- output ----
 
-# shellcheck source=testing/output.sh
-source "$BAVS_REPO_ROOT/testing/output.sh"
 bavs_fail_hint() { printf 'stop what is left with: BAVS_STACK_DIR=%s bash testing/stack/stack-down.sh' "${BAVS_STACK_DIR:-}"; }
 
 # ------------------------------------------------------------- config ----
@@ -115,6 +114,25 @@ bavs_load_stack() {
     bavs_paths
 }
 
+# bavs_stack_binaries: the two binaries of this workspace the stack scripts run, built unless
+# given: BAVS_OPERATOR_BIN (`bucket-av-operator clamd-config` renders clamd.conf) and
+# BAVS_STACK_PROBE_BIN (`stack-probe`, the self-checks). They are built the way `just test` builds
+# the tests and binaries (--workspace --features services), so that a first run builds nothing twice.
+bavs_stack_binaries() {
+    local target=${CARGO_TARGET_DIR:-$BAVS_REPO_ROOT/target}/debug bins=()
+    [[ -n ${BAVS_OPERATOR_BIN:-} ]] || bins+=(bucket-av-operator)
+    [[ -n ${BAVS_STACK_PROBE_BIN:-} ]] || bins+=(stack-probe)
+    if ((${#bins[@]})); then
+        bavs_step "building ${bins[*]} (clamd.conf, self-checks)"
+        (cd "$BAVS_REPO_ROOT" && cargo build --locked -q --workspace --features services "${bins[@]/#/--bin=}") ||
+            bavs_die "cargo build of ${bins[*]} failed; or set BAVS_OPERATOR_BIN and BAVS_STACK_PROBE_BIN to built binaries"
+    fi
+    : "${BAVS_OPERATOR_BIN:=$target/bucket-av-operator}"
+    : "${BAVS_STACK_PROBE_BIN:=$target/stack-probe}"
+    [[ -x $BAVS_OPERATOR_BIN ]] || bavs_die "BAVS_OPERATOR_BIN=$BAVS_OPERATOR_BIN is not an executable"
+    [[ -x $BAVS_STACK_PROBE_BIN ]] || bavs_die "BAVS_STACK_PROBE_BIN=$BAVS_STACK_PROBE_BIN is not an executable"
+}
+
 # "1100M" -> 1153433600 (clamd's K/M suffixes are powers of 1024).
 bavs_size_bytes() {
     local v=$1
@@ -125,85 +143,15 @@ bavs_size_bytes() {
     esac
 }
 
-# ------------------------------------------------------------ processes ----
-
-# bavs_pid_alive PIDFILE PATTERN: prints the PID and succeeds if the process in
-# PIDFILE is alive and its command line matches PATTERN (guards against reused
-# PIDs: we never signal a process that is not ours).
-bavs_pid_alive() {
-    local pidfile=$1 pattern=$2 pid cmd
-    [[ -s $pidfile ]] || return 1
-    pid=$(<"$pidfile")
-    pid=${pid//[^0-9]/}
-    [[ -n $pid ]] || return 1
-    kill -0 "$pid" 2>/dev/null || return 1
-    cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
-    [[ $cmd == *"$pattern"* ]] || return 1
-    printf '%s\n' "$pid"
-}
-
-# bavs_stop_pid NAME PIDFILE PATTERN [TIMEOUT]: SIGTERM, wait, then SIGKILL.
-bavs_stop_pid() {
-    local name=$1 pidfile=$2 pattern=$3 timeout=${4:-20} pid i
-    if pid=$(bavs_pid_alive "$pidfile" "$pattern"); then
-        kill -TERM "$pid" 2>/dev/null || true
-        for ((i = 0; i < timeout * 10; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            bavs_warn "$name (pid $pid) did not stop within ${timeout}s, sending SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-            for ((i = 0; i < 50; i++)); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        fi
-    fi
-    rm -f "$pidfile"
-}
-
-# bavs_spawn PIDFILE LOGFILE CMD...: start CMD detached (own session, stdin
-# from /dev/null, output appended to LOGFILE) and record its PID.
-bavs_spawn() {
-    local pidfile=$1 log=$2 cmd=$3
-    shift 2
-    rm -f "$pidfile"
-    # shellcheck disable=SC2016 # expanded by the inner bash
-    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$log" 2>&1 &
-    local i
-    for ((i = 0; i < 50; i++)); do
-        [[ -s $pidfile ]] && break
-        sleep 0.05
-    done
-    [[ -s $pidfile ]] || bavs_die "could not start $cmd (no pid file $pidfile)"
-    bavs_wait_for_exec "$(<"$pidfile")"
-}
-
 # ---------------------------------------------------------------- ports ----
-
-# bavs_port_listener PORT: succeeds if something listens on TCP PORT (any address).
-bavs_port_listener() {
-    local port=$1
-    if command -v ss >/dev/null 2>&1; then
-        [[ -n $(ss -Hltn "sport = :$port" 2>/dev/null) ]]
-    else
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
-    fi
-}
-
-# bavs_port_pid PORT: PID of the process listening on PORT (needs ss).
-bavs_port_pid() {
-    ss -Hltnp "sport = :$1" 2>/dev/null | sed -n 's/.*pid=\([0-9]*\).*/\1/p' | head -n 1
-}
 
 # bavs_require_free SERVICE PORT...: fail clearly if any port is taken.
 bavs_require_free() {
     local service=$1 port who
     shift
     for port in "$@"; do
-        if bavs_port_listener "$port"; then
-            who=$(ss -Hltnp "sport = :$port" 2>/dev/null | sed -n 's/.*users:((\("[^"]*"\),pid=\([0-9]*\).*/\1 pid \2/p' | head -n 1)
+        if bavs_port_in_use "$port"; then
+            who=$(bavs_port_owner "$port")
             bavs_die "$service: port $port on 127.0.0.1 is already in use${who:+ by $who}; stop that process or choose another port (see the BAVS_*_PORT variables in testing/stack/lib.sh)"
         fi
     done
@@ -242,7 +190,8 @@ bavs_rabbitmq_start() {
         . "$RMQ_ENV_FILE"
         set +a
         cd "$RMQ_HOME" || exit 1
-        bavs_spawn "$RMQ_WRAPPER_PID" "$RMQ_STARTUP_LOG" "$RABBITMQ_BIN_DIR/rabbitmq-server"
+        bavs_spawn "$RMQ_WRAPPER_PID" "$RMQ_STARTUP_LOG" "$RABBITMQ_BIN_DIR/rabbitmq-server" ||
+            bavs_die "could not start $RABBITMQ_BIN_DIR/rabbitmq-server (no pid file $RMQ_WRAPPER_PID)"
     )
     deadline=$((SECONDS + BAVS_RABBITMQ_TIMEOUT))
     # 1. cheap polls while the node boots (a CLI call costs ~1 s of CPU):
@@ -286,18 +235,18 @@ bavs_rabbitmq_stop() {
     local i
     # SIGTERM to the Erlang VM is RabbitMQ's graceful shutdown (same as
     # `rabbitmqctl stop`, without the 1-2 s of CLI start-up).
-    bavs_stop_pid "rabbitmq node" "$RMQ_PID" beam 30
+    bavs_stop_pid "rabbitmq node" "$RMQ_PID" beam 30 || true
     # The rabbitmq-server script exits with the VM; make sure.
     for ((i = 0; i < 30; i++)); do
         bavs_pid_alive "$RMQ_WRAPPER_PID" rabbitmq-server >/dev/null || break
         sleep 0.1
     done
-    bavs_stop_pid "rabbitmq-server script" "$RMQ_WRAPPER_PID" rabbitmq-server 5
+    bavs_stop_pid "rabbitmq-server script" "$RMQ_WRAPPER_PID" rabbitmq-server 5 || true
 }
 
 bavs_epmd_stop() {
     bavs_record_epmd
-    bavs_stop_pid epmd "$RMQ_EPMD_PID" epmd 5
+    bavs_stop_pid epmd "$RMQ_EPMD_PID" epmd 5 || true
 }
 
 # ---------------------------------------------------------------- clamd ----
@@ -335,7 +284,7 @@ bavs_clamd_start() {
 }
 
 bavs_clamd_stop() {
-    bavs_stop_pid clamd "$CLAMD_PID" clamd 20
+    bavs_stop_pid clamd "$CLAMD_PID" clamd 20 || true
     rm -f "$CLAMD_SOCKET"
 }
 
@@ -364,7 +313,8 @@ bavs_minio_start() {
         bavs_spawn "$MINIO_PID" "$MINIO_LOG" "$BAVS_MINIO_BIN" server "$MINIO_DATA" \
             --address "127.0.0.1:$BAVS_MINIO_PORT" \
             --console-address "127.0.0.1:$BAVS_MINIO_CONSOLE_PORT" \
-            --certs-dir "$MINIO_DIR/certs"
+            --certs-dir "$MINIO_DIR/certs" ||
+            bavs_die "could not start $BAVS_MINIO_BIN (no pid file $MINIO_PID)"
     )
     deadline=$((SECONDS + BAVS_MINIO_TIMEOUT))
     until bavs_minio_ready; do
@@ -375,7 +325,7 @@ bavs_minio_start() {
 }
 
 bavs_minio_stop() {
-    bavs_stop_pid minio "$MINIO_PID" minio 20
+    bavs_stop_pid minio "$MINIO_PID" minio 20 || true
 }
 
 # ---------------------------------------------------------------- status ----

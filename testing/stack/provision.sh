@@ -10,6 +10,9 @@
 # stack-up.sh sources this file (to share the pinned versions) and calls
 # bavs_provision itself.
 
+# shellcheck source=testing/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 # ---- pinned versions ---------------------------------------------------------
 # MinIO has no semver tags (RELEASE.* tags); pin the module pseudo-version of an
 # upstream commit. This one is served by the Go module proxy (the older
@@ -30,7 +33,6 @@ declare -A BAVS_APT_PINS=(
 BAVS_APT_ORDER=(rabbitmq-server clamav-daemon clamav curl)
 # ------------------------------------------------------------------------------
 
-BAVS_TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/bucket-av-scanner/tools"
 BAVS_MINIO_BIN="$BAVS_TOOLS_DIR/minio-$MINIO_VERSION/minio"
 
 # "1:3.10.8-1.1+deb12u1" -> "3.10.8-1.1+deb12u1" -> matches pin "3.10.8"
@@ -47,32 +49,11 @@ bavs__pkg_version() {
 }
 
 bavs__provision_apt() {
-    local pkg ver missing=() log
+    local pkg ver missing=()
     for pkg in "${BAVS_APT_ORDER[@]}"; do
         bavs__pkg_version "$pkg" >/dev/null || missing+=("$pkg")
     done
-    # python3 runs the stack's self-checks (stdlib only)
-    command -v python3 >/dev/null 2>&1 || missing+=(python3)
-
-    if ((${#missing[@]})); then
-        if [[ $(id -u) != 0 ]]; then
-            printf 'ERROR: missing Debian packages: %s\n  run as root: apt-get update && apt-get install -y --no-install-recommends %s\n' \
-                "${missing[*]}" "${missing[*]}" >&2
-            exit 1
-        fi
-        log=$BAVS_TOOLS_DIR/apt.log
-        mkdir -p "$BAVS_TOOLS_DIR"
-        printf 'installing Debian packages: %s (log: %s)\n' "${missing[*]}" "$log"
-        # The packages' postinst scripts try to start system services; without an
-        # init system that is refused, which is what we want (the stack starts
-        # its own instances).
-        if ! { DEBIAN_FRONTEND=noninteractive apt-get update \
-            && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
-            printf 'ERROR: apt-get failed; last lines of %s:\n' "$log" >&2
-            tail -n 20 "$log" >&2
-            exit 1
-        fi
-    fi
+    ((${#missing[@]} == 0)) || bavs_apt_install "${missing[@]}"
 
     for pkg in "${BAVS_APT_ORDER[@]}"; do
         ver=$(bavs__pkg_version "$pkg") || { echo "ERROR: $pkg is still not installed" >&2; exit 1; }

@@ -51,14 +51,9 @@ done
 # ---- 1. tools -----------------------------------------------------------------
 bavs_step "provision (pinned tools)"
 bavs_provision | sed 's/^/    /'
-# clamd.conf is the one the operator renders (`bucket-av-operator clamd-config`).
-if [[ -z ${BAVS_OPERATOR_BIN:-} ]]; then
-    bavs_step "building bucket-av-operator (it renders clamd.conf)"
-    (cd "$BAVS_REPO_ROOT" && cargo build --locked -q -p bucket-av-operator --bin bucket-av-operator) ||
-        bavs_die "cargo build -p bucket-av-operator failed; or set BAVS_OPERATOR_BIN to a built bucket-av-operator"
-    BAVS_OPERATOR_BIN=${CARGO_TARGET_DIR:-$BAVS_REPO_ROOT/target}/debug/bucket-av-operator
-fi
-[[ -x $BAVS_OPERATOR_BIN ]] || bavs_die "BAVS_OPERATOR_BIN=$BAVS_OPERATOR_BIN is not an executable"
+# clamd.conf is the one the operator renders (`bucket-av-operator clamd-config`); stack-probe
+# runs the self-checks at the end.
+bavs_stack_binaries
 
 # ---- 2. stop whatever still runs from this stack dir ------------------------
 if [[ -f $STACK_ENV ]]; then
@@ -317,9 +312,9 @@ bavs_info "ready in $((SECONDS - t))s"
 
 # ---- 5. self-checks ---------------------------------------------------------------
 bavs_step "checking clamd detections and the MinIO notification ARN"
-python3 "$here/probe.py" clamd-selftest --tcp "127.0.0.1:$BAVS_CLAMD_PORT" --unix "$CLAMD_SOCKET" ||
+"$BAVS_STACK_PROBE_BIN" clamd-selftest --tcp "127.0.0.1:$BAVS_CLAMD_PORT" --unix "$CLAMD_SOCKET" ||
     bavs_fail_with_log clamd "$CLAMD_LOG" "test signatures not detected as expected"
-arn=$(python3 "$here/probe.py" notify-arn --endpoint "http://127.0.0.1:$BAVS_MINIO_PORT" \
+arn=$("$BAVS_STACK_PROBE_BIN" notify-arn --endpoint "http://127.0.0.1:$BAVS_MINIO_PORT" \
     --access-key "$BAVS_S3_ACCESS_KEY" --secret-key "$BAVS_S3_SECRET_KEY" --region us-east-1 \
     --target-id "$BAVS_NOTIFY_TARGET_ID") ||
     bavs_fail_with_log minio "$MINIO_LOG" "no queue ARN for target $BAVS_NOTIFY_TARGET_ID accepted by PutBucketNotificationConfiguration"
