@@ -1,7 +1,19 @@
 //! The `BucketScanPolicy` custom resource (`bucketav.dev/v1alpha1`): its Rust types, the CRD
 //! generated from them, the names the operator derives for a policy, and a pure check of a spec
 //! that matches the CRD's own validation. Nothing here talks to a cluster.
+//!
+//! Layout:
+//! - `policy`: the spec and status types; the CRD's schema and CEL rules are derived from them.
+//! - [`messages`]: the wording of the CEL rules, shared by the schema and [`SpecError`].
+//! - `validation`: [`BucketScanPolicySpec::validate`], the same rules checked in Rust.
+//! - `names`: every name derived from a policy (target ID and ARN, queues, notification entry
+//!   IDs, protection names, child object names), as methods of [`BucketScanPolicy`].
+//! - `quantity`: Kubernetes quantities (`512Mi`) as byte counts.
+//! - this file: [`condition_types`], status helpers and [`crd_yaml`], printed by `crdgen`.
+//!
+//! `messages` and `names` depend on nothing here; `validation` and `names` read `policy`.
 
+pub mod messages;
 mod names;
 mod policy;
 mod quantity;
@@ -11,11 +23,12 @@ mod validation;
 mod tests;
 
 pub use names::{
-    QUEUE_PREFIX, TARGET_ID_PREFIX, dead_letter_exchange, dead_letter_queue, default_queue, default_target_id,
+    POLICY_LABEL, QUEUE_DEPTH_METRIC, QUEUE_PREFIX, TARGET_ID_PREFIX, dead_letter_exchange, dead_letter_queue,
+    default_queue, default_target_id,
 };
 pub use policy::*;
 pub use quantity::quantity_bytes;
-pub use validation::{SpecError, messages};
+pub use validation::SpecError;
 
 use kube::CustomResourceExt;
 

@@ -1,6 +1,9 @@
-//! Names the operator derives for a policy when the spec leaves them out: the MinIO notification
-//! target ID and the RabbitMQ queue. Pure and deterministic, so every reconcile of the same policy
-//! arrives at the same names, and different policies never share one.
+//! Every name derived from a policy, in one place: the MinIO notification target ID and ARN, the
+//! RabbitMQ queue, dead-letter queue and exchange, the prefix of its bucket notification entries,
+//! its protection's IAM policy and statement IDs, and its child objects in Kubernetes. Pure and
+//! deterministic, so every reconcile of the same policy arrives at the same names, and different
+//! policies never share one. Whoever needs one of these names calls these functions rather than
+//! formatting it again.
 
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
@@ -44,6 +47,14 @@ pub fn dead_letter_exchange(queue: &str) -> String {
     format!("{queue}.dlx")
 }
 
+/// Label every child object of a policy carries, naming the policy (its value is the policy's
+/// name); the external metrics API finds a policy's queue by it.
+pub const POLICY_LABEL: &str = "bucketav.dev/policy";
+
+/// The external metric a policy's HorizontalPodAutoscaler scales on: the depth of its work queue,
+/// served by the operator's external metrics API.
+pub const QUEUE_DEPTH_METRIC: &str = "bucketav_queue_depth";
+
 /// 16 lowercase hex digits of SHA-256 over `namespace/name`.
 fn short_hash(namespace: &str, name: &str) -> String {
     let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
@@ -82,7 +93,54 @@ impl BucketScanPolicy {
     /// The ARN the buckets' notification entries point at, in MinIO's format
     /// `arn:minio:sqs:<region>:<target ID>:amqp`.
     pub fn target_arn(&self) -> String {
-        format!("arn:minio:sqs:{}:{}:amqp", self.spec.minio.region, self.target_id())
+        bucket_av_core::arn::amqp_target_arn(&self.spec.minio.region, &self.target_id())
+    }
+
+    /// The queue that takes the work queue's messages once they exceed the delivery limit.
+    pub fn dead_letter_queue_name(&self) -> String {
+        dead_letter_queue(&self.queue_name())
+    }
+
+    /// The exchange that routes the work queue's dead letters to [`Self::dead_letter_queue_name`].
+    pub fn dead_letter_exchange_name(&self) -> String {
+        dead_letter_exchange(&self.queue_name())
+    }
+
+    /// IDs of this policy's bucket notification entries are this and `.<index>`:
+    /// `bucket-av.<namespace>.<name>`. A namespace has no dots, so no two policies share it.
+    pub fn notification_entry_id_prefix(&self) -> String {
+        format!("bucket-av.{}.{}", self.namespace().unwrap_or_default(), self.name_any())
+    }
+
+    /// The canned IAM policy `spec.protection` writes to MinIO: one per BucketScanPolicy.
+    pub fn protection_policy_name(&self) -> String {
+        format!("bucket-av-protect.{}.{}", self.namespace().unwrap_or_default(), self.name_any())
+    }
+
+    /// Sid prefix of this policy's statements in bucket policies. Namespaces have no dots and
+    /// names no slashes, so no other policy's statements share it.
+    pub fn protection_sid_prefix(&self) -> String {
+        format!("{}/", self.notification_entry_id_prefix())
+    }
+
+    /// The worker Deployment.
+    pub fn worker_deployment_name(&self) -> String {
+        format!("{}-worker", self.name_any())
+    }
+
+    /// The HorizontalPodAutoscaler of the worker Deployment (named like it).
+    pub fn worker_autoscaler_name(&self) -> String {
+        self.worker_deployment_name()
+    }
+
+    /// The Service in front of the workers' metrics port.
+    pub fn worker_metrics_service_name(&self) -> String {
+        format!("{}-worker-metrics", self.name_any())
+    }
+
+    /// The ConfigMap holding the clamd sidecar's clamd.conf and freshclam.conf.
+    pub fn clamav_config_name(&self) -> String {
+        format!("{}-clamav", self.name_any())
     }
 }
 
@@ -120,6 +178,25 @@ mod tests {
         assert_eq!(default_queue("media", "uploads"), default_queue("media", "uploads"));
         assert_ne!(default_queue("media", "uploads"), default_queue("media", "uploads2"));
         assert_ne!(default_queue("media", "uploads"), default_queue("other", "uploads"));
+    }
+
+    #[test]
+    fn names_of_a_policy_derive_from_its_namespace_and_name() {
+        let mut policy: BucketScanPolicy =
+            serde_norway::from_str(include_str!("../examples/bucketscanpolicy.yaml")).unwrap();
+        policy.spec.rabbitmq.queue = None;
+        policy.metadata.name = Some("scan".into());
+        policy.metadata.namespace = Some("media".into());
+        assert_eq!(policy.queue_name(), "bucket-av.media.scan");
+        assert_eq!(policy.dead_letter_queue_name(), "bucket-av.media.scan.dead");
+        assert_eq!(policy.dead_letter_exchange_name(), "bucket-av.media.scan.dlx");
+        assert_eq!(policy.notification_entry_id_prefix(), "bucket-av.media.scan");
+        assert_eq!(policy.protection_policy_name(), "bucket-av-protect.media.scan");
+        assert_eq!(policy.protection_sid_prefix(), "bucket-av.media.scan/");
+        assert_eq!(policy.worker_deployment_name(), "scan-worker");
+        assert_eq!(policy.worker_autoscaler_name(), "scan-worker");
+        assert_eq!(policy.worker_metrics_service_name(), "scan-worker-metrics");
+        assert_eq!(policy.clamav_config_name(), "scan-clamav");
     }
 
     #[test]

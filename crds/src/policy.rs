@@ -8,7 +8,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::validation::messages;
+use crate::messages;
 
 /// Pattern of an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
 /// ending with a letter or digit.

@@ -29,26 +29,26 @@ use bucket_av_crds::{BucketScanPolicySpec, quantity_bytes};
 /// silently lowers anything larger to this (`cl_engine_set_num`, checked by starting clamd 1.4.6
 /// with `MaxFileSize 4G`: "File size limit set to 2147483645 bytes"). Nothing larger can be
 /// scanned whole, so nothing larger is accepted on the stream either.
-pub const MAX_FILE_SIZE_CAP: u64 = 2_147_483_645;
+pub(crate) const MAX_FILE_SIZE_CAP: u64 = 2_147_483_645;
 
 /// `MaxFileSize` and `MaxScanSize` are this many times `StreamMaxLength` (ClamAV's own ratio of
 /// `MaxScanSize` to `MaxFileSize`, 400M to 100M). A scan counts the object's own size plus the
 /// size of everything extracted from it, so a scan size equal to the stream size would make every
 /// archive near the object limit unscannable.
-pub const EXTRACTED_SIZE_RATIO: u64 = 4;
+pub(crate) const EXTRACTED_SIZE_RATIO: u64 = 4;
 
 /// clamd keeps `MaxScanTime` in 32 bits: a larger value wraps, and 4294967296 turns the limit
 /// off ("Global time limit protection disabled", checked on clamd 1.4.6).
-pub const MAX_SCAN_TIME_CAP_MS: u64 = u32::MAX as u64;
+pub(crate) const MAX_SCAN_TIME_CAP_MS: u64 = u32::MAX as u64;
 
 /// `MaxRecursion`: ClamAV's default. Archives nested deeper are `Heuristics.Limits.Exceeded.MaxRecursion`.
-pub const MAX_RECURSION: u32 = 17;
+pub(crate) const MAX_RECURSION: u32 = 17;
 
 /// `MaxFiles`: ClamAV's default. Containers with more entries are `Heuristics.Limits.Exceeded.MaxFiles`.
-pub const MAX_FILES: u32 = 10_000;
+pub(crate) const MAX_FILES: u32 = 10_000;
 
 /// The fewest queued connections clamd accepts (its default `MaxQueue`).
-pub const MIN_MAX_QUEUE: u32 = 100;
+pub(crate) const MIN_MAX_QUEUE: u32 = 100;
 
 /// The policy's `maxObjectSize` default (1Gi), for a spec that reached us unvalidated.
 const DEFAULT_MAX_OBJECT_SIZE: u64 = 1 << 30;
@@ -133,7 +133,7 @@ pub struct HostSettings {
 
 impl HostSettings {
     /// The clamd sidecar of a worker pod: loopback only, everything writable on emptyDir volumes.
-    pub fn sidecar(database_directory: &str, port: u16) -> Self {
+    pub(crate) fn sidecar(database_directory: &str, port: u16) -> Self {
         Self {
             database_directory: database_directory.into(),
             temporary_directory: "/tmp".into(),

@@ -18,70 +18,70 @@ use crate::clamd_config::HostSettings;
 pub struct Config {
     /// Worker image for policies that name none (`spec.workers.image`).
     #[arg(long, env = "BAVS_OPERATOR_WORKER_IMAGE")]
-    pub worker_image: String,
+    pub(crate) worker_image: String,
     /// Address of the /healthz, /readyz and /metrics server.
     #[arg(long, env = "BAVS_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
-    pub http_addr: SocketAddr,
+    pub(crate) http_addr: SocketAddr,
     /// Watch only this namespace (default: all namespaces). With it, the operator needs its
     /// permissions in that namespace only.
     #[arg(long, env = "BAVS_OPERATOR_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    pub(crate) watch_namespace: Option<String>,
     /// Run the controller only while holding the leader Lease (for more than one replica).
     #[arg(long, env = "BAVS_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
-    pub leader_election: bool,
+    pub(crate) leader_election: bool,
     /// Namespace of the leader Lease. Default: the operator's own namespace (from its service
     /// account), else the kubeconfig's namespace.
     #[arg(long, env = "BAVS_OPERATOR_LEADER_ELECTION_NAMESPACE")]
-    pub leader_election_namespace: Option<String>,
+    pub(crate) leader_election_namespace: Option<String>,
     /// Name of the leader Lease.
     #[arg(long, env = "BAVS_OPERATOR_LEADER_ELECTION_NAME", default_value = "bucket-av-operator")]
-    pub leader_election_name: String,
+    pub(crate) leader_election_name: String,
     /// This replica's identity in the Lease and in events. Default: the host (pod) name.
     #[arg(long, env = "BAVS_OPERATOR_POD_NAME")]
-    pub pod_name: Option<String>,
+    pub(crate) pod_name: Option<String>,
     /// Give each policy's workers a HorizontalPodAutoscaler on the queue-depth metric. Turn it
     /// off where the external metrics API belongs to another provider (KEDA, prometheus-adapter)
     /// and nothing would serve the metric: each worker Deployment then runs `minReplicas`.
     #[arg(long, env = "BAVS_OPERATOR_AUTOSCALING", default_value_t = true, action = clap::ArgAction::Set)]
-    pub autoscaling: bool,
+    pub(crate) autoscaling: bool,
     /// Serve the external metrics API (`external.metrics.k8s.io/v1beta1`, the queue depths the
     /// worker HPAs scale on) over HTTPS.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API", default_value_t = true, action = clap::ArgAction::Set)]
-    pub metrics_api: bool,
+    pub(crate) metrics_api: bool,
     /// Address of the external metrics API server.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_ADDR", default_value = "0.0.0.0:6443")]
-    pub metrics_api_addr: SocketAddr,
+    pub(crate) metrics_api_addr: SocketAddr,
     /// The Service in front of the metrics API. When set, the leader applies the APIService
     /// `v1beta1.external.metrics.k8s.io` pointing at it with the serving certificate's CA as
     /// `caBundle`; unset, the APIService is left to whoever installs it (a chart).
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_SERVICE")]
-    pub metrics_api_service: Option<String>,
+    pub(crate) metrics_api_service: Option<String>,
     /// Namespace of that Service. Default: the operator's own namespace (from its service
     /// account), else the kubeconfig's.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_SERVICE_NAMESPACE")]
-    pub metrics_api_service_namespace: Option<String>,
+    pub(crate) metrics_api_service_namespace: Option<String>,
     /// Port of that Service, written into the APIService.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_SERVICE_PORT", default_value_t = 443)]
-    pub metrics_api_service_port: u16,
+    pub(crate) metrics_api_service_port: u16,
     /// Serving certificate (PEM chain) of the metrics API, e.g. `tls.crt` of a cert-manager
     /// Secret. Default: a self-signed certificate made at start for the Service's DNS names.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_CERT_FILE", requires = "metrics_api_key_file")]
-    pub metrics_api_cert_file: Option<PathBuf>,
+    pub(crate) metrics_api_cert_file: Option<PathBuf>,
     /// Private key (PEM) of `--metrics-api-cert-file`.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_KEY_FILE", requires = "metrics_api_cert_file")]
-    pub metrics_api_key_file: Option<PathBuf>,
+    pub(crate) metrics_api_key_file: Option<PathBuf>,
     /// CA (PEM) that signed `--metrics-api-cert-file`, for the APIService's `caBundle`.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_CA_FILE", requires = "metrics_api_cert_file")]
-    pub metrics_api_ca_file: Option<PathBuf>,
+    pub(crate) metrics_api_ca_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "BAVS_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
 }
 
-pub use bucket_av_runtime::LogFormat;
+pub(crate) use bucket_av_runtime::LogFormat;
 
 /// The first argument that selects [`ClamdConfigArgs`] instead of running the operator.
-pub const CLAMD_CONFIG_COMMAND: &str = "clamd-config";
+pub(crate) const CLAMD_CONFIG_COMMAND: &str = "clamd-config";
 
 /// Flags of `bucket-av-operator clamd-config`: the policy, and the host settings of the clamd
 /// that will read the configuration (every flag also from its `BAVS_CLAMD_CONFIG_*` variable).
@@ -95,44 +95,44 @@ pub const CLAMD_CONFIG_COMMAND: &str = "clamd-config";
              and on encrypted content exactly as the sidecar does",
     group = clap::ArgGroup::new("listener").required(true).multiple(true).args(["tcp", "local_socket"])
 )]
-pub struct ClamdConfigArgs {
+pub(crate) struct ClamdConfigArgs {
     /// The BucketScanPolicy as a YAML file (as applied with kubectl); `-` reads standard input.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_POLICY")]
-    pub policy: PathBuf,
+    pub(crate) policy: PathBuf,
     /// clamd's `DatabaseDirectory` (the signatures).
     #[arg(long, env = "BAVS_CLAMD_CONFIG_DATABASE_DIRECTORY", value_parser = absolute_path)]
-    pub database_directory: PathBuf,
+    pub(crate) database_directory: PathBuf,
     /// `TCPAddr:TCPSocket` to listen on; clamd has no authentication, so keep it on loopback or a
     /// network only the workers reach.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_TCP")]
-    pub tcp: Option<SocketAddr>,
+    pub(crate) tcp: Option<SocketAddr>,
     /// `LocalSocket`: a unix socket to listen on.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_LOCAL_SOCKET", value_parser = absolute_path)]
-    pub local_socket: Option<PathBuf>,
+    pub(crate) local_socket: Option<PathBuf>,
     /// `PidFile`.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_PID_FILE", value_parser = absolute_path)]
-    pub pid_file: PathBuf,
+    pub(crate) pid_file: PathBuf,
     /// `LogFile` (not size-limited: rotate it from outside). Unset: clamd logs to stderr.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_LOG_FILE", value_parser = absolute_path)]
-    pub log_file: Option<PathBuf>,
+    pub(crate) log_file: Option<PathBuf>,
     /// `TemporaryDirectory`: holds streamed objects and extracted archive members, up to the
     /// policy's `MaxScanSize` for each scan in flight.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_TEMPORARY_DIRECTORY", value_parser = absolute_path)]
-    pub temporary_directory: PathBuf,
+    pub(crate) temporary_directory: PathBuf,
     /// `Foreground`: stay in the foreground (for a supervisor) instead of forking.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_FOREGROUND", default_value_t = false, action = clap::ArgAction::Set)]
-    pub foreground: bool,
+    pub(crate) foreground: bool,
     /// `SelfCheck`: seconds between checks for a changed signature database (clamd's default: 600).
     #[arg(long, env = "BAVS_CLAMD_CONFIG_SELF_CHECK_SECONDS")]
-    pub self_check_seconds: Option<u32>,
+    pub(crate) self_check_seconds: Option<u32>,
     /// `MaxQueue`, in place of the policy's (twice `workers.concurrency`, at least 100), for a clamd
     /// that more workers share.
     #[arg(long, env = "BAVS_CLAMD_CONFIG_MAX_QUEUE")]
-    pub max_queue: Option<u32>,
+    pub(crate) max_queue: Option<u32>,
 }
 
 impl ClamdConfigArgs {
-    pub fn host_settings(&self) -> HostSettings {
+    pub(crate) fn host_settings(&self) -> HostSettings {
         HostSettings {
             database_directory: self.database_directory.clone(),
             temporary_directory: self.temporary_directory.clone(),

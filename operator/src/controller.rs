@@ -5,33 +5,34 @@
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bucket_av_crds::BucketScanPolicy;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
-use kube::runtime::controller::Controller;
+use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::context::{Context, Peers};
-use crate::reconcile::{error_policy, reconcile};
+use crate::reconcile::{self, Error, policy_key};
 use crate::secrets::referenced_secrets;
 use crate::workload::MANAGER;
 
 /// Fails when the BucketScanPolicy CRD is not installed or not readable, so a misdeployed
 /// operator says so at once instead of retrying watches forever.
-pub async fn check_crd(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
+pub(crate) async fn check_crd(client: &kube::Client, namespace: Option<&str>) -> Result<(), kube::Error> {
     api::<BucketScanPolicy>(client, namespace).list(&ListParams::default().limit(1)).await.map(drop)
 }
 
 /// Runs the controller until `shutdown` completes, then lets in-flight reconciles finish.
 /// With `namespace`, only policies (and their Deployments and Secrets) of that namespace are
 /// watched; otherwise all namespaces are.
-pub async fn run(
+pub(crate) async fn run(
     ctx: Arc<Context>,
     namespace: Option<String>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
@@ -77,6 +78,34 @@ pub async fn run(
     info!("controller stopped");
 }
 
+/// One reconcile as the controller runs it: counted and timed, and the backoff of the policy
+/// reset when it succeeds.
+async fn reconcile(policy: Arc<BucketScanPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let key = policy_key(&policy);
+    let result = reconcile::reconcile(policy, &ctx).await;
+    ctx.metrics.reconciled(started.elapsed(), result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        ctx.failures.succeeded(&key);
+    }
+    result
+}
+
+/// Requeues a failed policy with exponential backoff (5 s doubling to 5 min), per policy.
+pub(crate) fn error_policy(policy: Arc<BucketScanPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.failures.failed(policy_key(&policy));
+    warn!(
+        policy = %policy.name_any(),
+        namespace = policy.namespace().unwrap_or_default(),
+        kind = error.kind(),
+        error = %error,
+        retry_in_seconds = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
@@ -88,7 +117,7 @@ where
 }
 
 /// A hash of what should start a reconcile of a policy: its generation and its finalizers.
-pub fn spec_or_finalizers(policy: &BucketScanPolicy) -> Option<u64> {
+fn spec_or_finalizers(policy: &BucketScanPolicy) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     policy.metadata.generation.hash(&mut hasher);
     policy.metadata.finalizers.hash(&mut hasher);
@@ -98,7 +127,7 @@ pub fn spec_or_finalizers(policy: &BucketScanPolicy) -> Option<u64> {
 
 /// A hash of what a policy reads from its worker Deployment: generation, replica counts, and
 /// whether it is being deleted.
-pub fn availability(deployment: &Deployment) -> Option<u64> {
+fn availability(deployment: &Deployment) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     deployment.metadata.generation.hash(&mut hasher);
     deployment.metadata.deletion_timestamp.is_some().hash(&mut hasher);
@@ -109,7 +138,7 @@ pub fn availability(deployment: &Deployment) -> Option<u64> {
 }
 
 /// The policies in the Secret's namespace that refer to it.
-pub fn policies_referencing(policies: &[Arc<BucketScanPolicy>], secret: &Secret) -> Vec<ObjectRef<BucketScanPolicy>> {
+fn policies_referencing(policies: &[Arc<BucketScanPolicy>], secret: &Secret) -> Vec<ObjectRef<BucketScanPolicy>> {
     let namespace = secret.namespace();
     let name = secret.name_any();
     policies

@@ -14,13 +14,13 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
-pub struct HttpState {
-    pub metrics: Arc<Metrics>,
+pub(crate) struct HttpState {
+    pub(crate) metrics: Arc<Metrics>,
     /// Set once the API server answered and the CRD is installed.
-    pub ready: Arc<AtomicBool>,
+    pub(crate) ready: Arc<AtomicBool>,
 }
 
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -41,7 +41,7 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 /// Binds `addr` (failing at once when it cannot) and serves until `shutdown`.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     state: HttpState,
     shutdown: CancellationToken,

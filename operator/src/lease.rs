@@ -19,21 +19,21 @@ use tracing::{info, warn};
 
 /// How a candidate takes part in the election.
 #[derive(Debug, Clone)]
-pub struct LeaseConfig {
-    pub namespace: String,
-    pub name: String,
+pub(crate) struct LeaseConfig {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
     /// Unique per process: the pod name plus a random suffix.
-    pub identity: String,
+    pub(crate) identity: String,
     /// How long a lease is valid without renewal.
-    pub lease_duration: Duration,
+    pub(crate) lease_duration: Duration,
     /// A leader that has not renewed for this long steps down; less than `lease_duration`.
-    pub renew_deadline: Duration,
+    pub(crate) renew_deadline: Duration,
     /// Pause between attempts to acquire or renew.
-    pub retry_period: Duration,
+    pub(crate) retry_period: Duration,
 }
 
 impl LeaseConfig {
-    pub fn new(namespace: String, name: String, identity: String) -> Self {
+    pub(crate) fn new(namespace: String, name: String, identity: String) -> Self {
         Self {
             namespace,
             name,
@@ -47,7 +47,7 @@ impl LeaseConfig {
 
 /// What a candidate should do with the lease it read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// No Lease object exists: create it, holding it.
     Create,
     /// We hold it: renew.
@@ -76,7 +76,12 @@ fn record(lease: &Lease) -> Record {
 }
 
 /// Decides from the lease as read, and how long ago its record last changed, what to do.
-pub fn decide(lease: Option<&Lease>, identity: &str, unchanged_for: Duration, lease_duration: Duration) -> Decision {
+pub(crate) fn decide(
+    lease: Option<&Lease>,
+    identity: &str,
+    unchanged_for: Duration,
+    lease_duration: Duration,
+) -> Decision {
     let Some(lease) = lease else { return Decision::Create };
     let record = record(lease);
     match record.holder.as_deref() {
@@ -88,7 +93,7 @@ pub fn decide(lease: Option<&Lease>, identity: &str, unchanged_for: Duration, le
 }
 
 /// One candidate's view of the lease.
-pub struct Elector {
+pub(crate) struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     /// The last record seen and when it was first seen in that state.
@@ -96,12 +101,12 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(client: Client, config: LeaseConfig) -> Self {
+    pub(crate) fn new(client: Client, config: LeaseConfig) -> Self {
         Self { api: Api::namespaced(client, &config.namespace), config, observed: None }
     }
 
     /// One attempt to acquire or renew; `Ok(true)` while we hold the lease.
-    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+    pub(crate) async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
         let current = self.api.get_opt(&self.config.name).await?;
         let now = Instant::now();
         let unchanged_for = match (&current, &self.observed) {
@@ -165,7 +170,7 @@ impl Elector {
     }
 
     /// Gives the lease up so that another replica can take over at once.
-    pub async fn release(&mut self) {
+    pub(crate) async fn release(&mut self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.config.name).await else { return };
         if record(&lease).holder.as_deref() != Some(self.config.identity.as_str()) {
             return;
@@ -185,7 +190,7 @@ impl Elector {
 /// Runs `lead` whenever this process holds the lease, until `shutdown`. `lead` gets a token
 /// that is cancelled when leadership is lost or on shutdown, and must return soon after.
 /// `on_change` is told whenever leadership starts (true) or ends (false).
-pub async fn run_elected<F, Fut>(
+pub(crate) async fn run_elected<F, Fut>(
     client: Client,
     config: LeaseConfig,
     shutdown: CancellationToken,

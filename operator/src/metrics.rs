@@ -11,16 +11,16 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
-    pub kind: &'static str,
+pub(crate) struct KindLabel {
+    pub(crate) kind: &'static str,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub reconciles: Counter,
-    pub failures: Family<KindLabel, Counter>,
-    pub reconcile_duration: Histogram,
-    pub leader: Gauge,
+    pub(crate) reconciles: Counter,
+    pub(crate) failures: Family<KindLabel, Counter>,
+    pub(crate) reconcile_duration: Histogram,
+    pub(crate) leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -30,7 +30,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("bucket_av_operator");
         let reconciles = Counter::default();
         registry.register("reconciles", "Reconciles of BucketScanPolicy objects started", reconciles.clone());
@@ -44,7 +44,7 @@ impl Metrics {
         Self { registry, reconciles, failures, reconcile_duration, leader }
     }
 
-    pub fn reconciled(&self, took: Duration, failure: Option<&'static str>) {
+    pub(crate) fn reconciled(&self, took: Duration, failure: Option<&'static str>) {
         self.reconcile_duration.observe(took.as_secs_f64());
         if let Some(kind) = failure {
             self.failures.get_or_create(&KindLabel { kind }).inc();
@@ -52,7 +52,7 @@ impl Metrics {
     }
 
     /// The OpenMetrics text of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -26,20 +26,20 @@ use crate::workload::MANAGER;
 
 /// How long to wait before binding again after a failure (port in use, missing RBAC on the
 /// authentication ConfigMap).
-pub const BIND_RETRY: Duration = Duration::from_secs(30);
+pub(crate) const BIND_RETRY: Duration = Duration::from_secs(30);
 
 /// Where the aggregator reaches the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceRef {
-    pub name: String,
-    pub namespace: String,
-    pub port: u16,
+pub(crate) struct ServiceRef {
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) port: u16,
 }
 
 /// The serving certificate: from `--metrics-api-cert-file`/`-key-file` (and `-ca-file`) when
 /// given, otherwise self-signed for the Service's DNS names (the operator's name in its own
 /// namespace when the APIService is not managed), `localhost` and `127.0.0.1`.
-pub fn serving_cert(
+pub(crate) fn serving_cert(
     config: &Config,
     service: Option<&ServiceRef>,
     own_namespace: &str,
@@ -56,7 +56,7 @@ pub fn serving_cert(
 /// Serves until `shutdown`; binding is retried every [`BIND_RETRY`] while it fails, so a
 /// metrics API that cannot start never stops the controller (the HPAs show the error). Once
 /// bound, the CA bundle of the serving certificate is published on `ca`.
-pub async fn serve(
+pub(crate) async fn serve(
     client: Client,
     source: Arc<dyn ExternalMetricSource>,
     address: SocketAddr,
@@ -92,12 +92,12 @@ pub async fn serve(
 
 /// How often the leader applies the APIService again, restoring it when someone deleted it or
 /// changed its `caBundle` or Service (an unchanged apply is a no-op for the API server).
-pub const REAPPLY_PERIOD: Duration = Duration::from_secs(60);
+pub(crate) const REAPPLY_PERIOD: Duration = Duration::from_secs(60);
 
 /// Applies the APIService once the server is bound (the CA is known), retrying with backoff
 /// (5 s doubling to 60 s) while it fails, and again every [`REAPPLY_PERIOD`], until `stop`
 /// (leadership lost, shutdown).
-pub async fn register(
+pub(crate) async fn register(
     client: Client,
     service: ServiceRef,
     mut ca: watch::Receiver<Option<String>>,

@@ -14,22 +14,80 @@ use std::time::{Duration, Instant};
 
 use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
-use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange, ConfigEntry};
+use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange, ConfigEntry, Error as AdminError};
 use bucket_av_s3::S3Settings;
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
+/// Why the policy's notification target is not in place: the target step's error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TargetError {
+    #[error("MinIO has no notification target {target_id} (ARN {arn}): {hint}")]
+    TargetMissing { target_id: String, arn: String, hint: &'static str },
+    #[error("MinIO admin API, {step}: {source}")]
+    MinioAdmin {
+        step: &'static str,
+        #[source]
+        source: Box<bucket_av_minio_admin::Error>,
+    },
+    #[error(
+        "MinIO still does not run notification target {target_id} as configured after a restart (differs in: \
+         {keys}); environment variables MINIO_NOTIFY_AMQP_*_{target_id} on the MinIO server override stored \
+         configuration: remove them or use mode Existing; the operator restarts MinIO for this target at most once \
+         every 10 minutes"
+    )]
+    TargetNotApplied { target_id: String, keys: String },
+    #[error("MinIO notification target {target_id} cannot feed this policy's queue: {mismatches}")]
+    TargetMismatch { target_id: String, mismatches: String },
+}
+
+impl TargetError {
+    /// The condition reason and metric label.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::TargetMissing { .. } => "TargetMissing",
+            Self::MinioAdmin { source, .. } => admin_failure_kind(source).unwrap_or(match source.as_ref() {
+                AdminError::Restart { .. } | AdminError::Timeout { .. } => "MinioRestartFailed",
+                _ => "MinioAdmin",
+            }),
+            Self::TargetNotApplied { .. } => "TargetNotApplied",
+            Self::TargetMismatch { .. } => "TargetMismatch",
+        }
+    }
+
+    /// The credentials may not use the admin API, and never will: retrying does not help.
+    pub(crate) fn is_permission_denied(&self) -> bool {
+        matches!(self, Self::MinioAdmin { source, .. } if is_permission_denied(source))
+    }
+}
+
+/// The reason for an admin-API failure every caller reports alike (refused, bad credentials,
+/// MinIO unreachable); `None` for the failures each caller names itself.
+pub(crate) fn admin_failure_kind(error: &AdminError) -> Option<&'static str> {
+    match error {
+        AdminError::Denied { .. } => Some("MinioAdminDenied"),
+        AdminError::Credentials { .. } => Some("MinioCredentials"),
+        AdminError::Send { .. } | AdminError::ReadResponse { .. } => Some("MinioUnreachable"),
+        _ => None,
+    }
+}
+
+/// Whether MinIO refused the admin request for the credentials' sake.
+pub(crate) fn is_permission_denied(error: &AdminError) -> bool {
+    matches!(error, AdminError::Denied { .. } | AdminError::Credentials { .. })
+}
+
+type Result<T, E = TargetError> = std::result::Result<T, E>;
 
 /// How long a restarted MinIO may take to answer again.
-pub const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const RESTART_TIMEOUT: Duration = Duration::from_secs(120);
 /// The shortest time between two restarts for the same target. If a restart did not make MinIO
 /// run the target (environment variables on the server override stored values), restarting
 /// again would only interrupt MinIO's clients in a loop.
-pub const RESTART_INTERVAL: Duration = Duration::from_secs(600);
+pub(crate) const RESTART_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Where the policy's target stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetState {
+pub(crate) enum TargetState {
     /// MinIO runs the target; its events carry `routing_key`.
     Live { routing_key: String, restarted: bool },
     /// The target is written to MinIO's configuration but MinIO runs without it until restarted.
@@ -38,32 +96,32 @@ pub enum TargetState {
 
 /// Serialises MinIO restarts within the operator and remembers the last one per target.
 #[derive(Debug, Default)]
-pub struct RestartGate {
+pub(crate) struct RestartGate {
     last_restart: tokio::sync::Mutex<HashMap<(String, String), Instant>>,
 }
 
 /// How long an answer of [`stores_events_before_answering`] is reused: each check decrypts an
 /// admin API answer, an Argon2id derivation over 64 MiB.
-pub const DURABILITY_RECHECK: Duration = Duration::from_secs(600);
+pub(crate) const DURABILITY_RECHECK: Duration = Duration::from_secs(600);
 
 /// Per MinIO endpoint: when it was last asked whether it stores events before answering
 /// uploads, and what it said (`None`: the credentials may not read server configuration).
 #[derive(Debug, Default)]
-pub struct DurabilityChecks {
+pub(crate) struct DurabilityChecks {
     answers: tokio::sync::Mutex<HashMap<String, (Instant, Option<bool>)>>,
 }
 
 /// A known answer for the MinIO at an endpoint, and whether it was just asked (say it then).
-pub struct Durability {
-    pub stores_events_first: Option<bool>,
-    pub fresh: bool,
+pub(crate) struct Durability {
+    pub(crate) stores_events_first: Option<bool>,
+    pub(crate) fresh: bool,
 }
 
 /// Whether the policy's MinIO stores each bucket event before it answers the upload
 /// (`api sync_events`). Without, an upload answered just before MinIO stops never gets its
 /// event: the fault-injection suite lost uploads that way. Read at most every
 /// [`DURABILITY_RECHECK`] per endpoint; unknown when the credentials lack the admin permission.
-pub async fn stores_events_before_answering(s3: &S3Settings, checks: &DurabilityChecks) -> Durability {
+pub(crate) async fn stores_events_before_answering(s3: &S3Settings, checks: &DurabilityChecks) -> Durability {
     let mut answers = checks.answers.lock().await;
     if let Some((at, answer)) = answers.get(&s3.endpoint)
         && at.elapsed() < DURABILITY_RECHECK
@@ -84,14 +142,14 @@ pub async fn stores_events_before_answering(s3: &S3Settings, checks: &Durability
 
 /// What the NotificationConfigured condition and the Warning event say when MinIO answers
 /// uploads before it stores their events.
-pub const EVENTS_NOT_DURABLE: &str = "MinIO answers uploads before it stores their events (api sync_events is \
+pub(crate) const EVENTS_NOT_DURABLE: &str = "MinIO answers uploads before it stores their events (api sync_events is \
     off): events still in its memory are lost when MinIO stops and dropped under load, so those uploads are never \
     scanned; set MINIO_API_SYNC_EVENTS=on and MINIO_SYNC_BOOT=on on the MinIO server";
 
 /// The AMQP target the operator configures for a managed policy: MinIO publishes persistently to
 /// the durable exchange with the policy's routing key, waits for RabbitMQ's confirmation, and
 /// keeps events on disk while RabbitMQ is unreachable.
-pub fn managed_target(policy: &BucketScanPolicy, amqp_url: &Redacted) -> AmqpTarget {
+pub(crate) fn managed_target(policy: &BucketScanPolicy, amqp_url: &Redacted) -> AmqpTarget {
     let rabbitmq = &policy.spec.rabbitmq;
     AmqpTarget {
         durable: true,
@@ -109,20 +167,24 @@ pub fn managed_target(policy: &BucketScanPolicy, amqp_url: &Redacted) -> AmqpTar
 }
 
 /// The admin-API client for the policy's MinIO, with the policy's credentials.
-pub fn admin_client(s3: &S3Settings) -> Result<AdminClient> {
-    let client = AdminClient::new(&s3.endpoint, &s3.access_key, s3.secret_key.clone(), s3.ca_bundle.clone())
-        .map_err(|source| Error::MinioAdmin { step: "set up the admin client", source: Box::new(source) })?;
+pub(crate) fn admin_client(s3: &S3Settings) -> std::result::Result<AdminClient, AdminError> {
+    let client = AdminClient::new(&s3.endpoint, &s3.access_key, s3.secret_key.clone(), s3.ca_bundle.clone())?;
     Ok(if s3.region.is_empty() { client } else { client.with_region(&s3.region) })
 }
 
+fn setup_admin_client(s3: &S3Settings) -> Result<AdminClient> {
+    admin_client(s3)
+        .map_err(|source| TargetError::MinioAdmin { step: "set up the admin client", source: Box::new(source) })
+}
+
 /// Brings MinIO's target for the policy in line (Managed) or checks it (Existing).
-pub async fn ensure(
+pub(crate) async fn ensure(
     policy: &BucketScanPolicy,
     s3: &S3Settings,
     amqp_url: &Redacted,
     gate: &RestartGate,
 ) -> Result<TargetState> {
-    let admin = admin_client(s3)?;
+    let admin = setup_admin_client(s3)?;
     if !policy.manages_target() {
         return check_existing(policy, &admin).await;
     }
@@ -145,17 +207,17 @@ pub async fn ensure(
         && at.elapsed() < RESTART_INTERVAL
     {
         let differing = running_differences(&admin, &desired).await?;
-        return Err(Error::TargetNotApplied { target_id: desired.id, keys: differing.join(", ") });
+        return Err(TargetError::TargetNotApplied { target_id: desired.id, keys: differing.join(", ") });
     }
     info!(policy = %policy.metadata.name.as_deref().unwrap_or_default(), target = %desired.id, "restarting MinIO");
     admin
         .restart_and_wait(RESTART_TIMEOUT)
         .await
-        .map_err(|source| Error::MinioAdmin { step: "restart MinIO", source: Box::new(source) })?;
+        .map_err(|source| TargetError::MinioAdmin { step: "restart MinIO", source: Box::new(source) })?;
     last_restart.insert(key, Instant::now());
     let differing = running_differences(&admin, &desired).await?;
     if !differing.is_empty() {
-        return Err(Error::TargetNotApplied { target_id: desired.id, keys: differing.join(", ") });
+        return Err(TargetError::TargetNotApplied { target_id: desired.id, keys: differing.join(", ") });
     }
     Ok(TargetState::Live { routing_key, restarted: true })
 }
@@ -165,7 +227,7 @@ async fn write_if_changed(admin: &AdminClient, desired: &AmqpTarget) -> Result<O
     admin
         .ensure_amqp_target(desired)
         .await
-        .map_err(|source| Error::MinioAdmin { step: "write the notification target", source: Box::new(source) })
+        .map_err(|source| TargetError::MinioAdmin { step: "write the notification target", source: Box::new(source) })
 }
 
 /// The keys in which the running target differs from `desired` (all of them when it is absent).
@@ -180,7 +242,7 @@ async fn read_running(admin: &AdminClient, id: &str) -> Result<Option<ConfigEntr
     admin
         .amqp_target(id)
         .await
-        .map_err(|source| Error::MinioAdmin { step: "read the notification target", source: Box::new(source) })
+        .map_err(|source| TargetError::MinioAdmin { step: "read the notification target", source: Box::new(source) })
 }
 
 /// Existing mode: the target must run, publish to the policy's exchange with its type, and we
@@ -188,7 +250,7 @@ async fn read_running(admin: &AdminClient, id: &str) -> Result<Option<ConfigEntr
 async fn check_existing(policy: &BucketScanPolicy, admin: &AdminClient) -> Result<TargetState> {
     let id = policy.target_id();
     let Some(actual) = read_running(admin, &id).await? else {
-        return Err(Error::TargetMissing {
+        return Err(TargetError::TargetMissing {
             target_id: id,
             arn: policy.target_arn(),
             hint: "mode Existing: configure notify_amqp with that ID in MinIO (durable on, delivery_mode 2, a \
@@ -197,7 +259,7 @@ async fn check_existing(policy: &BucketScanPolicy, admin: &AdminClient) -> Resul
     };
     let mismatches = existing_mismatches(policy, &actual);
     if !mismatches.is_empty() {
-        return Err(Error::TargetMismatch { target_id: id, mismatches: mismatches.join("; ") });
+        return Err(TargetError::TargetMismatch { target_id: id, mismatches: mismatches.join("; ") });
     }
     if actual.effective("durable") != Some("on") || actual.effective("delivery_mode") != Some("2") {
         warn!(
@@ -211,7 +273,7 @@ async fn check_existing(policy: &BucketScanPolicy, admin: &AdminClient) -> Resul
 }
 
 /// What keeps an existing target's events from reaching the policy's queue.
-pub fn existing_mismatches(policy: &BucketScanPolicy, actual: &ConfigEntry) -> Vec<String> {
+pub(crate) fn existing_mismatches(policy: &BucketScanPolicy, actual: &ConfigEntry) -> Vec<String> {
     let rabbitmq = &policy.spec.rabbitmq;
     let mut mismatches = Vec::new();
     let exchange = actual.effective("exchange").unwrap_or_default();
@@ -236,12 +298,12 @@ pub fn existing_mismatches(policy: &BucketScanPolicy, actual: &ConfigEntry) -> V
 
 /// Removes the managed target from MinIO's stored configuration. MinIO keeps running it until
 /// its next restart, harmlessly: no bucket routes to it any more. `false` when nothing was stored.
-pub async fn remove(policy: &BucketScanPolicy, s3: &S3Settings) -> Result<bool> {
-    let admin = admin_client(s3)?;
-    let removed = admin
-        .delete_amqp_target(&policy.target_id())
-        .await
-        .map_err(|source| Error::MinioAdmin { step: "delete the notification target", source: Box::new(source) })?;
+pub(crate) async fn remove(policy: &BucketScanPolicy, s3: &S3Settings) -> Result<bool> {
+    let admin = setup_admin_client(s3)?;
+    let removed = admin.delete_amqp_target(&policy.target_id()).await.map_err(|source| TargetError::MinioAdmin {
+        step: "delete the notification target",
+        source: Box::new(source),
+    })?;
     Ok(removed.is_some())
 }
 

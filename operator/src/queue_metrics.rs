@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bucket_av_amqp::topology::ready_messages;
 use bucket_av_core::Redacted;
-use bucket_av_crds::BucketScanPolicy;
+use bucket_av_crds::{BucketScanPolicy, POLICY_LABEL};
 use bucket_av_external_metrics::{ExternalMetricSource, LabelSelector, MetricValue, Quantity, SourceError};
 use kube::{Api, Client};
 use lapin::Connection;
@@ -29,15 +29,13 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use crate::error::Error;
 use crate::secrets;
-use crate::workload::POLICY_LABEL;
 
 /// The one metric this source serves.
-pub const METRIC_NAME: &str = "bucketav_queue_depth";
+pub(crate) use bucket_av_crds::QUEUE_DEPTH_METRIC as METRIC_NAME;
 /// The longest one lookup (policy, Secret, AMQP, management API) may take; the API server's
 /// proxy would give up after about 30 s, and the HPA asks again at its next sync anyway.
-pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads the depth of a policy's work queue for the HPA.
 pub struct QueueDepthSource {
@@ -54,11 +52,11 @@ pub struct QueueDepthSource {
 /// What the management API says about a queue (`GET /api/queues/{vhost}/{name}`). The counters
 /// are missing until RabbitMQ has collected statistics for a new queue: that counts as zero.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub struct ManagementQueue {
+pub(crate) struct ManagementQueue {
     #[serde(default)]
-    pub messages_ready: u64,
+    pub(crate) messages_ready: u64,
     #[serde(default)]
-    pub messages_unacknowledged: u64,
+    pub(crate) messages_unacknowledged: u64,
 }
 
 impl QueueDepthSource {
@@ -243,12 +241,12 @@ impl ExternalMetricSource for QueueDepthSource {
     }
 }
 
-fn unavailable(context: String, error: Error) -> SourceError {
+fn unavailable(context: String, error: secrets::ReferenceError) -> SourceError {
     SourceError::unavailable(context, error)
 }
 
 /// The policy a request selects: `bucketav.dev/policy=<name>` (or `in (<name>)`).
-pub fn policy_name(selector: &LabelSelector) -> Result<&str, SourceError> {
+pub(crate) fn policy_name(selector: &LabelSelector) -> Result<&str, SourceError> {
     selector.exact_value(POLICY_LABEL).ok_or_else(|| {
         SourceError::BadRequest(format!(
             "select one policy with the label selector {POLICY_LABEL}=<name> (got {:?})",
@@ -259,10 +257,10 @@ pub fn policy_name(selector: &LabelSelector) -> Result<&str, SourceError> {
 
 /// User, password and vhost of an AMQP URL (percent-decoded).
 #[derive(PartialEq, Eq)]
-pub struct AmqpCredentials {
-    pub username: String,
-    pub password: String,
-    pub vhost: String,
+pub(crate) struct AmqpCredentials {
+    pub(crate) username: String,
+    pub(crate) password: String,
+    pub(crate) vhost: String,
 }
 
 impl std::fmt::Debug for AmqpCredentials {
@@ -276,7 +274,7 @@ impl std::fmt::Debug for AmqpCredentials {
 }
 
 /// Parses the AMQP URL the way lapin does (default user `guest`, vhost `/`).
-pub fn amqp_credentials(url: &str) -> Result<AmqpCredentials, String> {
+pub(crate) fn amqp_credentials(url: &str) -> Result<AmqpCredentials, String> {
     // lapin's own parser, so both agree on defaults and decoding; its error never holds the URL.
     let uri: lapin::uri::AMQPUri = url.parse().map_err(|_| "not a valid amqp:// or amqps:// URL".to_owned())?;
     Ok(AmqpCredentials {
@@ -287,7 +285,7 @@ pub fn amqp_credentials(url: &str) -> Result<AmqpCredentials, String> {
 }
 
 /// `{base}/api/queues/{vhost}/{queue}` with both path segments percent-encoded (`/` is `%2F`).
-pub fn management_queue_url(base: &str, vhost: &str, queue: &str) -> String {
+pub(crate) fn management_queue_url(base: &str, vhost: &str, queue: &str) -> String {
     format!("{}/api/queues/{}/{}", base.trim_end_matches('/'), encode_segment(vhost), encode_segment(queue))
 }
 
@@ -304,12 +302,12 @@ fn encode_segment(segment: &str) -> String {
 }
 
 /// The counters of a management API queue object.
-pub fn parse_management_queue(body: &[u8]) -> Result<ManagementQueue, String> {
+pub(crate) fn parse_management_queue(body: &[u8]) -> Result<ManagementQueue, String> {
     serde_json::from_slice(body).map_err(|error| format!("unexpected queue JSON: {error}"))
 }
 
 /// Labels of the value for a policy (what `metricLabels` shows).
-pub fn value_labels(policy: &str, queue: &str) -> BTreeMap<String, String> {
+pub(crate) fn value_labels(policy: &str, queue: &str) -> BTreeMap<String, String> {
     BTreeMap::from([(POLICY_LABEL.to_owned(), policy.to_owned()), ("queue".to_owned(), queue.to_owned())])
 }
 

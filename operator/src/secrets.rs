@@ -10,11 +10,49 @@ use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 
-use crate::error::{Error, Result};
+/// Why a Secret or ConfigMap the policy refers to cannot be read: the dereference step's error.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReferenceError {
+    #[error("read {kind} {namespace}/{name}: {}", crate::error::api_message(.source))]
+    ReadReference {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("{kind} {name} does not exist in namespace {namespace}: create it or fix the reference in the policy")]
+    ReferenceMissing { kind: &'static str, namespace: String, name: String },
+    #[error("{kind} {name} has no key {key}: add it or set the key the policy reads")]
+    ReferenceKeyMissing { kind: &'static str, name: String, key: String },
+    #[error("{kind} {name} key {key} is not UTF-8 text")]
+    ReferenceNotText { kind: &'static str, name: String, key: String },
+    #[error("write CA bundle to {path}: {source}")]
+    WriteCaBundle {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ReferenceError {
+    /// The condition reason and metric label.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::ReadReference { .. } => "ReadReference",
+            Self::ReferenceMissing { .. } => "ReferenceMissing",
+            Self::ReferenceKeyMissing { .. } => "ReferenceKeyMissing",
+            Self::ReferenceNotText { .. } => "ReferenceNotText",
+            Self::WriteCaBundle { .. } => "WriteCaBundle",
+        }
+    }
+}
+
+type Result<T, E = ReferenceError> = std::result::Result<T, E>;
 
 /// The names of every Secret the policy refers to: a change to any of them must trigger a
 /// reconcile (and a rollout of the workers, which read them as environment variables).
-pub fn referenced_secrets(policy: &BucketScanPolicy) -> BTreeSet<String> {
+pub(crate) fn referenced_secrets(policy: &BucketScanPolicy) -> BTreeSet<String> {
     let spec = &policy.spec;
     let mut names = BTreeSet::from([spec.minio.credentials_secret.name.clone(), spec.rabbitmq.url_secret.name.clone()]);
     if let Some(secret) = spec.actions.webhook.as_ref().and_then(|webhook| webhook.secret_ref.as_ref()) {
@@ -29,14 +67,12 @@ pub fn referenced_secrets(policy: &BucketScanPolicy) -> BTreeSet<String> {
 }
 
 /// The text under `key` of a Secret.
-pub fn secret_value(secret: &Secret, key: &str) -> Result<Redacted> {
+pub(crate) fn secret_value(secret: &Secret, key: &str) -> Result<Redacted> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    let bytes = secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| Error::ReferenceKeyMissing {
-        kind: "secret",
-        name: name.clone(),
-        key: key.to_owned(),
+    let bytes = secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| {
+        ReferenceError::ReferenceKeyMissing { kind: "secret", name: name.clone(), key: key.to_owned() }
     })?;
-    let text = String::from_utf8(bytes.0.clone()).map_err(|_| Error::ReferenceNotText {
+    let text = String::from_utf8(bytes.0.clone()).map_err(|_| ReferenceError::ReferenceNotText {
         kind: "secret",
         name,
         key: key.to_owned(),
@@ -45,17 +81,15 @@ pub fn secret_value(secret: &Secret, key: &str) -> Result<Redacted> {
 }
 
 /// The text under `key` of a ConfigMap, from `data` or `binaryData`.
-pub fn config_map_value(config_map: &ConfigMap, key: &str) -> Result<String> {
+pub(crate) fn config_map_value(config_map: &ConfigMap, key: &str) -> Result<String> {
     let name = config_map.metadata.name.clone().unwrap_or_default();
     if let Some(text) = config_map.data.as_ref().and_then(|data| data.get(key)) {
         return Ok(text.clone());
     }
-    let bytes = config_map
-        .binary_data
-        .as_ref()
-        .and_then(|data| data.get(key))
-        .ok_or_else(|| Error::ReferenceKeyMissing { kind: "configmap", name: name.clone(), key: key.to_owned() })?;
-    String::from_utf8(bytes.0.clone()).map_err(|_| Error::ReferenceNotText {
+    let bytes = config_map.binary_data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| {
+        ReferenceError::ReferenceKeyMissing { kind: "configmap", name: name.clone(), key: key.to_owned() }
+    })?;
+    String::from_utf8(bytes.0.clone()).map_err(|_| ReferenceError::ReferenceNotText {
         kind: "configmap",
         name,
         key: key.to_owned(),
@@ -63,13 +97,13 @@ pub fn config_map_value(config_map: &ConfigMap, key: &str) -> Result<String> {
 }
 
 /// Reads the value under `key` of the Secret `namespace/name`.
-pub async fn read_secret(client: &Client, namespace: &str, name: &str, key: &str) -> Result<Redacted> {
+pub(crate) async fn read_secret(client: &Client, namespace: &str, name: &str, key: &str) -> Result<Redacted> {
     let secret = get(Api::<Secret>::namespaced(client.clone(), namespace), "secret", namespace, name).await?;
     secret_value(&secret, key)
 }
 
 /// Reads a CA bundle from its ConfigMap or Secret.
-pub async fn read_ca_bundle(client: &Client, namespace: &str, ca: &CaBundleRef) -> Result<String> {
+pub(crate) async fn read_ca_bundle(client: &Client, namespace: &str, ca: &CaBundleRef) -> Result<String> {
     match ca.kind {
         CaBundleSource::ConfigMap => {
             let api = Api::<ConfigMap>::namespaced(client.clone(), namespace);
@@ -89,8 +123,10 @@ where
 {
     match api.get_opt(name).await {
         Ok(Some(object)) => Ok(object),
-        Ok(None) => Err(Error::ReferenceMissing { kind, namespace: namespace.to_owned(), name: name.to_owned() }),
-        Err(source) => Err(Error::ReadReference {
+        Ok(None) => {
+            Err(ReferenceError::ReferenceMissing { kind, namespace: namespace.to_owned(), name: name.to_owned() })
+        }
+        Err(source) => Err(ReferenceError::ReadReference {
             kind,
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -102,12 +138,12 @@ where
 /// Writes a PEM bundle where the S3 and AMQP clients can read it (they take file paths):
 /// `<dir>/<namespace>/<policy>/<file>`. The directory must be writable (an emptyDir at /tmp
 /// when the operator's root filesystem is read-only).
-pub fn write_ca_file(dir: &Path, namespace: &str, policy: &str, file: &str, pem: &str) -> Result<PathBuf> {
+pub(crate) fn write_ca_file(dir: &Path, namespace: &str, policy: &str, file: &str, pem: &str) -> Result<PathBuf> {
     let folder = dir.join(namespace).join(policy);
     let path = folder.join(file);
     std::fs::create_dir_all(&folder)
         .and_then(|()| std::fs::write(&path, pem))
-        .map_err(|source| Error::WriteCaBundle { path: path.clone(), source })?;
+        .map_err(|source| ReferenceError::WriteCaBundle { path: path.clone(), source })?;
     Ok(path)
 }
 

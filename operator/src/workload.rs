@@ -9,7 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource, SidecarScanner, quantity_bytes};
+use bucket_av_crds::{
+    BucketScanPolicy, CaBundleRef, CaBundleSource, POLICY_LABEL, QUEUE_DEPTH_METRIC, SidecarScanner, quantity_bytes,
+};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, ExternalMetricSource, HPAScalingRules, HorizontalPodAutoscaler,
@@ -29,69 +31,47 @@ use kube::{Resource, ResourceExt};
 use crate::clamd_config::{self, ClamdLimits, HostSettings};
 
 /// The operator's field manager for server-side apply, and the `managed-by` label value.
-pub const MANAGER: &str = "bucket-av-operator";
-/// Label naming the policy a child object belongs to.
-pub const POLICY_LABEL: &str = "bucketav.dev/policy";
+pub(crate) const MANAGER: &str = "bucket-av-operator";
 /// Port of the worker's health and metrics server.
-pub const WORKER_HTTP_PORT: i32 = 8080;
+pub(crate) const WORKER_HTTP_PORT: i32 = 8080;
 /// The worker binary's path in the worker image (see `worker/Dockerfile`).
-pub const WORKER_COMMAND: &str = "/usr/local/bin/bucket-av-worker";
+pub(crate) const WORKER_COMMAND: &str = "/usr/local/bin/bucket-av-worker";
 /// clamd's TCP port inside the pod (sidecar mode).
-pub const CLAMD_PORT: i32 = 3310;
+pub(crate) const CLAMD_PORT: i32 = 3310;
 /// User and group the worker runs as (the conventional "nonroot" of distroless images).
-pub const WORKER_UID: i64 = 65532;
+pub(crate) const WORKER_UID: i64 = 65532;
 /// User the clamd and freshclam containers run as: the `clamav` user (uid 100, gid 101) of the
 /// official `clamav/clamav` image, so files the image ships for that user stay readable. Our own
 /// configuration (no `User` directive, writable paths on emptyDir volumes only) lets both run
 /// without ever being root, which the image's own entrypoint would need.
-pub const CLAMAV_UID: i64 = 100;
+pub(crate) const CLAMAV_UID: i64 = 100;
 /// Group of the `clamav` user in the official image.
-pub const CLAMAV_GID: i64 = 101;
+pub(crate) const CLAMAV_GID: i64 = 101;
 /// Where clamd keeps its signature database (an emptyDir, or the signatures ConfigMap).
-pub const CLAMAV_DB_DIR: &str = "/var/lib/clamav";
+pub(crate) const CLAMAV_DB_DIR: &str = "/var/lib/clamav";
 /// Where the generated clamd.conf and freshclam.conf are mounted.
-pub const CLAMAV_CONFIG_DIR: &str = "/etc/bucket-av/clamav";
+pub(crate) const CLAMAV_CONFIG_DIR: &str = "/etc/bucket-av/clamav";
 /// Mount point of the MinIO CA bundle in the worker container.
-pub const S3_CA_DIR: &str = "/etc/bucket-av/s3-ca";
+pub(crate) const S3_CA_DIR: &str = "/etc/bucket-av/s3-ca";
 /// Mount point of the RabbitMQ CA bundle in the worker container.
-pub const AMQP_CA_DIR: &str = "/etc/bucket-av/amqp-ca";
+pub(crate) const AMQP_CA_DIR: &str = "/etc/bucket-av/amqp-ca";
 /// File name of a CA bundle inside its mount directory.
-pub const CA_FILE: &str = "ca.crt";
+pub(crate) const CA_FILE: &str = "ca.crt";
 /// Seconds added to drain plus scan timeout for the pod's termination grace period.
-pub const GRACE_MARGIN_SECONDS: i64 = 10;
+pub(crate) const GRACE_MARGIN_SECONDS: i64 = 10;
 
 /// Settings of the operator that apply to every policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OperatorDefaults {
+pub(crate) struct OperatorDefaults {
     /// Worker image used when the policy names none (`--worker-image`).
-    pub worker_image: String,
+    pub(crate) worker_image: String,
     /// Whether workers get an HPA (`--autoscaling`); without one, the Deployment's replicas are
     /// the policy's `minReplicas` (at least 1).
-    pub autoscaling: bool,
-}
-
-/// Name of the policy's worker Deployment.
-pub fn deployment_name(policy: &BucketScanPolicy) -> String {
-    format!("{}-worker", policy.name_any())
-}
-
-/// Name of the policy's HorizontalPodAutoscaler (the Deployment's name).
-pub fn autoscaler_name(policy: &BucketScanPolicy) -> String {
-    deployment_name(policy)
-}
-
-/// Name of the policy's worker metrics Service.
-pub fn metrics_service_name(policy: &BucketScanPolicy) -> String {
-    format!("{}-worker-metrics", policy.name_any())
-}
-
-/// Name of the ConfigMap with the clamd sidecar's configuration.
-pub fn clamav_config_name(policy: &BucketScanPolicy) -> String {
-    format!("{}-clamav", policy.name_any())
+    pub(crate) autoscaling: bool,
 }
 
 /// Labels every child object of the policy carries.
-pub fn labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
+pub(crate) fn labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
     let mut labels = selector_labels(policy);
     labels.insert("app.kubernetes.io/managed-by".into(), MANAGER.into());
     labels.insert(POLICY_LABEL.into(), policy.name_any());
@@ -99,7 +79,7 @@ pub fn labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
 }
 
 /// The labels that select the policy's worker pods (immutable in a Deployment: keep them few).
-pub fn selector_labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
+pub(crate) fn selector_labels(policy: &BucketScanPolicy) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".to_owned(), "bucket-av-worker".to_owned()),
         ("app.kubernetes.io/instance".to_owned(), policy.name_any()),
@@ -125,7 +105,7 @@ fn owner_reference(policy: &BucketScanPolicy) -> Option<OwnerReference> {
 /// The Deployment that runs the policy's scanning workers. With autoscaling it has no
 /// `replicas`: the policy's HorizontalPodAutoscaler ([`worker_autoscaler`]) owns that field, and
 /// applying it here would reset the autoscaler's choice at every reconcile.
-pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Deployment {
+pub(crate) fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Deployment {
     let spec = &policy.spec;
     let mut volumes = vec![empty_dir("tmp")];
     let mut worker_mounts = vec![mount("tmp", "/tmp", false)];
@@ -170,7 +150,7 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
     let grace =
         i64::from(spec.workers.drain_seconds) + i64::from(spec.scanner.scan_timeout_seconds) + GRACE_MARGIN_SECONDS;
     Deployment {
-        metadata: metadata(policy, deployment_name(policy)),
+        metadata: metadata(policy, policy.worker_deployment_name()),
         spec: DeploymentSpec {
             replicas: (!defaults.autoscaling).then_some(spec.workers.min_replicas.max(1)),
             selector: LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() },
@@ -208,26 +188,22 @@ pub fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults)
     }
 }
 
-/// The external metric the autoscalers read, served by the operator itself
-/// ([`crate::queue_metrics`]).
-pub use crate::queue_metrics::METRIC_NAME;
-
 /// The `autoscaling/v2` HPA that scales the worker Deployment on the policy's queue depth:
 /// `targetQueueDepth` events per replica (AverageValue), between min and max replicas, scaling
 /// down only after the queue has been shallow for `scaleDownStabilizationSeconds`.
 ///
 /// `minReplicas` is at least 1: an HPA with 0 needs the alpha feature gate `HPAScaleToZero`,
 /// which API servers refuse without it (see the README).
-pub fn worker_autoscaler(policy: &BucketScanPolicy) -> HorizontalPodAutoscaler {
+pub(crate) fn worker_autoscaler(policy: &BucketScanPolicy) -> HorizontalPodAutoscaler {
     let workers = &policy.spec.workers;
     let min_replicas = workers.min_replicas.max(1);
     HorizontalPodAutoscaler {
-        metadata: metadata(policy, autoscaler_name(policy)),
+        metadata: metadata(policy, policy.worker_autoscaler_name()),
         spec: HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
                 kind: "Deployment".into(),
-                name: deployment_name(policy),
+                name: policy.worker_deployment_name(),
             },
             min_replicas: Some(min_replicas),
             max_replicas: workers.max_replicas.max(min_replicas),
@@ -235,7 +211,7 @@ pub fn worker_autoscaler(policy: &BucketScanPolicy) -> HorizontalPodAutoscaler {
                 type_: "External".into(),
                 external: Some(ExternalMetricSource {
                     metric: MetricIdentifier {
-                        name: METRIC_NAME.into(),
+                        name: QUEUE_DEPTH_METRIC.into(),
                         selector: Some(LabelSelector {
                             match_labels: Some(BTreeMap::from([(POLICY_LABEL.to_owned(), policy.name_any())])),
                             ..LabelSelector::default()
@@ -266,8 +242,8 @@ pub fn worker_autoscaler(policy: &BucketScanPolicy) -> HorizontalPodAutoscaler {
 /// Whether the Deployment's `spec.replicas` is owned by `manager` through server-side apply.
 /// Such a Deployment was applied by an operator version that set `replicas`: applying it now
 /// without the field would make the API server remove it (and reset it to 1), so ownership is
-/// first handed to [`REPLICAS_HANDOVER_MANAGER`] (see `reconcile::apply_workload`).
-pub fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
+/// first handed to [`REPLICAS_HANDOVER_MANAGER`] (see the reconcile step `children`).
+pub(crate) fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
     deployment.metadata.managed_fields.iter().flatten().any(|entry| {
         entry.manager.as_deref() == Some(manager)
             && entry.operation.as_deref() == Some("Apply")
@@ -278,24 +254,24 @@ pub fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
 
 /// The field manager that keeps `spec.replicas` of a worker Deployment when the operator stops
 /// applying it; the HPA controller takes the field over with its first scale.
-pub const REPLICAS_HANDOVER_MANAGER: &str = "bucket-av-operator-replicas-handover";
+pub(crate) const REPLICAS_HANDOVER_MANAGER: &str = "bucket-av-operator-replicas-handover";
 
 /// Annotation of the worker pod template recording the resourceVersion of every Secret the
 /// workers read. The workers take Secrets as environment variables, which never change in a
 /// running pod: a changed Secret changes this annotation, and so rolls the workers.
-pub const SECRET_VERSIONS_ANNOTATION: &str = "bucketav.dev/secret-versions";
+pub(crate) const SECRET_VERSIONS_ANNOTATION: &str = "bucketav.dev/secret-versions";
 
 /// Records `versions` (Secret name to resourceVersion) in the pod template of `deployment`.
-pub fn set_secret_versions(deployment: &mut Deployment, versions: &BTreeMap<String, String>) {
+pub(crate) fn set_secret_versions(deployment: &mut Deployment, versions: &BTreeMap<String, String>) {
     let text = versions.iter().map(|(name, version)| format!("{name}={version}")).collect::<Vec<_>>().join(",");
     let metadata = deployment.spec.template.metadata.get_or_insert_with(ObjectMeta::default);
     metadata.annotations.get_or_insert_with(BTreeMap::new).insert(SECRET_VERSIONS_ANNOTATION.to_owned(), text);
 }
 
 /// The Service that exposes the workers' `/metrics` (port 8080, named `http`).
-pub fn metrics_service(policy: &BucketScanPolicy) -> Service {
+pub(crate) fn metrics_service(policy: &BucketScanPolicy) -> Service {
     Service {
-        metadata: metadata(policy, metrics_service_name(policy)),
+        metadata: metadata(policy, policy.worker_metrics_service_name()),
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(policy)),
             ports: Some(vec![ServicePort {
@@ -313,13 +289,17 @@ pub fn metrics_service(policy: &BucketScanPolicy) -> Service {
 
 /// The ConfigMap with `clamd.conf` and `freshclam.conf` for the sidecar; `None` when the policy
 /// uses an external clamd.
-pub fn clamav_config(policy: &BucketScanPolicy) -> Option<ConfigMap> {
+pub(crate) fn clamav_config(policy: &BucketScanPolicy) -> Option<ConfigMap> {
     let sidecar = policy.spec.scanner.sidecar.as_ref()?;
     let mut data = BTreeMap::from([("clamd.conf".to_owned(), clamd_conf(policy))]);
     if let Some(freshclam) = freshclam_conf(sidecar) {
         data.insert("freshclam.conf".to_owned(), freshclam);
     }
-    Some(ConfigMap { metadata: metadata(policy, clamav_config_name(policy)), data: Some(data), ..ConfigMap::default() })
+    Some(ConfigMap {
+        metadata: metadata(policy, policy.clamav_config_name()),
+        data: Some(data),
+        ..ConfigMap::default()
+    })
 }
 
 /// clamd listens on loopback only (the worker is its only client) and writes nothing outside
@@ -375,7 +355,7 @@ impl ClamavPod {
         let config_volume = Volume {
             name: "clamav-config".into(),
             config_map: Some(ConfigMapVolumeSource {
-                name: clamav_config_name(policy),
+                name: policy.clamav_config_name(),
                 ..ConfigMapVolumeSource::default()
             }),
             ..Volume::default()

@@ -348,8 +348,9 @@ async fn an_existing_deployment_keeps_its_replicas_when_the_autoscaler_takes_ove
 /// when it is not.
 #[tokio::test]
 async fn in_flight_messages_count_only_with_the_management_api() {
+    use bucket_av_crds::QUEUE_DEPTH_METRIC as METRIC_NAME;
     use bucket_av_external_metrics::{ExternalMetricSource, LabelSelector};
-    use bucket_av_operator::queue_metrics::{METRIC_NAME, QueueDepthSource};
+    use bucket_av_operator::QueueDepthSource;
     use futures::StreamExt;
     use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 

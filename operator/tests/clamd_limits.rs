@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_operator::clamd_config::{self, ClamdLimits, HostSettings};
-use bucket_av_operator::workload::worker_env;
+use bucket_av_operator::worker_env;
 use bucket_av_testing::archive::{ZipEntry, encrypted_pdf, nested_zip, png, zip};
 use bucket_av_testing::process::{free_port, workspace_binary};
 use bucket_av_testing::{EICAR, Stack, TEST_MARKER, WorkerProcess, unique_name, wait_for};

@@ -12,7 +12,7 @@ use aws_sdk_s3::types::{Tag, Tagging, TaggingDirective};
 use bucket_av_core::Redacted;
 use bucket_av_crds::{BucketScanPolicy, BucketSpec};
 use bucket_av_minio_admin::{AdminClient, PolicyEntities, Principal};
-use bucket_av_operator::protection::{self, LocalLocks};
+use bucket_av_operator::{BucketLocks as LocalLocks, protection};
 use bucket_av_s3::{Client, S3Settings};
 use bucket_av_testing::{Stack, unique_name};
 use common::put_with_tags;

@@ -1,0 +1,128 @@
+//! The build step: everything the reconcile will apply, computed from the policy, the operator's
+//! defaults and what the other policies hold. Pure: no I/O, so all of it is unit-tested here.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bucket_av_amqp::topology::Topology;
+use bucket_av_crds::BucketScanPolicy;
+use bucket_av_s3::notification::KeyFilter;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+
+use super::buckets::bucket_filters;
+use super::conflicts::{BucketConflict, bucket_conflicts};
+use crate::workload::{self, OperatorDefaults};
+
+/// What the policy asks of RabbitMQ and MinIO.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
+    /// The RabbitMQ objects, bound with the policy's own routing key (the step that declares
+    /// them binds with the one its target's events carry).
+    pub(crate) topology: Topology,
+    /// Each bucket once, with the filters this policy routes: the spec's, without those an
+    /// older policy holds ([`Plan::conflicts`]). A bucket left without filters loses this
+    /// policy's entries.
+    pub(crate) routes: Vec<(String, Vec<KeyFilter>)>,
+    /// The filters older policies hold.
+    pub(crate) conflicts: Vec<BucketConflict>,
+}
+
+/// Builds the plan for `policy`, next to `peers` (every policy the controller sees).
+pub(crate) fn plan(policy: &BucketScanPolicy, peers: &[Arc<BucketScanPolicy>]) -> Plan {
+    let conflicts = bucket_conflicts(policy, peers);
+    let routes = bucket_filters(policy)
+        .into_iter()
+        .map(|(bucket, filters)| {
+            let routed = filters
+                .into_iter()
+                .filter(|filter| {
+                    !conflicts.iter().any(|conflict| conflict.bucket == bucket && &conflict.filter == filter)
+                })
+                .collect();
+            (bucket, routed)
+        })
+        .collect();
+    Plan { topology: topology(policy), routes, conflicts }
+}
+
+/// The RabbitMQ objects of the policy.
+pub(crate) fn topology(policy: &BucketScanPolicy) -> Topology {
+    let rabbitmq = &policy.spec.rabbitmq;
+    Topology {
+        exchange: rabbitmq.exchange.clone(),
+        exchange_type: rabbitmq.exchange_type.as_str().to_owned(),
+        routing_key: policy.routing_key(),
+        queue: policy.queue_name(),
+        delivery_limit: rabbitmq.delivery_limit,
+    }
+}
+
+/// The worker objects in Kubernetes.
+#[derive(Debug, Clone)]
+pub(crate) struct Children {
+    /// The clamd sidecar's configuration; `None` without a sidecar (one left over is deleted).
+    pub(crate) clamav_config: Option<ConfigMap>,
+    pub(crate) deployment: Deployment,
+    pub(crate) metrics_service: Service,
+    /// `None` with `--autoscaling=false` (one left over is deleted).
+    pub(crate) autoscaler: Option<HorizontalPodAutoscaler>,
+}
+
+/// Builds the worker objects; `secret_versions` (Secret name to resourceVersion) go into the
+/// pod template, so that a changed Secret rolls the workers.
+pub(crate) fn children(
+    policy: &BucketScanPolicy,
+    defaults: &OperatorDefaults,
+    secret_versions: &BTreeMap<String, String>,
+) -> Children {
+    let mut deployment = workload::worker_deployment(policy, defaults);
+    workload::set_secret_versions(&mut deployment, secret_versions);
+    Children {
+        clamav_config: workload::clamav_config(policy),
+        deployment,
+        metrics_service: workload::metrics_service(policy),
+        autoscaler: defaults.autoscaling.then(|| workload::worker_autoscaler(policy)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::tests::{example, named};
+
+    #[test]
+    fn topology_routes_by_the_queue_name() {
+        let topology = topology(&example());
+        assert_eq!(topology.exchange, "bucket-av.events");
+        assert_eq!(topology.exchange_type, "direct");
+        assert_eq!(topology.queue, "media-uploads-scan");
+        assert_eq!(topology.routing_key, "media-uploads-scan");
+        assert_eq!(topology.delivery_limit, 5);
+    }
+
+    #[test]
+    fn routes_leave_out_the_filters_an_older_policy_holds() {
+        let older = named("media", "first", 100, &[("uploads", Some("a/"))]);
+        let younger =
+            named("other", "second", 200, &[("uploads", Some("a/b/")), ("uploads", Some("c/")), ("archive", None)]);
+        let plan = plan(&younger, &[older, younger.clone()]);
+        assert_eq!(plan.conflicts.len(), 1);
+        let c = KeyFilter { prefix: Some("c/".into()), suffix: None };
+        assert_eq!(plan.routes, [("uploads".to_owned(), vec![c]), ("archive".to_owned(), vec![KeyFilter::default()])]);
+    }
+
+    #[test]
+    fn children_carry_the_secret_versions_and_an_autoscaler_only_with_autoscaling() {
+        let policy = example();
+        let versions = BTreeMap::from([("minio-scanner".to_owned(), "7".to_owned())]);
+        let defaults = OperatorDefaults { worker_image: "worker:1".into(), autoscaling: true };
+        let built = children(&policy, &defaults, &versions);
+        let annotations = built.deployment.spec.template.metadata.unwrap().annotations.unwrap();
+        assert_eq!(annotations[workload::SECRET_VERSIONS_ANNOTATION], "minio-scanner=7");
+        assert!(built.autoscaler.is_some());
+        let fixed = OperatorDefaults { autoscaling: false, ..defaults };
+        assert!(children(&policy, &fixed, &versions).autoscaler.is_none());
+    }
+}
