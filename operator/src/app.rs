@@ -31,15 +31,11 @@ impl Config {
         if std::env::args_os().nth(1).is_some_and(|arg| arg == CLAMD_CONFIG_COMMAND) {
             return print_clamd_config(&ClamdConfigArgs::parse_from(std::env::args_os().skip(1)));
         }
-        Config::parse().run().await
-    }
-
-    /// Runs the operator until SIGTERM or Ctrl-C.
-    pub async fn run(self) -> anyhow::Result<()> {
-        run(self).await
+        run(Config::parse()).await
     }
 }
 
+/// Runs the operator until SIGTERM or Ctrl-C.
 async fn run(config: Config) -> anyhow::Result<()> {
     init_logging(config.log_format);
     let shutdown = shutdown_on_signal("stopping")?;

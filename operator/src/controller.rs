@@ -93,7 +93,7 @@ async fn reconcile(policy: Arc<BucketScanPolicy>, ctx: Arc<Context>) -> Result<A
 }
 
 /// Requeues a failed policy with exponential backoff (5 s doubling to 5 min), per policy.
-pub(crate) fn error_policy(policy: Arc<BucketScanPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+fn error_policy(policy: Arc<BucketScanPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.failures.failed(policy_key(&policy));
     warn!(
         policy = %policy.name_any(),

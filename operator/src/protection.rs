@@ -438,7 +438,7 @@ pub async fn apply(
 /// Removes everything `apply` added: this policy's statements from `buckets`' policies, the
 /// canned policy's attachments and the canned policy. What is already gone counts as removed.
 pub async fn remove(policy: &BucketScanPolicy, locks: &BucketLocks, s3: &S3Settings, buckets: &[String]) -> Result<()> {
-    let name = canned_policy_name(policy);
+    let name = policy.protection_policy_name();
     let sid = policy.protection_sid_prefix();
     let client = s3_client(s3)?;
     for bucket in buckets {

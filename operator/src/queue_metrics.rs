@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bucket_av_amqp::topology::ready_messages;
 use bucket_av_core::Redacted;
-use bucket_av_crds::{BucketScanPolicy, POLICY_LABEL};
+use bucket_av_crds::{BucketScanPolicy, POLICY_LABEL, QUEUE_DEPTH_METRIC};
 use bucket_av_external_metrics::{ExternalMetricSource, LabelSelector, MetricValue, Quantity, SourceError};
 use kube::{Api, Client};
 use lapin::Connection;
@@ -32,7 +32,6 @@ use tracing::debug;
 use crate::secrets;
 
 /// The one metric this source serves.
-pub(crate) use bucket_av_crds::QUEUE_DEPTH_METRIC as METRIC_NAME;
 /// The longest one lookup (policy, Secret, AMQP, management API) may take; the API server's
 /// proxy would give up after about 30 s, and the HPA asks again at its next sync anyway.
 pub(crate) const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -211,7 +210,7 @@ impl QueueDepthSource {
 #[async_trait]
 impl ExternalMetricSource for QueueDepthSource {
     fn metric_names(&self) -> Vec<String> {
-        vec![METRIC_NAME.to_owned()]
+        vec![QUEUE_DEPTH_METRIC.to_owned()]
     }
 
     async fn values(

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use self::api_server::ApiServer;
 use super::{FINALIZER, RESTART_PENDING_RESYNC, RESYNC, reconcile};
+use crate::backoff::backoff_delay;
 use crate::context::{Context, Peers};
 use crate::locks::BucketLocks;
 use crate::metrics::Metrics;
@@ -268,12 +269,10 @@ async fn rabbitmq_down_leaves_the_buckets_unrouted_and_retries_with_backoff() {
         "no bucket is routed to a queue that may not exist"
     );
     assert_eq!(condition(&status, condition_types::READY)["reason"], "ConnectRabbitMq");
-    let first = crate::controller::error_policy(policy.clone(), &error, scenario.ctx.clone());
-    let second = crate::controller::error_policy(policy, &error, scenario.ctx.clone());
-    assert_eq!(
-        (first, second),
-        (Action::requeue(crate::backoff::backoff_delay(1)), Action::requeue(crate::backoff::backoff_delay(2)))
-    );
+    // The controller's error_policy requeues by the policy's consecutive failures.
+    let key = super::policy_key(&policy);
+    let delays = [scenario.ctx.failures.failed(key.clone()), scenario.ctx.failures.failed(key)];
+    assert_eq!(delays, [backoff_delay(1), backoff_delay(2)]);
 }
 
 #[tokio::test]
