@@ -8,6 +8,7 @@ mod common;
 
 use std::time::Duration;
 
+use bucket_av_testing::service_account::install_operator_rbac;
 use bucket_av_testing::{
     ContainerLaunch, EICAR, OperatorProcess, WorkerProcess, process::free_port, unique_name, wait_for,
 };
@@ -266,7 +267,7 @@ async fn of_two_operators_only_the_leader_reconciles_and_the_other_takes_over() 
 async fn the_documented_rbac_is_enough_for_a_policy_from_apply_to_delete() {
     let fixture = Fixture::new("op-rbac", true).await;
     let namespace = fixture.namespace.as_str();
-    let kubeconfig = fixture.cluster.install_operator_rbac(namespace);
+    let kubeconfig = install_operator_rbac(&fixture.cluster, &fixture.client, namespace).await;
 
     // kubectl, as the subject: `auth can-i --as` asks the API server what the RBAC allows.
     let as_operator = |verb: &str, resource: &str| {

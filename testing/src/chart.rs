@@ -11,6 +11,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 use crate::process::free_port;
+use crate::service_account::service_account_kubeconfig;
 use crate::{Cluster, ContainerLaunch, ServiceProcess};
 
 pub const CHART: &str = "charts/bucket-av-scanner";
@@ -132,7 +133,7 @@ impl ChartOperator {
         let launch = ContainerLaunch::from_deployment(&client, namespace, &deployment, OPERATOR_CONTAINER).await;
         let scratch = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("operator-{namespace}-{release}"));
         std::fs::create_dir_all(&scratch).unwrap_or_else(|error| panic!("create {}: {error}", scratch.display()));
-        let kubeconfig = cluster.service_account_kubeconfig(namespace, &deployment);
+        let kubeconfig = service_account_kubeconfig(cluster, &client, namespace, &deployment).await;
         let http = format!("127.0.0.1:{}", free_port());
         let mut overrides: Vec<(String, String)> = vec![
             ("KUBECONFIG".into(), kubeconfig.to_str().unwrap().into()),

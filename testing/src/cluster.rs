@@ -1,6 +1,6 @@
 //! The local control plane's endpoints and credentials, from the env file `just cluster-up`
 //! writes, and a kubectl runner bound to it for what is about kubectl itself (its tables,
-//! `auth can-i`, `get --raw`, applying documented files as an administrator does). Objects go
+//! `auth can-i`, `get --raw`, applying a file as a user does). Objects go
 //! through the typed client of [`crate::kube_api`].
 
 use std::collections::HashMap;
@@ -75,68 +75,7 @@ impl Cluster {
         assert!(result.success, "kubectl {args:?} failed:\n{}{}", result.stdout, result.stderr);
         result.stdout
     }
-
-    /// A kubeconfig file (in the cluster's directory) that authenticates as service account
-    /// `namespace/name` with a short-lived token from the TokenRequest API.
-    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
-        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration", "2h"], None);
-        let path = Path::new(self.var("BAVS_CLUSTER_DIR")).join(format!("kubeconfig-{namespace}-{name}"));
-        let kubeconfig = format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-  - name: local
-    cluster:
-      server: {server}
-      certificate-authority: {ca}
-users:
-  - name: {name}
-    user:
-      token: {token}
-contexts:
-  - name: {name}
-    context:
-      cluster: local
-      user: {name}
-      namespace: {namespace}
-current-context: {name}
-",
-            server = self.var("BAVS_KUBE_APISERVER"),
-            ca = self.var("BAVS_CLUSTER_CA"),
-            token = token.trim(),
-        );
-        std::fs::write(&path, kubeconfig).unwrap_or_else(|error| panic!("write {}: {error}", path.display()));
-        path
-    }
-
-    /// Installs the operator's documented RBAC (`operator/deploy/rbac.yaml`) for an operator
-    /// confined to `namespace` (`--watch-namespace`): its ServiceAccount and leader-election Role
-    /// in `namespace`, the ClusterRole as written, bound by a RoleBinding in `namespace`. Returns
-    /// a kubeconfig with that ServiceAccount's identity.
-    pub fn install_operator_rbac(&self, namespace: &str) -> PathBuf {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/deploy/rbac.yaml");
-        let rbac = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-        let documents: Vec<String> = rbac
-            .split("\n---\n")
-            .filter(|document| !document.contains("kind: ClusterRoleBinding"))
-            .map(|document| document.replace("namespace: bucket-av-system", &format!("namespace: {namespace}")))
-            .collect();
-        self.kubectl_ok(&["apply", "-f", "-"], Some(&documents.join("\n---\n")));
-        let subject = format!("--serviceaccount={namespace}:{OPERATOR_ACCOUNT}");
-        let binding =
-            ["create", "rolebinding", OPERATOR_ACCOUNT, "--clusterrole", OPERATOR_ACCOUNT, &subject, "-n", namespace];
-        let created = self.kubectl(&binding, None);
-        assert!(
-            created.success || created.stderr.contains("AlreadyExists"),
-            "bind the ClusterRole: {}",
-            created.stderr
-        );
-        self.service_account_kubeconfig(namespace, OPERATOR_ACCOUNT)
-    }
 }
-
-/// The operator's ServiceAccount and ClusterRole name in `operator/deploy/rbac.yaml`.
-pub const OPERATOR_ACCOUNT: &str = "bucket-av-operator";
 
 /// Holds the cluster's one external metrics APIService (`v1beta1.external.metrics.k8s.io`) for
 /// a test while alive: an exclusive `flock` on `<cluster dir>/external-metrics-apiservice.lock`.

@@ -14,6 +14,7 @@ pub mod operator;
 pub mod pod_spec;
 pub mod policy;
 pub mod process;
+pub mod service_account;
 pub mod stack;
 pub mod wait;
 pub mod webhook;
