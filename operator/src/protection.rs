@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_minio_admin::{AdminClient, Principal};
-use bucket_av_s3::{Client, S3Settings};
+use bucket_av_s3::{Client, ErrorCode, S3Failure, S3Settings};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use tracing::info;
@@ -47,9 +47,10 @@ pub enum ProtectionError {
     },
     #[error(
         "protection: {step} the bucket policy of {bucket}: {message} (the credentials need s3:GetBucketPolicy, \
-         s3:PutBucketPolicy and s3:DeleteBucketPolicy)"
+         s3:PutBucketPolicy and s3:DeleteBucketPolicy)",
+        message = failure.message
     )]
-    BucketPolicy { bucket: String, step: &'static str, message: String },
+    BucketPolicy { bucket: String, step: &'static str, failure: S3Failure },
     #[error("{}", crate::error::missing_buckets_message(.buckets))]
     BucketMissing { buckets: Vec<String> },
 }
@@ -78,7 +79,7 @@ impl ProtectionError {
     pub(crate) fn is_permission_denied(&self) -> bool {
         match self {
             Self::AdminClient(source) | Self::Admin { source, .. } => is_permission_denied(source),
-            Self::BucketPolicy { message, .. } => message.contains("AccessDenied"),
+            Self::BucketPolicy { failure, .. } => failure.is(&ErrorCode::AccessDenied),
             _ => false,
         }
     }
@@ -493,20 +494,23 @@ async fn write_bucket_statements(
 ) -> Result<()> {
     let lock = locks.bucket_policy(endpoint, bucket);
     let _only_writer = lock.lock().await;
-    let failed = |step: &'static str, message: String| ProtectionError::BucketPolicy {
+    let failed = |step: &'static str, failure: S3Failure| ProtectionError::BucketPolicy {
         bucket: bucket.to_owned(),
         step,
-        message,
+        failure,
     };
     let existing = match client.get_bucket_policy().bucket(bucket).send().await {
         Ok(output) => output.policy().map(str::to_owned),
-        Err(error) if bucket_av_s3::describe_error(&error).contains("NoSuchBucketPolicy") => None,
-        Err(error) => return Err(failed("read", bucket_av_s3::describe_error(&error))),
+        Err(error) => match S3Failure::from_sdk(&error) {
+            failure if failure.is(&ErrorCode::NoSuchBucketPolicy) => None,
+            failure => return Err(failed("read", failure)),
+        },
     };
     let existing: Option<Value> = match existing.as_deref().map(serde_json::from_str) {
         None => None,
         Some(Ok(document)) => Some(document),
-        Some(Err(error)) => return Err(failed("parse", error.to_string())),
+        // Not an S3 error: the document MinIO returned is not JSON.
+        Some(Err(error)) => return Err(failed("parse", S3Failure { code: None, message: error.to_string() })),
     };
     let current = existing.as_ref().map(|document| our_statements(document, sid_prefix)).unwrap_or_default();
     if same_statements(&current, statements) {
@@ -520,7 +524,7 @@ async fn write_bucket_statements(
                 .policy(document.to_string())
                 .send()
                 .await
-                .map_err(|error| failed("write", bucket_av_s3::describe_error(&error)))?;
+                .map_err(|error| failed("write", S3Failure::from_sdk(&error)))?;
         }
         None => {
             client
@@ -528,7 +532,7 @@ async fn write_bucket_statements(
                 .bucket(bucket)
                 .send()
                 .await
-                .map_err(|error| failed("delete", bucket_av_s3::describe_error(&error)))?;
+                .map_err(|error| failed("delete", S3Failure::from_sdk(&error)))?;
         }
     }
     info!(%bucket, statements = statements.len(), "updated the protection statements of the bucket policy");
@@ -537,7 +541,7 @@ async fn write_bucket_statements(
 
 /// A bucket that does not exist has no policy to protect or clean.
 fn is_missing_bucket(error: &ProtectionError) -> bool {
-    matches!(error, ProtectionError::BucketPolicy { message, .. } if message.contains("NoSuchBucket") && !message.contains("NoSuchBucketPolicy"))
+    matches!(error, ProtectionError::BucketPolicy { failure, .. } if failure.is(&ErrorCode::NoSuchBucket))
 }
 
 fn s3_client(s3: &S3Settings) -> Result<Client> {

@@ -82,6 +82,60 @@ pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, S3SetupError>
     Ok(aws_sdk_s3::Client::from_conf(builder.build()))
 }
 
+/// The error codes MinIO answers with that callers act on; every other code is kept as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorCode {
+    NoSuchBucket,
+    NoSuchBucketPolicy,
+    AccessDenied,
+    /// A bucket notification names a target ARN MinIO does not run.
+    ArnNotFound,
+    InvalidArgument,
+    Other(String),
+}
+
+impl ErrorCode {
+    fn parse(code: &str) -> Self {
+        match code {
+            "NoSuchBucket" => Self::NoSuchBucket,
+            "NoSuchBucketPolicy" => Self::NoSuchBucketPolicy,
+            "AccessDenied" => Self::AccessDenied,
+            "ARNNotFound" => Self::ArnNotFound,
+            "InvalidArgument" => Self::InvalidArgument,
+            other => Self::Other(other.to_owned()),
+        }
+    }
+}
+
+/// A failed S3 call: MinIO's error code when it answered (`None` when no answer came: refused
+/// connection, timeout), and the short description [`describe_error`] gives.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct S3Failure {
+    pub code: Option<ErrorCode>,
+    pub message: String,
+}
+
+impl S3Failure {
+    pub fn from_sdk<E, R>(error: &aws_sdk_s3::error::SdkError<E, R>) -> Self
+    where
+        E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        let code = error.as_service_error().and_then(|service| service.code()).map(ErrorCode::parse);
+        Self { code, message: describe_error(error) }
+    }
+
+    /// A failure with a known code, as MinIO words it (for tests and fakes).
+    pub fn with_code(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code: Some(code), message: message.into() }
+    }
+
+    pub fn is(&self, code: &ErrorCode) -> bool {
+        self.code.as_ref() == Some(code)
+    }
+}
+
 /// A short description of an S3 SDK error for logs, conditions and dead-letter reasons: MinIO's
 /// error code and message for an answer it gave (`AccessDenied: Access Denied.`), the whole
 /// cause chain when no answer came (connection refused, timeout), never the raw response dump.

@@ -8,4 +8,4 @@
 pub mod client;
 pub mod notification;
 
-pub use client::{Client, S3Settings, S3SetupError, client, describe_error, error_chain};
+pub use client::{Client, ErrorCode, S3Failure, S3Settings, S3SetupError, client, describe_error, error_chain};

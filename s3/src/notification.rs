@@ -11,6 +11,8 @@ use aws_sdk_s3::types::{
 
 use bucket_av_core::CreatedEvent;
 
+use crate::{ErrorCode, S3Failure};
+
 pub use bucket_av_core::arn::amqp_target_arn;
 
 /// Which objects of a bucket are routed to the target.
@@ -98,12 +100,12 @@ fn queue_entry(arn: &str, id: &str, filter: &KeyFilter) -> QueueConfiguration {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotificationError {
-    #[error("read notification configuration of bucket {bucket}: {message}")]
-    Read { bucket: String, message: String },
+    #[error("read notification configuration of bucket {bucket}: {failure}")]
+    Read { bucket: String, failure: S3Failure },
     #[error(
-        "write notification configuration of bucket {bucket}: {message} (an ARNNotFound error means MinIO has no notification target with that ID yet: configure it and restart MinIO)"
+        "write notification configuration of bucket {bucket}: {failure} (an ARNNotFound error means MinIO has no notification target with that ID yet: configure it and restart MinIO)"
     )]
-    Write { bucket: String, message: String },
+    Write { bucket: String, failure: S3Failure },
 }
 
 /// Routes the bucket's uploads that match `filters` to the target `arn`, keeping other entries.
@@ -127,16 +129,17 @@ pub async fn remove(
 ) -> Result<(), NotificationError> {
     let existing = match read(client, bucket).await {
         Ok(existing) => existing,
-        Err(NotificationError::Read { message, .. }) if message.contains("NoSuchBucket") => return Ok(()),
+        Err(NotificationError::Read { failure, .. }) if failure.is(&ErrorCode::NoSuchBucket) => return Ok(()),
         Err(other) => return Err(other),
     };
     write(client, bucket, merge(existing, arn, id_prefix, &[])).await
 }
 
 async fn read(client: &aws_sdk_s3::Client, bucket: &str) -> Result<NotificationConfiguration, NotificationError> {
-    let output = client.get_bucket_notification_configuration().bucket(bucket).send().await.map_err(|error| {
-        NotificationError::Read { bucket: bucket.to_owned(), message: crate::describe_error(&error) }
-    })?;
+    let output =
+        client.get_bucket_notification_configuration().bucket(bucket).send().await.map_err(|error| {
+            NotificationError::Read { bucket: bucket.to_owned(), failure: S3Failure::from_sdk(&error) }
+        })?;
     Ok(NotificationConfiguration::builder()
         .set_topic_configurations(output.topic_configurations)
         .set_queue_configurations(output.queue_configurations)
@@ -157,7 +160,7 @@ async fn write(
         .send()
         .await
         .map(drop)
-        .map_err(|error| NotificationError::Write { bucket: bucket.to_owned(), message: crate::describe_error(&error) })
+        .map_err(|error| NotificationError::Write { bucket: bucket.to_owned(), failure: S3Failure::from_sdk(&error) })
 }
 
 #[cfg(test)]

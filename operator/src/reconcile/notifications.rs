@@ -4,8 +4,8 @@
 //! MinIO's durability and unversioned buckets that NotificationConfigured carries.
 
 use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, ObjectAction, condition_types};
-use bucket_av_s3::S3SetupError;
 use bucket_av_s3::notification::{self, NotificationError};
+use bucket_av_s3::{ErrorCode, S3Failure, S3SetupError};
 use kube::ResourceExt;
 use kube::runtime::events::EventType;
 use tracing::info;
@@ -143,7 +143,7 @@ async fn configure(
     let arn = policy.target_arn();
     let id_prefix = policy.notification_entry_id_prefix();
     let mut missing = Vec::new();
-    let mut failure = None;
+    let mut first_failure = None;
     for (bucket, routed) in &plan.routes {
         let written = {
             let lock = ctx.locks.notification(&s3.endpoint, bucket);
@@ -154,10 +154,10 @@ async fn configure(
             Ok(()) => {}
             Err(S3CallError::Setup(error)) => return Err(RouteError::S3Client(error)),
             Err(S3CallError::Notification(error)) => match *error {
-                NotificationError::Read { ref message, .. } if message.contains("NoSuchBucket") => {
+                NotificationError::Read { ref failure, .. } if failure.is(&ErrorCode::NoSuchBucket) => {
                     missing.push(bucket.clone())
                 }
-                NotificationError::Write { ref message, .. } if is_unknown_target(message) => {
+                NotificationError::Write { ref failure, .. } if is_unknown_target(failure) => {
                     return Err(RouteError::TargetMissing {
                         target_id: policy.target_id(),
                         arn: arn.clone(),
@@ -165,16 +165,16 @@ async fn configure(
                     });
                 }
                 other => {
-                    failure.get_or_insert(RouteError::PutNotification(Box::new(other)));
+                    first_failure.get_or_insert(RouteError::PutNotification(Box::new(other)));
                 }
             },
-            Err(S3CallError::Request(message)) => {
-                let error = NotificationError::Write { bucket: bucket.clone(), message };
-                failure.get_or_insert(RouteError::PutNotification(Box::new(error)));
+            Err(S3CallError::Request(failure)) => {
+                let error = NotificationError::Write { bucket: bucket.clone(), failure };
+                first_failure.get_or_insert(RouteError::PutNotification(Box::new(error)));
             }
         }
     }
-    match failure {
+    match first_failure {
         Some(error) => Err(error),
         None if !missing.is_empty() => Err(RouteError::BucketMissing { buckets: missing }),
         None => Ok(()),
@@ -217,9 +217,9 @@ pub(crate) async fn remove_entries(
         Ok(()) => Ok(()),
         Err(S3CallError::Setup(error)) => Err(RouteError::S3Client(error)),
         Err(S3CallError::Notification(error)) => Err(RouteError::RemoveNotification(error)),
-        Err(S3CallError::Request(message)) => Err(RouteError::RemoveNotification(Box::new(NotificationError::Write {
+        Err(S3CallError::Request(failure)) => Err(RouteError::RemoveNotification(Box::new(NotificationError::Write {
             bucket: bucket.to_owned(),
-            message,
+            failure,
         }))),
     }
 }
@@ -295,9 +295,10 @@ fn restart_pending_message(policy: &BucketScanPolicy) -> String {
 }
 
 /// Whether MinIO refused a notification configuration because it has no target with the ARN:
-/// `ARNNotFound`, or `InvalidArgument` about the destination ARN (MinIO's ErrARNNotification).
-pub(crate) fn is_unknown_target(message: &str) -> bool {
-    message.contains("ARNNotFound") || (message.contains("InvalidArgument") && message.contains("ARN"))
+/// `ARNNotFound`, or `InvalidArgument` about the destination ARN (MinIO's ErrARNNotification;
+/// the code alone is too broad, so its message must name the ARN).
+pub(crate) fn is_unknown_target(failure: &S3Failure) -> bool {
+    failure.is(&ErrorCode::ArnNotFound) || (failure.is(&ErrorCode::InvalidArgument) && failure.message.contains("ARN"))
 }
 
 fn target_missing_hint(policy: &BucketScanPolicy) -> &'static str {
@@ -315,9 +316,15 @@ mod tests {
 
     #[test]
     fn unknown_targets_are_recognised_in_minio_errors() {
-        assert!(is_unknown_target("service error: ARNNotFound: ..."));
-        assert!(is_unknown_target("InvalidArgument: A specified destination ARN does not exist or is not well-formed"));
-        assert!(!is_unknown_target("AccessDenied: Access Denied."));
-        assert!(!is_unknown_target("InvalidArgument: filter rules overlap"));
+        let failure = |code, message: &str| S3Failure::with_code(code, message);
+        assert!(is_unknown_target(&failure(ErrorCode::ArnNotFound, "ARNNotFound: ...")));
+        assert!(is_unknown_target(&failure(
+            ErrorCode::InvalidArgument,
+            "InvalidArgument: A specified destination ARN does not exist or is not well-formed"
+        )));
+        assert!(!is_unknown_target(&failure(ErrorCode::AccessDenied, "AccessDenied: Access Denied.")));
+        assert!(!is_unknown_target(&failure(ErrorCode::InvalidArgument, "InvalidArgument: filter rules overlap")));
+        // No answer at all (a timeout) says nothing about the target.
+        assert!(!is_unknown_target(&S3Failure { code: None, message: "ARN lookup timed out".into() }));
     }
 }

@@ -9,8 +9,8 @@ use bucket_av_amqp::ConnectError;
 use bucket_av_amqp::topology::Topology;
 use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
-use bucket_av_s3::S3Settings;
 use bucket_av_s3::notification::{KeyFilter, NotificationError};
+use bucket_av_s3::{ErrorCode, S3Failure, S3Settings};
 
 use super::minio::{Minio, S3CallError};
 use super::rabbitmq::{AmqpSettings, QueueError, RabbitMq};
@@ -103,10 +103,11 @@ impl Minio for FakeMinio {
             filters: filters.to_vec(),
         });
         if !self.has(bucket) {
-            let message = "NoSuchBucket: The specified bucket does not exist".to_owned();
+            let failure =
+                S3Failure::with_code(ErrorCode::NoSuchBucket, "NoSuchBucket: The specified bucket does not exist");
             return Err(S3CallError::Notification(Box::new(NotificationError::Read {
                 bucket: bucket.to_owned(),
-                message,
+                failure,
             })));
         }
         Ok(())

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_s3::notification::{self, KeyFilter, NotificationError};
-use bucket_av_s3::{S3Settings, S3SetupError};
+use bucket_av_s3::{S3Failure, S3Settings, S3SetupError};
 
 use crate::locks::BucketLocks;
 use crate::minio_target::{self, Durability, DurabilityChecks, RestartGate, TargetError, TargetState};
@@ -21,9 +21,9 @@ pub(crate) enum S3CallError {
     Setup(#[source] Box<S3SetupError>),
     #[error("{0}")]
     Notification(#[source] Box<NotificationError>),
-    /// MinIO's answer to another request, as `bucket_av_s3::describe_error` words it.
+    /// MinIO's answer to another request.
     #[error("{0}")]
-    Request(String),
+    Request(S3Failure),
 }
 
 /// Every call the reconciler makes to MinIO.
@@ -157,7 +157,7 @@ impl Minio for LiveMinio {
         match client.head_bucket().bucket(bucket).send().await {
             Ok(_) => Ok(true),
             Err(error) if error.as_service_error().is_some_and(|error| error.is_not_found()) => Ok(false),
-            Err(error) => Err(S3CallError::Request(bucket_av_s3::describe_error(&error))),
+            Err(error) => Err(S3CallError::Request(S3Failure::from_sdk(&error))),
         }
     }
 
@@ -168,7 +168,7 @@ impl Minio for LiveMinio {
             .bucket(bucket)
             .send()
             .await
-            .map_err(|error| S3CallError::Request(bucket_av_s3::describe_error(&error)))?;
+            .map_err(|error| S3CallError::Request(S3Failure::from_sdk(&error)))?;
         Ok(versioning.status().map(|status| status.as_str()) == Some("Enabled"))
     }
 
