@@ -24,11 +24,11 @@ pub struct Topology {
 
 impl Topology {
     pub fn dead_letter_exchange(&self) -> String {
-        format!("{}.dlx", self.queue)
+        bucket_av_core::queues::dead_letter_exchange(&self.queue)
     }
 
     pub fn dead_letter_queue(&self) -> String {
-        format!("{}.dead", self.queue)
+        bucket_av_core::queues::dead_letter_queue(&self.queue)
     }
 
     /// Routing key of messages in the dead-letter exchange: the work queue's name, so several

@@ -3,12 +3,14 @@
 //!
 //! - [`arn`]: the ARNs MinIO gives its notification targets.
 //! - [`event`]: MinIO's bucket-event messages, parsed into the objects they name.
+//! - [`queues`]: the dead-letter queue and exchange a work queue's name implies.
 //! - [`redacted`]: [`Redacted`], a string (credential, key, URL with a password) that never
 //!   reaches a log line.
 //! - [`uri`]: percent-encoding for object keys in hand-built request URLs.
 
 pub mod arn;
 pub mod event;
+pub mod queues;
 pub mod redacted;
 pub mod uri;
 

@@ -37,15 +37,8 @@ pub fn default_queue(namespace: &str, name: &str) -> String {
     format!("{}{suffix}", &full[..keep])
 }
 
-/// The dead-letter queue of a work queue.
-pub fn dead_letter_queue(queue: &str) -> String {
-    format!("{queue}.dead")
-}
-
-/// The dead-letter exchange of a work queue.
-pub fn dead_letter_exchange(queue: &str) -> String {
-    format!("{queue}.dlx")
-}
+/// The dead-letter names follow from the work queue's, for the worker too: defined in core.
+pub use bucket_av_core::queues::{dead_letter_exchange, dead_letter_queue};
 
 /// Label every child object of a policy carries, naming the policy (its value is the policy's
 /// name); the external metrics API finds a policy's queue by it.

@@ -243,7 +243,7 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     let scanned = verification.scanned.iter().copied();
     let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, &bucket, &uploads_plan, scanned);
     let amqp = stack.amqp().await;
-    let dead_lettered = load::queue_depth(&amqp, &format!("{}.dead", system.queue)).await;
+    let dead_lettered = load::queue_depth(&amqp, &bucket_av_crds::dead_letter_queue(&system.queue)).await;
     let mut problems = fault_problems;
     problems.extend(verification.problems);
     problems.extend(reports.problems);
@@ -251,7 +251,10 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
         problems.push(format!("not every upload had its verdict {SETTLE_TIMEOUT:?} after the last one"));
     }
     if dead_lettered != Some(0) {
-        problems.push(format!("{}.dead holds {dead_lettered:?} messages (expected 0)", system.queue));
+        problems.push(format!(
+            "{} holds {dead_lettered:?} messages (expected 0)",
+            bucket_av_crds::dead_letter_queue(&system.queue)
+        ));
     }
     problems.extend(policy_problems(&system).await);
     problems.extend(notification_problems(stack, &system).await);
@@ -310,11 +313,14 @@ async fn notification_problems(stack: &Stack, system: &LoadedSystem) -> Vec<Stri
         .send()
         .await
         .expect("read the bucket's notification configuration");
+    let policy: BucketScanPolicy =
+        Api::namespaced(system.client.clone(), &system.namespace).get(LOAD_POLICY).await.expect("read the load policy");
+    let entry_prefix = format!("{}.", policy.notification_entry_id_prefix());
     let ours: Vec<&str> = config
         .queue_configurations()
         .iter()
         .filter_map(|entry| entry.id())
-        .filter(|id| id.starts_with(&format!("bucket-av.{}.{LOAD_POLICY}.", system.namespace)))
+        .filter(|id| id.starts_with(&entry_prefix))
         .collect();
     if ours.len() == 1 {
         Vec::new()

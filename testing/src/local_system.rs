@@ -136,7 +136,9 @@ pub async fn start_workers(
     policy: &str,
     count: usize,
 ) -> (Vec<WorkerProcess>, String) {
-    let launch = ContainerLaunch::from_deployment(client, namespace, &format!("{policy}-worker"), "worker").await;
+    let policy: BucketScanPolicy =
+        Api::namespaced(client.clone(), namespace).get(policy).await.expect("read the policy whose workers to start");
+    let launch = ContainerLaunch::from_deployment(client, namespace, &policy.worker_deployment_name(), "worker").await;
     let queue = launch.env("BAVS_QUEUE").expect("the worker Deployment sets BAVS_QUEUE").to_owned();
     let log_level = std::env::var("WORKER_LOG").unwrap_or_else(|_| "info".into());
     let mut workers = Vec::new();

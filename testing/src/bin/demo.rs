@@ -68,7 +68,7 @@ async fn main() {
 
     step("Starting the workers exactly as the operator's Deployment describes them");
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let deployment = deployments.get(&format!("{POLICY}-worker")).await.expect("the worker Deployment");
+    let deployment = deployments.get(&policy.worker_deployment_name()).await.expect("the worker Deployment");
     let replicas = deployment.spec.replicas.unwrap_or(1).max(1);
     let (workers, _queue) = local_system::start_workers(&client, &namespace, POLICY, replicas as usize).await;
 
@@ -96,7 +96,7 @@ async fn main() {
     }
 
     step("The policy, its workers and their autoscaler (on the live queue depth), as kubectl shows them");
-    wait_for_hpa_metric(&client, &namespace).await;
+    wait_for_hpa_metric(&client, &namespace, &policy.worker_autoscaler_name()).await;
     // kubectl, as the subject: the table a user reads.
     let shown = cluster.kubectl(&["get", "bsp,deployment,hpa", "-n", &namespace], None);
     println!("{}", indent(&format!("{}{}", shown.stdout, shown.stderr)));
@@ -134,10 +134,10 @@ async fn main() {
 
 /// Waits until the HPA has read the queue depth through the aggregator for its current replicas;
 /// after a minute shows its conditions and goes on.
-async fn wait_for_hpa_metric(client: &Client, namespace: &str) {
+async fn wait_for_hpa_metric(client: &Client, namespace: &str, autoscaler: &str) {
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
     let read = poll_until(Duration::from_secs(60), Duration::from_millis(500), async || {
-        let hpa = hpas.get(&format!("{POLICY}-worker")).await.expect("the worker HPA");
+        let hpa = hpas.get(autoscaler).await.expect("the worker HPA");
         let status = hpa.status.unwrap_or_default();
         let metric = status.current_metrics.as_ref().and_then(|metrics| metrics.first());
         let average = metric.and_then(|metric| metric.external.as_ref()?.current.average_value.as_ref());

@@ -141,9 +141,10 @@ async fn main() {
     if !drained {
         problems.push(format!("the workers had not settled {DRAIN_TIMEOUT:?} after the last upload"));
     }
-    let dead = load::queue_depth(&amqp, &format!("{}.dead", system.queue)).await;
+    let dead = load::queue_depth(&amqp, &bucket_av_crds::dead_letter_queue(&system.queue)).await;
     if dead != Some(0) {
-        problems.push(format!("{}.dead holds {dead:?} messages (expected 0)", system.queue));
+        problems
+            .push(format!("{} holds {dead:?} messages (expected 0)", bucket_av_crds::dead_letter_queue(&system.queue)));
     }
     let verdicts = load::verdict_totals(&system.workers).await;
     println!("  uploads: {} ({} failed PUTs, not counted)", uploads.stored.len(), uploads.failed.len());
