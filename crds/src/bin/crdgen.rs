@@ -1,5 +1,5 @@
 //! Prints the BucketScanPolicy CustomResourceDefinition as YAML:
-//! `cargo run -p bucket-av-crds --bin crdgen > crds/bucketscanpolicy.yaml`.
+//! `just generate`, which writes `crds/bucketscanpolicy.yaml` and the chart's copy.
 
 fn main() -> Result<(), serde_norway::Error> {
     print!("{}", bucket_av_crds::crd_yaml()?);
