@@ -1,6 +1,17 @@
-//! Test harness for the real local stack (`just stack-up`): reads the stack's env file, builds
-//! clients for MinIO and RabbitMQ, runs worker processes, and receives webhooks. Every helper
-//! fails loudly when the stack is not there; nothing here skips or fakes a service.
+//! Test harness for the real local stack (`just stack-up`) and control plane (`just cluster-up`):
+//! reads their env files, builds clients, runs our binaries as processes, receives webhooks.
+//! Every helper fails loudly when a service is not there; nothing here skips or fakes one.
+//!
+//! - The services: [`stack`] (MinIO, RabbitMQ, clamd endpoints and clients), [`cluster`] and
+//!   [`kube_api`] (the control plane, typed), [`service_account`] (the operator's RBAC identity),
+//!   [`chart`] (helm and the chart).
+//! - What the tests build: [`policy`] ([`PolicyBuilder`]), [`archive`] (archives, bombs and
+//!   encrypted content made in code).
+//! - Our binaries as processes: [`process`], [`worker`], [`operator`], [`pod_spec`] (a
+//!   Deployment's container started as the kubelet would).
+//! - Waiting and receiving: [`wait`] ([`wait_for`], the one deadline loop), [`webhook`].
+//! - Whole-system runs: [`local_system`] (as `just demo` sets it up), [`load`] (uploads and their
+//!   verification), [`fault_injection`], [`cli`] (flags of the load binaries).
 
 pub mod archive;
 pub mod chart;

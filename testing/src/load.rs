@@ -107,7 +107,7 @@ pub struct Uploads {
 const PUT_ATTEMPTS: u32 = 8;
 
 /// Uploads `plan.count` objects at `plan.rate` from `uploaders` concurrent tasks. A failed PUT
-/// is tried again (up to [`PUT_ATTEMPTS`], backing off to 2 s), as a client would: the server
+/// is tried again (up to `PUT_ATTEMPTS`, backing off to 2 s), as a client would: the server
 /// may have stored the object without its event (it stopped mid-request), and only the upload
 /// it confirmed is promised a verdict.
 pub async fn upload(

@@ -26,7 +26,7 @@ pub struct ReceivedWebhook {
 }
 
 impl ReceivedWebhook {
-    /// True when `X-Bucket-AV-Signature` is the HMAC-SHA256 of "<timestamp>.<body>" under `secret`.
+    /// True when `X-Bucket-AV-Signature` is the HMAC-SHA256 of `"<timestamp>.<body>"` under `secret`.
     pub fn signature_is_valid(&self, secret: &str) -> bool {
         let (Some(signature), Some(timestamp)) =
             (self.headers.get("x-bucket-av-signature"), self.headers.get("x-bucket-av-timestamp"))
