@@ -65,7 +65,7 @@ enum Command {
         secret_key: String,
         #[arg(long)]
         region: String,
-        /// The notification target's ID (MINIO_NOTIFY_AMQP_*_<ID>).
+        /// The notification target's ID (`MINIO_NOTIFY_AMQP_*_<ID>`).
         #[arg(long)]
         target_id: String,
     },
