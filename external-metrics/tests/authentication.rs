@@ -7,17 +7,53 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bucket_av_external_metrics::{Config, MetricValue, Quantity, ServingCert};
+use bucket_av_testing::kube_api::apply;
 use bucket_av_testing::{Cluster, wait_for};
-use common::{ClientIdentity, Endpoint, RunningServer, SERVICE, TestCa, TestNamespace, TestSource, kube_client};
+use common::{ClientIdentity, Endpoint, RunningServer, SERVICE, TestCa, TestNamespace, TestSource};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::Api;
+use kube::api::{ObjectMeta, PostParams};
+
+/// The ConfigMap the rotation test points the server at, in place of kube-system's
+/// `extension-apiserver-authentication`.
+const AUTHENTICATION_CONFIG_MAP: &str = "test-authentication";
+
+/// ConfigMap [`AUTHENTICATION_CONFIG_MAP`] in `namespace` holding exactly `data`.
+fn authentication_config_map(namespace: &str, data: &[(&str, &str)]) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(AUTHENTICATION_CONFIG_MAP.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            ..ObjectMeta::default()
+        },
+        data: Some(data.iter().map(|(key, value)| ((*key).to_owned(), (*value).to_owned())).collect()),
+        ..ConfigMap::default()
+    }
+}
+
+/// The request-header settings of the API server's authentication ConfigMap, trusting `ca` for
+/// client certificates with CN `proxy`.
+fn request_header_config_map(namespace: &str, ca: &TestCa) -> ConfigMap {
+    authentication_config_map(
+        namespace,
+        &[
+            ("requestheader-client-ca-file", &ca.pem),
+            ("requestheader-allowed-names", "[\"proxy\"]"),
+            ("requestheader-username-headers", "[\"X-Remote-User\"]"),
+            ("requestheader-group-headers", "[\"X-Remote-Group\"]"),
+        ],
+    )
+}
 
 #[tokio::test]
 async fn only_the_front_proxy_certificate_is_answered() {
     common::captured_logs();
     let cluster = Cluster::load();
-    let namespace = TestNamespace::create(&cluster, "bavs-metrics-auth");
+    let client = cluster.client().await;
+    let namespace = TestNamespace::create(&cluster, &client, "bavs-metrics-auth").await;
     let source = Arc::new(TestSource::default());
     source.set("queue_depth", vec![MetricValue::new(Quantity::from_int(3)).with_label("queue", "a")]);
-    let server = RunningServer::start(kube_client(&cluster).await, source.clone(), &namespace.name, None).await;
+    let server = RunningServer::start(client, source.clone(), &namespace.name, None).await;
     let endpoint = Endpoint::of(&server, &namespace.name);
     let discovery = "/apis/external.metrics.k8s.io/v1beta1";
     let metric_path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/queue_depth", namespace.name);
@@ -86,31 +122,19 @@ async fn only_the_front_proxy_certificate_is_answered() {
 async fn a_rotated_request_header_ca_is_used_without_a_restart() {
     common::captured_logs();
     let cluster = Cluster::load();
-    let namespace = TestNamespace::create(&cluster, "bavs-metrics-rotate");
+    let client = cluster.client().await;
+    let namespace = TestNamespace::create(&cluster, &client, "bavs-metrics-rotate").await;
     let first_ca = TestCa::generate("first-front-proxy-ca");
     let second_ca = TestCa::generate("second-front-proxy-ca");
-    let config_map = |ca: &TestCa| {
-        serde_json::json!({
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "test-authentication", "namespace": namespace.name},
-            "data": {
-                "requestheader-client-ca-file": ca.pem,
-                "requestheader-allowed-names": "[\"proxy\"]",
-                "requestheader-username-headers": "[\"X-Remote-User\"]",
-                "requestheader-group-headers": "[\"X-Remote-Group\"]",
-            },
-        })
-        .to_string()
-    };
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&config_map(&first_ca)));
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace.name);
+    apply(&config_maps, &request_header_config_map(&namespace.name, &first_ca)).await;
 
     let source = Arc::new(TestSource::default());
     source.set("queue_depth", vec![MetricValue::new(Quantity::from_int(1))]);
     let cert = ServingCert::self_signed_for_service(SERVICE, &namespace.name).expect("serving cert");
     let mut config = Config::new("127.0.0.1:0".parse().expect("address"), cert);
-    config.authentication_config_map = (namespace.name.clone(), "test-authentication".to_owned());
-    let server = RunningServer::start(kube_client(&cluster).await, source, &namespace.name, Some(config)).await;
+    config.authentication_config_map = (namespace.name.clone(), AUTHENTICATION_CONFIG_MAP.to_owned());
+    let server = RunningServer::start(client, source, &namespace.name, Some(config)).await;
     let endpoint = Endpoint::of(&server, &namespace.name);
     let first = first_ca.client("proxy");
     let second = second_ca.client("proxy");
@@ -121,7 +145,7 @@ async fn a_rotated_request_header_ca_is_used_without_a_restart() {
         endpoint.get(Some(&second), discovery, &[]).await.expect_err("second CA not yet trusted").contains("UnknownCA")
     );
 
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&config_map(&second_ca)));
+    apply(&config_maps, &request_header_config_map(&namespace.name, &second_ca)).await;
     let start = std::time::Instant::now();
     wait_for("the rotated CA to be picked up", Duration::from_secs(20), Duration::from_millis(200), async || {
         endpoint.get(Some(&second), discovery, &[]).await.map(|_| ())
@@ -132,13 +156,12 @@ async fn a_rotated_request_header_ca_is_used_without_a_restart() {
         endpoint.get(Some(&first), discovery, &[]).await.expect_err("old CA no longer trusted").contains("UnknownCA")
     );
 
-    // An unusable update keeps the last good CA.
-    let broken = serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "test-authentication", "namespace": namespace.name},
-        "data": {"requestheader-client-ca-file": "not PEM"},
-    });
-    cluster.kubectl_ok(&["replace", "-f", "-"], Some(&broken.to_string()));
+    // An unusable update keeps the last good CA. A replace, so that the CA is all the data left.
+    let broken = authentication_config_map(&namespace.name, &[("requestheader-client-ca-file", "not PEM")]);
+    config_maps
+        .replace(AUTHENTICATION_CONFIG_MAP, &PostParams::default(), &broken)
+        .await
+        .unwrap_or_else(|error| panic!("replace ConfigMap {AUTHENTICATION_CONFIG_MAP}: {error}"));
     wait_for("the broken update to be seen", Duration::from_secs(20), Duration::from_millis(200), async || {
         let logs = common::logs_text();
         if logs.contains("ignoring an unusable update") {
@@ -157,11 +180,12 @@ async fn a_rotated_request_header_ca_is_used_without_a_restart() {
 async fn shutdown_lets_a_request_in_flight_finish_and_stops_accepting() {
     common::captured_logs();
     let cluster = Cluster::load();
-    let namespace = TestNamespace::create(&cluster, "bavs-metrics-shutdown");
+    let client = cluster.client().await;
+    let namespace = TestNamespace::create(&cluster, &client, "bavs-metrics-shutdown").await;
     let source = Arc::new(TestSource::default());
     source.set("queue_depth", vec![MetricValue::new(Quantity::from_int(5))]);
     *source.delay.lock().expect("lock") = Duration::from_millis(1500);
-    let server = RunningServer::start(kube_client(&cluster).await, source, &namespace.name, None).await;
+    let server = RunningServer::start(client, source, &namespace.name, None).await;
     let endpoint = Arc::new(Endpoint::of(&server, &namespace.name));
     let aggregator = Arc::new(ClientIdentity::from_files(
         cluster.var("BAVS_FRONT_PROXY_CLIENT_CERT"),

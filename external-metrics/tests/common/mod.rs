@@ -1,5 +1,6 @@
-//! Shared pieces of the cluster tests: a kube client for the local control plane, a metric source
-//! whose values the test sets, a running server, a raw TLS client, and log capture.
+//! Shared pieces of the cluster tests: a namespace per test, a metric source whose values the
+//! test sets, a running server, a raw TLS client, and log capture. The kube client is the testing
+//! crate's ([`Cluster::client`]).
 
 #![allow(dead_code)]
 
@@ -14,6 +15,7 @@ use bucket_av_external_metrics::{
     Config, ExternalMetricSource, LabelSelector, MetricValue, MetricsApiServer, ServingCert, SourceError,
 };
 use bucket_av_testing::Cluster;
+use bucket_av_testing::kube_api::ensure_namespace;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,31 +23,25 @@ use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "bucket-av-metrics";
 
-/// A kube client with the admin kubeconfig of the local control plane.
-pub async fn kube_client(cluster: &Cluster) -> kube::Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(cluster.var("BAVS_KUBECONFIG")).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
-        .await
-        .expect("kubeconfig usable");
-    kube::Client::try_from(config).expect("kube client")
-}
-
-/// A namespace unique to this test, deleted when dropped (also on panic).
+/// A namespace unique to this test, created through the typed client and deleted when dropped
+/// (also on panic).
 pub struct TestNamespace<'a> {
     pub name: String,
     cluster: &'a Cluster,
 }
 
 impl<'a> TestNamespace<'a> {
-    pub fn create(cluster: &'a Cluster, prefix: &str) -> Self {
+    pub async fn create(cluster: &'a Cluster, client: &kube::Client, prefix: &str) -> Self {
         let name = bucket_av_testing::unique_name(prefix);
-        cluster.kubectl_ok(&["create", "namespace", &name], None);
+        ensure_namespace(client, &name, &[]).await;
         Self { name, cluster }
     }
 }
 
 impl Drop for TestNamespace<'_> {
     fn drop(&mut self) {
+        // kubectl, not the typed client: `drop` cannot await, and a panicking test's runtime may
+        // be unusable here.
         self.cluster.kubectl(&["delete", "namespace", &self.name, "--ignore-not-found", "--wait=false"], None);
     }
 }
