@@ -84,7 +84,7 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     assert!(message.contains(&format!("user {}", uploader.access_key)), "{message}");
     assert_eq!(policy.status.as_ref().unwrap().protected_buckets, std::slice::from_ref(&bucket));
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), TIMEOUT).await;
-    assert!(fixture.events("scan").await.iter().any(|event| event.starts_with("ProtectionEnforced: ")));
+    fixture.wait_event("scan", "ProtectionEnforced").await;
     let canned = format!("bucket-av-protect.{}.scan", fixture.namespace);
     assert!(admin.canned_policy(&canned).await.unwrap().is_some(), "the IAM policy exists");
 
@@ -103,13 +103,13 @@ async fn the_operator_enforces_reports_turns_off_and_cleans_up_protection() {
     fixture.apply(&with_protection(&scanning, true, &[&uploader.access_key, stack.var("BAVS_S3_ACCESS_KEY")])).await;
     let policy = fixture.wait_condition("scan", "VerdictProtected", "False", Some("ScannerProtected"), TIMEOUT).await;
     assert_eq!(condition(&policy, "Ready").unwrap().reason, "ScannerProtected", "Ready depends on it");
-    assert!(fixture.events("scan").await.iter().any(|event| event.starts_with("ScannerProtected: ")));
+    fixture.wait_event("scan", "ScannerProtected").await;
 
     // Off: everything the operator added goes, the owner's statement stays, MinIO takes tags again.
     fixture.apply(&with_protection(&scanning, false, &[&uploader.access_key])).await;
     let policy = wait_protection_off(&fixture, "scan").await;
     assert!(policy.status.as_ref().unwrap().protected_buckets.is_empty(), "{}", status_text(&policy));
-    assert!(fixture.events("scan").await.iter().any(|event| event.starts_with("ProtectionRemoved: ")));
+    fixture.wait_event("scan", "ProtectionRemoved").await;
     assert_eq!(admin.canned_policy(&canned).await.unwrap(), None);
     assert!(same_statements(&statements(&s3, &bucket).await, std::slice::from_ref(&owner)), "only the owner's");
     put_with_tags(&as_uploader, &bucket, "tagged-again.txt", Some("av-status=clean")).await.expect("no protection");

@@ -123,18 +123,6 @@ fn assert_mentions(text: &str, parts: &[&str]) {
     }
 }
 
-/// Waits until an Event with `reason` is recorded for the policy (Events are written after
-/// the status).
-async fn wait_event(fixture: &Fixture, policy: &str, reason: &str) -> String {
-    let what = format!("a {reason} event for {policy}");
-    wait_for(&what, Duration::from_secs(15), Duration::from_millis(250), async || {
-        let events = fixture.events(policy).await;
-        let found = events.iter().find(|event| event.starts_with(&format!("{reason}: "))).cloned();
-        found.ok_or_else(|| format!("events: {events:?}"))
-    })
-    .await
-}
-
 /// Someone else's notification entry (another target, the prefix `foreign/`): it must survive
 /// whatever the operator does.
 async fn add_foreign_entry(stack: &Stack, bucket: &str) -> String {
@@ -213,7 +201,7 @@ async fn minio_down_during_a_reconcile_is_reported_retried_with_backoff_and_reco
     assert_mentions(&message, &["is MinIO running and reachable"]);
     condition_message(&policy, "Ready", "False", "MinioUnreachable");
     condition_message(&policy, "QueueReady", "True", "Declared");
-    wait_event(&fixture, "scan", "MinioUnreachable").await;
+    fixture.wait_event("scan", "MinioUnreachable").await;
     assert_no_hot_loop(&operator, "MinIO is down").await;
     assert!(fixture.api::<Deployment>().get_opt("scan-worker").await.expect("get the Deployment").is_some());
 
@@ -226,7 +214,7 @@ async fn minio_down_during_a_reconcile_is_reported_retried_with_backoff_and_reco
     assert_eq!(routed.len(), 1, "{routed:?}");
     assert_eq!(filter_rules(&routed[0]), [("prefix".to_owned(), "in/".to_owned())]);
     assert_foreign_entry_intact(&fixture, &bucket, &foreign_arn).await;
-    wait_event(&fixture, "scan", "Ready").await;
+    fixture.wait_event("scan", "Ready").await;
 
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     assert!(fixture.entries_for(&bucket, &arn).await.is_empty());
@@ -256,7 +244,7 @@ async fn rabbitmq_down_when_a_policy_is_applied_is_reported_retried_with_backoff
     condition_message(&policy, "Ready", "False", "ConnectRabbitMq");
     let arn = target_arn(&policy);
     assert!(fixture.entries_for(&bucket, &arn).await.is_empty(), "no route to a queue that does not exist");
-    wait_event(&fixture, "scan", "ConnectRabbitMq").await;
+    fixture.wait_event("scan", "ConnectRabbitMq").await;
     assert_no_hot_loop(&operator, "RabbitMQ is down").await;
 
     rabbitmq.start();
@@ -325,7 +313,7 @@ async fn deleted_secrets_are_named_nothing_configured_is_removed_and_restoring_t
     let named = format!("secret minio-creds does not exist in namespace {}", fixture.namespace);
     assert_mentions(&message, &[&named, "create it or fix the reference", "left as they are"]);
     condition_message(&policy, "Ready", "False", "ReferenceMissing");
-    wait_event(&fixture, "scan", "ReferenceMissing").await;
+    fixture.wait_event("scan", "ReferenceMissing").await;
     let failed_before = operator.metric(missing).await;
     assert_no_hot_loop(&operator, "the MinIO Secret is missing").await;
     nothing_taken_down().await;
@@ -407,7 +395,7 @@ async fn two_policies_on_one_bucket_never_overlap_and_never_remove_each_others_e
     let holder = format!("is already scanned by policy {}/first (prefix a/)", fixture.namespace);
     assert_mentions(&message, &[&format!("bucket {bucket} (all keys)"), &holder, "disjoint prefixes"]);
     condition_message(&policy, "Ready", "False", "BucketConflict");
-    wait_event(&fixture, "second", "BucketConflict").await;
+    fixture.wait_event("second", "BucketConflict").await;
     let second_arn = target_arn(&policy);
     assert!(fixture.entries_for(&bucket, &second_arn).await.is_empty(), "the younger policy does not route it");
     assert_eq!(fixture.entries_for(&other_bucket, &second_arn).await.len(), 1, "its other bucket is routed");
@@ -486,7 +474,7 @@ async fn half_valid_policies_say_what_is_wrong_keep_the_rest_working_and_recover
     let named = format!("bucket {absent} does not exist in MinIO");
     assert_mentions(&message, &[&named, "create it or remove it from spec.buckets"]);
     condition_message(&policy, "Ready", "False", "BucketMissing");
-    wait_event(&fixture, "scan", "BucketMissing").await;
+    fixture.wait_event("scan", "BucketMissing").await;
     let arn = target_arn(&policy);
     assert_eq!(fixture.entries_for(&bucket, &arn).await.len(), 1, "the bucket that exists is routed");
     assert_no_hot_loop(&operator, "a bucket is missing").await;
@@ -498,7 +486,7 @@ async fn half_valid_policies_say_what_is_wrong_keep_the_rest_working_and_recover
     let named = format!("actions.quarantineBucket {absent_quarantine} does not exist in MinIO");
     assert_mentions(&message, &[&named, "create it", "dead-lettered"]);
     condition_message(&policy, "NotificationConfigured", "True", "Configured");
-    wait_event(&fixture, "scan", "QuarantineBucketMissing").await;
+    fixture.wait_event("scan", "QuarantineBucketMissing").await;
     assert_no_hot_loop(&operator, "the quarantine bucket is missing").await;
     fixture.apply(&one(&quarantine).build()).await;
     fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
@@ -589,7 +577,7 @@ async fn a_minio_that_answers_uploads_before_storing_their_events_is_reported() 
     let policy = fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
     let message = condition_message(&policy, "NotificationConfigured", "True", "Configured");
     assert_mentions(&message, &["WARNING", "sync_events is off", "MINIO_API_SYNC_EVENTS=on", "MINIO_SYNC_BOOT=on"]);
-    let event = wait_event(&fixture, "scan", "EventsNotDurable").await;
+    let event = fixture.wait_event("scan", "EventsNotDurable").await;
     assert_mentions(&event, &["never scanned"]);
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;

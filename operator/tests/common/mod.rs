@@ -142,6 +142,19 @@ impl Fixture {
             .collect()
     }
 
+    /// Waits until an Event with `reason` is recorded for the policy and returns it as
+    /// `reason: note`. The operator records Events after it patches the status, so a test that
+    /// has just seen a condition must wait for its Event rather than read the list once.
+    pub async fn wait_event(&self, name: &str, reason: &str) -> String {
+        let what = format!("a {reason} event for {name}");
+        wait_for(&what, Duration::from_secs(15), Duration::from_millis(250), async || {
+            let events = self.events(name).await;
+            let found = events.iter().find(|event| event.starts_with(&format!("{reason}: "))).cloned();
+            found.ok_or_else(|| format!("events: {events:?}"))
+        })
+        .await
+    }
+
     /// The bucket's notification entries that point at the target of `arn` (any region).
     pub async fn entries_for(&self, bucket: &str, arn: &str) -> Vec<QueueConfiguration> {
         let output = self
