@@ -25,6 +25,10 @@ if [[ ! -d $BAVS_CLUSTER_DIR ]]; then
     exit 0
 fi
 
+# The real node first (its pods, containerd), then the control plane, then the node's network
+# (the API server listens on it until it exits).
+bavs_node_down say
+
 # Clients first, etcd last (reverse start order).
 left=()
 stopped=0
@@ -42,6 +46,7 @@ for ((i = ${#BAVS_COMPONENTS[@]} - 1; i >= 0; i--)); do
     rm -f "$(bavs_pidfile "$c")"
 done
 ((${#left[@]} == 0)) || bavs_die "still running: ${left[*]}"
+bavs_node_network_down say
 
 if ((stopped)); then
     say "cluster stopped; data and logs kept in $BAVS_CLUSTER_DIR (wiped by the next cluster-up)"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Start a fresh local Kubernetes control plane on 127.0.0.1:
+# Start a fresh local Kubernetes cluster:
 #   etcd, kube-apiserver (RBAC, aggregation layer), kube-controller-manager,
-#   kube-scheduler, and kwok with fake nodes on which pods go Running/Ready.
-# There is no kubelet, no container runtime, no kube-proxy: pods never run
-# anything and Service/pod IPs are not routed.
+#   kube-scheduler, kwok with fake nodes on which pods go Running/Ready without
+#   running anything (the scale suites), and one real node: a kubelet with
+#   containerd, runc, CNI and kube-proxy in its own network namespace, on which
+#   pods run as containers (see node.sh; BAVS_REAL_NODE=0 leaves it out).
 #
 #   bash testing/cluster/cluster-up.sh       (or: just cluster-up)
 #
@@ -39,6 +40,14 @@ dups=$(for v in "${PORT_VARS[@]}"; do echo "${!v}"; done | sort | uniq -d)
 [[ $BAVS_KWOK_NODES =~ ^[0-9]+$ ]] || bavs_die "BAVS_KWOK_NODES=$BAVS_KWOK_NODES is not a number"
 [[ $BAVS_KUBE_AGGREGATOR_ROUTING == true || $BAVS_KUBE_AGGREGATOR_ROUTING == false ]] ||
     bavs_die "BAVS_KUBE_AGGREGATOR_ROUTING must be true or false"
+[[ $BAVS_REAL_NODE == 0 || $BAVS_REAL_NODE == 1 ]] || bavs_die "BAVS_REAL_NODE must be 0 or 1"
+if ((BAVS_REAL_NODE)); then
+    [[ $(id -u) == 0 ]] || bavs_die "the real node needs root (network namespace, containerd, kubelet);
+       run as root, or BAVS_REAL_NODE=0 for a cluster of kwok nodes only"
+    [[ -s ${BAVS_NODE_PAUSE_ARCHIVE:-} ]] ||
+        bavs_die "BAVS_NODE_PAUSE_ARCHIVE=${BAVS_NODE_PAUSE_ARCHIVE:-} is not an image archive: the real node needs its pause image"
+fi
+APISERVER_IP=$(bavs_apiserver_ip)
 
 # ---- 1. binaries ---------------------------------------------------------------
 bavs_step "provisioning binaries"
@@ -66,7 +75,7 @@ done
 # cluster is recreated by every cluster-up anyway.
 bavs_step "generating certificates in $PKI"
 APISERVER_SANS="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
-APISERVER_SANS+=",DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1"
+APISERVER_SANS+=",DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:$APISERVER_IP"
 # The first address of the service range is the ClusterIP of Service default/kubernetes.
 svc_net=${BAVS_KUBE_SERVICE_CIDR%/*}
 APISERVER_SANS+=",IP:${svc_net%.*}.$((${svc_net##*.} + 1))"
@@ -113,6 +122,7 @@ bavs__cert() {
     # Service-account token signing key pair.
     openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
     openssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    if ((BAVS_REAL_NODE)); then bavs_node_certs; fi
 ) || bavs_die "openssl failed to generate the cluster's certificates in $PKI"
 chmod 600 "$PKI"/*.key
 
@@ -125,7 +135,7 @@ kind: Config
 clusters:
 - name: bavs
   cluster:
-    server: https://127.0.0.1:$BAVS_KUBE_APISERVER_PORT
+    server: https://$APISERVER_IP:$BAVS_KUBE_APISERVER_PORT
     certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
 users:
 - name: $client
@@ -145,6 +155,10 @@ bavs__kubeconfig "$KUBECONFIG_ADMIN" admin
 for c in kube-controller-manager kube-scheduler kwok; do
     bavs__kubeconfig "$BAVS_CLUSTER_DIR/$c.kubeconfig" "$c"
 done
+if ((BAVS_REAL_NODE)); then
+    bavs__kubeconfig "$BAVS_CLUSTER_DIR/kubelet.kubeconfig" kubelet-client
+    bavs__kubeconfig "$BAVS_CLUSTER_DIR/kube-proxy.kubeconfig" kube-proxy
+fi
 
 # ---- 4. helpers to start and wait ---------------------------------------------
 # bavs_start COMPONENT BINARY ARGS...: run in the background in its own session,
@@ -188,6 +202,11 @@ kubectl_admin() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 # If anything below fails, stop what was started (logs stay for post-mortem).
 trap 'rc=$?; if ((rc != 0)); then bash "$here/cluster-down.sh" --quiet || true; fi' EXIT
 
+if ((BAVS_REAL_NODE)); then
+    bavs_step "creating the real node's network"
+    bavs_node_network_up
+fi
+
 # ---- 5. etcd ---------------------------------------------------------------------
 bavs_step "starting etcd $ETCD_VERSION on 127.0.0.1:$BAVS_ETCD_PORT"
 # --unsafe-no-fsync: a throwaway test cluster on a shared disk; fsync latency
@@ -207,14 +226,31 @@ etcd_healthy() { curl -fsS --max-time 5 "http://127.0.0.1:$BAVS_ETCD_PORT/health
 bavs_wait etcd "GET /health" etcd_healthy
 
 # ---- 6. kube-apiserver -------------------------------------------------------------
-bavs_step "starting kube-apiserver $K8S_VERSION on https://127.0.0.1:$BAVS_KUBE_APISERVER_PORT"
-# --endpoint-reconciler-type none: the API server would publish its advertise
-# address in the endpoints of Service default/kubernetes, and refuses to start
-# when that is a loopback address. Nothing in this cluster can use that Service.
+bavs_step "starting kube-apiserver $K8S_VERSION on https://$APISERVER_IP:$BAVS_KUBE_APISERVER_PORT"
+apiserver_node_flags=()
+if ((BAVS_REAL_NODE)); then
+    # Pods reach the API server through Service default/kubernetes, whose endpoint is the
+    # advertise address on the node's veth. The API server reaches the kubelet (logs, exec,
+    # port-forward) at its InternalIP, never by a host name this machine's resolver would be
+    # asked about, and verifies its serving cert. PodNodeSelector and PodTolerationRestriction
+    # let a namespace send its pods to the real node (node.sh).
+    apiserver_node_flags=(
+        --kubelet-preferred-address-types InternalIP
+        --kubelet-client-certificate "$PKI/apiserver-kubelet-client.crt"
+        --kubelet-client-key "$PKI/apiserver-kubelet-client.key"
+        --kubelet-certificate-authority "$PKI/ca.crt"
+        --enable-admission-plugins NodeRestriction,PodNodeSelector,PodTolerationRestriction
+    )
+else
+    # --endpoint-reconciler-type none: the API server would publish its advertise
+    # address in the endpoints of Service default/kubernetes, and refuses to start
+    # when that is a loopback address. Nothing in this cluster can use that Service.
+    apiserver_node_flags=(--endpoint-reconciler-type none)
+fi
 bavs_start kube-apiserver "$BAVS_K8S_DIR/kube-apiserver" \
-    --advertise-address 127.0.0.1 \
-    --endpoint-reconciler-type none \
-    --bind-address 127.0.0.1 \
+    --advertise-address "$APISERVER_IP" \
+    --bind-address "$APISERVER_IP" \
+    "${apiserver_node_flags[@]}" \
     --secure-port "$BAVS_KUBE_APISERVER_PORT" \
     --etcd-servers "http://127.0.0.1:$BAVS_ETCD_PORT" \
     --tls-cert-file "$PKI/kube-apiserver.crt" \
@@ -236,7 +272,7 @@ bavs_start kube-apiserver "$BAVS_K8S_DIR/kube-apiserver" \
     --enable-aggregator-routing="$BAVS_KUBE_AGGREGATOR_ROUTING" \
     --profiling=false
 bavs_wait kube-apiserver "GET /readyz" \
-    bavs_https_ok "https://127.0.0.1:$BAVS_KUBE_APISERVER_PORT/readyz" \
+    bavs_https_ok "https://$APISERVER_IP:$BAVS_KUBE_APISERVER_PORT/readyz" \
     --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key"
 
 # ---- 7. kube-controller-manager and kube-scheduler --------------------------------
@@ -276,7 +312,13 @@ bavs_wait kube-controller-manager "GET /healthz" \
 bavs_wait kube-scheduler "GET /healthz" \
     bavs_https_ok "https://127.0.0.1:$BAVS_KUBE_SCHEDULER_PORT/healthz" -k
 
-# ---- 8. kwok and its fake nodes ----------------------------------------------------
+# ---- 8. the real node -------------------------------------------------------------
+if ((BAVS_REAL_NODE)); then
+    bavs_step "starting the real node $BAVS_NODE_NAME: containerd, kubelet, kube-proxy"
+    bavs_node_up
+fi
+
+# ---- 9. kwok and its fake nodes ----------------------------------------------------
 bavs_step "starting kwok $KWOK_VERSION with $BAVS_KWOK_NODES fake node(s)"
 nodes_yaml=$BAVS_CLUSTER_DIR/kwok-nodes.yaml
 {
@@ -364,7 +406,7 @@ bavs_wait kwok "$BAVS_KWOK_NODES node(s) Ready" nodes_ready
 default_sa() { kubectl_admin -n default get serviceaccount default; }
 bavs_wait kube-controller-manager "ServiceAccount default/default exists" default_sa
 
-# ---- 9. cluster.env --------------------------------------------------------------
+# ---- 10. cluster.env --------------------------------------------------------------
 CLUSTER_ENV_TMP=$CLUSTER_ENV.tmp
 cat >"$CLUSTER_ENV_TMP" <<EOF
 # Local Kubernetes control plane of bucket-av-scanner, generated by
@@ -375,7 +417,7 @@ BAVS_CLUSTER_DIR=$BAVS_CLUSTER_DIR
 # admin kubeconfig (client cert in group system:masters)
 BAVS_KUBECONFIG=$KUBECONFIG_ADMIN
 BAVS_KUBECTL=$KUBECTL
-BAVS_KUBE_APISERVER=https://127.0.0.1:$BAVS_KUBE_APISERVER_PORT
+BAVS_KUBE_APISERVER=https://$APISERVER_IP:$BAVS_KUBE_APISERVER_PORT
 BAVS_KUBE_VERSION=$K8S_VERSION
 BAVS_ETCD_VERSION=$ETCD_VERSION
 BAVS_KWOK_VERSION=$KWOK_VERSION
@@ -394,7 +436,20 @@ BAVS_KWOK_POD_CIDR=$BAVS_KWOK_POD_CIDR
 BAVS_KWOK_NODES=$BAVS_KWOK_NODES
 BAVS_KWOK_NODE_NAMES=$(for ((i = 0; i < BAVS_KWOK_NODES; i++)); do printf 'kwok-node-%s%s' "$i" "$( ((i + 1 < BAVS_KWOK_NODES)) && echo ,)"; done)
 
-# Ports (all on 127.0.0.1)
+# The real node (BAVS_REAL_NODE=1): its name, network namespace and addresses, and the
+# socket of its containerd (images are imported there: ctr --address ... -n k8s.io)
+BAVS_REAL_NODE=$BAVS_REAL_NODE
+BAVS_NODE_NAME=$( ((BAVS_REAL_NODE)) && echo "$BAVS_NODE_NAME")
+BAVS_NODE_NETNS=$( ((BAVS_REAL_NODE)) && echo "$BAVS_NODE_NETNS")
+BAVS_NODE_IP=$( ((BAVS_REAL_NODE)) && echo "$BAVS_NODE_IP")
+BAVS_NODE_HOST_IP=$( ((BAVS_REAL_NODE)) && echo "$BAVS_NODE_HOST_IP")
+BAVS_NODE_POD_CIDR=$( ((BAVS_REAL_NODE)) && echo "$BAVS_NODE_POD_CIDR")
+BAVS_CONTAINERD_SOCK=$( ((BAVS_REAL_NODE)) && echo "$CONTAINERD_SOCK")
+BAVS_KUBELET_LOG=$( ((BAVS_REAL_NODE)) && bavs_logfile kubelet)
+BAVS_CONTAINERD_LOG=$( ((BAVS_REAL_NODE)) && bavs_logfile containerd)
+BAVS_KUBE_PROXY_LOG=$( ((BAVS_REAL_NODE)) && bavs_logfile kube-proxy)
+
+# Ports (on 127.0.0.1; the API server's on BAVS_KUBE_APISERVER's address)
 BAVS_ETCD_PORT=$BAVS_ETCD_PORT
 BAVS_ETCD_PEER_PORT=$BAVS_ETCD_PEER_PORT
 BAVS_KUBE_APISERVER_PORT=$BAVS_KUBE_APISERVER_PORT
@@ -416,7 +471,7 @@ trap - EXIT
 
 # ---- summary ----------------------------------------------------------------------
 bavs_step "cluster up in $((SECONDS - started))s: Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION"
-bavs_info "API server:  https://127.0.0.1:$BAVS_KUBE_APISERVER_PORT"
+bavs_info "API server:  https://$APISERVER_IP:$BAVS_KUBE_APISERVER_PORT"
 bavs_info "kubeconfig:  $KUBECONFIG_ADMIN"
 bavs_info "env file:    $CLUSTER_ENV"
 bavs_info "try:         $KUBECTL --kubeconfig $KUBECONFIG_ADMIN get nodes"

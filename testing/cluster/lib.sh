@@ -20,6 +20,9 @@ KWOK_MODULE=sigs.k8s.io/kwok
 K8S_GIT_COMMIT=""
 # ------------------------------------------------------------------------------
 
+# shellcheck source=testing/cluster/node.sh
+source "$BAVS_CLUSTER_SCRIPTS/node.sh"
+
 bavs__gomod_require() { # FILE MODULE -> version
     awk -v m="$2" '($1 == "require" && $2 == m) { print $3; exit } ($1 == m && $2 ~ /^v/) { print $2; exit }' "$1"
 }
@@ -30,7 +33,8 @@ ETCD_VERSION=$(bavs__gomod_require "$BAVS_CLUSTER_SCRIPTS/etcd/go.mod" go.etcd.i
 BAVS_K8S_DIR="$BAVS_TOOLS_DIR/kubernetes-$K8S_VERSION"
 BAVS_ETCD_DIR="$BAVS_TOOLS_DIR/etcd-$ETCD_VERSION"
 BAVS_KWOK_DIR="$BAVS_TOOLS_DIR/kwok-$KWOK_VERSION"
-BAVS_K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+# kubelet and kube-proxy run the real node (node-up.sh); one `go build` makes all six.
+BAVS_K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 # kwok's default Stages (node-initialize, node-heartbeat-with-lease, pod-ready,
 # pod-complete, pod-delete), copied from the kwok module at build time.
 BAVS_KWOK_STAGES="$BAVS_KWOK_DIR/stages.yaml"
@@ -68,6 +72,9 @@ bavs_cluster_defaults() {
     : "${BAVS_KUBE_AGGREGATOR_ROUTING:=false}"
     # seconds to wait for each component to become ready
     : "${BAVS_CLUSTER_TIMEOUT:=90}"
+    # Debian's containernetworking-plugins install here (not in /opt/cni/bin).
+    : "${BAVS_CNI_BIN_DIR:=/usr/lib/cni}"
+    bavs_node_defaults
     if [[ $BAVS_CLUSTER_DIR != /* ]]; then
         BAVS_CLUSTER_DIR="$PWD/$BAVS_CLUSTER_DIR"
     fi

@@ -195,12 +195,15 @@ bavs__provision_helm() {
     printf '%-24s built   %s (%s, %ss)\n' helm "$HELM_VERSION" "$BAVS_HELM_DIR/helm" "$((SECONDS - start))"
 }
 
-# openssl makes the cluster's certificates, curl probes health endpoints.
+# openssl makes the cluster's certificates, curl probes health endpoints. The real node
+# runs Debian's containerd (1.6: it serves the CRI v1 the 1.37 kubelet needs), runc and CNI
+# plugins; kube-proxy's nftables mode runs `nft`, the kubelet `iptables`.
 bavs__provision_apt() {
     local missing=() c
-    for c in openssl curl; do
-        command -v "$c" >/dev/null 2>&1 || missing+=("$c")
+    for c in openssl:openssl curl:curl containerd:containerd runc:runc nft:nftables iptables:iptables; do
+        command -v "${c%%:*}" >/dev/null 2>&1 || missing+=("${c#*:}")
     done
+    [[ -x /usr/lib/cni/bridge ]] || missing+=(containernetworking-plugins)
     ((${#missing[@]} == 0)) || bavs_apt_install "${missing[@]}"
 }
 

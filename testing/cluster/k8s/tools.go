@@ -1,6 +1,6 @@
 //go:build tools
 
-// Package tools pins the control-plane commands built by ../provision.sh, so
+// Package tools pins the control-plane and node commands built by ../provision.sh, so
 // that `go mod tidy` keeps every module they need in go.mod and go.sum.
 package tools
 
@@ -9,4 +9,6 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
