@@ -89,8 +89,8 @@ fmt:
     cargo fmt --all
 
 # ---------------------------------------------------------------------------
-# kind (where Docker is available; not on the project's own machines): the chart, the images
-# and the end-to-end check on a real cluster. CI: .github/workflows/kind-e2e.yml.
+# kind (where Docker is available; not on the project's own machines, see testing/kind/README.md):
+# the images built by docker and the real-pod suite on a kind cluster. CI: .github/workflows/kind-e2e.yml.
 # ---------------------------------------------------------------------------
 
 # Create the kind cluster of kind-config.yaml (one control plane, two workers)
@@ -103,7 +103,7 @@ kind-images tag="dev":
     docker build -f worker/Dockerfile --build-arg VERSION={{ tag }} -t bucket-av-worker:{{ tag }} .
     kind load docker-image --name bucket-av-scanner bucket-av-operator:{{ tag }} bucket-av-worker:{{ tag }}
 
-# MinIO and RabbitMQ from testing/kind/, the chart, a policy; upload clean + EICAR, check the tags
+# The real-pod suite (testing/tests/real_pods.rs, as `just test` runs it on the local node) on kind
 kind-e2e tag="dev":
     @BAVS_KIND_IMAGE_TAG={{ tag }} bash testing/kind/e2e.sh
 

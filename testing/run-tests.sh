@@ -18,11 +18,16 @@ step "Building the tests and the binaries they run"
 cargo test --workspace --locked --features services --no-run
 cargo build --workspace --locked --features services --bins
 
+step "Building the release binaries and the container images from the Dockerfiles (testing/images/)"
+# The images package what users get: release builds, through the Dockerfiles' runtime stage.
+cargo build --release --locked -p bucket-av-worker -p bucket-av-operator --bins
+bash testing/images/build-images.sh
+
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 bash testing/stack/stack-up.sh
 trap 'step "Stopping the stack"; bash testing/stack/stack-down.sh' EXIT
 
-step "Starting the local control plane (etcd, kube-apiserver, controller manager, scheduler, kwok)"
+step "Starting the local cluster (etcd, kube-apiserver, controller manager, scheduler, kwok, the real node)"
 bash testing/cluster/cluster-up.sh
 trap 'step "Stopping the control plane and the stack"; bash testing/cluster/cluster-down.sh; bash testing/stack/stack-down.sh' EXIT
 
@@ -40,3 +45,9 @@ BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked --features services \
 step "Fault injection: 2000 uploads while every part of the system fails in turn (its report is printed)"
 WORKER_LOG=${WORKER_LOG:-warn} OPERATOR_LOG=${OPERATOR_LOG:-warn} \
     cargo test --workspace --locked --features services --test fault_injection -- --ignored --nocapture
+
+step "The system as real pods on the real node: chart, operator, workers with the clamd sidecar (its report is printed)"
+BAVS_CONTAINERD_SOCK=$(sed -n 's/^BAVS_CONTAINERD_SOCK=//p' target/cluster/cluster.env)
+bash testing/images/load-images.sh --address "$BAVS_CONTAINERD_SOCK"
+BAVS_E2E_IMAGES=$repo/target/images/images.env \
+    cargo test --workspace --locked --features services --test real_pods -- --ignored --nocapture

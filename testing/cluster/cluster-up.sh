@@ -44,14 +44,19 @@ dups=$(for v in "${PORT_VARS[@]}"; do echo "${!v}"; done | sort | uniq -d)
 if ((BAVS_REAL_NODE)); then
     [[ $(id -u) == 0 ]] || bavs_die "the real node needs root (network namespace, containerd, kubelet);
        run as root, or BAVS_REAL_NODE=0 for a cluster of kwok nodes only"
-    [[ -s ${BAVS_NODE_PAUSE_ARCHIVE:-} ]] ||
-        bavs_die "BAVS_NODE_PAUSE_ARCHIVE=${BAVS_NODE_PAUSE_ARCHIVE:-} is not an image archive: the real node needs its pause image"
 fi
 APISERVER_IP=$(bavs_apiserver_ip)
 
 # ---- 1. binaries ---------------------------------------------------------------
 bavs_step "provisioning binaries"
 bavs_cluster_provision | sed 's/^/    /'
+if ((BAVS_REAL_NODE)); then
+    # The node's own images (pause, CoreDNS) and the services' the end-to-end suite runs; cached
+    # after the first run (testing/images/README.md).
+    bavs_step "building the real node's images (testing/images/build-images.sh --base-only)"
+    BAVS_COREDNS_BIN=$BAVS_COREDNS_DIR/coredns bash "$here/../images/build-images.sh" --base-only | sed 's/^/    /'
+    bavs_node_base_images
+fi
 
 # ---- 2. stop an old cluster, wipe the dir, check the ports ----------------------
 if [[ -d $BAVS_CLUSTER_DIR ]]; then

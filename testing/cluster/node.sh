@@ -74,6 +74,17 @@ bavs_node_namespace_annotations() {
 
 bavs__in_node() { ip netns exec "$BAVS_NODE_NETNS" "$@"; }
 
+# The pause and CoreDNS images from testing/images/build-images.sh's base-images.env.
+bavs_node_base_images() {
+    local env_file=${BAVS_IMAGES_DIR:-$BAVS_REPO_ROOT/target/images}/base-images.env
+    [[ -s $env_file ]] || bavs_die "$env_file is missing: testing/images/build-images.sh did not finish"
+    BAVS_NODE_PAUSE_IMAGE=$(sed -n 's/^BAVS_IMAGE_PAUSE_REF=//p' "$env_file")
+    BAVS_NODE_PAUSE_ARCHIVE=$(sed -n 's/^BAVS_IMAGE_PAUSE_ARCHIVE=//p' "$env_file")
+    BAVS_NODE_COREDNS_ARCHIVE=$(sed -n 's/^BAVS_IMAGE_COREDNS_ARCHIVE=//p' "$env_file")
+    [[ -s $BAVS_NODE_PAUSE_ARCHIVE && -s $BAVS_NODE_COREDNS_ARCHIVE ]] ||
+        bavs_die "$env_file names no pause or CoreDNS image archive"
+}
+
 # ---- network: before the API server, which listens on the veth --------------------------
 bavs_node_network_up() {
     command -v ip >/dev/null || bavs_die "'ip' (iproute2) is missing: apt-get install -y iproute2"
@@ -244,9 +255,12 @@ bavs_node_up() {
         containerd --config "$CONTAINERD_DIR/config.toml"
     containerd_ready() { ctr --address "$CONTAINERD_SOCK" version; }
     bavs_wait containerd "ctr version" containerd_ready
-    bavs_info "importing the pause image ($BAVS_NODE_PAUSE_ARCHIVE)"
-    ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$BAVS_NODE_PAUSE_ARCHIVE" >/dev/null ||
-        bavs_die "could not import $BAVS_NODE_PAUSE_ARCHIVE into the node's containerd"
+    local archive
+    for archive in "$BAVS_NODE_PAUSE_ARCHIVE" "$BAVS_NODE_COREDNS_ARCHIVE"; do
+        bavs_info "importing $archive"
+        ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$archive" >/dev/null ||
+            bavs_die "could not import $archive into the node's containerd"
+    done
 
     bavs_start kubelet nsenter --net="/run/netns/$BAVS_NODE_NETNS" -- \
         "$BAVS_K8S_DIR/kubelet" \
@@ -268,6 +282,13 @@ bavs_node_up() {
         "$BAVS_K8S_DIR/kube-proxy" --config "$NODE_DIR/kube-proxy.yaml" --v 1
     proxy_healthy() { bavs__in_node curl -fsS --max-time 5 "http://127.0.0.1:$BAVS_KUBE_PROXY_HEALTHZ_PORT/healthz"; }
     bavs_wait kube-proxy "GET /healthz" proxy_healthy
+
+    bavs_coredns_manifest | kubectl_admin apply -f - >"$(bavs_logfile kubectl-apply-coredns)" 2>&1 ||
+        bavs_fail_with_log kubectl "$(bavs_logfile kubectl-apply-coredns)" "could not apply CoreDNS ($BAVS_COREDNS_MANIFEST)"
+    coredns_ready() {
+        [[ $(kubectl_admin -n kube-system get deployment coredns -o jsonpath='{.status.readyReplicas}') == 1 ]]
+    }
+    bavs_wait kubelet "CoreDNS Ready (Service kube-system/kube-dns, $BAVS_NODE_CLUSTER_DNS)" coredns_ready
 }
 
 # ---- teardown -----------------------------------------------------------------------------

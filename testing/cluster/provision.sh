@@ -2,10 +2,12 @@
 # Build and cache the binaries of the local Kubernetes control plane at pinned
 # versions, under ${XDG_CACHE_HOME:-~/.cache}/bucket-av-scanner/tools/:
 #   kubernetes-<v>/  kube-apiserver kube-controller-manager kube-scheduler kubectl
+#                    kubelet kube-proxy
 #                    (k8s.io/kubernetes through the wrapper module k8s/)
 #   etcd-<v>/etcd    (go.etcd.io/etcd/server/v3 through the wrapper module etcd/)
 #   kwok-<v>/kwok    (go install sigs.k8s.io/kwok/cmd/kwok@<v>) and stages.yaml
 #   helm-<v>/helm    (go install helm.sh/helm/v3/cmd/helm@<v>), for the chart's tests
+#   coredns-<v>/coredns (the wrapper module coredns/: cluster DNS for the real node)
 # Idempotent: when everything is cached nothing is built and a run takes well
 # under a second. Prints one line per component.
 #
@@ -17,6 +19,8 @@
 
 # shellcheck source=testing/cluster/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=testing/cluster/coredns.sh
+source "$BAVS_CLUSTER_SCRIPTS/coredns.sh"
 
 # Helm, for charts/bucket-av-scanner and its tests (testing/tests/helm_chart.rs).
 # v3: the version most platform teams run; the chart (apiVersion v2) installs
@@ -213,13 +217,14 @@ bavs_cluster_provision() {
     # Serialise concurrent provisioning (parallel test runs, two terminals).
     exec 9>"$BAVS_TOOLS_DIR/.cluster-provision.lock"
     flock 9
-    trap 'rm -rf "$BAVS_TOOLS_DIR"/.{kubernetes,etcd,kwok,helm}-*.build.*' EXIT
+    trap 'rm -rf "$BAVS_TOOLS_DIR"/.{kubernetes,etcd,kwok,helm,coredns}-*.build.*' EXIT
     trap 'exit 130' INT TERM
     bavs__provision_apt
     bavs__provision_etcd
     bavs__provision_kwok
     bavs__provision_k8s
     bavs__provision_helm
+    bavs__provision_coredns
     trap - EXIT INT TERM
     flock -u 9
     exec 9>&-

@@ -13,13 +13,15 @@
 #                                        Debian's ClamAV
 #   localhost/bavs/rabbitmq:<v>-management, localhost/bavs/minio:<v>
 #                                        what testing/e2e/*.yaml run, with only the image changed
-#   localhost/bavs/coredns:<v>           only when BAVS_COREDNS_BIN names a CoreDNS binary
+#   localhost/bavs/coredns:<v>           the cluster's CoreDNS (BAVS_COREDNS_BIN, default the binary
+#                                        testing/cluster/provision.sh caches), when it is built
 #
 #   bash testing/images/build-images.sh [--rebuild] [--base-only]
 #   bash testing/images/load-images.sh --address <containerd socket>
 #
-# --base-only builds (or finds cached) everything but the worker and operator images and writes no
-# images.env: the slow part, which can run while cargo builds the release binaries.
+# --base-only builds (or finds cached) everything but the worker and operator images and writes only
+# base-images.env (every run writes it): the slow part, which can run while cargo builds the release
+# binaries, and what cluster-up needs for the real node (pause, CoreDNS).
 #
 # Needs root, buildah, mmdebstrap, gcc with static glibc, Go (for the pause.c source, once),
 # `cargo build --release --locked -p bucket-av-worker -p bucket-av-operator --bins` done before,
@@ -45,6 +47,15 @@ IMAGES_SCRIPTS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # path (BAVS_MINIO_BIN), plus testing/lib.sh (bavs_step, bavs_info, bavs_die, BAVS_REPO_ROOT).
 # shellcheck source=testing/stack/provision.sh
 source "$IMAGES_SCRIPTS/../stack/provision.sh"
+# The cluster's CoreDNS (testing/cluster/provision.sh builds it): packaged when it is there, so
+# that every run writes the same base-images.env cluster-up reads.
+# shellcheck source=testing/cluster/lib.sh
+source "$IMAGES_SCRIPTS/../cluster/lib.sh"
+# shellcheck source=testing/cluster/coredns.sh
+source "$IMAGES_SCRIPTS/../cluster/coredns.sh"
+if [[ -z ${BAVS_COREDNS_BIN:-} && -x $BAVS_COREDNS_DIR/coredns ]]; then
+    BAVS_COREDNS_BIN=$BAVS_COREDNS_DIR/coredns
+fi
 
 # ---------------------------------------------------------------- settings ----
 
@@ -516,6 +527,16 @@ full_name() {
 }
 
 ENV_LINES=()
+# write_env FILE: the images recorded so far, atomically.
+write_env() {
+    {
+        printf '# Written by testing/images/build-images.sh: NAME = as manifests name the image, _REF = the name\n'
+        printf '# containerd gives it on import, _ARCHIVE = OCI archive for ctr -n k8s.io images import.\n'
+        printf '%s\n' "${ENV_LINES[@]}"
+    } >"$1.tmp"
+    mv -f "$1.tmp" "$1"
+}
+
 # record VAR NAME ARCHIVE: an images.env entry and the archive in the output directory.
 record() {
     local var=$1 name=$2 archive=$3 short=$4 dest=$OUT_DIR/$4.oci.tar
@@ -680,19 +701,16 @@ main() {
         printf '%-10s %-7s %4s   %s\n' coredns skipped - "BAVS_COREDNS_BIN is not set (a CoreDNS binary to put into localhost/bavs/coredns)"
     fi
     bh rmi --prune >/dev/null 2>&1 || true
+    # The base images on their own: what cluster-up needs for the real node (pause, CoreDNS).
+    write_env "$OUT_DIR/base-images.env"
     if [[ -n $BASE_ONLY ]]; then
-        bavs_step "base images done in $((SECONDS - total))s (--base-only: no worker/operator images, images.env unchanged)"
+        bavs_step "base images done in $((SECONDS - total))s (--base-only: $OUT_DIR/base-images.env; images.env unchanged)"
         return
     fi
     app_image worker BAVS_IMAGE_WORKER "$WORKER_IMAGE"
     app_image operator BAVS_IMAGE_OPERATOR "$OPERATOR_IMAGE"
     bh rmi --prune >/dev/null 2>&1 || true
-    {
-        printf '# Written by testing/images/build-images.sh: NAME = as manifests name the image, _REF = the name\n'
-        printf '# containerd gives it on import, _ARCHIVE = OCI archive for ctr -n k8s.io images import.\n'
-        printf '%s\n' "${ENV_LINES[@]}"
-    } >"$OUT_DIR/images.env.tmp"
-    mv -f "$OUT_DIR/images.env.tmp" "$OUT_DIR/images.env"
+    write_env "$OUT_DIR/images.env"
     bavs_step "done in $((SECONDS - total))s: $OUT_DIR/images.env; load with: bash testing/images/load-images.sh --address <containerd socket>"
 }
 

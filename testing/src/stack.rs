@@ -205,7 +205,8 @@ impl Stack {
     }
 }
 
-pub(crate) fn parse_env_file(text: &str) -> HashMap<String, String> {
+/// `KEY=value` lines of an env file (ours: no quoting; `#` comments and blank lines skipped).
+pub fn parse_env_file(text: &str) -> HashMap<String, String> {
     text.lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
