@@ -64,11 +64,20 @@ generate:
     cp "$yaml" charts/bucket-av-scanner/crds/bucketscanpolicy.yaml
     echo "wrote crds/bucketscanpolicy.yaml and charts/bucket-av-scanner/crds/bucketscanpolicy.yaml"
 
-# The whole system on a clean file and EICAR (--keep-running: leave the operator and workers up until Ctrl-C)
-demo *flags: (on-local-system "demo" flags)
+# The whole system on a clean file and EICAR, as real pods on the local cluster's real node: the
+# chart's operator image and the workers with their clamd sidecar, built from the Dockerfiles
+# (--keep-running: leave everything up until Ctrl-C)
+demo *flags:
+    @bash testing/cluster/cluster-up.sh
+    @cargo build --locked --release -p bucket-av-worker -p bucket-av-operator --bins
+    @bash testing/images/build-images.sh
+    @bash testing/images/load-images.sh --address "$(sed -n 's/^BAVS_CONTAINERD_SOCK=//p' target/cluster/cluster.env)"
+    @cargo build --locked --workspace --features services --bins
+    @BAVS_E2E_IMAGES=target/images/images.env target/debug/demo {{ flags }}
+    @echo "The cluster keeps running (target/cluster/cluster.env); stop it with: just cluster-down"
 
 # Starts the stack and the control plane, builds the binaries (as `just test` does) and runs one
-# of testing/src/bin against them: what demo, soak and faults share
+# of testing/src/bin against them: what soak and faults share
 [private]
 on-local-system bin *flags:
     @bash testing/stack/stack-up.sh
@@ -112,7 +121,7 @@ kind-down:
     kind delete cluster --name bucket-av-scanner
 
 # Flags (defaults): --duration 5m --rate 20 --infected-every 10 --workers 2 --size 1K-64K; see BENCHMARKS.md
-# Sustained uploads through the whole system set up as the demo; checks every verdict, reports worker and operator RSS
+# Sustained uploads through the whole system (operator and workers as host processes, as their Deployments describe them); checks every verdict, reports worker and operator RSS
 soak *flags: (on-local-system "soak" flags)
 
 # Flags (defaults): --uploads 10000 --rate 25 --rounds 3 --outage 8s --workers 2; see BENCHMARKS.md

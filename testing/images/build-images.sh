@@ -645,7 +645,9 @@ preflight() {
   (or set BAVS_RELEASE_DIR to a directory holding both binaries, or pass --base-only)"
         done
     fi
-    [[ -x $BAVS_MINIO_BIN ]] || bavs_die "no MinIO binary at $BAVS_MINIO_BIN; run: bash testing/stack/provision.sh"
+    # The MinIO image packages the stack's binary: provision it (cached after the first build).
+    [[ -x $BAVS_MINIO_BIN ]] || bash "$IMAGES_SCRIPTS/../stack/provision.sh"
+    [[ -x $BAVS_MINIO_BIN ]] || bavs_die "no MinIO binary at $BAVS_MINIO_BIN after testing/stack/provision.sh"
     if [[ -n ${BAVS_COREDNS_BIN:-} && ! -x $BAVS_COREDNS_BIN ]]; then
         bavs_die "BAVS_COREDNS_BIN=$BAVS_COREDNS_BIN is not an executable"
     fi

@@ -10,7 +10,9 @@
 //! - Our binaries as processes: [`process`], [`worker`], [`operator`], [`pod_spec`] (a
 //!   Deployment's container started as the kubelet would).
 //! - Waiting and receiving: [`wait`] ([`wait_for`], the one deadline loop), [`webhook`].
-//! - Whole-system runs: [`local_system`] (as `just demo` sets it up), [`load`] (uploads and their
+//! - Whole-system runs: [`local_system`] (the operator and workers as host processes, for the
+//!   fault and soak runs), [`real_pods`] (the chart, the operator and the workers as pods on a
+//!   real node or kind: the real-pod suite and `just demo`), [`load`] (uploads and their
 //!   verification), [`fault_injection`], [`cli`] (flags of the load binaries).
 
 pub mod archive;
@@ -25,6 +27,7 @@ pub mod operator;
 pub mod pod_spec;
 pub mod policy;
 pub mod process;
+pub mod real_pods;
 pub mod service_account;
 pub mod stack;
 pub mod wait;

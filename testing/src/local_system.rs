@@ -178,7 +178,9 @@ impl LoadedSystem {
         let cluster = &helm.cluster;
         let client = cluster.client().await;
         let namespace = crate::unique_name(&format!("bucket-av-{prefix}"));
-        println!("\n==> Installing the Helm chart and starting its operator (as `just demo` does)");
+        println!(
+            "\n==> Installing the Helm chart and starting its operator as a process, exactly as its Deployment describes it"
+        );
         install_chart(helm, &client, LOAD_RELEASE, &namespace).await;
         let s3 = stack.s3();
         let bucket = crate::unique_name(&format!("{prefix}-uploads"));

@@ -65,8 +65,13 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub async fn start() -> Self {
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST.into()).await
+    }
+
+    /// Listens on `ip` (a free port): for senders in pods, an address of this machine they reach.
+    pub async fn start_on(ip: std::net::IpAddr) -> Self {
         let inner = Arc::new(Mutex::new(Inner::default()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind webhook receiver");
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind webhook receiver");
         let addr = listener.local_addr().unwrap();
         let app = Router::new().route("/hook", post(receive)).with_state(Arc::clone(&inner));
         tokio::spawn(async move { axum::serve(listener, app).await.expect("webhook receiver") });

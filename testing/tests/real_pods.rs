@@ -21,75 +21,33 @@
 //! `just test`, after the suites that share the cluster.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
-use bucket_av_s3::S3Settings;
 use bucket_av_testing::archive::{ZipEntry, zip};
-use bucket_av_testing::chart::{Helm, repo_path};
-use bucket_av_testing::kube_api::{apply, install_crd, put_secret};
+use bucket_av_testing::chart::Helm;
+use bucket_av_testing::kube_api::apply;
 use bucket_av_testing::load::pseudo_random;
-use bucket_av_testing::{Cluster, wait_for};
+use bucket_av_testing::real_pods::{
+    self, BUCKET, Images, POD_TIMEOUT, POLICY, PortForward, RELEASE, SYSTEM_NAMESPACE as SYSTEM,
+};
+use bucket_av_testing::{Cluster, EICAR, wait_for};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
-use kube::api::{DeleteParams, ListParams, ObjectMeta};
+use kube::api::{DeleteParams, ListParams};
 use kube::{Api, Client, ResourceExt};
 
-const RELEASE: &str = "bucket-av-scanner";
-const SYSTEM: &str = "bucket-av-system";
 /// The policy's namespace (the user's): its own, so that no other suite's objects are in it.
 const MEDIA: &str = "scan-e2e";
-const POLICY: &str = "uploads";
-const BUCKET: &str = "uploads";
 const MIB: usize = 1024 * 1024;
 /// The policy's `maxObjectSize`: small, so that the past-limit upload is cheap.
 const MAX_OBJECT_SIZE: usize = 2 * MIB;
-const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 /// Uploads of the scaling phase (256 KiB each).
 const BACKLOG: usize = 1200;
-/// Waits for pods are long: a cold node unpacks images and clamd loads its signatures.
-const POD_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The images under test: the chart's two and the services'. Read from `BAVS_E2E_IMAGES` (an
-/// env file), or the upstream names kind loads or pulls.
-struct Images {
-    operator: String,
-    worker: String,
-    rabbitmq: Option<String>,
-    minio: Option<String>,
-    clamav: Option<String>,
-}
-
-impl Images {
-    fn load() -> Self {
-        let vars: HashMap<String, String> = match std::env::var_os("BAVS_E2E_IMAGES") {
-            Some(path) => {
-                // Relative to the workspace (tests run in their crate's directory).
-                let path = repo_path("").join(path);
-                let text = std::fs::read_to_string(&path)
-                    .unwrap_or_else(|error| panic!("BAVS_E2E_IMAGES={}: {error}", path.display()));
-                bucket_av_testing::stack::parse_env_file(&text)
-            }
-            None => HashMap::new(),
-        };
-        Self {
-            operator: vars.get("BAVS_IMAGE_OPERATOR").cloned().unwrap_or_else(|| "bucket-av-operator:dev".into()),
-            worker: vars.get("BAVS_IMAGE_WORKER").cloned().unwrap_or_else(|| "bucket-av-worker:dev".into()),
-            rabbitmq: vars.get("BAVS_IMAGE_RABBITMQ").cloned(),
-            minio: vars.get("BAVS_IMAGE_MINIO").cloned(),
-            clamav: vars.get("BAVS_IMAGE_CLAMAV").cloned(),
-        }
-    }
-}
 
 /// The figures of the run, printed as they come (a failure shows how far it got) and together
 /// at the end.
@@ -105,143 +63,6 @@ impl Report {
     }
 }
 
-/// `repository:tag` split for the chart's values.
-fn repository_and_tag(image: &str) -> (&str, &str) {
-    let slash = image.rfind('/').map_or(0, |at| at + 1);
-    match image[slash..].rfind(':') {
-        Some(colon) => (&image[..slash + colon], &image[slash + colon + 1..]),
-        None => (image, "latest"),
-    }
-}
-
-/// A manifest of `testing/e2e/` with its upstream image replaced by `image` when given.
-fn manifest(file: &str, upstream_image: &str, image: Option<&str>) -> String {
-    let text = std::fs::read_to_string(repo_path(&format!("testing/e2e/{file}")))
-        .unwrap_or_else(|error| panic!("read testing/e2e/{file}: {error}"));
-    assert!(text.contains(upstream_image), "testing/e2e/{file} names {upstream_image}");
-    match image {
-        Some(image) => text.replace(upstream_image, image),
-        None => text,
-    }
-}
-
-/// Namespaces of the suite: on the local cluster their pods go to the real node (the API
-/// server's PodNodeSelector and PodTolerationRestriction read these annotations; kind ignores
-/// them), and the chart's and the policy's enforce Pod Security `restricted`.
-async fn namespace(client: &Client, name: &str, restricted: bool) {
-    let mut labels = BTreeMap::new();
-    if restricted {
-        labels.insert("pod-security.kubernetes.io/enforce".to_owned(), "restricted".to_owned());
-    }
-    let annotations = BTreeMap::from([
-        ("scheduler.alpha.kubernetes.io/node-selector".to_owned(), "bavs.io/real-node=true".to_owned()),
-        (
-            "scheduler.alpha.kubernetes.io/defaultTolerations".to_owned(),
-            r#"[{"key":"bavs.io/real-node","operator":"Equal","value":"true","effect":"NoSchedule"}]"#.to_owned(),
-        ),
-    ]);
-    let namespace = Namespace {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(labels),
-            annotations: Some(annotations),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    };
-    apply(&Api::<Namespace>::all(client.clone()), &namespace).await;
-}
-
-/// Pods of `namespace` matching `selector` that are Ready, and all of them.
-async fn ready_pods(client: &Client, namespace: &str, selector: &str) -> (Vec<Pod>, usize) {
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels(selector))
-        .await
-        .expect("list pods");
-    let total = pods.items.len();
-    let ready = pods
-        .items
-        .into_iter()
-        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter(|pod| {
-            pod.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|conditions| conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
-        .collect();
-    (ready, total)
-}
-
-/// Waits until `deployment` has `want` Ready pods (all its containers, probes passed) and no
-/// others; returns when that happened.
-async fn wait_ready_replicas(client: &Client, namespace: &str, deployment: &str, want: usize) -> Instant {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
-    wait_for(
-        &format!("{want} Ready pod(s) of {namespace}/{deployment}"),
-        POD_TIMEOUT,
-        Duration::from_millis(500),
-        async || {
-            let Some(found) = deployments.get_opt(deployment).await.map_err(|e| e.to_string())? else {
-                return Err("no Deployment yet".to_owned());
-            };
-            let status = found.status.unwrap_or_default();
-            let (ready, updated, replicas) = (
-                status.ready_replicas.unwrap_or(0) as usize,
-                status.updated_replicas.unwrap_or(0) as usize,
-                status.replicas.unwrap_or(0) as usize,
-            );
-            if ready == want && replicas == want && updated == want {
-                Ok(Instant::now())
-            } else {
-                Err(format!("replicas {replicas}, updated {updated}, ready {ready}"))
-            }
-        },
-    )
-    .await
-}
-
-/// `kubectl port-forward` to a Deployment's pod: the suite reaches MinIO the same way on every
-/// cluster (pod IPs are routable from this machine only on the local one).
-struct PortForward {
-    child: Child,
-    port: u16,
-}
-
-impl PortForward {
-    fn start(cluster: &Cluster, namespace: &str, target: &str, remote_port: u16) -> Self {
-        let mut child = Command::new(cluster.var("BAVS_KUBECTL"))
-            .args(["--kubeconfig", cluster.var("BAVS_KUBECONFIG"), "-n", namespace, "port-forward"])
-            .args([target, &format!(":{remote_port}")])
-            .args(["--address", "127.0.0.1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start kubectl port-forward");
-        let mut line = String::new();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        stdout.read_line(&mut line).expect("read kubectl port-forward");
-        // kubectl prints a line per connection: keep reading, or it dies of SIGPIPE.
-        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-        // "Forwarding from 127.0.0.1:41234 -> 9000"
-        let port = line
-            .split_whitespace()
-            .nth(2)
-            .and_then(|address| address.rsplit(':').next())
-            .and_then(|port| port.parse().ok())
-            .unwrap_or_else(|| panic!("kubectl port-forward {namespace}/{target}: unexpected first line {line:?}"));
-        Self { child, port }
-    }
-}
-
-impl Drop for PortForward {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Peak working-set memory per container, sampled from the kubelet's stats summary (through the
 /// API server's node proxy, so it works on any cluster), split by the phase of the run.
 #[derive(Default)]
@@ -254,13 +75,12 @@ struct MemoryPeaks {
 fn spawn_memory_sampler(client: Client, peaks: Arc<Mutex<MemoryPeaks>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            if let Ok(nodes) = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
-                .list(&ListParams::default().labels("bavs.io/real-node=true"))
-                .await
+            if let Ok(nodes) =
+                Api::<Node>::all(client.clone()).list(&ListParams::default().labels("bavs.io/real-node=true")).await
             {
                 let names: Vec<String> = if nodes.items.is_empty() {
                     // kind: every node
-                    Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+                    Api::<Node>::all(client.clone())
                         .list(&ListParams::default())
                         .await
                         .map(|list| list.items.iter().map(|n| n.name_any()).collect())
@@ -297,21 +117,6 @@ fn spawn_memory_sampler(client: Client, peaks: Arc<Mutex<MemoryPeaks>>) -> tokio
 
 fn set_phase(peaks: &Arc<Mutex<MemoryPeaks>>, phase: &str) {
     peaks.lock().unwrap().phase = phase.to_owned();
-}
-
-/// Deletes the policy, when there is one, and waits until the operator has cleaned up after it.
-async fn delete_policy(policies: &Api<BucketScanPolicy>) {
-    if policies.get_opt(POLICY).await.expect("read the policy").is_none() {
-        return;
-    }
-    policies.delete(POLICY, &DeleteParams::default()).await.expect("delete the policy");
-    wait_for("the policy to be deleted", POD_TIMEOUT, Duration::from_millis(500), async || {
-        match policies.get_opt(POLICY).await.map_err(|e| e.to_string())? {
-            None => Ok(()),
-            Some(found) => Err(bucket_av_testing::policy::status_text(&found)),
-        }
-    })
-    .await;
 }
 
 /// The uploads whose verdicts the suite checks, with the `av-status` and `av-detail` tags the
@@ -368,122 +173,26 @@ async fn the_system_runs_as_real_pods() {
     let peaks = Arc::new(Mutex::new(MemoryPeaks { phase: "install".into(), ..MemoryPeaks::default() }));
     let sampler = spawn_memory_sampler(client.clone(), peaks.clone());
 
-    // ---- services ------------------------------------------------------------------------
-    for (name, restricted) in [("rabbitmq", false), ("minio", false), (SYSTEM, true), (MEDIA, true)] {
-        namespace(&client, name, restricted).await;
-    }
-    let rabbitmq = manifest("rabbitmq.yaml", "docker.io/library/rabbitmq:4.1-management", images.rabbitmq.as_deref());
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&rabbitmq));
-    let minio = manifest("minio.yaml", "docker.io/minio/minio:RELEASE.2025-09-07T16-13-09Z", images.minio.as_deref());
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&minio));
-    wait_ready_replicas(&client, "rabbitmq", "rabbitmq", 1).await;
-    wait_ready_replicas(&client, "minio", "minio", 1).await;
-
-    // ---- the chart -----------------------------------------------------------------------
-    install_crd(&client).await;
+    // ---- services and the chart -----------------------------------------------------------
+    real_pods::install_services(&cluster, &client, &images).await;
     let helm = Helm::load();
-    let (operator_repository, operator_tag) = repository_and_tag(&images.operator);
-    let (worker_repository, worker_tag) = repository_and_tag(&images.worker);
     let started = Instant::now();
-    helm.upgrade_install(
-        RELEASE,
-        SYSTEM,
-        &[
-            &format!("operator.image.repository={operator_repository}"),
-            &format!("operator.image.tag={operator_tag}"),
-            &format!("worker.image.repository={worker_repository}"),
-            &format!("worker.image.tag={worker_tag}"),
-            "operator.logFormat=plain",
-        ],
-    );
-    let (operators, _) = ready_pods(&client, SYSTEM, "app.kubernetes.io/name=bucket-av-scanner").await;
-    assert_eq!(operators.len(), 1, "one Ready operator pod after helm install --wait");
-    let operator_pod = operators[0].name_any();
-    report.push(format!("helm install --wait: operator pod {operator_pod} Ready after {:.1?}", started.elapsed()));
-    // Leader election: the pod holds the Lease.
-    let leases = Api::<Lease>::namespaced(client.clone(), SYSTEM);
-    wait_for("the operator pod to hold the leader Lease", POD_TIMEOUT, Duration::from_millis(500), async || {
-        let found = leases.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-        let holders: Vec<String> =
-            found.items.iter().filter_map(|l| l.spec.as_ref()?.holder_identity.clone()).collect();
-        if holders.iter().any(|holder| holder.contains(&operator_pod)) {
-            Ok(())
-        } else {
-            Err(format!("holders {holders:?}"))
-        }
-    })
-    .await;
-    // The external metrics API, served from the pod through its Service.
-    let apiservices = Api::<APIService>::all(client.clone());
-    wait_for(
-        "APIService v1beta1.external.metrics.k8s.io Available",
-        POD_TIMEOUT,
-        Duration::from_millis(500),
-        async || {
-            let found = apiservices.get("v1beta1.external.metrics.k8s.io").await.map_err(|e| e.to_string())?;
-            let available = found
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .into_iter()
-                .find(|c| c.type_ == "Available");
-            match available {
-                Some(c) if c.status == "True" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    let operator_pod = real_pods::install_chart(&helm, &client, &images).await;
+    report.push(format!(
+        "helm install: operator pod {operator_pod} Ready, leader, metrics API Available after {:.1?}",
+        started.elapsed()
+    ));
 
     // ---- the policy ----------------------------------------------------------------------
     let forward = PortForward::start(&cluster, "minio", "deployment/minio", 9000);
-    let s3 = bucket_av_s3::client(&S3Settings {
-        endpoint: format!("http://127.0.0.1:{}", forward.port),
-        region: "us-east-1".into(),
-        access_key: "bavs-admin".into(),
-        secret_key: Redacted::new("bavs-kind-e2e-secret"),
-        ca_bundle: None,
-    })
-    .expect("S3 client");
+    let s3 = forward.minio_client();
     if s3.head_bucket().bucket(BUCKET).send().await.is_err() {
         s3.create_bucket().bucket(BUCKET).send().await.expect("create bucket uploads");
     }
-    put_secret(&client, MEDIA, "minio-scanner", &[("accessKey", "bavs-admin"), ("secretKey", "bavs-kind-e2e-secret")])
-        .await;
-    put_secret(
-        &client,
-        MEDIA,
-        "rabbitmq-scanner",
-        &[("url", "amqp://bavs:bavs-kind-e2e@rabbitmq.rabbitmq.svc.cluster.local:5672/%2f")],
-    )
-    .await;
-    let signatures = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("bavs-test-signatures".into()),
-            namespace: Some(MEDIA.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            ["bavs-test.hdb", "bavs-test.ndb"]
-                .iter()
-                .map(|file| {
-                    let text = std::fs::read_to_string(repo_path(&format!("testing/signatures/{file}"))).unwrap();
-                    ((*file).to_owned(), text)
-                })
-                .collect(),
-        ),
-        ..ConfigMap::default()
-    };
-    apply(&Api::<ConfigMap>::namespaced(client.clone(), MEDIA), &signatures).await;
-
-    let mut policy: BucketScanPolicy =
-        serde_norway::from_str(&std::fs::read_to_string(repo_path("testing/e2e/policy.yaml")).unwrap())
-            .expect("testing/e2e/policy.yaml");
-    policy.metadata.namespace = Some(MEDIA.to_owned());
+    real_pods::real_node_namespace(&client, MEDIA, true).await;
+    real_pods::create_policy_prerequisites(&client, MEDIA).await;
+    let mut policy = real_pods::e2e_policy(MEDIA, &images);
     policy.spec.scanner.max_object_size = Quantity(format!("{}Mi", MAX_OBJECT_SIZE / MIB));
-    if let (Some(image), Some(sidecar)) = (&images.clamav, policy.spec.scanner.sidecar.as_mut()) {
-        sidecar.image = image.clone();
-    }
     policy.spec.workers.min_replicas = 1;
     policy.spec.workers.max_replicas = 3;
     // One message in flight per worker and a low target: a backlog of a few hundred uploads
@@ -493,21 +202,14 @@ async fn the_system_runs_as_real_pods() {
     policy.spec.workers.scale_down_stabilization_seconds = 15;
     let policies = Api::<BucketScanPolicy>::namespaced(client.clone(), MEDIA);
     // A policy left by an interrupted run goes first, so that the figure below is a first start.
-    delete_policy(&policies).await;
+    real_pods::delete_policy(&policies).await;
     let applied = Instant::now();
     apply(&policies, &policy).await;
     let deployment = policy.worker_deployment_name();
-    wait_ready_replicas(&client, MEDIA, &deployment, 1).await;
+    real_pods::wait_ready_replicas(&client, MEDIA, &deployment, 1).await;
     report
         .push(format!("policy applied -> first worker pod Ready (clamd sidecar included): {:.1?}", applied.elapsed()));
-    wait_for("the policy Ready", POD_TIMEOUT, Duration::from_millis(500), async || {
-        let found = policies.get(POLICY).await.map_err(|e| e.to_string())?;
-        match bucket_av_testing::policy::condition(&found, "Ready") {
-            Some(c) if c.status == "True" => Ok(()),
-            _ => Err(bucket_av_testing::policy::status_text(&found)),
-        }
-    })
-    .await;
+    real_pods::wait_policy_ready(&policies).await;
     set_phase(&peaks, "idle");
     tokio::time::sleep(Duration::from_secs(6)).await;
 
@@ -593,7 +295,7 @@ async fn the_system_runs_as_real_pods() {
     report.push(format!("backlog drained in {:.1?}", backlog_started.elapsed()));
     set_phase(&peaks, "after load");
     let down = Instant::now();
-    wait_ready_replicas(&client, MEDIA, &deployment, 1).await;
+    real_pods::wait_ready_replicas(&client, MEDIA, &deployment, 1).await;
     report.push(format!("scaled back to 1 worker pod in {:.1?} after the drain (stabilization 15 s)", down.elapsed()));
 
     // ---- a worker pod deleted mid-scan loses nothing -------------------------------------
@@ -608,7 +310,7 @@ async fn the_system_runs_as_real_pods() {
             .await
             .expect("drain upload");
     }
-    let (workers, _) = ready_pods(&client, MEDIA, &format!("{}={POLICY}", bucket_av_crds::POLICY_LABEL)).await;
+    let workers = real_pods::ready_pods(&client, MEDIA, &format!("{}={POLICY}", bucket_av_crds::POLICY_LABEL)).await;
     let victim = workers.first().expect("a Ready worker pod").clone();
     // Mid-scan: the uploads are queued and the workers hold messages (prefetch), so the pod
     // goes while it has work in hand.
@@ -647,27 +349,8 @@ async fn the_system_runs_as_real_pods() {
 
     // ---- security, probes, limits ----------------------------------------------------------
     // Checked once every Deployment is settled (no pod starting or stopping).
-    for (namespace, name) in
-        [(SYSTEM.to_owned(), format!("{RELEASE}-operator")), (MEDIA.to_owned(), deployment.clone())]
-    {
-        let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
-        wait_for(&format!("{namespace}/{name} settled"), POD_TIMEOUT, Duration::from_millis(500), async || {
-            let found = deployments.get(&name).await.map_err(|e| e.to_string())?;
-            let want = found.spec.replicas.unwrap_or(1);
-            let status = found.status.unwrap_or_default();
-            let counts = (
-                status.replicas.unwrap_or(0),
-                status.ready_replicas.unwrap_or(0),
-                status.updated_replicas.unwrap_or(0),
-            );
-            if counts == (want, want, want) {
-                Ok(())
-            } else {
-                Err(format!("want {want}, (replicas, ready, updated) {counts:?}"))
-            }
-        })
-        .await;
-    }
+    real_pods::wait_settled(&client, SYSTEM, &format!("{RELEASE}-operator")).await;
+    real_pods::wait_settled(&client, MEDIA, &deployment).await;
     for namespace in [SYSTEM, MEDIA] {
         let listed = Api::<Pod>::namespaced(client.clone(), namespace).list(&ListParams::default()).await.unwrap();
         for pod in listed.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
@@ -709,6 +392,6 @@ async fn the_system_runs_as_real_pods() {
 
     // The policy goes first: its finalizer needs the operator to clean up.
     drop(forward);
-    delete_policy(&policies).await;
+    real_pods::delete_policy(&policies).await;
     helm.ok(&["uninstall", RELEASE, "--namespace", SYSTEM, "--wait", "--timeout", "120s"]);
 }

@@ -1,171 +1,161 @@
-//! `just demo`: the whole system on real files. Against the running stack (RabbitMQ, MinIO,
-//! clamd) and local control plane, it installs the Helm chart, runs the operator exactly as the
-//! chart's Deployment describes it (its ServiceAccount, its serving certificate for the external
-//! metrics API), applies the example policy (pointed at the local stack), runs the workers
-//! exactly as the operator's Deployment describes them, uploads a clean file and the EICAR test
-//! file, and shows the tags, the webhook payloads, the policy and the HPA on its live queue
-//! depth. Then it deletes the policy (the operator cleans up) and uninstalls the chart, after
-//! Ctrl-C with `--keep-running`.
+//! `just demo`: the whole system on real files, as real pods. On the local cluster's real node
+//! (kubelet, containerd, the images built from the repository's Dockerfiles) it starts RabbitMQ
+//! and MinIO from `testing/e2e/`, installs the Helm chart (the operator as its pod), applies the
+//! policy of `testing/e2e/policy.yaml` with a quarantine bucket and a webhook, waits for the
+//! worker pod with its clamd sidecar, uploads a clean file and the EICAR test file, and shows the
+//! tags, the webhook payloads, the pods with their containers, the policy and the HPA. Then it
+//! deletes the policy (the operator cleans up) and uninstalls the chart, after Ctrl-C with
+//! `--keep-running`.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
-use bucket_av_testing::chart::{ChartOperator, Helm};
-use bucket_av_testing::{EICAR, Stack, WebhookReceiver, kube_api, local_system, poll_until, unique_name};
+use aws_sdk_s3::primitives::ByteStream;
+use bucket_av_crds::{BucketScanPolicy, ObjectAction, WebhookSecretRef, WebhookSpec};
+use bucket_av_testing::chart::Helm;
+use bucket_av_testing::real_pods::{self, BUCKET, Images, PortForward, SYSTEM_NAMESPACE};
+use bucket_av_testing::{EICAR, WebhookReceiver, kube_api, wait_for};
 use clap::Parser;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::{Api, Client};
+use kube::Api;
 
 #[derive(Parser)]
 struct Args {
-    /// Keep the operator and the workers running after the demo (Ctrl-C stops and cleans up),
-    /// to apply changes to the policy or upload files of your own.
+    /// Keep everything running after the demo (Ctrl-C deletes the policy and uninstalls the
+    /// chart), to change the policy or upload files of your own.
     #[arg(long)]
     keep_running: bool,
 }
 
-const POLICY: &str = "uploads";
-const RELEASE: &str = "bucket-av";
+/// The user's namespace in the demo.
+const NAMESPACE: &str = "media";
+const QUARANTINE: &str = "quarantine";
+const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let stack = Stack::load();
     let helm = Helm::load();
     let cluster = &helm.cluster;
     let client = cluster.client().await;
-    let namespace = unique_name("bucket-av-demo");
+    let images = Images::load();
 
-    step("Installing the Helm chart charts/bucket-av-scanner (CRD, operator, RBAC, external metrics API)");
-    local_system::install_chart(&helm, &client, RELEASE, &namespace).await;
-    println!("  release {RELEASE} in namespace {namespace}: helm ls -n {namespace}");
+    step("RabbitMQ and MinIO as pods on the real node (testing/e2e/)");
+    real_pods::install_services(cluster, &client, &images).await;
+    println!("{}", indent(&cluster.kubectl_ok(&["get", "pods", "-n", "rabbitmq", "-o", "wide"], None)));
+    println!("{}", indent(&cluster.kubectl_ok(&["get", "pods", "-n", "minio", "-o", "wide"], None)));
 
-    step("Creating the buckets and the Secrets the policy refers to");
-    let s3 = stack.s3();
-    let bucket = unique_name("user-uploads");
-    let quarantine = unique_name("quarantine");
-    for name in [&bucket, &quarantine] {
-        s3.create_bucket().bucket(name).send().await.expect("create bucket");
+    step("Installing the Helm chart charts/bucket-av-scanner (the operator image built from operator/Dockerfile)");
+    let operator = real_pods::install_chart(&helm, &client, &images).await;
+    println!("  operator pod {operator} holds the leader Lease; the external metrics API is Available");
+
+    step("Buckets, Secrets and the signature ConfigMap the policy refers to; a webhook receiver");
+    let forward = PortForward::start(cluster, "minio", "deployment/minio", 9000);
+    let s3 = forward.minio_client();
+    for bucket in [BUCKET, QUARANTINE] {
+        if s3.head_bucket().bucket(bucket).send().await.is_err() {
+            s3.create_bucket().bucket(bucket).send().await.expect("create bucket");
+        }
     }
-    let hooks = WebhookReceiver::start().await;
-    local_system::create_policy_secrets(&stack, &client, &namespace).await;
-    println!("  uploads: {bucket}   quarantine: {quarantine}   webhook receiver: {}", hooks.url());
+    real_pods::real_node_namespace(&client, NAMESPACE, true).await;
+    real_pods::create_policy_prerequisites(&client, NAMESPACE).await;
+    kube_api::put_secret(&client, NAMESPACE, "bucket-av-webhook", &[("secret", WEBHOOK_SECRET)]).await;
+    // On this machine's end of the node's veth: the one address of this machine pods reach.
+    let host: IpAddr = cluster.var("BAVS_NODE_HOST_IP").parse().expect("BAVS_NODE_HOST_IP in cluster.env");
+    let hooks = WebhookReceiver::start_on(host).await;
+    println!("  buckets {BUCKET}, {QUARANTINE} in the MinIO pod; webhook receiver {}", hooks.url());
 
-    step("Starting the operator exactly as the chart's Deployment describes it (its ServiceAccount, its certificate)");
-    let operator = ChartOperator::start(cluster, &namespace, RELEASE).await;
-    println!("  operator pid {}, metrics on http://{}/metrics", operator.process.pid(), operator.process.http);
+    step("Applying testing/e2e/policy.yaml, with quarantine and the webhook");
+    let mut policy = real_pods::e2e_policy(NAMESPACE, &images);
+    policy.spec.actions.on_infected = ObjectAction::Quarantine;
+    policy.spec.actions.quarantine_bucket = Some(QUARANTINE.to_owned());
+    policy.spec.actions.webhook = Some(WebhookSpec {
+        url: hooks.url(),
+        secret_ref: Some(WebhookSecretRef { name: "bucket-av-webhook".into(), key: "secret".into() }),
+        report_clean: true,
+        attempts: 4,
+    });
+    let policies: Api<BucketScanPolicy> = Api::namespaced(client.clone(), NAMESPACE);
+    kube_api::apply(&policies, &policy).await;
+    let deployment = policy.worker_deployment_name();
+    real_pods::wait_ready_replicas(&client, NAMESPACE, &deployment, 1).await;
+    real_pods::wait_policy_ready(&policies).await;
+    println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", NAMESPACE], None)));
 
-    step("Applying crds/examples/bucketscanpolicy.yaml, pointed at the local stack");
-    let mut policy = local_system::example_policy(&stack, &namespace, POLICY, &bucket, &quarantine, &hooks.url());
-    policy.spec.workers.max_replicas = 3;
-    local_system::apply_policy(&client, &policy).await;
-    println!("  changed from the example: MinIO endpoint and bucket names, the webhook URL, the external");
-    println!("  clamd of the stack instead of the sidecar (kwok runs no containers), deletionPolicy Delete");
-    println!("  (the operator writes MinIO's notification target and restarts MinIO once to load it)");
-    local_system::wait_ready(&client, &namespace, POLICY).await;
-    // kubectl, as the subject: the demo shows what a user sees.
-    println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", &namespace], None)));
-
-    step("Starting the workers exactly as the operator's Deployment describes them");
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let deployment = deployments.get(&policy.worker_deployment_name()).await.expect("the worker Deployment");
-    let replicas = deployment.spec.replicas.unwrap_or(1).max(1);
-    let (workers, _queue) = local_system::start_workers(&client, &namespace, POLICY, replicas as usize).await;
+    step("The pods: the operator, and the worker with its clamd sidecar, running as containers");
+    for namespace in [SYSTEM_NAMESPACE, NAMESPACE] {
+        let columns = "custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,NODE:.spec.nodeName,\
+                       CONTAINERS:.spec.containers[*].name,READY:.status.containerStatuses[*].ready,\
+                       STARTED:.status.containerStatuses[*].state.running.startedAt,\
+                       IMAGES:.spec.containers[*].image";
+        println!("{}", indent(&cluster.kubectl_ok(&["get", "pods", "-n", namespace, "-o", columns], None)));
+    }
 
     step("Uploading invoices/report.pdf (clean) and downloads/eicar.com (the EICAR test file)");
     let clean = b"%PDF-1.4\n% a perfectly ordinary report\n".repeat(100);
-    stack.put(&bucket, "invoices/report.pdf", clean).await;
-    stack.put(&bucket, "downloads/eicar.com", EICAR).await;
+    for (key, body) in [("invoices/report.pdf", clean), ("downloads/eicar.com", EICAR.to_vec())] {
+        s3.put_object().bucket(BUCKET).key(key).body(ByteStream::from(body)).send().await.expect("upload");
+    }
 
-    step("Tags written by the workers");
-    let tags = stack.wait_for_verdict(&bucket, "invoices/report.pdf", None, Duration::from_secs(60)).await;
-    print_tags(&format!("{bucket}/invoices/report.pdf"), &tags);
-    let quarantined = format!("{bucket}/downloads/eicar.com");
-    let tags = stack.wait_for_verdict(&quarantine, &quarantined, None, Duration::from_secs(60)).await;
-    print_tags(&format!("{quarantine}/{quarantined} (quarantined copy)"), &tags);
-    println!(
-        "  original {bucket}/downloads/eicar.com still there: {}",
-        stack.object_exists(&bucket, "downloads/eicar.com").await
-    );
+    step("Tags written by the worker pod");
+    let quarantined = format!("{BUCKET}/downloads/eicar.com");
+    for (bucket, key) in [(BUCKET, "invoices/report.pdf"), (QUARANTINE, quarantined.as_str())] {
+        let tags = wait_for(
+            &format!("the verdict of {bucket}/{key}"),
+            Duration::from_secs(120),
+            Duration::from_millis(500),
+            async || {
+                let found =
+                    s3.get_object_tagging().bucket(bucket).key(key).send().await.map_err(|e| format!("{e:?}"))?;
+                let tags: Vec<(String, String)> =
+                    found.tag_set().iter().map(|t| (t.key().to_owned(), t.value().to_owned())).collect();
+                if tags.iter().any(|(k, _)| k == "av-status") { Ok(tags) } else { Err(format!("{tags:?}")) }
+            },
+        )
+        .await;
+        println!("  {bucket}/{key}");
+        for (k, v) in tags {
+            println!("    {k} = {v}");
+        }
+    }
+    let original = s3.head_object().bucket(BUCKET).key("downloads/eicar.com").send().await.is_ok();
+    println!("  original {BUCKET}/downloads/eicar.com still there: {original}");
 
-    step("Webhook payloads received (X-Bucket-AV-Signature checked with the policy's secret)");
+    step("Webhook payloads received (signature checked with the policy's secret)");
     for key in ["invoices/report.pdf", "downloads/eicar.com"] {
         let hook = hooks.wait_for_key(key, Duration::from_secs(60)).await;
-        println!("  signature valid: {}", hook.signature_is_valid(local_system::WEBHOOK_SECRET));
+        println!("  signature valid: {}", hook.signature_is_valid(WEBHOOK_SECRET));
         println!("{}", indent(&serde_json::to_string_pretty(&hook.json).unwrap()));
     }
 
-    step("The policy, its workers and their autoscaler (on the live queue depth), as kubectl shows them");
-    wait_for_hpa_metric(&client, &namespace, &policy.worker_autoscaler_name()).await;
-    // kubectl, as the subject: the table a user reads.
-    let shown = cluster.kubectl(&["get", "bsp,deployment,hpa", "-n", &namespace], None);
+    step("The policy, its workers and their autoscaler, as kubectl shows them");
+    let shown = cluster.kubectl(&["get", "bsp,deployment,hpa", "-n", NAMESPACE], None);
     println!("{}", indent(&format!("{}{}", shown.stdout, shown.stderr)));
-    let metrics = workers[0].metrics().await;
-    for line in metrics.lines().filter(|line| line.starts_with("bucket_av_worker_scans_total")) {
-        println!("  {line}");
-    }
 
     if args.keep_running {
-        step("Everything keeps running; Ctrl-C stops it and deletes the policy");
+        step("Everything keeps running; Ctrl-C deletes the policy and uninstalls the chart");
         println!(
-            "  kubectl: {} --kubeconfig {} -n {namespace} get bsp",
+            "  kubectl: {} --kubeconfig {} -n {NAMESPACE} get bsp,pods",
             cluster.var("BAVS_KUBECTL"),
             cluster.var("BAVS_KUBECONFIG")
         );
         println!(
-            "  upload:  aws --endpoint-url {} s3 cp ./file s3://{bucket}/ (credentials in {})",
-            stack.var("BAVS_S3_ENDPOINT"),
-            stack.env_file.display()
+            "  upload:  aws --endpoint-url http://127.0.0.1:{} s3 cp ./file s3://{BUCKET}/ (user {}, password {})",
+            forward.port,
+            real_pods::MINIO_USER,
+            real_pods::MINIO_PASSWORD
         );
         tokio::signal::ctrl_c().await.ok();
     }
 
-    step("Deleting the policy: the operator removes its bucket routing, MinIO target and queues");
-    for worker in workers {
-        worker.terminate(Duration::from_secs(60)).await;
-    }
-    local_system::delete_policy(&client, &namespace, POLICY).await;
-    operator.stop().await;
+    step("Deleting the policy: the operator removes its worker Deployment, bucket routing and queues");
+    real_pods::delete_policy(&policies).await;
     step("Uninstalling the chart");
-    helm.ok(&["uninstall", RELEASE, "--namespace", &namespace, "--wait", "--timeout", "60s"]);
-    kube_api::delete_namespace(&client, &namespace).await;
-    step("Done");
-}
-
-/// Waits until the HPA has read the queue depth through the aggregator for its current replicas;
-/// after a minute shows its conditions and goes on.
-async fn wait_for_hpa_metric(client: &Client, namespace: &str, autoscaler: &str) {
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
-    let read = poll_until(Duration::from_secs(60), Duration::from_millis(500), async || {
-        let hpa = hpas.get(autoscaler).await.expect("the worker HPA");
-        let status = hpa.status.unwrap_or_default();
-        let metric = status.current_metrics.as_ref().and_then(|metrics| metrics.first());
-        let average = metric.and_then(|metric| metric.external.as_ref()?.current.average_value.as_ref());
-        // The first sync can divide by zero replicas (the HPA then shows a huge negative value).
-        if average.is_some_and(|value| !value.0.starts_with('-')) && status.current_replicas > Some(0) {
-            Ok(())
-        } else {
-            Err(status.conditions)
-        }
-    })
-    .await;
-    if let Err(conditions) = read {
-        println!("  (the HPA has not read its metric within 60 s; its conditions:)");
-        println!("{}", indent(&serde_json::to_string_pretty(&conditions).unwrap()));
-    }
+    helm.ok(&["uninstall", real_pods::RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", "--timeout", "120s"]);
+    step("Done (RabbitMQ and MinIO keep running in the cluster; just cluster-down stops everything)");
 }
 
 fn step(text: &str) {
     println!("\n==> {text}");
-}
-
-fn print_tags(object: &str, tags: &std::collections::HashMap<String, String>) {
-    println!("  {object}");
-    let mut sorted: Vec<_> = tags.iter().collect();
-    sorted.sort();
-    for (key, value) in sorted {
-        println!("    {key} = {value}");
-    }
 }
 
 fn indent(text: &str) -> String {
