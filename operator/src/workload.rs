@@ -107,7 +107,16 @@ fn owner_reference(policy: &BucketScanPolicy) -> Option<OwnerReference> {
 /// applying it here would reset the autoscaler's choice at every reconcile.
 pub(crate) fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Deployment {
     let spec = &policy.spec;
-    let mut volumes = vec![empty_dir("tmp")];
+    // The worker writes nothing to disk; /tmp exists for libraries that expect one (the root
+    // filesystem is read-only), bounded like every scratch volume of the pod.
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(WORKER_SCRATCH_BYTES.to_string())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
     let mut worker_mounts = vec![mount("tmp", "/tmp", false)];
     if let Some(ca) = &spec.minio.ca_bundle {
         volumes.push(ca_volume("s3-ca", ca));
@@ -372,7 +381,15 @@ impl ClamavPod {
             },
             None => empty_dir("clamav-db"),
         };
-        let volumes = vec![config_volume, db_volume, empty_dir("clamav-tmp")];
+        let scratch = Volume {
+            name: "clamav-tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(clamd_scratch_bytes(&ClamdLimits::for_policy(&policy.spec)).to_string())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let volumes = vec![config_volume, db_volume, scratch];
         // Signatures from a ConfigMap are read-only and never updated by freshclam.
         let db_read_only = signatures_config_map.is_some();
         let mounts = vec![
@@ -535,6 +552,21 @@ fn ca_volume(name: &str, ca: &CaBundleRef) -> Volume {
             ..Volume::default()
         },
     }
+}
+
+/// The worker container's `/tmp`.
+const WORKER_SCRATCH_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Headroom in clamd's scratch volume for its own small files (pid, logs of bytecode, locks).
+const CLAMD_SCRATCH_HEADROOM: u64 = 64 * 1024 * 1024;
+
+/// The most clamd's `TemporaryDirectory` (`/tmp` in the sidecar) holds: each scan it runs at once
+/// spools its stream (`StreamMaxLength`) and extracts at most `MaxScanSize`. The sidecar's
+/// scratch volume is bounded to that, so uploads can never fill the node's disk through it (past
+/// its `sizeLimit` the kubelet evicts the pod; within it clamd's own limits answer first).
+pub fn clamd_scratch_bytes(limits: &ClamdLimits) -> u64 {
+    let per_scan = limits.stream_max_length.saturating_add(limits.max_scan_size);
+    u64::from(limits.max_threads).saturating_mul(per_scan).saturating_add(CLAMD_SCRATCH_HEADROOM)
 }
 
 fn empty_dir(name: &str) -> Volume {

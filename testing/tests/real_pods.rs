@@ -355,6 +355,13 @@ async fn the_system_runs_as_real_pods() {
         let listed = Api::<Pod>::namespaced(client.clone(), namespace).list(&ListParams::default()).await.unwrap();
         for pod in listed.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
             let spec = pod.spec.as_ref().unwrap();
+            if namespace == MEDIA {
+                // Scratch space is bounded: uploads cannot fill the node's disk through a pod.
+                for volume in spec.volumes.iter().flatten().filter(|v| v.empty_dir.is_some()) {
+                    let limit = volume.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref());
+                    assert!(limit.is_some(), "{}: emptyDir {} has no sizeLimit", pod.name_any(), volume.name);
+                }
+            }
             for container in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
                 let context = container.security_context.clone().unwrap_or_default();
                 assert_eq!(

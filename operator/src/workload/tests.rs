@@ -193,6 +193,28 @@ fn only_variables_the_worker_reads_are_set() {
 }
 
 #[test]
+fn the_sidecar_scratch_volume_is_bounded_by_what_clamd_may_spool() {
+    let mut policy = example();
+    policy.spec.scanner.max_object_size = Quantity("10Mi".into());
+    policy.spec.scanner.stream_max_bytes = None;
+    policy.spec.workers.concurrency = 3;
+    let deployment = worker_deployment(&policy, &defaults());
+    let pod = pod_spec(&deployment);
+    let scratch = pod.volumes.iter().flatten().find(|volume| volume.name == "clamav-tmp").unwrap();
+    // Three scans at once, each a 10 MiB stream plus at most 40 MiB extracted, and 64 MiB headroom.
+    let mib = 1024 * 1024;
+    let expected = 3 * (10 * mib + 40 * mib) + 64 * mib;
+    let limit = scratch.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap();
+    assert_eq!(limit.0, expected.to_string());
+    let clamd = container(pod, "clamd");
+    let tmp = clamd.volume_mounts.iter().flatten().find(|mount| mount.name == "clamav-tmp").unwrap();
+    assert_eq!(tmp.mount_path, "/tmp");
+    let worker_tmp = pod.volumes.iter().flatten().find(|volume| volume.name == "tmp").unwrap();
+    let limit = worker_tmp.empty_dir.as_ref().unwrap().size_limit.as_ref().unwrap();
+    assert_eq!(limit.0, (64 * mib).to_string(), "the worker's /tmp is bounded too");
+}
+
+#[test]
 fn ca_bundles_are_mounted_and_pointed_at() {
     let mut policy = example();
     let mut amqp_ca = policy.spec.minio.ca_bundle.clone().unwrap();
