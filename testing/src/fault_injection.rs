@@ -1,7 +1,7 @@
 //! The fault-injection run: a stream of uploads (some infected) through the whole system while
 //! every part of it fails in turn, then a check that nothing was lost or mis-scanned.
 //!
-//! The system is set up as `just demo` sets it up (chart, operator, a policy that quarantines and
+//! The system is set up with the operator and workers as host processes (chart, operator, a policy that quarantines and
 //! reports every verdict, workers started from the operator's Deployment). While the uploads go
 //! on, each round injects, one after the other: the webhook failing (503), the webhook slow,
 //! clamd stopped, RabbitMQ restarted, a worker SIGKILLed with scans in flight (a new one started

@@ -1,4 +1,4 @@
-//! The whole system on the local stack and control plane, as `just demo` and `just soak` run it:
+//! The whole system on the local stack and control plane, as `just soak` and the fault suite run it:
 //! the Helm chart installed for a control plane without kube-proxy, the Secrets and the example
 //! policy pointed at the local stack, and workers started as the operator's Deployment says.
 
@@ -157,7 +157,7 @@ pub const LOAD_POLICY: &str = "uploads";
 /// The Helm release they install.
 pub const LOAD_RELEASE: &str = "bucket-av";
 
-/// The whole system set up as `just demo` sets it up, for runs that put load on it: the chart and
+/// The whole system with the operator and workers as host processes, for runs that put load on it: the chart and
 /// its operator in a namespace of their own, a bucket and a quarantine bucket, the example policy
 /// (onInfected: Quarantine, every verdict reported to a local webhook) with a fixed worker count,
 /// and that many workers started from the policy's Deployment.

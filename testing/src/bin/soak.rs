@@ -1,4 +1,4 @@
-//! `just soak`: sustained uploads through the whole system, set up as `just demo` sets it up (the
+//! `just soak`: sustained uploads through the whole system, with the operator and workers as host processes (the
 //! Helm chart, its operator, a policy that quarantines infected files, workers started from the
 //! operator's Deployment). It uploads at a fixed rate for a configurable time, every Nth object
 //! infected, and samples the resident memory (VmRSS) of every worker and of the operator every
