@@ -31,6 +31,16 @@ impl Topology {
         bucket_av_core::queues::dead_letter_queue(&self.queue)
     }
 
+    /// The queue of objects no upload event brought (backfill, sweep, rescans).
+    pub fn coverage_queue(&self) -> String {
+        bucket_av_core::queues::coverage_queue(&self.queue)
+    }
+
+    /// The queue the workers announce their signature database on.
+    pub fn signatures_queue(&self) -> String {
+        bucket_av_core::queues::signatures_queue(&self.queue)
+    }
+
     /// Routing key of messages in the dead-letter exchange: the work queue's name, so several
     /// pipelines could share one dead-letter exchange without mixing their messages.
     pub fn dead_letter_routing_key(&self) -> &str {
@@ -75,7 +85,11 @@ impl Topology {
         bind(channel, &dlq, &dlx, self.dead_letter_routing_key()).await?;
 
         declare_queue(channel, &self.queue, self.work_queue_arguments()).await?;
-        bind(channel, &self.queue, &self.exchange, &self.routing_key).await
+        bind(channel, &self.queue, &self.exchange, &self.routing_key).await?;
+
+        // Published to through the default exchange by the operator and the workers; no binding.
+        declare_queue(channel, &self.coverage_queue(), self.work_queue_arguments()).await?;
+        declare_queue(channel, &self.signatures_queue(), signatures_queue_arguments()).await
     }
 
     /// Arguments of the work queue. Changing any of them later needs a new queue: RabbitMQ
@@ -93,6 +107,22 @@ impl Topology {
         args
     }
 }
+
+/// Arguments of the signatures queue: a short, self-trimming log of announcements. Only recent
+/// ones matter (the operator reads them every few seconds), so old ones expire and the oldest
+/// are dropped when it is full: it can never grow, whoever stops reading it.
+pub fn signatures_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(SIGNATURES_QUEUE_MAX_LENGTH));
+    args.insert("x-overflow".into(), long_string("drop-head"));
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(SIGNATURES_QUEUE_TTL_MS));
+    args
+}
+
+/// Announcements the signatures queue keeps at most.
+pub const SIGNATURES_QUEUE_MAX_LENGTH: i32 = 1000;
+/// How long an announcement stays in the signatures queue: 15 minutes.
+pub const SIGNATURES_QUEUE_TTL_MS: i32 = 15 * 60 * 1000;
 
 /// Ready messages in a queue, read with a passive declare (does not count unacknowledged ones).
 /// A missing queue closes the channel, so pass a channel dedicated to this call.

@@ -2,6 +2,8 @@
 //! agree on without talking to a service.
 //!
 //! - [`arn`]: the ARNs MinIO gives its notification targets.
+//! - [`coverage`]: the coverage lane (backfill, sweep, rescan requests), the workers' signature
+//!   database announcements, and whether an object's verdict tags are current.
 //! - [`event`]: MinIO's bucket-event messages, parsed into the objects they name.
 //! - [`queues`]: the dead-letter queue and exchange a work queue's name implies.
 //! - [`redacted`]: [`Redacted`], a string (credential, key, URL with a password) that never
@@ -9,6 +11,7 @@
 //! - [`uri`]: percent-encoding for object keys in hand-built request URLs.
 
 pub mod arn;
+pub mod coverage;
 pub mod event;
 pub mod queues;
 pub mod redacted;

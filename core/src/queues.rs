@@ -11,3 +11,14 @@ pub fn dead_letter_queue(queue: &str) -> String {
 pub fn dead_letter_exchange(queue: &str) -> String {
     format!("{queue}.dlx")
 }
+
+/// The coverage queue of a work queue: objects no upload event brought (backfill, sweep,
+/// rescans), consumed beside the work queue with a share of the worker's slots of its own.
+pub fn coverage_queue(queue: &str) -> String {
+    format!("{queue}.coverage")
+}
+
+/// The queue the workers announce their signature database version on, for the operator.
+pub fn signatures_queue(queue: &str) -> String {
+    format!("{queue}.signatures")
+}

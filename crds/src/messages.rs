@@ -26,6 +26,10 @@ pub const BAD_MAX_OBJECT_SIZE: &str =
     "scanner.maxObjectSize must be a positive number of bytes or a quantity such as 512Mi or 2Gi";
 pub const BAD_STREAM_MAX_BYTES: &str =
     "scanner.streamMaxBytes must be a positive number of bytes or a quantity such as 100Mi";
+pub const SWEEP_INTERVAL_TOO_SHORT: &str =
+    "coverage.sweepIntervalSeconds must be 0 (no sweeps) or at least 10: a sweep lists every bucket";
+pub const BAD_BYTES_PER_SECOND: &str =
+    "coverage.bytesPerSecond must be a positive number of bytes or a quantity such as 50Mi";
 pub const PROTECTION_WITHOUT_TAGGING: &str = "protection.enabled needs actions.tagging.enabled: with fail-closed reads \
      no object would ever become readable, and there would be no verdict to protect";
 pub const PROTECTION_PREFIX_PATTERN: &str = "actions.tagging.prefix must not contain '$', '*' or '?' while protection is \

@@ -94,6 +94,16 @@ impl BucketScanPolicy {
         dead_letter_queue(&self.queue_name())
     }
 
+    /// The queue of objects no upload event brought: backfill, sweeps and rescans.
+    pub fn coverage_queue_name(&self) -> String {
+        bucket_av_core::queues::coverage_queue(&self.queue_name())
+    }
+
+    /// The queue the policy's workers announce their signature database on.
+    pub fn signatures_queue_name(&self) -> String {
+        bucket_av_core::queues::signatures_queue(&self.queue_name())
+    }
+
     /// The exchange that routes the work queue's dead letters to [`Self::dead_letter_queue_name`].
     pub fn dead_letter_exchange_name(&self) -> String {
         dead_letter_exchange(&self.queue_name())

@@ -21,8 +21,8 @@ pub const DATA_KEY_PATTERN: &str = "^[-._a-zA-Z0-9]+$";
 pub const TARGET_ID_PATTERN: &str = "^[A-Za-z0-9_]{1,64}$";
 /// Pattern of a RabbitMQ exchange or queue name this API accepts.
 pub const AMQP_NAME_PATTERN: &str = "^[A-Za-z0-9_.:-]+$";
-/// Longest queue name accepted, leaving room for the `.dead` and `.dlx` suffixes within
-/// RabbitMQ's 255-byte limit.
+/// Longest queue name accepted, leaving room for the `.dead`, `.dlx`, `.coverage` and
+/// `.signatures` suffixes within RabbitMQ's 255-byte limit.
 pub const MAX_QUEUE_NAME_LEN: usize = 240;
 
 /// Scans the objects uploaded to MinIO buckets for malware: the operator routes the buckets'
@@ -47,6 +47,7 @@ pub const MAX_QUEUE_NAME_LEN: usize = 240;
     printcolumn(name = "Buckets", type_ = "string", json_path = ".status.buckets"),
     printcolumn(name = "Queue Depth", type_ = "integer", json_path = ".status.queueDepth"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
+    printcolumn(name = "Coverage", type_ = "string", json_path = ".status.coverage.summary"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -105,6 +106,120 @@ pub struct BucketScanPolicySpec {
     /// for the MinIO users and groups listed here; never for MinIO's root user.
     #[serde(default)]
     pub protection: ProtectionSpec,
+
+    /// Scanning the objects no upload event brings: the objects a bucket held before the policy
+    /// (backfill), objects whose event was lost (periodic sweeps), and verdicts of an older
+    /// signature database (rescans). The operator lists the buckets and puts what needs a scan
+    /// in a coverage queue of its own (`<queue>.coverage`), paced and given a share of the
+    /// workers, so uploads never wait behind it. Needs verdict tags: with tagging off it does
+    /// nothing (the Ready condition's message says so).
+    #[serde(default)]
+    pub coverage: CoverageSpec,
+}
+
+/// The annotation that asks for a rescan of a policy's buckets: `*` for all of them, or a
+/// comma-separated list of `bucket` or `bucket/prefix`. Every object in scope is scanned again
+/// whatever its tags say; the operator removes the annotation once the pass has started and
+/// shows its progress in `status.coverage`.
+pub const RESCAN_ANNOTATION: &str = "bucketav.dev/rescan";
+
+/// Backfill, sweeps and rescans, and the pace of the coverage queue.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.sweepIntervalSeconds == 0 || self.sweepIntervalSeconds >= 10")
+        .message(messages::SWEEP_INTERVAL_TOO_SHORT)
+        .field_path(".sweepIntervalSeconds")
+)]
+pub struct CoverageSpec {
+    /// Scan the existing objects of a bucket (those matching its filters and without a current
+    /// verdict) when the policy is created or gains the bucket. Default true.
+    #[serde(default = "default_true")]
+    pub backfill: bool,
+
+    /// Seconds between two sweeps of the buckets: each lists them and scans every object
+    /// without a current verdict older than gracePeriodSeconds. Each such object means an event
+    /// was lost, and is counted and reported as a Warning event. 0 turns sweeps off. Default
+    /// 3600; at least 10 otherwise.
+    #[serde(default = "default_sweep_interval_seconds")]
+    #[schemars(range(max = 604800))]
+    pub sweep_interval_seconds: u32,
+
+    /// A sweep leaves objects modified more recently than this alone: their upload event is
+    /// most likely still on its way. Default 300.
+    #[serde(default = "default_grace_period_seconds")]
+    #[schemars(range(max = 86400))]
+    pub grace_period_seconds: u32,
+
+    /// Which objects are scanned again when the workers' signature database advances.
+    #[serde(default)]
+    pub rescan: RescanSpec,
+
+    /// Objects per second the operator puts in the coverage queue at most (1 to 100000).
+    #[serde(default = "default_objects_per_second")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub objects_per_second: u32,
+
+    /// Bytes per second of objects the operator puts in the coverage queue at most (objects
+    /// larger than one second's worth go alone): a number of bytes or a quantity such as 50Mi.
+    #[serde(default = "default_bytes_per_second")]
+    #[x_kube(
+        validation = Rule::new(
+            "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))"
+        )
+        .message(messages::BAD_BYTES_PER_SECOND)
+    )]
+    pub bytes_per_second: Quantity,
+
+    /// Percent of each worker's scan slots (its concurrency) the coverage queue may use at once
+    /// (1 to 100, at least one slot). Uploads keep the rest, so they never wait behind coverage
+    /// work. Default 25.
+    #[serde(default = "default_worker_share_percent")]
+    #[schemars(range(min = 1, max = 100))]
+    pub worker_share_percent: u8,
+}
+
+impl Default for CoverageSpec {
+    fn default() -> Self {
+        Self {
+            backfill: true,
+            sweep_interval_seconds: default_sweep_interval_seconds(),
+            grace_period_seconds: default_grace_period_seconds(),
+            rescan: RescanSpec::default(),
+            objects_per_second: default_objects_per_second(),
+            bytes_per_second: default_bytes_per_second(),
+            worker_share_percent: default_worker_share_percent(),
+        }
+    }
+}
+
+/// Rescans when the signature database advances.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RescanSpec {
+    /// Recent (default): objects modified within recentDays; All: every object; None: no
+    /// rescans (verdicts keep the database they were computed with).
+    #[serde(default)]
+    pub scope: RescanScopeKind,
+    /// Days back from now that Recent covers (1 to 3650). Default 30.
+    #[serde(default = "default_recent_days")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub recent_days: u32,
+}
+
+impl Default for RescanSpec {
+    fn default() -> Self {
+        Self { scope: RescanScopeKind::default(), recent_days: default_recent_days() }
+    }
+}
+
+/// Which objects a signature update rescans.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RescanScopeKind {
+    #[default]
+    Recent,
+    All,
+    None,
 }
 
 /// MinIO-enforced protection of the verdict tags: the operator writes a MinIO IAM policy with
@@ -698,6 +813,120 @@ pub struct BucketScanPolicyStatus {
     /// deleting the policy removes them from all of these.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protected_buckets: Vec<String>,
+
+    /// Backfill, sweeps and rescans: the pass running now and each bucket's last one. Written
+    /// by the operator's coverage loop, never by a reconcile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<CoverageStatus>,
+}
+
+/// What the coverage loop knows and is doing.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CoverageStatus {
+    /// The part a user checks first, e.g. `backfill: 1200 listed, 1100 queued` or
+    /// `idle: swept 4m ago`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+
+    /// The pass running now; a new leader resumes it where it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass: Option<PassStatus>,
+
+    /// Objects waiting in the coverage queue at the last look.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_scans: Option<i64>,
+
+    /// The newest signature database version a worker announced (clamd's `daily` version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+
+    /// The database version the last rescan pass was started for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescanned_for: Option<String>,
+
+    /// The last value of the rescan annotation acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+
+    /// Each bucket entry of the spec (bucket, prefix, suffix) and its last completed pass.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<BucketCoverage>,
+}
+
+/// One pass over some of the policy's buckets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PassStatus {
+    /// backfill, sweep, rescan or requested.
+    pub kind: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// What it lists, in order.
+    pub scope: Vec<ScopeEntry>,
+    /// Index into scope of the entry being listed.
+    pub position: u32,
+    /// The last key listed and dealt with in that entry: the listing resumes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
+    /// Objects listed so far (all entries).
+    pub listed: u64,
+    /// Objects put in the coverage queue so far.
+    pub enqueued: u64,
+    /// Their bytes.
+    pub enqueued_bytes: u64,
+    /// Objects that had no verdict at all (each found by a sweep means a lost event).
+    pub missing: u64,
+    /// The same four counts for the entry being listed: they become its `buckets` record.
+    #[serde(default)]
+    pub entry_listed: u64,
+    #[serde(default)]
+    pub entry_current: u64,
+    #[serde(default)]
+    pub entry_enqueued: u64,
+    #[serde(default)]
+    pub entry_missing: u64,
+}
+
+/// A bucket, narrowed to a key prefix and suffix.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct ScopeEntry {
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suffix: Option<String>,
+}
+
+/// What the last completed pass of one bucket entry found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketCoverage {
+    #[serde(flatten)]
+    pub entry: ScopeEntry,
+    /// Objects the last completed listing saw (matching the filters).
+    pub objects: u64,
+    /// Of these, the ones whose verdict was current.
+    pub current: u64,
+    /// The ones put in the coverage queue.
+    pub enqueued: u64,
+    /// Objects sweeps found without any verdict, since the policy was created: each is an
+    /// upload event that never reached a worker.
+    #[serde(default)]
+    pub missed_events: u64,
+    /// Kind of the last completed pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass: Option<String>,
+    /// When it completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_pass_completed: Option<String>,
+    /// When the last sweep completed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sweep_completed: Option<String>,
+    /// Whether the entry was backfilled (or needed none because backfill is off).
+    #[serde(default)]
+    pub backfilled: bool,
 }
 
 // Defaults, shared by serde (missing fields) and the schema (`default` in the CRD).
@@ -748,6 +977,30 @@ fn default_chunk_bytes() -> u32 {
 
 fn default_clamav_image() -> String {
     "docker.io/clamav/clamav:1.4".to_owned()
+}
+
+fn default_sweep_interval_seconds() -> u32 {
+    3600
+}
+
+fn default_grace_period_seconds() -> u32 {
+    300
+}
+
+fn default_objects_per_second() -> u32 {
+    200
+}
+
+fn default_bytes_per_second() -> Quantity {
+    Quantity("100Mi".to_owned())
+}
+
+fn default_worker_share_percent() -> u8 {
+    25
+}
+
+fn default_recent_days() -> u32 {
+    30
 }
 
 fn default_true() -> bool {

@@ -386,6 +386,7 @@ fn crd_has_names_columns_status_and_storage() {
             ("Buckets", ".status.buckets"),
             ("Queue Depth", ".status.queueDepth"),
             ("Replicas", ".status.replicas"),
+            ("Coverage", ".status.coverage.summary"),
             ("Age", ".metadata.creationTimestamp"),
         ]
     );

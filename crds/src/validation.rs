@@ -41,6 +41,10 @@ pub enum SpecError {
     BadMaxObjectSize(String),
     #[error("{msg} (got {0:?})", msg = messages::BAD_STREAM_MAX_BYTES)]
     BadStreamMaxBytes(String),
+    #[error("{msg} (got {0})", msg = messages::SWEEP_INTERVAL_TOO_SHORT)]
+    SweepIntervalTooShort(u32),
+    #[error("{msg} (got {0:?})", msg = messages::BAD_BYTES_PER_SECOND)]
+    BadBytesPerSecond(String),
     #[error("{}", messages::PROTECTION_WITHOUT_TAGGING)]
     ProtectionWithoutTagging,
     #[error("{msg} (got {0:?})", msg = messages::PROTECTION_PREFIX_PATTERN)]
@@ -79,6 +83,8 @@ impl SpecError {
             Self::ReservedQueue(_) => "ReservedQueue",
             Self::BadMaxObjectSize(_) => "BadMaxObjectSize",
             Self::BadStreamMaxBytes(_) => "BadStreamMaxBytes",
+            Self::SweepIntervalTooShort(_) => "SweepIntervalTooShort",
+            Self::BadBytesPerSecond(_) => "BadBytesPerSecond",
             Self::ProtectionWithoutTagging => "ProtectionWithoutTagging",
             Self::ProtectionPrefixPattern(_) => "ProtectionPrefixPattern",
             Self::BadPrincipalName(_) => "BadPrincipalName",
@@ -227,6 +233,19 @@ impl BucketScanPolicySpec {
             }
             check_range("actions.webhook.attempts", webhook.attempts.into(), 1, 20)?;
         }
+
+        let coverage = &self.coverage;
+        check_range("coverage.sweepIntervalSeconds", coverage.sweep_interval_seconds.into(), 0, 604800)?;
+        if (1..10).contains(&coverage.sweep_interval_seconds) {
+            return Err(SpecError::SweepIntervalTooShort(coverage.sweep_interval_seconds));
+        }
+        check_range("coverage.gracePeriodSeconds", coverage.grace_period_seconds.into(), 0, 86400)?;
+        check_range("coverage.rescan.recentDays", coverage.rescan.recent_days.into(), 1, 3650)?;
+        check_range("coverage.objectsPerSecond", coverage.objects_per_second.into(), 1, 100000)?;
+        if quantity_bytes(&coverage.bytes_per_second).is_none_or(|bytes| bytes == 0) {
+            return Err(SpecError::BadBytesPerSecond(coverage.bytes_per_second.0.clone()));
+        }
+        check_range("coverage.workerSharePercent", coverage.worker_share_percent.into(), 1, 100)?;
 
         let protection = &self.protection;
         for (field, names) in [("users", &protection.users), ("groups", &protection.groups)] {

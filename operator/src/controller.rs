@@ -16,9 +16,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::context::{Context, Peers};
+use crate::coverage;
 use crate::reconcile::{self, Error, policy_key};
 use crate::secrets::referenced_secrets;
 use crate::workload::MANAGER;
@@ -54,6 +56,10 @@ pub(crate) async fn run(
     let (wake, woken) = futures::channel::mpsc::unbounded();
     *ctx.peers.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Peers { store: store.clone(), wake });
     let controller = Controller::for_stream(changes, store.clone()).reconcile_on(woken);
+    // Coverage runs beside the controller, in the same leader term, on the same view of the
+    // policies; it stops when the controller does.
+    let coverage_stop = CancellationToken::new();
+    let coverage = tokio::spawn(coverage::run(Arc::clone(&ctx), store.clone(), coverage_stop.clone()));
     let owned = watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
     // A rollout updates a Deployment's status many times a second; only what WorkersAvailable
     // and the replica counts read (or a spec change by someone else) starts a reconcile.
@@ -75,6 +81,8 @@ pub(crate) async fn run(
             }
         })
         .await;
+    coverage_stop.cancel();
+    let _ = coverage.await;
     info!("controller stopped");
 }
 

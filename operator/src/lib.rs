@@ -7,7 +7,8 @@
 //!   the controller. `config`: its flags. `http`, `metrics`: health and Prometheus endpoints.
 //!   `lease`: leader election.
 //! - `controller`: the kube-rs `Controller` and what it watches; counts, times and retries
-//!   reconciles (`backoff`: the retry delays).
+//!   reconciles (`backoff`: the retry delays). It runs `coverage` beside it: backfill, sweeps
+//!   and rescans of the policies' buckets through their coverage queues.
 //! - `context`: what every reconcile shares, MinIO and RabbitMQ included (`services`: the two
 //!   traits the reconciler calls them through, their real implementations and, in tests,
 //!   recording fakes; `locks`: one writer per bucket document).
@@ -27,6 +28,7 @@ pub mod clamd_config;
 mod config;
 mod context;
 mod controller;
+mod coverage;
 mod error;
 mod http;
 mod lease;

@@ -490,6 +490,7 @@ pub fn worker_env(policy: &BucketScanPolicy) -> Vec<EnvVar> {
         value_env("BAVS_CHUNK_BYTES", scanner.chunk_bytes.to_string()),
         value_env("BAVS_SCAN_TIMEOUT_SECONDS", scanner.scan_timeout_seconds.to_string()),
         value_env("BAVS_CONCURRENCY", workers.concurrency.to_string()),
+        value_env("BAVS_COVERAGE_SHARE_PERCENT", spec.coverage.worker_share_percent.to_string()),
         value_env("BAVS_TAGGING", actions.tagging.enabled.to_string()),
         value_env("BAVS_TAG_PREFIX", &actions.tagging.prefix),
         value_env("BAVS_ON_INFECTED", actions.on_infected.worker_flag_value()),

@@ -176,7 +176,7 @@ pub async fn correct_stale_verdict(
 }
 
 /// The tags of an object (version), or `None` when it is gone.
-async fn read_tags(
+pub async fn read_tags(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     key: &str,

@@ -82,6 +82,16 @@ pub struct Config {
     #[arg(long, env = "BAVS_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 
+    /// Percent of the concurrency the coverage queue (`<queue>.coverage`: backfill, sweeps,
+    /// rescans) may use at once, at least one slot; uploads always go first.
+    #[arg(long, env = "BAVS_COVERAGE_SHARE_PERCENT", default_value_t = 25, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub coverage_share_percent: u8,
+
+    /// Seconds between two reads of clamd's engine and signature database version, each also
+    /// announced to the operator (on `<queue>.signatures`), which rescans when it advances.
+    #[arg(long, env = "BAVS_SIGNATURE_CHECK_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub signature_check_seconds: u64,
+
     /// Tag scanned objects with the verdict.
     #[arg(long, env = "BAVS_TAGGING", default_value_t = true, action = clap::ArgAction::Set)]
     pub tagging: bool,

@@ -1,12 +1,15 @@
-//! The AMQP side: connects (and reconnects), declares the topology, consumes with manual acks and
-//! a prefetch of twice the concurrency (the processor runs at most `concurrency` scans at once),
-//! settles each message as `process` decided, dead-letters with the reason, and drains on shutdown.
+//! The AMQP side: connects (and reconnects), declares the topology, consumes the work queue with
+//! manual acks and a prefetch of twice the concurrency (the processor runs at most `concurrency`
+//! scans at once) and the coverage queue with a prefetch of its share of the slots, settles each
+//! message as `process` decided, dead-letters with the reason, announces the signature database
+//! to the operator, and drains on shutdown.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bucket_av_amqp::topology::{Topology, header_u64};
 use bucket_av_core::Redacted;
+use bucket_av_core::coverage::{self, SIGNATURES_CONTENT_TYPE, SignatureAnnouncement};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -36,6 +39,8 @@ pub enum ConsumeError {
     Topology(#[from] bucket_av_amqp::topology::TopologyError),
     #[error("the broker cancelled the consumer (queue deleted?)")]
     Cancelled,
+    #[error("the channel announcing the signature database failed")]
+    AnnouncerStopped,
     #[error(
         "the broker refused or could not route the dead-lettered copy; check that exchange {0} and its queue exist"
     )]
@@ -48,6 +53,10 @@ pub struct Consumer {
     pub topology: Topology,
     pub declare_topology: bool,
     pub concurrency: u16,
+    /// Coverage queue messages in flight at once (see `process::Slots`).
+    pub coverage_slots: u16,
+    /// How often the signature database is announced.
+    pub signature_check: Duration,
     pub drain: Duration,
     pub processor: Arc<Processor>,
     pub metrics: Arc<Metrics>,
@@ -99,7 +108,7 @@ impl Consumer {
         let dead_letters = connection.create_channel().await?;
         dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
         channel.basic_qos(prefetch(self.concurrency), BasicQosOptions::default()).await?;
-        let mut consumer = channel
+        let mut uploads = channel
             .basic_consume(
                 self.topology.queue.as_str().into(),
                 "".into(),
@@ -107,21 +116,55 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
+        // The coverage queue has a channel of its own, so its prefetch is its own share: the
+        // broker never hands this worker more coverage work than it may scan at once.
+        let coverage_channel = connection.create_channel().await?;
+        coverage_channel.basic_qos(self.coverage_slots, BasicQosOptions::default()).await?;
+        let coverage_queue = self.topology.coverage_queue();
+        let mut coverage = coverage_channel
+            .basic_consume(
+                coverage_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        let announcements = connection.create_channel().await?;
+        let announcing = shutdown.child_token();
+        let announce_failed = CancellationToken::new();
+        tokio::spawn(announce(
+            announcements,
+            self.topology.signatures_queue(),
+            Arc::clone(&self.processor),
+            self.signature_check,
+            announcing.clone(),
+            announce_failed.clone(),
+        ));
+        let _stop_announcing = announcing.drop_guard();
         self.health.consuming();
-        tracing::info!(queue = %self.topology.queue, concurrency = self.concurrency, "consuming");
+        tracing::info!(
+            queue = %self.topology.queue,
+            coverage_queue = %coverage_queue,
+            concurrency = self.concurrency,
+            coverage_slots = self.coverage_slots,
+            "consuming"
+        );
         let dead_letters = Arc::new(dead_letters);
         loop {
-            let delivery = tokio::select! {
+            let (delivery, lane) = tokio::select! {
                 () = shutdown.cancelled() => {
-                    // Stop new deliveries; in-flight ones finish and settle on the open channel.
-                    let _ = channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()).await;
+                    // Stop new deliveries; in-flight ones finish and settle on the open channels.
+                    let _ = channel.basic_cancel(uploads.tag(), BasicCancelOptions::default()).await;
+                    let _ = coverage_channel.basic_cancel(coverage.tag(), BasicCancelOptions::default()).await;
                     self.health.not_consuming();
                     tracker.close();
                     let _ = tokio::time::timeout(self.drain, tracker.wait()).await;
                     let _ = connection.close(200, "worker shutting down".into()).await;
                     return Ok(());
                 }
-                next = consumer.next() => next,
+                next = uploads.next() => (next, Lane::Uploads),
+                next = coverage.next() => (next, Lane::Coverage),
+                () = announce_failed.cancelled() => return Err(ConsumeError::AnnouncerStopped),
             };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
@@ -134,9 +177,56 @@ impl Consumer {
             let topology = self.topology.clone();
             let shutdown = shutdown.clone();
             tracker.spawn(async move {
-                let disposition = processor.handle(&delivery.data, &shutdown).await;
+                let disposition = match lane {
+                    Lane::Uploads => processor.handle(&delivery.data, &shutdown).await,
+                    Lane::Coverage => processor.handle_coverage(&delivery.data, &shutdown).await,
+                };
                 settle(&delivery, disposition, &dead_letters, &topology, &metrics).await;
             });
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Lane {
+    Uploads,
+    Coverage,
+}
+
+/// Tells the operator which signature database this worker's clamd has loaded, every
+/// `every`: the operator rescans objects whose verdicts an older one computed. The queue keeps
+/// only recent announcements (see `signatures_queue_arguments`). A failed publish cancels
+/// `failed`: the channel is gone, so the connection is made anew.
+async fn announce(
+    channel: Channel,
+    queue: String,
+    processor: Arc<Processor>,
+    every: Duration,
+    stop: CancellationToken,
+    failed: CancellationToken,
+) {
+    let worker = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".to_owned());
+    loop {
+        if let Some(engine) = processor.engine() {
+            let announcement = SignatureAnnouncement {
+                database: coverage::database_version(&engine).map(str::to_owned),
+                engine,
+                worker: worker.clone(),
+            };
+            let body = serde_json::to_vec(&announcement).expect("an announcement always serializes");
+            let properties = BasicProperties::default().with_content_type(SIGNATURES_CONTENT_TYPE.into());
+            let published = channel
+                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, properties)
+                .await;
+            if let Err(error) = published {
+                tracing::warn!(error = %error, queue = %queue, "could not announce the signature database");
+                failed.cancel();
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -42,7 +42,7 @@ use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::process::{Policy, Processor};
+use crate::process::{Policy, Processor, Slots};
 use crate::scan::ScanLimits;
 use crate::webhook::Webhook;
 use bucket_av_clamd::Clamd;
@@ -96,22 +96,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         },
     };
     let health = Arc::new(Health::new());
-    let processor = Arc::new(Processor::new(
-        s3,
-        clamd.clone(),
-        webhook,
-        policy,
-        Arc::clone(&metrics),
-        Arc::clone(&health),
-        config.concurrency,
-    ));
+    let slots = Slots::new(config.concurrency, config.coverage_share_percent);
+    let processor =
+        Arc::new(Processor::new(s3, clamd.clone(), webhook, policy, Arc::clone(&metrics), Arc::clone(&health), slots));
 
     let http_state =
         http::HttpState { metrics: Arc::clone(&metrics), health: Arc::clone(&health), clamd: clamd.clone() };
     let http = http::serve(config.http_addr, http_state, shutdown.clone())
         .await
         .map_err(|source| StartError::Http { addr: config.http_addr, source })?;
-    let engine = tokio::spawn(refresh_engine_version(Arc::clone(&processor), shutdown.clone()));
+    let signature_check = Duration::from_secs(config.signature_check_seconds);
+    let engine = tokio::spawn(refresh_engine_version(Arc::clone(&processor), signature_check, shutdown.clone()));
 
     tracing::info!(
         clamd = %clamd.address(),
@@ -127,6 +122,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         topology: config.topology(),
         declare_topology: config.declare_topology,
         concurrency: config.concurrency,
+        coverage_slots: slots.coverage,
+        signature_check,
         drain: Duration::from_secs(config.drain_seconds),
         processor,
         metrics,
@@ -142,7 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
 /// Keeps the engine and signature version for tags and reports current, so a signature update
 /// shows up in the next verdicts without a restart.
-async fn refresh_engine_version(processor: Arc<Processor>, shutdown: CancellationToken) {
+async fn refresh_engine_version(processor: Arc<Processor>, every: Duration, shutdown: CancellationToken) {
     loop {
         match processor.clamd().command("VERSION", Duration::from_secs(5)).await {
             Ok(version) => processor.set_engine(version),
@@ -150,7 +147,7 @@ async fn refresh_engine_version(processor: Arc<Processor>, shutdown: Cancellatio
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

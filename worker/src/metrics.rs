@@ -40,6 +40,7 @@ pub struct Metrics {
     pub replaced_after_scan: Counter,
     pub stale_verdicts_removed: Counter,
     pub handled_events: Counter,
+    pub coverage_requests: Family<ReasonLabel, Counter>,
 }
 
 impl Metrics {
@@ -116,6 +117,12 @@ impl Metrics {
             "Upload events of watched buckets handled to the end (verdict applied, or nothing to do: missing, superseded), counted before the ack",
             handled_events.clone(),
         );
+        let coverage_requests = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "coverage_requests",
+            "Messages of the coverage queue (backfill, sweep, rescan) handled, by outcome: scanned, already_current (a verdict became current since the listing), object_gone, unwatched_bucket, malformed",
+            coverage_requests.clone(),
+        );
         Self {
             registry,
             scans,
@@ -133,6 +140,7 @@ impl Metrics {
             replaced_after_scan,
             stale_verdicts_removed,
             handled_events,
+            coverage_requests,
         }
     }
 
@@ -145,6 +153,10 @@ impl Metrics {
 
     pub fn ignored(&self, reason: &'static str) {
         self.ignored_events.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    pub fn coverage(&self, outcome: &'static str) {
+        self.coverage_requests.get_or_create(&ReasonLabel { reason: outcome }).inc();
     }
 
     pub fn webhook(&self, outcome: &'static str) {

@@ -3,14 +3,16 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bucket_av_core::ObjectEvent;
+use bucket_av_core::coverage::{self, CoverageRequest, Currency, Listed, Reason, RescanScope};
 use bucket_av_core::event::parse_event;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{self, Quarantine, Removal, ScannedObject, Settled, TagOutcome};
@@ -68,6 +70,10 @@ pub struct Processor {
     /// checks, actions and the webhook of one message overlap the next message's scan, so the
     /// S3 round trips after a verdict do not leave clamd idle.
     scan_slots: Semaphore,
+    /// The most scan slots coverage work holds at once.
+    coverage_slots: Semaphore,
+    /// Upload messages waiting for a scan slot: coverage work takes none while any does.
+    uploads_waiting: AtomicUsize,
 }
 
 impl Processor {
@@ -78,7 +84,7 @@ impl Processor {
         policy: Policy,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
-        concurrency: u16,
+        slots: Slots,
     ) -> Self {
         Self {
             s3,
@@ -89,7 +95,9 @@ impl Processor {
             health,
             engine: RwLock::new(None),
             transient_attempts: 3,
-            scan_slots: Semaphore::new(usize::from(concurrency)),
+            scan_slots: Semaphore::new(usize::from(slots.scans)),
+            coverage_slots: Semaphore::new(usize::from(slots.coverage)),
+            uploads_waiting: AtomicUsize::new(0),
         }
     }
 
@@ -101,7 +109,7 @@ impl Processor {
         *self.engine.write().expect("engine lock is never poisoned") = Some(version);
     }
 
-    fn engine(&self) -> Option<String> {
+    pub fn engine(&self) -> Option<String> {
         self.engine.read().expect("engine lock is never poisoned").clone()
     }
 
@@ -128,6 +136,72 @@ impl Processor {
         Disposition::Ack
     }
 
+    /// Handles one message of the coverage queue: an object a backfill, sweep or rescan listed.
+    /// Unless the pass forces a scan, the object's tags are read first: the verdict may have
+    /// become current since the listing (its upload event overtook the pass), and then no scan
+    /// is needed.
+    pub async fn handle_coverage(&self, body: &[u8], shutdown: &CancellationToken) -> Disposition {
+        let request = match coverage::parse_request(body) {
+            Ok(request) => request,
+            Err(error) => {
+                self.metrics.coverage("malformed");
+                return Disposition::DeadLetter { kind: "malformed_coverage_request", reason: error.to_string() };
+            }
+        };
+        match self.handle_coverage_request(request, shutdown).await {
+            Ok(outcome) => {
+                self.metrics.coverage(outcome);
+                Disposition::Ack
+            }
+            Err(error) => match error.class() {
+                ErrorClass::Permanent => Disposition::DeadLetter { kind: error.kind(), reason: error.to_string() },
+                ErrorClass::Transient => Disposition::Requeue(error),
+                ErrorClass::Unavailable | ErrorClass::Refused => Disposition::Release(error),
+            },
+        }
+    }
+
+    async fn handle_coverage_request(
+        &self,
+        request: CoverageRequest,
+        shutdown: &CancellationToken,
+    ) -> Result<&'static str, ProcessError> {
+        if !self.policy.buckets.is_empty() && !self.policy.buckets.contains(&request.bucket) {
+            tracing::debug!(bucket = %request.bucket, key = %request.key, "ignored coverage request of a bucket this worker does not watch");
+            return Ok("unwatched_bucket");
+        }
+        if self.policy.tagging && !request.pass.forced() {
+            let (bucket, key) = (request.bucket.as_str(), request.key.as_str());
+            let Some(tags) = self.retrying(shutdown, || actions::read_tags(&self.s3, bucket, key, None)).await? else {
+                return Ok("object_gone");
+            };
+            let engine = self.engine();
+            let currency = Currency {
+                database: engine.as_deref().and_then(coverage::database_version),
+                rescan: RescanScope::All,
+                unknown_is_outdated: request.reason == Reason::Outdated,
+            };
+            let verdict = coverage::VerdictTags::read(&tags, &self.policy.tag_prefix);
+            let listed = Listed { etag: request.etag.as_deref(), last_modified: None };
+            if coverage::assess(&verdict, &listed, &currency, OffsetDateTime::now_utc()).is_none() {
+                tracing::debug!(bucket, key, "coverage request found a current verdict; not scanned again");
+                return Ok("already_current");
+            }
+        }
+        let event = ObjectEvent {
+            event_name: request.event_name(),
+            bucket: request.bucket,
+            key: request.key,
+            size: request.size,
+            etag: request.etag,
+            version_id: None,
+            sequencer: None,
+            event_time: None,
+        };
+        self.handle_object(event, Lane::Coverage, shutdown, 0).await?;
+        Ok("scanned")
+    }
+
     async fn handle_record(&self, event: ObjectEvent, shutdown: &CancellationToken) -> Result<(), ProcessError> {
         if !self.policy.buckets.is_empty() && !self.policy.buckets.contains(&event.bucket) {
             self.metrics.ignored("unwatched_bucket");
@@ -142,7 +216,7 @@ impl Processor {
             return Ok(());
         }
 
-        self.handle_object(event, shutdown, 0).await?;
+        self.handle_object(event, Lane::Upload, shutdown, 0).await?;
         self.metrics.handled_events.inc();
         Ok(())
     }
@@ -154,15 +228,16 @@ impl Processor {
     fn handle_object<'a>(
         &'a self,
         mut event: ObjectEvent,
+        lane: Lane,
         shutdown: &'a CancellationToken,
         correction: u32,
     ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
         Box::pin(async move {
-            let slot = tokio::select! {
-                slot = self.scan_slots.acquire() => slot.expect("the semaphore is never closed"),
-                () = shutdown.cancelled() => return Err(ProcessError::ShuttingDown),
-            };
+            let slot = self.scan_slot(lane, shutdown).await?;
             let started = Instant::now();
+            // The database version is read before the scan: a database loaded during the scan
+            // must not label a verdict the older one computed (a later rescan would skip it).
+            let engine = self.engine();
             self.metrics.in_flight.inc();
             let scanned =
                 self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits)).await;
@@ -210,7 +285,7 @@ impl Processor {
                     // A message chasing a replacement may have removed that replacement's own
                     // verdict, whose event is then acknowledged: settle the key again.
                     if correction > 0 {
-                        return self.settle(event, object, shutdown, correction).await;
+                        return self.settle(event, object, lane, shutdown, correction).await;
                     }
                     return Ok(());
                 }
@@ -239,7 +314,7 @@ impl Processor {
                 action: ActionTaken::None,
                 quarantine: None,
                 tagged: false,
-                engine: self.engine(),
+                engine,
                 event_name: event.event_name.clone(),
                 event_time: event.event_time.and_then(|t| t.format(&Rfc3339).ok()),
                 scanned_at: scanned_at.format(&Rfc3339).expect("UTC times always format"),
@@ -293,7 +368,7 @@ impl Processor {
                 // write may have landed on the replacement. Settle that before the ack; the
                 // report below still tells of these bytes (they were uploaded and judged).
                 self.metrics.replaced_after_scan.inc();
-                self.settle(event.clone(), object.clone(), shutdown, correction).await?;
+                self.settle(event.clone(), object.clone(), lane, shutdown, correction).await?;
             }
 
             let wanted = status != Status::Clean || self.policy.report_clean;
@@ -312,6 +387,40 @@ impl Processor {
         })
     }
 
+    /// A scan slot for a message of `lane`. Uploads take the first free one. Coverage work takes
+    /// one only while no upload waits, and holds at most its own share (`coverage_slots`), so an
+    /// upload waits at most for coverage scans already running, never behind queued ones.
+    async fn scan_slot(&self, lane: Lane, shutdown: &CancellationToken) -> Result<ScanSlot<'_>, ProcessError> {
+        match lane {
+            Lane::Upload => {
+                self.uploads_waiting.fetch_add(1, Ordering::SeqCst);
+                let slot = tokio::select! {
+                    slot = self.scan_slots.acquire() => Ok(slot.expect("the semaphore is never closed")),
+                    () = shutdown.cancelled() => Err(ProcessError::ShuttingDown),
+                };
+                self.uploads_waiting.fetch_sub(1, Ordering::SeqCst);
+                Ok(ScanSlot { _scan: slot?, _coverage: None })
+            }
+            Lane::Coverage => {
+                let share = tokio::select! {
+                    share = self.coverage_slots.acquire() => share.expect("the semaphore is never closed"),
+                    () = shutdown.cancelled() => return Err(ProcessError::ShuttingDown),
+                };
+                loop {
+                    if self.uploads_waiting.load(Ordering::SeqCst) == 0
+                        && let Ok(slot) = self.scan_slots.try_acquire()
+                    {
+                        return Ok(ScanSlot { _scan: slot, _coverage: Some(share) });
+                    }
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Err(ProcessError::ShuttingDown),
+                        () = tokio::time::sleep(COVERAGE_SLOT_POLL) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// After a replacement overtook a step: removes a verdict on the key that belongs to other
     /// bytes (see [`actions::correct_stale_verdict`]) and, when one was removed, handles the
     /// object now there as if its event had arrived, so it ends with its own verdict.
@@ -319,6 +428,7 @@ impl Processor {
         &self,
         event: ObjectEvent,
         object: ScannedObject,
+        lane: Lane,
         shutdown: &CancellationToken,
         correction: u32,
     ) -> Result<(), ProcessError> {
@@ -346,7 +456,7 @@ impl Processor {
             return Ok(());
         }
         let replacement = ObjectEvent { etag: Some(etag), size, ..event };
-        self.handle_object(replacement, shutdown, correction + 1).await
+        self.handle_object(replacement, lane, shutdown, correction + 1).await
     }
 
     /// The verdict of an object an earlier delivery of this event quarantined: its source is gone
@@ -523,6 +633,22 @@ impl Processor {
     }
 }
 
+/// Which queue a message came from: uploads go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    Upload,
+    Coverage,
+}
+
+/// A held scan slot (and, for coverage work, a slot of its share), released on drop.
+struct ScanSlot<'a> {
+    _scan: SemaphorePermit<'a>,
+    _coverage: Option<SemaphorePermit<'a>>,
+}
+
+/// How often coverage work waiting for a slot looks again.
+const COVERAGE_SLOT_POLL: Duration = Duration::from_millis(10);
+
 /// How many replacements one message chases before it leaves the key to its next upload's event.
 const MAX_CORRECTIONS: u32 = 3;
 
@@ -587,6 +713,36 @@ impl Drop for Hold<'_> {
     }
 }
 
+/// Scans at once, and how many of them coverage work may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slots {
+    pub scans: u16,
+    pub coverage: u16,
+}
+
+impl Slots {
+    /// `concurrency` scans, of which coverage work gets `share_percent`, at least one.
+    pub fn new(concurrency: u16, share_percent: u8) -> Self {
+        let share = u32::from(concurrency) * u32::from(share_percent.min(100)) / 100;
+        Self { scans: concurrency, coverage: u16::try_from(share).unwrap_or(concurrency).max(1) }
+    }
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coverage_gets_its_share_of_the_slots_and_at_least_one() {
+        let coverage = |concurrency, share| Slots::new(concurrency, share).coverage;
+        assert_eq!(coverage(8, 25), 2);
+        assert_eq!(coverage(4, 25), 1);
+        assert_eq!(coverage(1, 25), 1);
+        assert_eq!(coverage(10, 100), 10);
+        assert_eq!(coverage(3, 50), 1);
+    }
 }

@@ -56,7 +56,12 @@ async fn remove_outside_kubernetes(policy: &BucketScanPolicy, ctx: &Context, res
     }
     if policy.spec.deletion_policy == DeletionPolicy::Delete {
         // The events exchange may be shared and stays.
-        let queues = [policy.queue_name(), policy.dead_letter_queue_name()];
+        let queues = [
+            policy.queue_name(),
+            policy.coverage_queue_name(),
+            policy.signatures_queue_name(),
+            policy.dead_letter_queue_name(),
+        ];
         ctx.rabbitmq.delete(&resolved.amqp, &queues, &[policy.dead_letter_exchange_name()]).await?;
     }
     Ok(())

@@ -40,8 +40,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 
+pub(crate) use self::dereference::dereference;
 pub(crate) use self::error::{Error, Result};
 use self::status::Report;
+pub(crate) use self::status::publish_event;
 use crate::context::Context;
 
 /// The finalizer that holds a deleted policy until its MinIO entries (and queues) are removed.

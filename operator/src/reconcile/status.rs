@@ -193,6 +193,9 @@ pub(crate) async fn update(
 async fn patch_status(policy: &BucketScanPolicy, ctx: &Context, status: &BucketScanPolicyStatus) -> Result<(), Error> {
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<BucketScanPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
+    // `coverage` belongs to the coverage loop's field manager: a reconcile applying the copy it
+    // read would take it over and roll back the loop's progress.
+    let status = BucketScanPolicyStatus { coverage: None, ..status.clone() };
     let patch = json!({
         "apiVersion": BucketScanPolicy::api_version(&()),
         "kind": BucketScanPolicy::kind(&()),

@@ -369,7 +369,12 @@ async fn deletion_removes_the_routes_and_queues_and_then_the_finalizer() {
     assert_eq!(
         scenario.rabbitmq.calls(),
         [RabbitMqCall::Delete {
-            queues: vec!["media-uploads-scan".into(), "media-uploads-scan.dead".into()],
+            queues: vec![
+                "media-uploads-scan".into(),
+                "media-uploads-scan.coverage".into(),
+                "media-uploads-scan.signatures".into(),
+                "media-uploads-scan.dead".into()
+            ],
             exchanges: vec!["media-uploads-scan.dlx".into()],
         }]
     );

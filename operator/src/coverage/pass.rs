@@ -1,0 +1,304 @@
+//! Runs one pass: lists each scope entry page by page (resuming after the last key the status
+//! recorded), decides per object whether its verdict is current, puts the others in the
+//! coverage queue at the policy's pace, and records progress after every page, only once the
+//! broker has confirmed that page's messages. Memory stays at one page whatever the bucket size.
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::types::Object;
+use bucket_av_core::coverage::{
+    self, COVERAGE_CONTENT_TYPE, CoverageRequest, Currency, Listed, PassKind, Reason, RescanScope, VerdictTags,
+};
+use bucket_av_crds::{BucketScanPolicy, PassStatus, RescanScopeKind, ScopeEntry, quantity_bytes};
+use bucket_av_s3::describe_error;
+use futures::{StreamExt, TryStreamExt};
+use lapin::PublisherConfirm;
+use lapin::options::BasicPublishOptions;
+use lapin::{BasicProperties, Channel};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use super::pace::Pacer;
+use super::plan;
+
+/// Keys one listing request returns at most (S3's maximum).
+const PAGE_SIZE: i32 = 1000;
+/// Tag reads in flight at once while assessing a page.
+const TAG_READS: usize = 16;
+/// A pass stops putting work in the coverage queue while this many messages wait in it, so
+/// RabbitMQ holds at most about this many whatever the bucket size.
+const QUEUE_HIGH_WATER: u32 = 5000;
+/// The least time between two progress records.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PassError {
+    #[error("list bucket {bucket}: {message}")]
+    List { bucket: String, message: String },
+    #[error("read the tags of {bucket}/{key}: {message}")]
+    ReadTags { bucket: String, key: String, message: String },
+    #[error("put an object in the coverage queue {queue}: {source}")]
+    Publish {
+        queue: String,
+        #[source]
+        source: Box<lapin::Error>,
+    },
+    #[error("RabbitMQ did not take an object into the coverage queue {0}: does the queue exist?")]
+    NotConfirmed(String),
+    #[error("read the depth of the coverage queue: {0}")]
+    QueueDepth(String),
+    #[error("record the pass's progress: {0}")]
+    Record(String),
+    #[error("stopped")]
+    Stopped,
+}
+
+impl PassError {
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::List { .. } => "ListBucket",
+            Self::ReadTags { .. } => "ReadTags",
+            Self::Publish { .. } => "PublishCoverage",
+            Self::NotConfirmed(_) => "CoverageNotConfirmed",
+            Self::QueueDepth(_) => "CoverageQueueDepth",
+            Self::Record(_) => "RecordProgress",
+            Self::Stopped => "Stopped",
+        }
+    }
+}
+
+/// Where a pass puts its work and how it reports progress.
+pub(crate) struct PassIo<'a> {
+    pub(crate) s3: &'a aws_sdk_s3::Client,
+    /// A channel in confirm mode.
+    pub(crate) channel: &'a Channel,
+    /// A channel for passive declares (a failed one closes it).
+    pub(crate) depth_channel: &'a Channel,
+    pub(crate) queue: String,
+    pub(crate) stop: &'a CancellationToken,
+}
+
+/// What a finished entry found, for its `buckets` record.
+#[derive(Debug, Clone)]
+pub(crate) struct EntryDone {
+    pub(crate) entry: ScopeEntry,
+    pub(crate) listed: u64,
+    pub(crate) current: u64,
+    pub(crate) enqueued: u64,
+    pub(crate) missing: u64,
+}
+
+/// Receives progress: `progress` after pages (at most every second), `entry_done` after each
+/// entry. Both persist to the policy's status, so that a new leader resumes from there.
+#[async_trait::async_trait]
+pub(crate) trait Progress: Send {
+    async fn progress(&mut self, pass: &PassStatus) -> Result<(), PassError>;
+    async fn entry_done(&mut self, pass: &PassStatus, done: EntryDone) -> Result<(), PassError>;
+}
+
+/// Runs `pass` from its recorded position to the end.
+pub(crate) async fn run(
+    policy: &BucketScanPolicy,
+    database: Option<&str>,
+    mut pass: PassStatus,
+    io: &PassIo<'_>,
+    progress: &mut dyn Progress,
+) -> Result<PassStatus, PassError> {
+    let spec = &policy.spec.coverage;
+    let kind = plan::pass_kind(&pass.kind);
+    let prefix = policy.spec.actions.tagging.prefix.clone();
+    let bytes_per_second = quantity_bytes(&spec.bytes_per_second).unwrap_or(u64::MAX);
+    let mut pacer = Pacer::new(spec.objects_per_second, bytes_per_second);
+    let rescan = match spec.rescan.scope {
+        RescanScopeKind::None => RescanScope::None,
+        RescanScopeKind::All => RescanScope::All,
+        RescanScopeKind::Recent => RescanScope::Recent(time::Duration::days(i64::from(spec.rescan.recent_days))),
+    };
+    let currency = Currency { database, rescan, unknown_is_outdated: kind == PassKind::Rescan };
+    let grace = match kind {
+        PassKind::Sweep => time::Duration::seconds(i64::from(spec.grace_period_seconds)),
+        _ => time::Duration::ZERO,
+    };
+    let mut last_record = Instant::now();
+
+    while let Some(entry) = pass.scope.get(pass.position as usize).cloned() {
+        loop {
+            if io.stop.is_cancelled() {
+                return Err(PassError::Stopped);
+            }
+            wait_for_room(io).await?;
+            let page = io
+                .s3
+                .list_objects_v2()
+                .bucket(&entry.bucket)
+                .set_prefix(entry.prefix.clone())
+                .set_start_after(pass.resume_after.clone())
+                .max_keys(PAGE_SIZE)
+                .send()
+                .await
+                .map_err(|error| PassError::List { bucket: entry.bucket.clone(), message: describe_error(&error) })?;
+            let truncated = page.is_truncated().unwrap_or(false);
+            let objects = page.contents.unwrap_or_default();
+            let Some(last_key) = objects.last().and_then(|object| object.key.clone()) else { break };
+            let now = OffsetDateTime::now_utc();
+            let wanted: Vec<Object> = objects
+                .into_iter()
+                .filter(|object| {
+                    let key = object.key.as_deref().unwrap_or("");
+                    entry.suffix.as_deref().is_none_or(|suffix| key.ends_with(suffix))
+                })
+                .collect();
+            let assessed: Vec<(Object, Option<Reason>)> = futures::stream::iter(wanted)
+                .map(|object| assess(io.s3, &entry.bucket, &prefix, kind, &currency, grace, now, object))
+                .buffered(TAG_READS)
+                .try_collect()
+                .await?;
+
+            let mut confirms: Vec<PublisherConfirm> = Vec::new();
+            for (object, reason) in assessed {
+                pass.listed += 1;
+                pass.entry_listed += 1;
+                let Some(reason) = reason else {
+                    pass.entry_current += 1;
+                    continue;
+                };
+                let size = object.size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0);
+                tokio::select! {
+                    () = pacer.wait(size) => {}
+                    () = io.stop.cancelled() => return Err(PassError::Stopped),
+                }
+                let request = CoverageRequest {
+                    bucket: entry.bucket.clone(),
+                    key: object.key.clone().unwrap_or_default(),
+                    etag: object.e_tag.as_deref().map(|etag| etag.trim_matches('"').to_owned()),
+                    size,
+                    reason,
+                    pass: kind,
+                    last_modified: modified_at(&object).map(plan::format_time),
+                };
+                confirms.push(publish(io, &request).await?);
+                pass.enqueued += 1;
+                pass.entry_enqueued += 1;
+                pass.enqueued_bytes += size;
+                if reason == Reason::Missing {
+                    pass.missing += 1;
+                    pass.entry_missing += 1;
+                }
+            }
+            for confirm in confirms {
+                let confirmation = confirm
+                    .await
+                    .map_err(|source| PassError::Publish { queue: io.queue.clone(), source: Box::new(source) })?;
+                if !confirmation.is_ack() || confirmation.take_message().is_some() {
+                    return Err(PassError::NotConfirmed(io.queue.clone()));
+                }
+            }
+            pass.resume_after = Some(last_key);
+            if !truncated {
+                break;
+            }
+            if last_record.elapsed() >= CHECKPOINT_EVERY {
+                progress.progress(&pass).await?;
+                last_record = Instant::now();
+            }
+        }
+        let done = EntryDone {
+            entry,
+            listed: pass.entry_listed,
+            current: pass.entry_current,
+            enqueued: pass.entry_enqueued,
+            missing: pass.entry_missing,
+        };
+        pass.position += 1;
+        pass.resume_after = None;
+        pass.entry_listed = 0;
+        pass.entry_current = 0;
+        pass.entry_enqueued = 0;
+        pass.entry_missing = 0;
+        progress.entry_done(&pass, done).await?;
+        last_record = Instant::now();
+    }
+    Ok(pass)
+}
+
+/// Whether one listed object needs a scan: always in a requested pass; otherwise by its tags,
+/// except objects a sweep finds too young (their event is likely on its way).
+#[allow(clippy::too_many_arguments)]
+async fn assess(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    kind: PassKind,
+    currency: &Currency<'_>,
+    grace: time::Duration,
+    now: OffsetDateTime,
+    object: Object,
+) -> Result<(Object, Option<Reason>), PassError> {
+    if kind.forced() {
+        return Ok((object, Some(Reason::Requested)));
+    }
+    let last_modified = modified_at(&object);
+    if grace > time::Duration::ZERO && last_modified.is_some_and(|modified| now - modified < grace) {
+        return Ok((object, None));
+    }
+    let key = object.key.clone().unwrap_or_default();
+    let tags = match s3.get_object_tagging().bucket(bucket).key(&key).send().await {
+        Ok(output) => output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect::<Vec<_>>(),
+        // Deleted since the listing: nothing to scan.
+        Err(error) if is_not_found(&error) => return Ok((object, None)),
+        Err(error) => {
+            return Err(PassError::ReadTags { bucket: bucket.to_owned(), key, message: describe_error(&error) });
+        }
+    };
+    let etag = object.e_tag.as_deref().map(|etag| etag.trim_matches('"'));
+    let listed = Listed { etag, last_modified };
+    let reason = coverage::assess(&VerdictTags::read(&tags, prefix), &listed, currency, now);
+    Ok((object, reason))
+}
+
+fn modified_at(object: &Object) -> Option<OffsetDateTime> {
+    object.last_modified.and_then(|t| OffsetDateTime::from_unix_timestamp(t.secs()).ok())
+}
+
+/// The object (or its bucket) is gone.
+fn is_not_found<E, R>(error: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    error
+        .as_service_error()
+        .and_then(ProvideErrorMetadata::code)
+        .is_some_and(|code| matches!(code, "NoSuchKey" | "NotFound"))
+}
+
+async fn publish(io: &PassIo<'_>, request: &CoverageRequest) -> Result<PublisherConfirm, PassError> {
+    let body = serde_json::to_vec(request).expect("a coverage request always serializes");
+    let properties = BasicProperties::default().with_content_type(COVERAGE_CONTENT_TYPE.into()).with_delivery_mode(2);
+    io.channel
+        .basic_publish(
+            "".into(),
+            io.queue.as_str().into(),
+            BasicPublishOptions { mandatory: true, ..Default::default() },
+            &body,
+            properties,
+        )
+        .await
+        .map_err(|source| PassError::Publish { queue: io.queue.clone(), source: Box::new(source) })
+}
+
+/// Waits while the coverage queue holds [`QUEUE_HIGH_WATER`] messages or more.
+async fn wait_for_room(io: &PassIo<'_>) -> Result<(), PassError> {
+    loop {
+        let waiting = bucket_av_amqp::topology::ready_messages(io.depth_channel, &io.queue)
+            .await
+            .map_err(|error| PassError::QueueDepth(error.to_string()))?;
+        if waiting < QUEUE_HIGH_WATER {
+            return Ok(());
+        }
+        tokio::select! {
+            () = io.stop.cancelled() => return Err(PassError::Stopped),
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
