@@ -1,0 +1,493 @@
+//! Coverage on the real stack and control plane: the operator (a local process) lists the
+//! buckets and feeds the coverage queue; workers started exactly as the policy's Deployment
+//! describes them scan what it queues. Objects are checked by their tags in MinIO.
+//!
+//! - objects that were in the bucket before the policy are backfilled (missing, malformed and
+//!   stale verdicts alike), and a sweep finds an object whose upload event never came, counts
+//!   it and raises a MissedEvents event;
+//! - a newer signature database (a `daily.cud` of a higher version, clamd `RELOAD`) makes the
+//!   operator rescan, and an object clean before is now infected and quarantined;
+//! - a requested rescan (the annotation) rescans every object, and an operator killed mid-pass
+//!   is resumed by the next one from its recorded position, without a second full listing;
+//! - uploads get their verdict while a backlog of coverage work waits.
+//!
+//! Policies use the stack's existing notification target `SCAN` (no MinIO restart).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bucket_av_crds::{BucketCoverage, BucketScanPolicy, RESCAN_ANNOTATION};
+use bucket_av_testing::{
+    ContainerLaunch, OperatorProcess, Stack, TEST_MARKER, WorkerProcess, process::free_port, unique_name, wait_for,
+};
+use common::Fixture;
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use sha2::{Digest, Sha256};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const POLICY: &str = "scan";
+
+/// Starts `count` workers as the policy's Deployment describes them, plus `overrides`.
+async fn start_workers(fixture: &Fixture, count: usize, overrides: &[(&str, &str)]) -> Vec<WorkerProcess> {
+    let deployment = fixture.policy(POLICY).await.expect("the policy exists").worker_deployment_name();
+    let launch = ContainerLaunch::from_deployment(&fixture.client, &fixture.namespace, &deployment, "worker").await;
+    let queue = launch.env("BAVS_QUEUE").expect("the Deployment names the queue").to_owned();
+    let mut workers = Vec::new();
+    for _ in 0..count {
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut all = vec![("BAVS_HTTP_ADDR", http.as_str()), ("BAVS_LOG_FORMAT", "plain")];
+        all.extend_from_slice(overrides);
+        workers.push(WorkerProcess::from_command(launch.local_command(&all), http, &queue).await);
+    }
+    workers
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("put {bucket}/{key}: {error:?}"));
+}
+
+async fn put_tagged(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>, tagging: &str) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .tagging(tagging)
+        .body(body.into())
+        .send()
+        .await
+        .unwrap_or_else(|error| panic!("put {bucket}/{key}: {error:?}"));
+}
+
+async fn tags(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Option<Vec<(String, String)>> {
+    match s3.get_object_tagging().bucket(bucket).key(key).send().await {
+        Ok(output) => Some(output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect()),
+        Err(_) => None,
+    }
+}
+
+fn tag<'a>(tags: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Waits until every key has `av-status` equal to its expected value.
+async fn wait_statuses(s3: &aws_sdk_s3::Client, bucket: &str, expected: &[(String, &str)], timeout: Duration) {
+    wait_for(&format!("{} verdicts in {bucket}", expected.len()), timeout, Duration::from_millis(500), async || {
+        let mut wrong = Vec::new();
+        for (key, status) in expected {
+            let found = tags(s3, bucket, key).await.unwrap_or_default();
+            if tag(&found, "av-status") != Some(status) {
+                wrong.push(format!("{key}: {:?}", tag(&found, "av-status")));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} not yet: {:?}", wrong.len(), &wrong[..wrong.len().min(5)]))
+        }
+    })
+    .await;
+}
+
+/// The policy's coverage record of its only bucket entry, once `done` accepts it.
+async fn wait_record(
+    fixture: &Fixture,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&BucketCoverage) -> bool,
+) -> BucketCoverage {
+    wait_for(what, timeout, Duration::from_millis(500), async || {
+        let policy = fixture.policy(POLICY).await.expect("the policy exists");
+        let coverage = policy.status.and_then(|status| status.coverage).unwrap_or_default();
+        match coverage.buckets.first() {
+            Some(record) if done(record) => Ok(record.clone()),
+            _ => Err(format!("coverage status: {coverage:?}")),
+        }
+    })
+    .await
+}
+
+fn marker_body(seed: &str) -> Vec<u8> {
+    [b"infected ", seed.as_bytes(), b" ", TEST_MARKER].concat()
+}
+
+fn clean_body(seed: &str) -> Vec<u8> {
+    format!("clean object {seed} {}", unique_name("x")).into_bytes()
+}
+
+#[tokio::test]
+async fn existing_objects_are_backfilled_and_a_sweep_finds_objects_whose_event_was_lost() {
+    let fixture = Fixture::new("coverage-backfill", true).await;
+    let s3 = fixture.stack.s3();
+    let bucket = unique_name("backfill");
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+
+    // Before the policy: never scanned, a forged (malformed) verdict, a verdict of other bytes.
+    let mut expected: Vec<(String, &str)> = Vec::new();
+    for i in 0..30 {
+        let key = format!("old/clean-{i:02}");
+        put(&s3, &bucket, &key, clean_body(&key)).await;
+        expected.push((key, "clean"));
+    }
+    for i in 0..2 {
+        let key = format!("old/infected-{i}");
+        put(&s3, &bucket, &key, marker_body(&key)).await;
+        expected.push((key, "infected"));
+    }
+    put_tagged(&s3, &bucket, "old/forged", marker_body("forged"), "av-status=CLEAN&owner=me").await;
+    expected.push(("old/forged".into(), "infected"));
+    put_tagged(&s3, &bucket, "old/stale", marker_body("stale"), "av-status=clean&av-etag=0123456789abcdef").await;
+    expected.push(("old/stale".into(), "infected"));
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .spec(|spec| {
+            spec.coverage.sweep_interval_seconds = 10;
+            spec.coverage.grace_period_seconds = 0;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let workers = start_workers(&fixture, 1, &[]).await;
+
+    wait_statuses(&s3, &bucket, &expected, Duration::from_secs(90)).await;
+    let forged = tags(&s3, &bucket, "old/forged").await.unwrap();
+    assert_eq!(tag(&forged, "owner"), Some("me"), "the user's own tag stays: {forged:?}");
+    let record = wait_record(&fixture, "the backfill's record", Duration::from_secs(30), |r| r.backfilled).await;
+    assert_eq!((record.objects, record.enqueued, record.current), (34, 34, 0), "{record:?}");
+    fixture.wait_event(POLICY, "CoveragePassCompleted").await;
+
+    // An object whose upload event never reaches RabbitMQ: the bucket's notification entries
+    // are removed behind the operator's back before the upload.
+    s3.put_bucket_notification_configuration()
+        .bucket(&bucket)
+        .notification_configuration(aws_sdk_s3::types::NotificationConfiguration::builder().build())
+        .send()
+        .await
+        .expect("remove the bucket's notification entries");
+    put(&s3, &bucket, "new/lost-event", marker_body("lost")).await;
+    let started = Instant::now();
+    wait_statuses(&s3, &bucket, &[("new/lost-event".into(), "infected")], Duration::from_secs(60)).await;
+    println!("  object without an event got its verdict {:.1} s after the upload", started.elapsed().as_secs_f64());
+    let record = wait_record(&fixture, "the sweep's record", Duration::from_secs(30), |r| r.missed_events >= 1).await;
+    assert_eq!(record.missed_events, 1, "{record:?}");
+    assert_eq!(record.last_pass.as_deref(), Some("sweep"), "{record:?}");
+    let missed = fixture.wait_event(POLICY, "MissedEvents").await;
+    assert!(missed.contains("1 objects without any verdict"), "{missed}");
+
+    for worker in workers {
+        worker.terminate(Duration::from_secs(30)).await;
+    }
+    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// A clamd of this test's own, with the configuration the stack's clamd runs (the operator's
+/// rendering) and a database directory it can change. Stopped by PID when dropped.
+struct PrivateClamd {
+    dir: PathBuf,
+    port: u16,
+    pid: i32,
+}
+
+impl PrivateClamd {
+    async fn start(stack: &Stack, database_version: u32, signatures: &[&[u8]]) -> Self {
+        let dir = std::env::temp_dir().join(unique_name("bavs-clamd"));
+        std::fs::create_dir_all(dir.join("db")).unwrap();
+        std::fs::create_dir_all(dir.join("tmp")).unwrap();
+        let port = free_port();
+        let stack_conf = Path::new(stack.var("BAVS_STACK_DIR")).join("clamd/clamd.conf");
+        let conf =
+            std::fs::read_to_string(&stack_conf).unwrap_or_else(|e| panic!("read {}: {e}", stack_conf.display()));
+        let own = |name: &str| dir.join(name).display().to_string();
+        let mut lines: Vec<String> = conf
+            .lines()
+            .filter(|line| {
+                let key = line.split_whitespace().next().unwrap_or("");
+                !["DatabaseDirectory", "TCPSocket", "LocalSocket", "PidFile", "LogFile", "TemporaryDirectory"]
+                    .contains(&key)
+            })
+            .map(str::to_owned)
+            .collect();
+        lines.push(format!("DatabaseDirectory {}", own("db")));
+        lines.push(format!("TCPSocket {port}"));
+        lines.push(format!("PidFile {}", own("clamd.pid")));
+        lines.push(format!("LogFile {}", own("clamd.log")));
+        lines.push(format!("TemporaryDirectory {}", own("tmp")));
+        std::fs::write(dir.join("clamd.conf"), lines.join("\n") + "\n").unwrap();
+        // The stack's own test signatures (EICAR and the marker), as its clamd has them.
+        for entry in std::fs::read_dir(Path::new(stack.var("BAVS_STACK_DIR")).join("clamd/db")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join("db").join(path.file_name().unwrap())).unwrap();
+        }
+        let mut clamd = Self { dir, port, pid: 0 };
+        clamd.install_database(database_version, signatures);
+        let status = std::process::Command::new("/usr/sbin/clamd")
+            .arg(format!("--config-file={}", clamd.dir.join("clamd.conf").display()))
+            .status()
+            .expect("run clamd");
+        assert!(status.success(), "clamd failed to start; see {}", clamd.dir.join("clamd.log").display());
+        let pid_file = clamd.dir.join("clamd.pid");
+        let pid =
+            wait_for("the private clamd's PID file", Duration::from_secs(30), Duration::from_millis(100), async || {
+                std::fs::read_to_string(&pid_file)
+                    .map_err(|e| e.to_string())?
+                    .trim()
+                    .parse::<i32>()
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+        clamd.pid = pid;
+        clamd.wait_version(database_version).await;
+        clamd
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Builds `daily.cud` (an unsigned database, as `sigtool --unsigned` makes them) of this
+    /// version holding a SHA-256 signature of each of `signatures`.
+    fn install_database(&self, version: u32, signatures: &[&[u8]]) {
+        let build = self.dir.join(format!("build-{version}"));
+        std::fs::create_dir_all(&build).unwrap();
+        let mut hsb = String::new();
+        for (i, body) in signatures.iter().enumerate() {
+            let digest = hex::encode(Sha256::digest(body));
+            hsb.push_str(&format!("{digest}:{}:BucketAV.Test.Update{version}.{i}\n", body.len()));
+        }
+        std::fs::write(build.join("daily.hsb"), hsb).unwrap();
+        std::fs::write(build.join("COPYING"), "test database\n").unwrap();
+        let mut sigtool = std::process::Command::new("sigtool")
+            .current_dir(&build)
+            .args(["--build=daily.cud", "--unsigned", &format!("--cvd-version={version}"), "--max-bad-sigs=0"])
+            .arg(format!("--datadir={}", build.display()))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run sigtool");
+        use std::io::Write as _;
+        sigtool.stdin.take().unwrap().write_all(b"bucket-av-tests\n").unwrap();
+        assert!(sigtool.wait().unwrap().success(), "sigtool failed in {}", build.display());
+        std::fs::copy(build.join("daily.cud"), self.dir.join("db/daily.cud.new")).unwrap();
+        std::fs::rename(self.dir.join("db/daily.cud.new"), self.dir.join("db/daily.cud")).unwrap();
+    }
+
+    async fn command(&self, command: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(self.address()).await.expect("connect to the private clamd");
+        socket.write_all(format!("z{command}\0").as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        socket.read_to_end(&mut reply).await.unwrap();
+        String::from_utf8_lossy(&reply).trim_end_matches('\0').to_owned()
+    }
+
+    async fn wait_version(&self, version: u32) {
+        let wanted = format!("/{version}/");
+        wait_for(
+            &format!("clamd to load database version {version}"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            async || {
+                let reply = self.command("VERSION").await;
+                if reply.contains(&wanted) { Ok(()) } else { Err(reply) }
+            },
+        )
+        .await;
+    }
+
+    /// Installs a newer database and makes clamd load it, as freshclam does after an update.
+    async fn update(&self, version: u32, signatures: &[&[u8]]) {
+        self.install_database(version, signatures);
+        assert_eq!(self.command("RELOAD").await, "RELOADING");
+        self.wait_version(version).await;
+    }
+}
+
+impl Drop for PrivateClamd {
+    fn drop(&mut self) {
+        if self.pid > 0 {
+            let _ = std::process::Command::new("kill").arg(self.pid.to_string()).status();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_newer_signature_database_rescans_and_acts_on_what_it_now_detects() {
+    let fixture = Fixture::new("coverage-rescan", true).await;
+    let s3 = fixture.stack.s3();
+    let bucket = unique_name("rescan");
+    let quarantine = unique_name("rescan-quarantine");
+    for name in [&bucket, &quarantine] {
+        s3.create_bucket().bucket(name).send().await.expect("create bucket");
+    }
+    // Two objects clean for database 100; the update to 101 knows the first one.
+    let newly_detected = clean_body("detected-by-101");
+    let still_clean = clean_body("clean-for-101");
+    put(&s3, &bucket, "files/a", newly_detected.clone()).await;
+    put(&s3, &bucket, "files/b", still_clean).await;
+    let clamd = PrivateClamd::start(&fixture.stack, 100, &[]).await;
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let address = clamd.address();
+    let policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .quarantine(&quarantine)
+        .spec(|spec| {
+            spec.scanner = serde_json::from_value(serde_json::json!({ "external": { "address": address } })).unwrap();
+            spec.coverage.sweep_interval_seconds = 0;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let workers = start_workers(&fixture, 1, &[("BAVS_SIGNATURE_CHECK_SECONDS", "1")]).await;
+
+    let expected = [("files/a".to_owned(), "clean"), ("files/b".to_owned(), "clean")];
+    wait_statuses(&s3, &bucket, &expected, Duration::from_secs(60)).await;
+    let before = tags(&s3, &bucket, "files/a").await.unwrap();
+    assert!(tag(&before, "av-engine").is_some_and(|engine| engine.contains("/100/")), "{before:?}");
+    wait_for("the operator to learn database 100", Duration::from_secs(30), Duration::from_millis(500), async || {
+        let coverage = fixture.policy(POLICY).await.and_then(|p| p.status).and_then(|s| s.coverage).unwrap_or_default();
+        if coverage.database.as_deref() == Some("100") { Ok(()) } else { Err(format!("{coverage:?}")) }
+    })
+    .await;
+
+    let updated = Instant::now();
+    clamd.update(101, &[&newly_detected]).await;
+    let quarantined = wait_for(
+        "files/a to be quarantined after the update",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || {
+            let gone = tags(&s3, &bucket, "files/a").await.is_none();
+            let copy = tags(&s3, &quarantine, &format!("{bucket}/files/a")).await;
+            match copy {
+                Some(copy) if gone => Ok(copy),
+                other => Err(format!("source gone: {gone}, copy tags: {other:?}")),
+            }
+        },
+    )
+    .await;
+    println!("  database update to quarantine: {:.1} s", updated.elapsed().as_secs_f64());
+    assert_eq!(tag(&quarantined, "av-status"), Some("infected"), "{quarantined:?}");
+    assert_eq!(tag(&quarantined, "av-detail"), Some("BucketAV.Test.Update101.0.UNOFFICIAL"), "{quarantined:?}");
+    // The other object was rescanned too and is clean for the new database.
+    wait_for("files/b to carry database 101", Duration::from_secs(60), Duration::from_millis(500), async || {
+        let found = tags(&s3, &bucket, "files/b").await.unwrap_or_default();
+        match (tag(&found, "av-status"), tag(&found, "av-engine")) {
+            (Some("clean"), Some(engine)) if engine.contains("/101/") => Ok(()),
+            _ => Err(format!("{found:?}")),
+        }
+    })
+    .await;
+    let policy = fixture.policy(POLICY).await.unwrap();
+    let coverage = policy.status.and_then(|s| s.coverage).unwrap();
+    assert_eq!((coverage.database.as_deref(), coverage.rescanned_for.as_deref()), (Some("101"), Some("101")));
+    assert_eq!(coverage.buckets[0].last_pass.as_deref(), Some("rescan"), "{coverage:?}");
+
+    for worker in workers {
+        worker.terminate(Duration::from_secs(30)).await;
+    }
+    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn a_requested_rescan_resumes_where_a_killed_operator_left_it() {
+    let fixture = Fixture::new("coverage-resume", true).await;
+    let s3 = fixture.stack.s3();
+    let bucket = unique_name("resume");
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    const OBJECTS: u64 = 2500;
+    // Many small objects, written concurrently.
+    futures::stream::iter(0..OBJECTS)
+        .map(|i| {
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            async move { put(&s3, &bucket, &format!("k/{i:05}"), format!("object {i}").into_bytes()).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+
+    let args = ["--leader-election=false"];
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
+    let policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .spec(|spec| {
+            spec.coverage.sweep_interval_seconds = 0;
+            // Slow enough that the pass is still running when the operator is killed.
+            spec.coverage.objects_per_second = 500;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let workers =
+        start_workers(&fixture, 1, &[("BAVS_CONCURRENCY", "8"), ("BAVS_COVERAGE_SHARE_PERCENT", "100")]).await;
+    wait_record(&fixture, "the backfill to complete", Duration::from_secs(120), |r| {
+        r.backfilled && r.objects == OBJECTS
+    })
+    .await;
+
+    // Ask for a rescan of everything, as a user would: `kubectl annotate bsp scan bucketav.dev/rescan='*'`.
+    let annotate = serde_json::json!({ "metadata": { "annotations": { RESCAN_ANNOTATION: "*" } } });
+    fixture
+        .api::<BucketScanPolicy>()
+        .patch(POLICY, &PatchParams::default(), &Patch::Merge(&annotate))
+        .await
+        .expect("annotate the policy");
+    let checkpoint = wait_for(
+        "the requested pass to record progress",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || {
+            let policy = fixture.policy(POLICY).await.unwrap();
+            let pass = policy.status.and_then(|s| s.coverage).and_then(|c| c.pass);
+            match pass {
+                Some(pass) if pass.kind == "requested" && pass.resume_after.is_some() && pass.listed >= 1000 => {
+                    Ok(pass)
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    operator.kill().await;
+    println!(
+        "  operator killed with the pass at {} listed (resume after {:?})",
+        checkpoint.listed, checkpoint.resume_after
+    );
+    let annotations = fixture.policy(POLICY).await.unwrap().metadata.annotations.unwrap_or_default();
+    assert!(!annotations.contains_key(RESCAN_ANNOTATION), "the operator took the request: {annotations:?}");
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
+    let record = wait_record(&fixture, "the requested pass to complete", Duration::from_secs(120), |r| {
+        r.last_pass.as_deref() == Some("requested")
+    })
+    .await;
+    // Each object listed once over both operators: the second resumed after the recorded key.
+    assert_eq!(record.objects, OBJECTS, "{record:?}");
+    assert_eq!(record.enqueued, OBJECTS, "{record:?}");
+    let coverage = fixture.policy(POLICY).await.unwrap().status.and_then(|s| s.coverage).unwrap();
+    assert_eq!(coverage.last_request.as_deref(), Some("*"));
+    assert!(coverage.pass.is_none(), "{coverage:?}");
+    fixture.wait_event(POLICY, "CoveragePassCompleted").await;
+
+    for worker in workers {
+        worker.terminate(Duration::from_secs(30)).await;
+    }
+    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
