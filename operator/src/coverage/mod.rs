@@ -183,7 +183,7 @@ async fn look_with(
             Ok(_) => None,
             Err(error) => {
                 recorder.bad_request(&error.to_string()).await;
-                recorder.clear_request(None).await;
+                recorder.clear_request(value).await;
                 None
             }
         },
@@ -195,7 +195,10 @@ async fn look_with(
             recorder.idle(status).await;
             return Ok(());
         }
-        Next::Resume(pass) => pass,
+        Next::Resume(pass) => {
+            info!(policy = %policy.name_any(), kind = %pass.kind, listed = pass.listed, resume_after = ?pass.resume_after, "resuming the coverage pass where it stopped");
+            pass
+        }
         Next::Start(pass) => {
             status.pass = Some(pass.clone());
             if let Some((value, _)) = &request {
@@ -205,8 +208,8 @@ async fn look_with(
                 status.rescanned_for = status.database.clone();
             }
             recorder.started(&mut status).await?;
-            if request.is_some() {
-                recorder.clear_request(annotation.as_deref()).await;
+            if let Some((value, _)) = &request {
+                recorder.clear_request(value).await;
             }
             pass
         }

@@ -96,16 +96,19 @@ impl<'a> Recorder<'a> {
             .await;
     }
 
-    /// Removes the rescan annotation (only if it still has the value acted on).
-    pub(crate) async fn clear_request(&self, value: Option<&str>) {
+    /// Removes the rescan annotation, only while it still has the value acted on (a JSON patch
+    /// `test`): a user who asked again meanwhile keeps the new request.
+    pub(crate) async fn clear_request(&self, value: &str) {
         let api: Api<BucketScanPolicy> =
             Api::namespaced(self.ctx.client.clone(), &self.policy.namespace().unwrap_or_default());
-        let mut patch = json!({ "metadata": { "annotations": { RESCAN_ANNOTATION: null } } });
-        if let (Some(_), Some(version)) = (value, self.policy.resource_version()) {
-            // A user who set a new value meanwhile keeps it: the patch fails on a newer version.
-            patch["metadata"]["resourceVersion"] = json!(version);
-        }
-        if let Err(error) = api.patch(&self.policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        let path = format!("/metadata/annotations/{}", RESCAN_ANNOTATION.replace('~', "~0").replace('/', "~1"));
+        let patch: json_patch::Patch = serde_json::from_value(json!([
+            { "op": "test", "path": path, "value": value },
+            { "op": "remove", "path": path },
+        ]))
+        .expect("a valid JSON patch");
+        if let Err(error) = api.patch(&self.policy.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await
+        {
             warn!(policy = %self.policy.name_any(), error = %error, "could not remove the rescan annotation");
         }
     }
