@@ -26,6 +26,8 @@ pub const BAD_MAX_OBJECT_SIZE: &str =
     "scanner.maxObjectSize must be a positive number of bytes or a quantity such as 512Mi or 2Gi";
 pub const BAD_STREAM_MAX_BYTES: &str =
     "scanner.streamMaxBytes must be a positive number of bytes or a quantity such as 100Mi";
+pub const DISABLED_WITHOUT_SWEEPS: &str = "coverage.sweepIntervalSeconds must be above 0 when notification.mode is \
+     Disabled: without bucket notifications, sweeps are the only way new objects get scanned";
 pub const SWEEP_INTERVAL_TOO_SHORT: &str =
     "coverage.sweepIntervalSeconds must be 0 (no sweeps) or at least 10: a sweep lists every bucket";
 pub const BAD_BYTES_PER_SECOND: &str =

@@ -68,6 +68,11 @@ impl BucketScanPolicy {
         self.spec.notification.mode == NotificationMode::Managed
     }
 
+    /// Whether the store publishes upload events for this policy (mode Managed or Existing).
+    pub fn uses_notifications(&self) -> bool {
+        self.spec.notification.mode != NotificationMode::Disabled
+    }
+
     /// The work queue in effect: `spec.rabbitmq.queue`, else the derived one.
     pub fn queue_name(&self) -> String {
         match &self.spec.rabbitmq.queue {

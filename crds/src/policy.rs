@@ -66,7 +66,12 @@ pub const MAX_QUEUE_NAME_LEN: usize = 240;
         "!has(self.protection) || !self.protection.enabled || !has(self.actions) || !has(self.actions.tagging) || !self.actions.tagging.prefix.matches('[$*?]')"
     )
     .message(messages::PROTECTION_PREFIX_PATTERN)
-    .field_path(".actions.tagging.prefix")
+    .field_path(".actions.tagging.prefix"),
+    validation = Rule::new(
+        "!has(self.notification) || self.notification.mode != 'Disabled' || !has(self.coverage) || self.coverage.sweepIntervalSeconds > 0"
+    )
+    .message(messages::DISABLED_WITHOUT_SWEEPS)
+    .field_path(".coverage.sweepIntervalSeconds")
 )]
 pub struct BucketScanPolicySpec {
     /// The MinIO server that holds the buckets, and how to reach it.
@@ -363,7 +368,8 @@ pub struct NotificationSpec {
     /// Managed (default): the operator configures a MinIO AMQP notification target for this
     /// policy through MinIO's admin API, then routes the buckets' events to it. Existing: an
     /// administrator has configured the target already (`targetId` names it) and the operator
-    /// only routes the buckets' events to it.
+    /// only routes the buckets' events to it. Disabled: no notifications at all, for S3 stores
+    /// other than MinIO; periodic sweeps find new objects (see coverage).
     #[serde(default)]
     pub mode: NotificationMode,
 
@@ -398,6 +404,11 @@ pub enum NotificationMode {
     Managed,
     /// The target exists already; the operator only routes bucket events to it.
     Existing,
+    /// No bucket notifications: the operator configures nothing in the store's notification
+    /// settings, and sweeps (`coverage.sweepIntervalSeconds`, which must then be above 0) are
+    /// the only trigger. For S3 stores without MinIO's notifications; an upload waits up to one
+    /// sweep interval for its verdict.
+    Disabled,
 }
 
 /// The RabbitMQ exchange and queue that carry upload events to the workers.

@@ -41,6 +41,8 @@ pub enum SpecError {
     BadMaxObjectSize(String),
     #[error("{msg} (got {0:?})", msg = messages::BAD_STREAM_MAX_BYTES)]
     BadStreamMaxBytes(String),
+    #[error("{}", messages::DISABLED_WITHOUT_SWEEPS)]
+    DisabledWithoutSweeps,
     #[error("{msg} (got {0})", msg = messages::SWEEP_INTERVAL_TOO_SHORT)]
     SweepIntervalTooShort(u32),
     #[error("{msg} (got {0:?})", msg = messages::BAD_BYTES_PER_SECOND)]
@@ -83,6 +85,7 @@ impl SpecError {
             Self::ReservedQueue(_) => "ReservedQueue",
             Self::BadMaxObjectSize(_) => "BadMaxObjectSize",
             Self::BadStreamMaxBytes(_) => "BadStreamMaxBytes",
+            Self::DisabledWithoutSweeps => "DisabledWithoutSweeps",
             Self::SweepIntervalTooShort(_) => "SweepIntervalTooShort",
             Self::BadBytesPerSecond(_) => "BadBytesPerSecond",
             Self::ProtectionWithoutTagging => "ProtectionWithoutTagging",
@@ -238,6 +241,9 @@ impl BucketScanPolicySpec {
         check_range("coverage.sweepIntervalSeconds", coverage.sweep_interval_seconds.into(), 0, 604800)?;
         if (1..10).contains(&coverage.sweep_interval_seconds) {
             return Err(SpecError::SweepIntervalTooShort(coverage.sweep_interval_seconds));
+        }
+        if notification.mode == crate::NotificationMode::Disabled && coverage.sweep_interval_seconds == 0 {
+            return Err(SpecError::DisabledWithoutSweeps);
         }
         check_range("coverage.gracePeriodSeconds", coverage.grace_period_seconds.into(), 0, 86400)?;
         check_range("coverage.rescan.recentDays", coverage.rescan.recent_days.into(), 1, 3650)?;

@@ -9,7 +9,9 @@
 //!   operator rescan, and an object clean before is now infected and quarantined;
 //! - a requested rescan (the annotation) rescans every object, and an operator killed mid-pass
 //!   is resumed by the next one from its recorded position, without a second full listing;
-//! - uploads get their verdict while a backlog of coverage work waits.
+//! - uploads get their verdict while a backlog of coverage work waits;
+//! - a store that is not MinIO and has no notifications (the Versity S3 gateway of
+//!   `testing/s3alt/`) is protected by sweeps alone: scanned, tagged, infected ones quarantined.
 //!
 //! Policies use the stack's existing notification target `SCAN` (no MinIO restart).
 
@@ -18,9 +20,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use bucket_av_crds::NotificationMode;
 use bucket_av_crds::{BucketCoverage, BucketScanPolicy, RESCAN_ANNOTATION};
 use bucket_av_testing::{
-    ContainerLaunch, OperatorProcess, Stack, TEST_MARKER, WorkerProcess, process::free_port, unique_name, wait_for,
+    AltStore, ContainerLaunch, OperatorProcess, Stack, TEST_MARKER, WorkerProcess, kube_api, process::free_port,
+    unique_name, wait_for,
 };
 use common::Fixture;
 use futures::StreamExt;
@@ -487,6 +491,98 @@ async fn a_requested_rescan_resumes_where_a_killed_operator_left_it() {
     assert_eq!(coverage.last_request.as_deref(), Some("*"));
     assert!(coverage.pass.is_none(), "{coverage:?}");
     fixture.wait_event(POLICY, "CoveragePassCompleted").await;
+
+    for worker in workers {
+        worker.terminate(Duration::from_secs(30)).await;
+    }
+    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn a_store_without_notifications_is_protected_by_sweeps_alone() {
+    let store = AltStore::load();
+    let s3 = store.s3();
+    let fixture = Fixture::new("coverage-alt-store", true).await;
+    let secret = "alt-store-scanner";
+    let credentials =
+        [("accessKey", store.var("BAVS_ALT_S3_ACCESS_KEY")), ("secretKey", store.var("BAVS_ALT_S3_SECRET_KEY"))];
+    kube_api::put_secret(&fixture.client, &fixture.namespace, secret, &credentials).await;
+    let bucket = unique_name("alt-uploads");
+    let quarantine = unique_name("alt-quarantine");
+    for name in [&bucket, &quarantine] {
+        s3.create_bucket()
+            .bucket(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create {name} on the second store: {e:?}"));
+    }
+    put(&s3, &bucket, "before/clean", clean_body("before")).await;
+    put(&s3, &bucket, "before/infected", marker_body("before")).await;
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let endpoint = store.var("BAVS_ALT_S3_ENDPOINT").to_owned();
+    let region = store.var("BAVS_ALT_S3_REGION").to_owned();
+    let policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .quarantine(&quarantine)
+        .spec(|spec| {
+            spec.minio.endpoint = endpoint;
+            spec.minio.region = region;
+            spec.minio.credentials_secret.name = secret.to_owned();
+            spec.notification.mode = NotificationMode::Disabled;
+            spec.notification.target_id = None;
+            spec.coverage.sweep_interval_seconds = 10;
+            spec.coverage.grace_period_seconds = 0;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    let ready = fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let notifications = common::condition(&ready, "NotificationConfigured").unwrap();
+    assert_eq!(notifications.reason, "Disabled", "{notifications:?}");
+    let workers = start_workers(&fixture, 1, &[]).await;
+
+    // The objects that were there: backfilled.
+    wait_statuses(&s3, &bucket, &[("before/clean".into(), "clean")], Duration::from_secs(60)).await;
+    let moved = format!("{bucket}/before/infected");
+    wait_for(
+        "the infected object to be quarantined",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || match (tags(&s3, &bucket, "before/infected").await, tags(&s3, &quarantine, &moved).await) {
+            (None, Some(copy)) if tag(&copy, "av-status") == Some("infected") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+
+    // New uploads: no event is ever sent; the next sweep finds them.
+    let uploaded = Instant::now();
+    put(&s3, &bucket, "after/clean", clean_body("after")).await;
+    put(&s3, &bucket, "after/infected", marker_body("after")).await;
+    wait_statuses(&s3, &bucket, &[("after/clean".into(), "clean")], Duration::from_secs(60)).await;
+    let moved = format!("{bucket}/after/infected");
+    wait_for(
+        "the new infected object to be quarantined",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        async || match (tags(&s3, &bucket, "after/infected").await, tags(&s3, &quarantine, &moved).await) {
+            (None, Some(copy)) if tag(&copy, "av-status") == Some("infected") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    println!(
+        "  uploads to the store without notifications got their verdicts in {:.1} s",
+        uploaded.elapsed().as_secs_f64()
+    );
+    let record = wait_record(&fixture, "a sweep's record", Duration::from_secs(30), |r| {
+        r.last_pass.as_deref() == Some("sweep") && r.objects >= 1
+    })
+    .await;
+    // Found by a sweep is how objects arrive here, not a lost event.
+    assert_eq!(record.missed_events, 0, "{record:?}");
 
     for worker in workers {
         worker.terminate(Duration::from_secs(30)).await;

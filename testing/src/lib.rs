@@ -2,7 +2,8 @@
 //! reads their env files, builds clients, runs our binaries as processes, receives webhooks.
 //! Every helper fails loudly when a service is not there; nothing here skips or fakes one.
 //!
-//! - The services: [`stack`] (MinIO, RabbitMQ, clamd endpoints and clients), [`cluster`] and
+//! - The services: [`stack`] (MinIO, RabbitMQ, clamd endpoints and clients), [`alt_store`] (the
+//!   second S3 store, not MinIO, without notifications), [`cluster`] and
 //!   [`kube_api`] (the control plane, typed), [`service_account`] (the operator's RBAC identity),
 //!   [`chart`] (helm and the chart).
 //! - What the tests build: [`policy`] ([`PolicyBuilder`]), [`archive`] (archives, bombs and
@@ -15,6 +16,7 @@
 //!   real node or kind: the real-pod suite and `just demo`), [`load`] (uploads and their
 //!   verification), [`fault_injection`], [`cli`] (flags of the load binaries).
 
+pub mod alt_store;
 pub mod archive;
 pub mod chart;
 pub mod cli;
@@ -34,6 +36,7 @@ pub mod wait;
 pub mod webhook;
 pub mod worker;
 
+pub use alt_store::AltStore;
 pub use cluster::Cluster;
 pub use operator::OperatorProcess;
 pub use pod_spec::ContainerLaunch;

@@ -12,15 +12,12 @@
 #![cfg(feature = "services")]
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{MetadataDirective, Object, Tag, Tagging, TaggingDirective};
-use bucket_av_core::Redacted;
-use bucket_av_s3::S3Settings;
-use bucket_av_testing::stack::parse_env_file;
 use bucket_av_testing::unique_name;
 
 /// MD5 of `hello world` and of the empty body (`md5sum`): S3 gives a simple PUT this ETag.
@@ -36,33 +33,11 @@ struct AltStore {
 }
 
 impl AltStore {
-    /// Loads `$BAVS_ALT_S3_ENV`, or `target/s3alt/s3alt.env` of this workspace. Panics with what
-    /// to run when the store is not up: these checks must not pass without it.
+    /// The store `testing/s3alt/up.sh` started (panics with what to run when it is not up).
     fn load() -> Self {
-        let env_file = std::env::var_os("BAVS_ALT_S3_ENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/s3alt/s3alt.env"));
-        let text = std::fs::read_to_string(&env_file).unwrap_or_else(|error| {
-            panic!(
-                "the second S3 store is not running: cannot read {} ({error}). Start it with `bash testing/s3alt/up.sh` (stop it with `bash testing/s3alt/down.sh`)",
-                env_file.display()
-            )
-        });
-        let vars = parse_env_file(&text);
-        let var = |key: &str| {
-            vars.get(key)
-                .unwrap_or_else(|| panic!("{} has no {key}; re-run `bash testing/s3alt/up.sh`", env_file.display()))
-                .clone()
-        };
-        let settings = S3Settings {
-            endpoint: var("BAVS_ALT_S3_ENDPOINT"),
-            region: var("BAVS_ALT_S3_REGION"),
-            access_key: var("BAVS_ALT_S3_ACCESS_KEY"),
-            secret_key: Redacted::new(var("BAVS_ALT_S3_SECRET_KEY")),
-            ca_bundle: None,
-        };
-        let s3 = bucket_av_s3::client(&settings).expect("the second store's S3 settings are valid");
-        Self { vars, env_file, s3 }
+        let store = bucket_av_testing::AltStore::load();
+        let s3 = store.s3();
+        Self { vars: store.vars, env_file: store.env_file, s3 }
     }
 
     fn var(&self, key: &str) -> &str {

@@ -185,16 +185,21 @@ impl Progress for Recorder<'_> {
         if kind != PassKind::Requested {
             record.backfilled = true;
         }
+        // Without notifications (mode Disabled) every new object is found by a sweep: that is
+        // how it works, not a lost event.
+        let events_expected = self.policy.uses_notifications();
         if kind == PassKind::Sweep {
             record.last_sweep_completed = Some(now);
-            record.missed_events += done.missing;
+            if events_expected {
+                record.missed_events += done.missing;
+            }
         }
         // Entries no longer in the spec are forgotten.
         let scope = plan::spec_scope(&self.policy.spec);
         self.base.buckets.retain(|known| scope.contains(&known.entry));
         self.base.pass = Some(pass.clone());
         self.write(self.base.clone()).await?;
-        if kind == PassKind::Sweep && done.missing > 0 {
+        if kind == PassKind::Sweep && events_expected && done.missing > 0 {
             let note = format!(
                 "the sweep of {} found {} objects without any verdict, older than the grace period: their upload events never reached a worker (MinIO dropped them, or they were lost on the way); they are queued for a scan",
                 describe_entry(&done.entry),

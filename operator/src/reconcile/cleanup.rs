@@ -45,7 +45,9 @@ async fn remove_outside_kubernetes(policy: &BucketScanPolicy, ctx: &Context, res
     let arn = policy.target_arn();
     // The spec's buckets and those the status says may still carry entries (a bucket
     // dropped from the spec just before the delete).
-    let mut buckets = spec_buckets(policy);
+    // Without notifications only buckets an earlier mode routed can carry entries, and a store
+    // other than MinIO may not answer notification calls at all.
+    let mut buckets = if policy.uses_notifications() { spec_buckets(policy) } else { Default::default() };
     buckets.extend(policy.status.iter().flat_map(|status| status.routed_buckets.iter().cloned()));
     for bucket in buckets {
         remove_entries(policy, ctx, resolved, &bucket, &arn).await?;

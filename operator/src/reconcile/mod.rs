@@ -87,6 +87,14 @@ async fn apply(policy: &BucketScanPolicy, namespace: &str, ctx: &Context) -> Res
 
     let plan = build::plan(policy, &ctx.policies());
     let actions = match dereference::dereference(policy, namespace, ctx).await {
+        Ok(resolved) if !policy.uses_notifications() => {
+            let queue = rabbitmq::declare(ctx, &resolved.amqp, &plan.topology, &policy.routing_key()).await;
+            report.queue(queue);
+            report.routing(notifications::unroute_all(policy, ctx, &resolved, &old_status).await);
+            let actions = actions::check(policy, ctx, &resolved).await;
+            report.protection(protect::reconcile(policy, ctx, &resolved, &old_status).await);
+            actions
+        }
         Ok(resolved) => {
             let target = notifications::ensure_target(policy, ctx, &resolved).await;
             let routing_key = notifications::routing_key(policy, &target);

@@ -62,6 +62,8 @@ pub(crate) enum Routing {
     /// Older policies hold some of the filters. Not an error: nothing changes until one of the
     /// policies does, and that change wakes this one.
     Conflicts { message: String },
+    /// The policy uses no notifications (mode Disabled): sweeps find new objects.
+    Disabled { message: String },
 }
 
 /// What the step did.
@@ -127,6 +129,27 @@ pub(crate) async fn route(
             Routed { outcome, routed_buckets }
         }
     }
+}
+
+/// Mode Disabled: nothing is routed, and entries an earlier mode wrote are removed (the store
+/// is not asked anything else: a store other than MinIO may not know notifications at all).
+pub(crate) async fn unroute_all(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    resolved: &Resolved,
+    old_status: &BucketScanPolicyStatus,
+) -> Routed {
+    let arn = old_status.notification_target_arn.clone().unwrap_or_else(|| policy.target_arn());
+    for bucket in &old_status.routed_buckets {
+        if let Err(error) = remove_entries(policy, ctx, resolved, bucket, &arn).await {
+            return Routed { outcome: Err(error), routed_buckets: None };
+        }
+    }
+    let message = format!(
+        "notifications are off (mode Disabled): a sweep every {} s finds new objects, so an upload waits up to that long for its verdict",
+        policy.spec.coverage.sweep_interval_seconds
+    );
+    Routed { outcome: Ok(Routing::Disabled { message }), routed_buckets: Some(Vec::new()) }
 }
 
 /// Routes every bucket's upload events to the policy's target, except the filters another

@@ -106,6 +106,7 @@ impl Report {
                 "bucket events are routed only once their queue exists, or MinIO would publish them to nowhere",
             ),
             Ok(Routing::Conflicts { message }) => self.set(condition_type, false, BUCKET_CONFLICT, message),
+            Ok(Routing::Disabled { message }) => self.set(condition_type, true, "Disabled", message),
             Err(error) => self.fail(condition_type, error),
         }
     }
