@@ -815,6 +815,11 @@ pub struct BucketScanPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routed_buckets: Vec<String>,
 
+    /// When the buckets' notification entries were last written for a new spec (RFC 3339):
+    /// objects modified since then have upload events, so a backfill leaves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes_configured_at: Option<String>,
+
     /// MinIO has a notification target change that takes effect only after MinIO restarts.
     #[serde(default)]
     pub restart_pending: bool,
@@ -877,6 +882,10 @@ pub struct PassStatus {
     pub scope: Vec<ScopeEntry>,
     /// Index into scope of the entry being listed.
     pub position: u32,
+    /// Objects modified at or after this time (RFC 3339) are left to their upload events: a
+    /// backfill's cutoff, when the buckets' notifications were configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_before: Option<String>,
     /// The last key listed and dealt with in that entry: the listing resumes after it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resume_after: Option<String>,

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bucket_av_core::coverage::PassKind;
-use bucket_av_crds::{BucketScanPolicy, CoverageStatus, RESCAN_ANNOTATION};
+use bucket_av_crds::{BucketScanPolicy, CoverageStatus, RESCAN_ANNOTATION, condition_types};
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use lapin::options::ConfirmSelectOptions;
@@ -38,7 +38,7 @@ use crate::context::Context;
 use crate::reconcile::{dereference, policy_key};
 
 use self::pass::{PassError, PassIo};
-use self::plan::{Next, Situation};
+use self::plan::{EventsSince, Next, Situation};
 use self::record::Recorder;
 
 /// How often each policy is looked at.
@@ -190,7 +190,8 @@ async fn look_with(
         None => None,
     };
     let now = OffsetDateTime::now_utc();
-    let pass = match plan::next(policy, &status, &Situation { now, queued, request: request.clone() }) {
+    let events = events_since(policy);
+    let pass = match plan::next(policy, &status, &Situation { events, now, queued, request: request.clone() }) {
         Next::Idle => {
             recorder.idle(status).await;
             return Ok(());
@@ -219,6 +220,21 @@ async fn look_with(
     let finished = pass::run(policy, database.as_deref(), pass, io, recorder).await?;
     recorder.finished(finished).await?;
     Ok(())
+}
+
+/// Since when the policy's buckets publish upload events for the current spec: when the
+/// reconcile of its generation wrote the routes, and NotificationConfigured is True.
+fn events_since(policy: &BucketScanPolicy) -> EventsSince {
+    if !policy.uses_notifications() {
+        return EventsSince::Never;
+    }
+    let Some(status) = &policy.status else { return EventsSince::NotYet };
+    let configured = status.condition(condition_types::NOTIFICATION_CONFIGURED).is_some_and(|c| c.status == "True");
+    let current = status.observed_generation == policy.metadata.generation;
+    match status.routes_configured_at.as_deref().and_then(plan::parse_time) {
+        Some(since) if configured && current => EventsSince::Since(since),
+        _ => EventsSince::NotYet,
+    }
 }
 
 /// The coverage status a policy has now (none before its first look).

@@ -121,6 +121,7 @@ pub(crate) async fn run(
         _ => time::Duration::ZERO,
     };
     let mut last_record = Instant::now();
+    let modified_before = pass.modified_before.as_deref().and_then(plan::parse_time);
 
     while let Some(entry) = pass.scope.get(pass.position as usize).cloned() {
         loop {
@@ -150,7 +151,10 @@ pub(crate) async fn run(
                 })
                 .collect();
             let assessed: Vec<(Object, Option<Reason>)> = futures::stream::iter(wanted)
-                .map(|object| assess(io.s3, &entry.bucket, &prefix, kind, &currency, grace, now, object))
+                .map(|object| {
+                    let left = Leave { grace, modified_before, now };
+                    assess(io.s3, &entry.bucket, &prefix, kind, &currency, left, object)
+                })
                 .buffered(TAG_READS)
                 .try_collect()
                 .await?;
@@ -222,26 +226,43 @@ pub(crate) async fn run(
     Ok(pass)
 }
 
+/// Which objects a pass leaves to their upload events.
+#[derive(Debug, Clone, Copy)]
+struct Leave {
+    /// A sweep's grace period: younger objects' events are likely on their way.
+    grace: time::Duration,
+    /// A backfill's cutoff: objects modified since the routes were configured have events.
+    modified_before: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+}
+
+impl Leave {
+    fn leaves(&self, last_modified: Option<OffsetDateTime>) -> bool {
+        let Some(modified) = last_modified else { return false };
+        (self.grace > time::Duration::ZERO && self.now - modified < self.grace)
+            || self.modified_before.is_some_and(|cutoff| modified >= cutoff)
+    }
+}
+
 /// Whether one listed object needs a scan: always in a requested pass; otherwise by its tags,
-/// except objects a sweep finds too young (their event is likely on its way).
-#[allow(clippy::too_many_arguments)]
+/// except objects whose upload event is theirs to bring (see [`Leave`]).
 async fn assess(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
     prefix: &str,
     kind: PassKind,
     currency: &Currency<'_>,
-    grace: time::Duration,
-    now: OffsetDateTime,
+    leave: Leave,
     object: Object,
 ) -> Result<(Object, Option<Reason>), PassError> {
     if kind.forced() {
         return Ok((object, Some(Reason::Requested)));
     }
     let last_modified = modified_at(&object);
-    if grace > time::Duration::ZERO && last_modified.is_some_and(|modified| now - modified < grace) {
+    if leave.leaves(last_modified) {
         return Ok((object, None));
     }
+    let now = leave.now;
     let key = object.key.clone().unwrap_or_default();
     let tags = match s3.get_object_tagging().bucket(bucket).key(&key).send().await {
         Ok(output) => output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect::<Vec<_>>(),

@@ -84,8 +84,21 @@ pub(crate) enum Next {
     Idle,
 }
 
+/// Since when the store publishes the buckets' upload events to the policy's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventsSince {
+    /// Not (yet) configured: a backfill waits, or it would race the events of the objects
+    /// uploaded before the routes were in place.
+    NotYet,
+    /// Configured at this time: objects modified since have events, a backfill leaves them.
+    Since(OffsetDateTime),
+    /// The policy uses no notifications: every object is the passes' to find.
+    Never,
+}
+
 /// Inputs of [`next`] besides the policy.
 pub(crate) struct Situation<'a> {
+    pub(crate) events: EventsSince,
     pub(crate) now: OffsetDateTime,
     /// Messages waiting in the coverage queue: a new pass waits until the last one's are taken,
     /// so an object is never queued twice while a scan of it is pending.
@@ -103,7 +116,7 @@ pub(crate) fn next(policy: &BucketScanPolicy, status: &CoverageStatus, situation
         return Next::Resume(pass.clone());
     }
     let spec = &policy.spec;
-    let start = |kind: PassKind, scope: Vec<ScopeEntry>| Next::Start(new_pass(kind, scope, situation.now));
+    let start = |kind: PassKind, scope: Vec<ScopeEntry>| Next::Start(new_pass(kind, scope, situation.now, None));
     if let Some((_, scope)) = &situation.request {
         return start(PassKind::Requested, scope.clone());
     }
@@ -112,7 +125,14 @@ pub(crate) fn next(policy: &BucketScanPolicy, status: &CoverageStatus, situation
         .filter(|entry| !status.buckets.iter().any(|known| &known.entry == entry && known.backfilled))
         .collect();
     if spec.coverage.backfill && !unbackfilled.is_empty() {
-        return start(PassKind::Backfill, unbackfilled);
+        match situation.events {
+            EventsSince::NotYet => {}
+            EventsSince::Since(configured) => {
+                let pass = new_pass(PassKind::Backfill, unbackfilled, situation.now, Some(configured));
+                return Next::Start(pass);
+            }
+            EventsSince::Never => return start(PassKind::Backfill, unbackfilled),
+        }
     }
     if situation.queued > 0 {
         return Next::Idle;
@@ -126,12 +146,18 @@ pub(crate) fn next(policy: &BucketScanPolicy, status: &CoverageStatus, situation
     Next::Idle
 }
 
-fn new_pass(kind: PassKind, scope: Vec<ScopeEntry>, now: OffsetDateTime) -> PassStatus {
+fn new_pass(
+    kind: PassKind,
+    scope: Vec<ScopeEntry>,
+    now: OffsetDateTime,
+    modified_before: Option<OffsetDateTime>,
+) -> PassStatus {
     PassStatus {
         kind: kind.as_str().to_owned(),
         started_at: format_time(now),
         scope,
         position: 0,
+        modified_before: modified_before.map(format_time),
         resume_after: None,
         listed: 0,
         enqueued: 0,
@@ -268,7 +294,7 @@ spec:
     }
 
     fn situation(queued: u32) -> Situation<'static> {
-        Situation { now: NOW, queued, request: None }
+        Situation { events: EventsSince::Never, now: NOW, queued, request: None }
     }
 
     fn kind_of(next: &Next) -> Option<(&str, Vec<ScopeEntry>)> {
@@ -291,6 +317,19 @@ spec:
             Some(("backfill", vec![entry("b", Some("up/"))])),
             "backfill does not wait for the queue"
         );
+    }
+
+    #[test]
+    fn a_backfill_waits_for_the_routes_and_leaves_what_has_events_since() {
+        let p = policy("[{name: a}]");
+        let waiting = Situation { events: EventsSince::NotYet, ..situation(0) };
+        assert_eq!(next(&p, &CoverageStatus::default(), &waiting), Next::Idle);
+        let configured = NOW - time::Duration::minutes(2);
+        let routed = Situation { events: EventsSince::Since(configured), ..situation(0) };
+        match next(&p, &CoverageStatus::default(), &routed) {
+            Next::Start(pass) => assert_eq!(pass.modified_before, Some(format_time(configured))),
+            other => panic!("expected a backfill, got {other:?}"),
+        }
     }
 
     #[test]
@@ -322,10 +361,11 @@ spec:
     #[test]
     fn a_pass_in_the_status_resumes_before_anything_else() {
         let p = policy("[{name: a}]");
-        let mut pass = new_pass(PassKind::Sweep, vec![entry("a", None)], NOW);
+        let mut pass = new_pass(PassKind::Sweep, vec![entry("a", None)], NOW, None);
         pass.resume_after = Some("k/500".into());
         let status = CoverageStatus { pass: Some(pass.clone()), ..Default::default() };
-        let request = Situation { now: NOW, queued: 0, request: Some(("*", vec![entry("a", None)])) };
+        let request =
+            Situation { events: EventsSince::Never, now: NOW, queued: 0, request: Some(("*", vec![entry("a", None)])) };
         assert_eq!(next(&p, &status, &request), Next::Resume(pass));
     }
 
@@ -343,7 +383,7 @@ spec:
 
     #[test]
     fn the_summary_shows_the_pass_or_how_long_ago_coverage_completed() {
-        let mut pass = new_pass(PassKind::Backfill, vec![entry("a", None), entry("b", None)], NOW);
+        let mut pass = new_pass(PassKind::Backfill, vec![entry("a", None), entry("b", None)], NOW, None);
         pass.listed = 1200;
         pass.enqueued = 1100;
         let status = CoverageStatus { pass: Some(pass), ..Default::default() };

@@ -30,6 +30,8 @@ use crate::workload::MANAGER;
 pub(crate) struct Report {
     pub(crate) status: BucketScanPolicyStatus,
     generation: Option<i64>,
+    /// This reconcile is the first of the spec's generation.
+    spec_changed: bool,
     /// The first failure decides the reconcile's result (and so the backoff).
     first_error: Option<Error>,
     /// A target waits for a MinIO restart that someone may do outside our view.
@@ -40,10 +42,11 @@ impl Report {
     /// Starts from the old status, with what the spec alone says.
     pub(crate) fn new(policy: &BucketScanPolicy, old_status: &BucketScanPolicyStatus) -> Self {
         let mut status = old_status.clone();
+        let spec_changed = old_status.observed_generation != policy.metadata.generation;
         status.observed_generation = policy.metadata.generation;
         status.buckets = Some(bucket_summary(policy));
         status.notification_target_arn = Some(policy.target_arn());
-        Self { status, generation: policy.metadata.generation, first_error: None, restart_pending: false }
+        Self { status, generation: policy.metadata.generation, spec_changed, first_error: None, restart_pending: false }
     }
 
     fn set(&mut self, condition_type: &str, status: bool, reason: &str, message: impl Into<String>) {
@@ -93,6 +96,11 @@ impl Report {
         }
         self.status.restart_pending = matches!(routed.outcome, Ok(Routing::RestartPending { .. }));
         let condition_type = condition_types::NOTIFICATION_CONFIGURED;
+        let routes_written = matches!(routed.outcome, Ok(Routing::Configured { .. } | Routing::Conflicts { .. }));
+        if routes_written && (self.spec_changed || self.status.routes_configured_at.is_none()) {
+            let now = time::OffsetDateTime::now_utc();
+            self.status.routes_configured_at = now.format(&time::format_description::well_known::Rfc3339).ok();
+        }
         match routed.outcome {
             Ok(Routing::Configured { message }) => self.set(condition_type, true, "Configured", message),
             Ok(Routing::RestartPending { message }) => {
