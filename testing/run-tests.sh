@@ -27,9 +27,13 @@ step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 bash testing/stack/stack-up.sh
 trap 'step "Stopping the stack"; bash testing/stack/stack-down.sh' EXIT
 
+step "Starting the second S3 store (the Versity S3 gateway: not MinIO, no bucket notifications)"
+bash testing/s3alt/up.sh
+trap 'step "Stopping the stores"; bash testing/s3alt/down.sh; bash testing/stack/stack-down.sh' EXIT
+
 step "Starting the local cluster (etcd, kube-apiserver, controller manager, scheduler, kwok, the real node)"
 bash testing/cluster/cluster-up.sh
-trap 'step "Stopping the control plane and the stack"; bash testing/cluster/cluster-down.sh; bash testing/stack/stack-down.sh' EXIT
+trap 'step "Stopping the control plane and the stores"; bash testing/cluster/cluster-down.sh; bash testing/s3alt/down.sh; bash testing/stack/stack-down.sh' EXIT
 
 step "Running every test (unit, then integration against the stack)"
 # Integration tests spend their time waiting on services, so more run at once than there are

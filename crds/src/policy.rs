@@ -286,8 +286,9 @@ pub struct MinioSpec {
     /// `admin:ConfigUpdate` (Managed notifications), `admin:ServerUpdate` (restart), and
     /// Get/PutBucketNotification; with protection also `admin:CreatePolicy`, `admin:DeletePolicy`,
     /// `admin:GetPolicy`, `admin:AttachUserOrGroupPolicy`, `admin:ListUserPolicies`,
-    /// `admin:GetUser` and Get/Put/DeleteBucketPolicy. The workers need GetObject,
-    /// Get/PutObjectTagging, DeleteObject and, for quarantine, PutObject on the quarantine bucket.
+    /// `admin:GetUser` and Get/Put/DeleteBucketPolicy; for coverage (backfill, sweeps, rescans)
+    /// ListBucket and GetObjectTagging. The workers need GetObject, Get/PutObjectTagging,
+    /// DeleteObject and, for quarantine, PutObject on the quarantine bucket.
     pub credentials_secret: MinioCredentialsSecretRef,
 
     /// PEM bundle of CA certificates to trust for an https endpoint signed by a private CA.

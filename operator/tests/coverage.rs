@@ -590,3 +590,74 @@ async fn a_store_without_notifications_is_protected_by_sweeps_alone() {
     fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
 }
+
+#[tokio::test]
+async fn uploads_get_their_verdict_while_a_coverage_backlog_waits() {
+    let fixture = Fixture::new("coverage-lanes", true).await;
+    let s3 = fixture.stack.s3();
+    let bucket = unique_name("lanes");
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    const BACKLOG: u64 = 3000;
+    futures::stream::iter(0..BACKLOG)
+        .map(|i| {
+            let s3 = s3.clone();
+            let bucket = bucket.clone();
+            async move { put(&s3, &bucket, &format!("old/{i:05}"), format!("old object {i}").into_bytes()).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .spec(|spec| {
+            spec.coverage.sweep_interval_seconds = 0;
+            spec.coverage.objects_per_second = 100_000;
+            spec.workers.concurrency = 2;
+            spec.coverage.worker_share_percent = 50;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
+    let amqp = fixture.stack.amqp().await;
+    let coverage_depth = async || {
+        let channel = amqp.create_channel().await.expect("open a channel");
+        let depth = bucket_av_amqp::topology::ready_messages(&channel, &queue).await.map_err(|e| e.to_string());
+        let _ = channel.close(200, "done".into()).await;
+        depth
+    };
+    let workers = start_workers(&fixture, 1, &[]).await;
+    wait_for("a coverage backlog of 1000", Duration::from_secs(60), Duration::from_millis(200), async || {
+        match coverage_depth().await? {
+            depth if depth >= 1000 => Ok(depth),
+            depth => Err(format!("coverage queue depth {depth}")),
+        }
+    })
+    .await;
+
+    // Uploads while the backlog waits: each gets its verdict from the slot the backlog may not
+    // take, long before the backlog is gone.
+    for i in 0..5 {
+        let key = format!("new/{i}");
+        let uploaded = Instant::now();
+        put(&s3, &bucket, &key, marker_body(&key)).await;
+        wait_statuses(&s3, &bucket, &[(key.clone(), "infected")], Duration::from_secs(30)).await;
+        let waiting = coverage_depth().await.expect("read the coverage queue depth");
+        println!(
+            "  upload {key}: verdict {:.2} s after the upload, {waiting} coverage scans still queued",
+            uploaded.elapsed().as_secs_f64()
+        );
+        assert!(waiting > 0, "the backlog drained before the upload's verdict: the upload may have waited behind it");
+    }
+
+    let record = wait_record(&fixture, "the backfill to complete", Duration::from_secs(120), |r| r.backfilled).await;
+    assert!(record.objects >= BACKLOG, "{record:?}");
+    for worker in workers {
+        worker.terminate(Duration::from_secs(60)).await;
+    }
+    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}

@@ -108,6 +108,8 @@ enum LookError {
     Reference(#[from] crate::secrets::ReferenceError),
     #[error("S3 client: {0}")]
     S3(#[from] bucket_av_s3::S3SetupError),
+    #[error("S3 listing client: {0}")]
+    Lister(#[from] bucket_av_s3::ListError),
     #[error("connect to RabbitMQ: {0}")]
     Connect(#[from] bucket_av_amqp::ConnectError),
     #[error("RabbitMQ: {0}")]
@@ -120,7 +122,7 @@ impl LookError {
     fn kind(&self) -> &'static str {
         match self {
             Self::Reference(_) => "Reference",
-            Self::S3(_) => "S3Client",
+            Self::S3(_) | Self::Lister(_) => "S3Client",
             Self::Connect(_) => "ConnectRabbitMq",
             Self::Amqp(_) => "RabbitMq",
             Self::Pass(error) => error.kind(),
@@ -149,8 +151,9 @@ async fn look(
     let result = match &channels {
         Ok([announcements, depth, publish]) => {
             let s3 = bucket_av_s3::client(&resolved.s3)?;
+            let lister = bucket_av_s3::Lister::new(&resolved.s3)?;
             let queue = policy.coverage_queue_name();
-            let io = PassIo { s3: &s3, channel: publish, depth_channel: depth, queue, stop };
+            let io = PassIo { lister: &lister, s3: &s3, channel: publish, depth_channel: depth, queue, stop };
             look_with(policy, announcements, &io, recorder).await
         }
         Err(error) => Err(LookError::Amqp(error.clone())),

@@ -1,17 +1,17 @@
 //! Runs one pass: lists each scope entry page by page (resuming after the last key the status
-//! recorded), decides per object whether its verdict is current, puts the others in the
+//! recorded; on MinIO with each object's tags in the same answer, elsewhere with one tag read per
+//! object), decides per object whether its verdict is current, puts the others in the
 //! coverage queue at the policy's pace, and records progress after every page, only once the
 //! broker has confirmed that page's messages. Memory stays at one page whatever the bucket size.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_s3::types::Object;
 use bucket_av_core::coverage::{
     self, COVERAGE_CONTENT_TYPE, CoverageRequest, Currency, Listed, PassKind, Reason, RescanScope, VerdictTags,
 };
 use bucket_av_crds::{BucketScanPolicy, PassStatus, RescanScopeKind, ScopeEntry, quantity_bytes};
-use bucket_av_s3::describe_error;
+use bucket_av_s3::{ListedObject, Lister, PageRequest, describe_error};
 use futures::{StreamExt, TryStreamExt};
 use lapin::PublisherConfirm;
 use lapin::options::BasicPublishOptions;
@@ -23,7 +23,7 @@ use super::pace::Pacer;
 use super::plan;
 
 /// Keys one listing request returns at most (S3's maximum).
-const PAGE_SIZE: i32 = 1000;
+const PAGE_SIZE: u32 = bucket_av_s3::listing::MAX_KEYS;
 /// Tag reads in flight at once while assessing a page.
 const TAG_READS: usize = 16;
 /// A pass stops putting work in the coverage queue while this many messages wait in it, so
@@ -70,6 +70,9 @@ impl PassError {
 
 /// Where a pass puts its work and how it reports progress.
 pub(crate) struct PassIo<'a> {
+    /// Lists pages, with tags where the store can.
+    pub(crate) lister: &'a Lister,
+    /// Reads tags where the listing has none.
     pub(crate) s3: &'a aws_sdk_s3::Client,
     /// A channel in confirm mode.
     pub(crate) channel: &'a Channel,
@@ -129,28 +132,27 @@ pub(crate) async fn run(
                 return Err(PassError::Stopped);
             }
             wait_for_room(io).await?;
+            let request = PageRequest {
+                bucket: &entry.bucket,
+                prefix: entry.prefix.as_deref(),
+                start_after: pass.resume_after.as_deref(),
+                max_keys: PAGE_SIZE,
+                with_tags: true,
+            };
             let page = io
-                .s3
-                .list_objects_v2()
-                .bucket(&entry.bucket)
-                .set_prefix(entry.prefix.clone())
-                .set_start_after(pass.resume_after.clone())
-                .max_keys(PAGE_SIZE)
-                .send()
+                .lister
+                .list_page(&request)
                 .await
-                .map_err(|error| PassError::List { bucket: entry.bucket.clone(), message: describe_error(&error) })?;
-            let truncated = page.is_truncated().unwrap_or(false);
-            let objects = page.contents.unwrap_or_default();
-            let Some(last_key) = objects.last().and_then(|object| object.key.clone()) else { break };
+                .map_err(|error| PassError::List { bucket: entry.bucket.clone(), message: error.to_string() })?;
+            let truncated = page.truncated;
+            let objects = page.objects;
+            let Some(last_key) = objects.last().map(|object| object.key.clone()) else { break };
             let now = OffsetDateTime::now_utc();
-            let wanted: Vec<Object> = objects
+            let wanted: Vec<ListedObject> = objects
                 .into_iter()
-                .filter(|object| {
-                    let key = object.key.as_deref().unwrap_or("");
-                    entry.suffix.as_deref().is_none_or(|suffix| key.ends_with(suffix))
-                })
+                .filter(|object| entry.suffix.as_deref().is_none_or(|suffix| object.key.ends_with(suffix)))
                 .collect();
-            let assessed: Vec<(Object, Option<Reason>)> = futures::stream::iter(wanted)
+            let assessed: Vec<(ListedObject, Option<Reason>)> = futures::stream::iter(wanted)
                 .map(|object| {
                     let left = Leave { grace, modified_before, now };
                     assess(io.s3, &entry.bucket, &prefix, kind, &currency, left, object)
@@ -167,19 +169,19 @@ pub(crate) async fn run(
                     pass.entry_current += 1;
                     continue;
                 };
-                let size = object.size.and_then(|size| u64::try_from(size).ok()).unwrap_or(0);
+                let size = object.size;
                 tokio::select! {
                     () = pacer.wait(size) => {}
                     () = io.stop.cancelled() => return Err(PassError::Stopped),
                 }
                 let request = CoverageRequest {
                     bucket: entry.bucket.clone(),
-                    key: object.key.clone().unwrap_or_default(),
-                    etag: object.e_tag.as_deref().map(|etag| etag.trim_matches('"').to_owned()),
+                    key: object.key,
+                    etag: object.etag,
                     size,
                     reason,
                     pass: kind,
-                    last_modified: modified_at(&object).map(plan::format_time),
+                    last_modified: object.last_modified.map(plan::format_time),
                 };
                 confirms.push(publish(io, &request).await?);
                 pass.enqueued += 1;
@@ -244,8 +246,9 @@ impl Leave {
     }
 }
 
-/// Whether one listed object needs a scan: always in a requested pass; otherwise by its tags,
-/// except objects whose upload event is theirs to bring (see [`Leave`]).
+/// Whether one listed object needs a scan: always in a requested pass; otherwise by its tags
+/// (from the listing, or read), except objects whose upload event is theirs to bring (see
+/// [`Leave`]).
 async fn assess(
     s3: &aws_sdk_s3::Client,
     bucket: &str,
@@ -253,33 +256,29 @@ async fn assess(
     kind: PassKind,
     currency: &Currency<'_>,
     leave: Leave,
-    object: Object,
-) -> Result<(Object, Option<Reason>), PassError> {
+    mut object: ListedObject,
+) -> Result<(ListedObject, Option<Reason>), PassError> {
     if kind.forced() {
         return Ok((object, Some(Reason::Requested)));
     }
-    let last_modified = modified_at(&object);
-    if leave.leaves(last_modified) {
+    if leave.leaves(object.last_modified) {
         return Ok((object, None));
     }
-    let now = leave.now;
-    let key = object.key.clone().unwrap_or_default();
-    let tags = match s3.get_object_tagging().bucket(bucket).key(&key).send().await {
-        Ok(output) => output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect::<Vec<_>>(),
-        // Deleted since the listing: nothing to scan.
-        Err(error) if is_not_found(&error) => return Ok((object, None)),
-        Err(error) => {
-            return Err(PassError::ReadTags { bucket: bucket.to_owned(), key, message: describe_error(&error) });
-        }
+    let tags = match object.tags.take() {
+        Some(tags) => tags,
+        None => match s3.get_object_tagging().bucket(bucket).key(&object.key).send().await {
+            Ok(output) => output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect::<Vec<_>>(),
+            // Deleted since the listing: nothing to scan.
+            Err(error) if is_not_found(&error) => return Ok((object, None)),
+            Err(error) => {
+                let key = object.key.clone();
+                return Err(PassError::ReadTags { bucket: bucket.to_owned(), key, message: describe_error(&error) });
+            }
+        },
     };
-    let etag = object.e_tag.as_deref().map(|etag| etag.trim_matches('"'));
-    let listed = Listed { etag, last_modified };
-    let reason = coverage::assess(&VerdictTags::read(&tags, prefix), &listed, currency, now);
+    let listed = Listed { etag: object.etag.as_deref(), last_modified: object.last_modified };
+    let reason = coverage::assess(&VerdictTags::read(&tags, prefix), &listed, currency, leave.now);
     Ok((object, reason))
-}
-
-fn modified_at(object: &Object) -> Option<OffsetDateTime> {
-    object.last_modified.and_then(|t| OffsetDateTime::from_unix_timestamp(t.secs()).ok())
 }
 
 /// The object (or its bucket) is gone.

@@ -126,7 +126,8 @@ pub(crate) fn next(policy: &BucketScanPolicy, status: &CoverageStatus, situation
         .collect();
     if spec.coverage.backfill && !unbackfilled.is_empty() {
         match situation.events {
-            EventsSince::NotYet => {}
+            // Nothing else first either: a sweep would do the backfill's work without its cutoff.
+            EventsSince::NotYet => return Next::Idle,
             EventsSince::Since(configured) => {
                 let pass = new_pass(PassKind::Backfill, unbackfilled, situation.now, Some(configured));
                 return Next::Start(pass);
