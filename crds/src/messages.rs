@@ -28,6 +28,8 @@ pub const BAD_STREAM_MAX_BYTES: &str =
     "scanner.streamMaxBytes must be a positive number of bytes or a quantity such as 100Mi";
 pub const DISABLED_WITHOUT_SWEEPS: &str = "coverage.sweepIntervalSeconds must be above 0 when notification.mode is \
      Disabled: without bucket notifications, sweeps are the only way new objects get scanned";
+pub const DIRECT_WITHOUT_SWEEPS: &str = "coverage.sweepIntervalSeconds must be above 0 when notification.delivery is \
+     Direct: events MinIO cannot send while RabbitMQ is unreachable are lost, and only sweeps find those objects";
 pub const SWEEP_INTERVAL_TOO_SHORT: &str =
     "coverage.sweepIntervalSeconds must be 0 (no sweeps) or at least 10: a sweep lists every bucket";
 pub const BAD_BYTES_PER_SECOND: &str =

@@ -71,6 +71,11 @@ pub const MAX_QUEUE_NAME_LEN: usize = 240;
         "!has(self.notification) || self.notification.mode != 'Disabled' || !has(self.coverage) || self.coverage.sweepIntervalSeconds > 0"
     )
     .message(messages::DISABLED_WITHOUT_SWEEPS)
+    .field_path(".coverage.sweepIntervalSeconds"),
+    validation = Rule::new(
+        "!has(self.notification) || !has(self.notification.delivery) || self.notification.delivery != 'Direct' || !has(self.coverage) || self.coverage.sweepIntervalSeconds > 0"
+    )
+    .message(messages::DIRECT_WITHOUT_SWEEPS)
     .field_path(".coverage.sweepIntervalSeconds")
 )]
 pub struct BucketScanPolicySpec {
@@ -395,6 +400,24 @@ pub struct NotificationSpec {
     #[schemars(length(min = 1, max = 4096))]
     #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::RELATIVE_QUEUE_DIR))]
     pub queue_dir: String,
+    /// How MinIO sends the events of a Managed target. Stored (default): each event is written
+    /// to queueDir first and sent from there (MinIO sends its store every 3 s, so a verdict
+    /// takes 1 to 3 s), and events survive RabbitMQ outages. Direct: no store, MinIO publishes
+    /// while the upload is answered (tens of milliseconds to a verdict); events raised while
+    /// RabbitMQ is unreachable are lost, and the sweeps find those objects
+    /// (`coverage.sweepIntervalSeconds` must be above 0), so they wait up to one sweep interval.
+    #[serde(default)]
+    pub delivery: EventDelivery,
+}
+
+/// How MinIO delivers a managed target's events.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EventDelivery {
+    /// Through MinIO's on-disk store (`queue_dir`): durable, 1 to 3 s.
+    #[default]
+    Stored,
+    /// Published directly: fast; events lost in a RabbitMQ outage are found by the sweeps.
+    Direct,
 }
 
 /// Who configures the MinIO notification target.
@@ -1071,6 +1094,7 @@ impl Default for NotificationSpec {
             target_id: None,
             allow_restart: false,
             queue_dir: default_queue_dir(),
+            delivery: EventDelivery::default(),
         }
     }
 }

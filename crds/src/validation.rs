@@ -43,6 +43,8 @@ pub enum SpecError {
     BadStreamMaxBytes(String),
     #[error("{}", messages::DISABLED_WITHOUT_SWEEPS)]
     DisabledWithoutSweeps,
+    #[error("{}", messages::DIRECT_WITHOUT_SWEEPS)]
+    DirectWithoutSweeps,
     #[error("{msg} (got {0})", msg = messages::SWEEP_INTERVAL_TOO_SHORT)]
     SweepIntervalTooShort(u32),
     #[error("{msg} (got {0:?})", msg = messages::BAD_BYTES_PER_SECOND)]
@@ -86,6 +88,7 @@ impl SpecError {
             Self::BadMaxObjectSize(_) => "BadMaxObjectSize",
             Self::BadStreamMaxBytes(_) => "BadStreamMaxBytes",
             Self::DisabledWithoutSweeps => "DisabledWithoutSweeps",
+            Self::DirectWithoutSweeps => "DirectWithoutSweeps",
             Self::SweepIntervalTooShort(_) => "SweepIntervalTooShort",
             Self::BadBytesPerSecond(_) => "BadBytesPerSecond",
             Self::ProtectionWithoutTagging => "ProtectionWithoutTagging",
@@ -244,6 +247,9 @@ impl BucketScanPolicySpec {
         }
         if notification.mode == crate::NotificationMode::Disabled && coverage.sweep_interval_seconds == 0 {
             return Err(SpecError::DisabledWithoutSweeps);
+        }
+        if notification.delivery == crate::EventDelivery::Direct && coverage.sweep_interval_seconds == 0 {
+            return Err(SpecError::DirectWithoutSweeps);
         }
         check_range("coverage.gracePeriodSeconds", coverage.grace_period_seconds.into(), 0, 86400)?;
         check_range("coverage.rescan.recentDays", coverage.rescan.recent_days.into(), 1, 3650)?;

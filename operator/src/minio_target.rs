@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bucket_av_core::Redacted;
-use bucket_av_crds::BucketScanPolicy;
+use bucket_av_crds::{BucketScanPolicy, EventDelivery};
 use bucket_av_minio_admin::{AdminClient, AmqpTarget, ConfigChange, ConfigEntry, Error as AdminError};
 use bucket_av_s3::S3Settings;
 use tracing::{info, warn};
@@ -148,14 +148,17 @@ pub(crate) const EVENTS_NOT_DURABLE: &str = "MinIO answers uploads before it sto
 
 /// The AMQP target the operator configures for a managed policy: MinIO publishes persistently to
 /// the durable exchange with the policy's routing key, waits for RabbitMQ's confirmation, and
-/// keeps events on disk while RabbitMQ is unreachable.
+/// (delivery Stored) keeps events on disk while RabbitMQ is unreachable.
 pub(crate) fn managed_target(policy: &BucketScanPolicy, amqp_url: &Redacted) -> AmqpTarget {
     let rabbitmq = &policy.spec.rabbitmq;
     AmqpTarget {
         durable: true,
         delivery_mode: 2,
         publisher_confirms: true,
-        queue_dir: Some(policy.spec.notification.queue_dir.clone()),
+        queue_dir: match policy.spec.notification.delivery {
+            EventDelivery::Stored => Some(policy.spec.notification.queue_dir.clone()),
+            EventDelivery::Direct => None,
+        },
         ..AmqpTarget::new(
             policy.target_id(),
             amqp_url.clone(),
@@ -332,6 +335,16 @@ mod tests {
         assert_eq!(target.delivery_mode, 2);
         assert_eq!(target.queue_dir.as_deref(), Some(policy.spec.notification.queue_dir.as_str()));
         assert!(!target.auto_deleted && !target.internal && !target.no_wait && !target.mandatory);
+        target.validate().expect("MinIO accepts it");
+    }
+
+    #[test]
+    fn a_direct_target_has_no_store() {
+        let mut policy = example();
+        policy.spec.notification.delivery = EventDelivery::Direct;
+        let target = managed_target(&policy, &Redacted::new("amqp://u:p@rabbitmq:5672/%2f"));
+        assert_eq!(target.queue_dir, None);
+        assert!(target.durable && target.publisher_confirms);
         target.validate().expect("MinIO accepts it");
     }
 

@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bucket_av_core::Redacted;
-use bucket_av_crds::BucketScanPolicy;
+use bucket_av_crds::{BucketScanPolicy, EventDelivery};
 use bucket_av_minio_admin::AdminClient;
-use bucket_av_testing::{OperatorProcess, Stack, unique_name};
+use bucket_av_testing::{OperatorProcess, Stack, local_system, unique_name};
 use common::{Fixture, condition};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
@@ -140,5 +140,63 @@ async fn without_allow_restart_the_policy_says_a_restart_is_pending_and_is_ready
     assert!(fixture.events("pending").await.iter().all(|event| !event.starts_with("RestartedMinIO: ")));
 
     fixture.delete_policy("pending", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+#[ignore = "restarts the stack's MinIO and RabbitMQ: run with BAVS_ALLOW_MINIO_RESTART=1 and -- --ignored"]
+async fn with_direct_delivery_uploads_whose_events_are_lost_in_an_outage_are_found_by_the_next_sweep() {
+    require_restart_permission();
+    let fixture = Fixture::new("op-direct", true).await;
+    let stack = &fixture.stack;
+    let bucket = unique_name("op-direct");
+    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let policy = fixture
+        .policy_builder("direct")
+        .managed_target(true, &fixture.managed_queue_dir())
+        .bucket(&bucket)
+        .spec(|spec| {
+            spec.notification.delivery = EventDelivery::Direct;
+            spec.coverage.sweep_interval_seconds = 10;
+            spec.coverage.grace_period_seconds = 2;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    let ready = fixture.wait_condition("direct", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    let configured = &condition(&ready, "NotificationConfigured").unwrap().message;
+    assert!(configured.contains("delivery Direct"), "{configured}");
+    let id = target_id(&ready);
+    let running = admin(stack).amqp_target(&id).await.expect("read the target").expect("MinIO runs the target");
+    assert_eq!(running.effective("queue_dir").unwrap_or(""), "", "a Direct target has no store");
+    let (workers, _) = local_system::start_workers(&fixture.client, &fixture.namespace, "direct", 1).await;
+
+    let body = |name: &str| format!("{name} {}", unique_name("x")).into_bytes();
+    let uploaded = Instant::now();
+    stack.put(&bucket, "before-outage", body("before")).await;
+    stack.wait_for_verdict_of(&bucket, "before-outage", None, "clean", Duration::from_secs(30)).await;
+    println!("  Direct delivery: verdict {:.2} s after the upload", uploaded.elapsed().as_secs_f64());
+
+    // RabbitMQ down: MinIO answers the uploads and drops their events.
+    stack.service("stop", "rabbitmq");
+    for key in ["during-outage-1", "during-outage-2"] {
+        stack.put(&bucket, key, body(key)).await;
+    }
+    stack.service("start", "rabbitmq");
+    let restored = Instant::now();
+    for key in ["during-outage-1", "during-outage-2"] {
+        stack.wait_for_verdict_of(&bucket, key, None, "clean", Duration::from_secs(60)).await;
+    }
+    println!(
+        "  uploads whose events were lost: verdicts {:.1} s after RabbitMQ returned",
+        restored.elapsed().as_secs_f64()
+    );
+    let missed = fixture.wait_event("direct", "MissedEvents").await;
+    assert!(missed.contains("2 objects without any verdict"), "{missed}");
+
+    for worker in workers {
+        worker.terminate(Duration::from_secs(30)).await;
+    }
+    fixture.delete_policy("direct", Duration::from_secs(90)).await;
     operator.terminate(Duration::from_secs(30)).await;
 }

@@ -3,7 +3,7 @@
 //! the removal of entries the policy no longer wants (stale routes). Also the warnings about
 //! MinIO's durability and unversioned buckets that NotificationConfigured carries.
 
-use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, ObjectAction, condition_types};
+use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, EventDelivery, ObjectAction, condition_types};
 use bucket_av_s3::notification::{self, NotificationError};
 use bucket_av_s3::{ErrorCode, S3Failure, S3SetupError};
 use kube::ResourceExt;
@@ -256,8 +256,16 @@ async fn configured_message(
     old_status: &BucketScanPolicyStatus,
 ) -> String {
     let mut message = format!("upload events of {} route to {}", bucket_summary(policy), policy.target_arn());
+    let direct = policy.manages_target() && policy.spec.notification.delivery == EventDelivery::Direct;
+    if direct {
+        message = format!(
+            "{message}; delivery Direct: events MinIO cannot send while RabbitMQ is unreachable are lost, and the sweep every {} s finds those objects",
+            policy.spec.coverage.sweep_interval_seconds
+        );
+    }
     let durability = ctx.minio.stores_events_before_answering(&resolved.s3).await;
-    if durability.stores_events_first == Some(false) {
+    // With Direct delivery, events lost before they are sent are the sweeps' to find.
+    if durability.stores_events_first == Some(false) && !direct {
         message = format!("{message}; WARNING: {}", minio_target::EVENTS_NOT_DURABLE);
         if durability.fresh {
             let note = minio_target::EVENTS_NOT_DURABLE.to_owned();
