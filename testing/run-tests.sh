@@ -15,8 +15,10 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --features services -- -D warnings
 
 step "Building the tests and the binaries they run"
+# One build of every target with one feature set: `--bins` alone would resolve the features
+# without the dev-dependencies and rebuild tokio, kube and what depends on them a second time.
+cargo build --workspace --locked --features services --all-targets
 cargo test --workspace --locked --features services --no-run
-cargo build --workspace --locked --features services --bins
 
 step "Building the release binaries and the container images from the Dockerfiles (testing/images/)"
 # The images package what users get: release builds, through the Dockerfiles' runtime stage.

@@ -184,8 +184,9 @@ async fn with_direct_delivery_uploads_whose_events_are_lost_in_an_outage_are_fou
     }
     stack.service("start", "rabbitmq");
     let restored = Instant::now();
+    // Within one sweep interval, once the worker has reconnected (its backoff reaches 30 s).
     for key in ["during-outage-1", "during-outage-2"] {
-        stack.wait_for_verdict_of(&bucket, key, None, "clean", Duration::from_secs(60)).await;
+        stack.wait_for_verdict_of(&bucket, key, None, "clean", Duration::from_secs(120)).await;
     }
     println!(
         "  uploads whose events were lost: verdicts {:.1} s after RabbitMQ returned",
