@@ -26,7 +26,11 @@ cargo build --release --locked -p bucket-av-worker -p bucket-av-operator --bins
 bash testing/images/build-images.sh
 
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
-bash testing/stack/stack-up.sh
+# The binaries stack-up.sh runs are built above; built again with --bin alone, their features
+# would differ and cargo would rebuild part of the dependency tree.
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+BAVS_OPERATOR_BIN=$target_dir/debug/bucket-av-operator BAVS_STACK_PROBE_BIN=$target_dir/debug/stack-probe \
+    bash testing/stack/stack-up.sh
 trap 'step "Stopping the stack"; bash testing/stack/stack-down.sh' EXIT
 
 step "Starting the second S3 store (the Versity S3 gateway: not MinIO, no bucket notifications)"
