@@ -93,6 +93,13 @@ bench-worker *flags:
     @cargo build --release --locked -p bucket-av-worker -p bucket-av-testing --bins
     @WORKER_LOG=warn target/release/bench-worker --worker target/release/bucket-av-worker {{ flags }}
 
+# Measure coverage: a sweep with nothing to do and a backfill, against baselines of the same run; see BENCHMARKS.md
+bench-coverage *flags:
+    @bash testing/stack/stack-up.sh
+    @BAVS_REAL_NODE=0 bash testing/cluster/cluster-up.sh
+    @cargo build --release --locked -p bucket-av-worker -p bucket-av-operator -p bucket-av-testing --bins
+    @WORKER_LOG=warn OPERATOR_LOG=warn target/release/bench-coverage {{ flags }}
+
 # Format the code
 fmt:
     cargo fmt --all

@@ -21,6 +21,21 @@ pub(crate) struct Metrics {
     pub(crate) failures: Family<KindLabel, Counter>,
     pub(crate) reconcile_duration: Histogram,
     pub(crate) leader: Gauge,
+    /// Listing requests coverage passes made.
+    pub(crate) coverage_pages: Counter,
+    /// Per-object tag reads coverage passes made (where the listing had no tags).
+    pub(crate) coverage_tag_reads: Counter,
+    /// Objects coverage passes listed.
+    pub(crate) coverage_listed: Counter,
+    /// Objects put in coverage queues, by reason (missing, malformed, stale, outdated, requested).
+    pub(crate) coverage_enqueued: Family<ReasonLabel, Counter>,
+    /// Passes completed, by kind.
+    pub(crate) coverage_passes: Family<KindLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -41,7 +56,36 @@ impl Metrics {
         registry.register("reconcile_duration_seconds", "Time one reconcile took", reconcile_duration.clone());
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica holds the leader lease", leader.clone());
-        Self { registry, reconciles, failures, reconcile_duration, leader }
+        let coverage_pages = Counter::default();
+        registry.register("coverage_list_requests", "Listing requests coverage passes made", coverage_pages.clone());
+        let coverage_tag_reads = Counter::default();
+        registry.register(
+            "coverage_tag_reads",
+            "Per-object tag reads coverage passes made where the listing had no tags",
+            coverage_tag_reads.clone(),
+        );
+        let coverage_listed = Counter::default();
+        registry.register("coverage_objects_listed", "Objects coverage passes listed", coverage_listed.clone());
+        let coverage_enqueued = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "coverage_objects_enqueued",
+            "Objects put in coverage queues, by reason (missing, malformed, stale, outdated, requested)",
+            coverage_enqueued.clone(),
+        );
+        let coverage_passes = Family::<KindLabel, Counter>::default();
+        registry.register("coverage_passes", "Coverage passes completed, by kind", coverage_passes.clone());
+        Self {
+            registry,
+            reconciles,
+            failures,
+            reconcile_duration,
+            leader,
+            coverage_pages,
+            coverage_tag_reads,
+            coverage_listed,
+            coverage_enqueued,
+            coverage_passes,
+        }
     }
 
     pub(crate) fn reconciled(&self, took: Duration, failure: Option<&'static str>) {

@@ -153,7 +153,8 @@ async fn look(
             let s3 = bucket_av_s3::client(&resolved.s3)?;
             let lister = bucket_av_s3::Lister::new(&resolved.s3)?;
             let queue = policy.coverage_queue_name();
-            let io = PassIo { lister: &lister, s3: &s3, channel: publish, depth_channel: depth, queue, stop };
+            let metrics = &ctx.metrics;
+            let io = PassIo { lister: &lister, s3: &s3, channel: publish, depth_channel: depth, queue, stop, metrics };
             look_with(policy, announcements, &io, recorder).await
         }
         Err(error) => Err(LookError::Amqp(error.clone())),
@@ -221,7 +222,9 @@ async fn look_with(
     let database = status.database.clone();
     recorder.set_base(status);
     let finished = pass::run(policy, database.as_deref(), pass, io, recorder).await?;
+    let kind = plan::pass_kind(&finished.kind).as_str();
     recorder.finished(finished).await?;
+    io.metrics.coverage_passes.get_or_create(&crate::metrics::KindLabel { kind }).inc();
     Ok(())
 }
 

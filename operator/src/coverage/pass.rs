@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pace::Pacer;
 use super::plan;
+use crate::metrics::{Metrics, ReasonLabel};
 
 /// Keys one listing request returns at most (S3's maximum).
 const PAGE_SIZE: u32 = bucket_av_s3::listing::MAX_KEYS;
@@ -80,6 +81,7 @@ pub(crate) struct PassIo<'a> {
     pub(crate) depth_channel: &'a Channel,
     pub(crate) queue: String,
     pub(crate) stop: &'a CancellationToken,
+    pub(crate) metrics: &'a Metrics,
 }
 
 /// What a finished entry found, for its `buckets` record.
@@ -144,6 +146,7 @@ pub(crate) async fn run(
                 .list_page(&request)
                 .await
                 .map_err(|error| PassError::List { bucket: entry.bucket.clone(), message: error.to_string() })?;
+            io.metrics.coverage_pages.inc();
             let truncated = page.truncated;
             let objects = page.objects;
             let Some(last_key) = objects.last().map(|object| object.key.clone()) else { break };
@@ -155,7 +158,7 @@ pub(crate) async fn run(
             let assessed: Vec<(ListedObject, Option<Reason>)> = futures::stream::iter(wanted)
                 .map(|object| {
                     let left = Leave { grace, modified_before, now };
-                    assess(io.s3, &entry.bucket, &prefix, kind, &currency, left, object)
+                    assess(io, &entry.bucket, &prefix, kind, &currency, left, object)
                 })
                 .buffered(TAG_READS)
                 .try_collect()
@@ -165,6 +168,7 @@ pub(crate) async fn run(
             for (object, reason) in assessed {
                 pass.listed += 1;
                 pass.entry_listed += 1;
+                io.metrics.coverage_listed.inc();
                 let Some(reason) = reason else {
                     pass.entry_current += 1;
                     continue;
@@ -187,6 +191,7 @@ pub(crate) async fn run(
                 pass.enqueued += 1;
                 pass.entry_enqueued += 1;
                 pass.enqueued_bytes += size;
+                io.metrics.coverage_enqueued.get_or_create(&ReasonLabel { reason: reason.as_str() }).inc();
                 if reason == Reason::Missing {
                     pass.missing += 1;
                     pass.entry_missing += 1;
@@ -250,7 +255,7 @@ impl Leave {
 /// (from the listing, or read), except objects whose upload event is theirs to bring (see
 /// [`Leave`]).
 async fn assess(
-    s3: &aws_sdk_s3::Client,
+    io: &PassIo<'_>,
     bucket: &str,
     prefix: &str,
     kind: PassKind,
@@ -266,7 +271,7 @@ async fn assess(
     }
     let tags = match object.tags.take() {
         Some(tags) => tags,
-        None => match s3.get_object_tagging().bucket(bucket).key(&object.key).send().await {
+        None => match read_tags(io, bucket, &object.key).await {
             Ok(output) => output.tag_set.into_iter().map(|tag| (tag.key, tag.value)).collect::<Vec<_>>(),
             // Deleted since the listing: nothing to scan.
             Err(error) if is_not_found(&error) => return Ok((object, None)),
@@ -282,6 +287,18 @@ async fn assess(
 }
 
 /// The object (or its bucket) is gone.
+async fn read_tags(
+    io: &PassIo<'_>,
+    bucket: &str,
+    key: &str,
+) -> Result<aws_sdk_s3::operation::get_object_tagging::GetObjectTaggingOutput, GetTaggingError> {
+    io.metrics.coverage_tag_reads.inc();
+    io.s3.get_object_tagging().bucket(bucket).key(key).send().await
+}
+
+type GetTaggingError =
+    SdkError<aws_sdk_s3::operation::get_object_tagging::GetObjectTaggingError, aws_sdk_s3::config::http::HttpResponse>;
+
 fn is_not_found<E, R>(error: &SdkError<E, R>) -> bool
 where
     E: ProvideErrorMetadata,
