@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bucket_av_core::ObjectEvent;
-use bucket_av_core::coverage::{self, CoverageRequest, Currency, Listed, Reason, RescanScope};
+use bucket_av_core::coverage::{self, CoverageRequest, Currency, Listed, PassKind, Reason, RescanScope};
 use bucket_av_core::event::parse_event;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -137,9 +137,8 @@ impl Processor {
     }
 
     /// Handles one message of the coverage queue: an object a backfill, sweep or rescan listed.
-    /// Unless the pass forces a scan, the object's tags are read first: the verdict may have
-    /// become current since the listing (its upload event overtook the pass), and then no scan
-    /// is needed.
+    /// For a sweep's objects the tags are read first: the verdict may have become current since
+    /// the listing (its upload event overtook the pass), and then no scan is needed.
     pub async fn handle_coverage(&self, body: &[u8], shutdown: &CancellationToken) -> Disposition {
         let request = match coverage::parse_request(body) {
             Ok(request) => request,
@@ -170,7 +169,10 @@ impl Processor {
             tracing::debug!(bucket = %request.bucket, key = %request.key, "ignored coverage request of a bucket this worker does not watch");
             return Ok("unwatched_bucket");
         }
-        if self.policy.tagging && !request.pass.forced() {
+        // Only a sweep's objects can have an upload event in flight (a backfill leaves those
+        // modified since the routes were written, a rescan names verdicts already there): the
+        // re-check costs one request per object, so the others skip it.
+        if self.policy.tagging && request.pass == PassKind::Sweep {
             let (bucket, key) = (request.bucket.as_str(), request.key.as_str());
             let Some(tags) = self.retrying(shutdown, || actions::read_tags(&self.s3, bucket, key, None)).await? else {
                 return Ok("object_gone");
