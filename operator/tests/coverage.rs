@@ -59,6 +59,15 @@ async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>) {
         .unwrap_or_else(|error| panic!("put {bucket}/{key}: {error:?}"));
 }
 
+/// Puts `count` small objects `<prefix><i>` (i with 5 digits), 32 at a time.
+async fn put_many(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str, count: u64) {
+    futures::stream::iter(0..count)
+        .map(|i| async move { put(s3, bucket, &format!("{prefix}{i:05}"), format!("object {i}").into_bytes()).await })
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
 async fn put_tagged(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: Vec<u8>, tagging: &str) {
     s3.put_object()
         .bucket(bucket)
@@ -417,16 +426,7 @@ async fn a_requested_rescan_resumes_where_a_killed_operator_left_it() {
     let bucket = unique_name("resume");
     s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     const OBJECTS: u64 = 2500;
-    // Many small objects, written concurrently.
-    futures::stream::iter(0..OBJECTS)
-        .map(|i| {
-            let s3 = s3.clone();
-            let bucket = bucket.clone();
-            async move { put(&s3, &bucket, &format!("k/{i:05}"), format!("object {i}").into_bytes()).await }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
+    put_many(&s3, &bucket, "k/", OBJECTS).await;
 
     let args = ["--leader-election=false"];
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
@@ -598,15 +598,7 @@ async fn uploads_get_their_verdict_while_a_coverage_backlog_waits() {
     let bucket = unique_name("lanes");
     s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     const BACKLOG: u64 = 3000;
-    futures::stream::iter(0..BACKLOG)
-        .map(|i| {
-            let s3 = s3.clone();
-            let bucket = bucket.clone();
-            async move { put(&s3, &bucket, &format!("old/{i:05}"), format!("old object {i}").into_bytes()).await }
-        })
-        .buffer_unordered(32)
-        .collect::<Vec<()>>()
-        .await;
+    put_many(&s3, &bucket, "old/", BACKLOG).await;
 
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
     let policy = fixture
