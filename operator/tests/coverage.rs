@@ -34,6 +34,28 @@ use sha2::{Digest, Sha256};
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const POLICY: &str = "scan";
 
+/// Drains the workers, deletes the policy (its queues go with it) and stops the operator.
+async fn stop(fixture: &Fixture, workers: Vec<WorkerProcess>, operator: OperatorProcess) {
+    for worker in workers {
+        worker.terminate(Duration::from_secs(60)).await;
+    }
+    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// Waits until `key` has left `bucket` for the quarantine bucket, its copy tagged infected.
+async fn wait_quarantined(s3: &aws_sdk_s3::Client, bucket: &str, quarantine: &str, key: &str) -> Vec<(String, String)> {
+    let copy_key = format!("{bucket}/{key}");
+    wait_for(&format!("{key} to be quarantined"), Duration::from_secs(60), Duration::from_millis(500), async || match (
+        tags(s3, bucket, key).await,
+        tags(s3, quarantine, &copy_key).await,
+    ) {
+        (None, Some(copy)) if tag(&copy, "av-status") == Some("infected") => Ok(copy),
+        other => Err(format!("source tags, copy tags: {other:?}")),
+    })
+    .await
+}
+
 /// Starts `count` workers as the policy's Deployment describes them, plus `overrides`.
 async fn start_workers(fixture: &Fixture, count: usize, overrides: &[(&str, &str)]) -> Vec<WorkerProcess> {
     let deployment = fixture.policy(POLICY).await.expect("the policy exists").worker_deployment_name();
@@ -197,11 +219,7 @@ async fn existing_objects_are_backfilled_and_a_sweep_finds_objects_whose_event_w
     let missed = fixture.wait_event(POLICY, "MissedEvents").await;
     assert!(missed.contains("1 objects without any verdict"), "{missed}");
 
-    for worker in workers {
-        worker.terminate(Duration::from_secs(30)).await;
-    }
-    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
-    operator.terminate(Duration::from_secs(30)).await;
+    stop(&fixture, workers, operator).await;
 }
 
 /// A clamd of this test's own, with the configuration the stack's clamd runs (the operator's
@@ -381,20 +399,7 @@ async fn a_newer_signature_database_rescans_and_acts_on_what_it_now_detects() {
 
     let updated = Instant::now();
     clamd.update(101, &[&newly_detected]).await;
-    let quarantined = wait_for(
-        "files/a to be quarantined after the update",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        async || {
-            let gone = tags(&s3, &bucket, "files/a").await.is_none();
-            let copy = tags(&s3, &quarantine, &format!("{bucket}/files/a")).await;
-            match copy {
-                Some(copy) if gone => Ok(copy),
-                other => Err(format!("source gone: {gone}, copy tags: {other:?}")),
-            }
-        },
-    )
-    .await;
+    let quarantined = wait_quarantined(&s3, &bucket, &quarantine, "files/a").await;
     println!("  database update to quarantine: {:.1} s", updated.elapsed().as_secs_f64());
     assert_eq!(tag(&quarantined, "av-status"), Some("infected"), "{quarantined:?}");
     assert_eq!(tag(&quarantined, "av-detail"), Some("BucketAV.Test.Update101.1.UNOFFICIAL"), "{quarantined:?}");
@@ -412,11 +417,7 @@ async fn a_newer_signature_database_rescans_and_acts_on_what_it_now_detects() {
     assert_eq!((coverage.database.as_deref(), coverage.rescanned_for.as_deref()), (Some("101"), Some("101")));
     assert_eq!(coverage.buckets[0].last_pass.as_deref(), Some("rescan"), "{coverage:?}");
 
-    for worker in workers {
-        worker.terminate(Duration::from_secs(30)).await;
-    }
-    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
-    operator.terminate(Duration::from_secs(30)).await;
+    stop(&fixture, workers, operator).await;
 }
 
 #[tokio::test]
@@ -492,11 +493,7 @@ async fn a_requested_rescan_resumes_where_a_killed_operator_left_it() {
     assert!(coverage.pass.is_none(), "{coverage:?}");
     fixture.wait_event(POLICY, "CoveragePassCompleted").await;
 
-    for worker in workers {
-        worker.terminate(Duration::from_secs(30)).await;
-    }
-    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
-    operator.terminate(Duration::from_secs(30)).await;
+    stop(&fixture, workers, operator).await;
 }
 
 #[tokio::test]
@@ -545,34 +542,14 @@ async fn a_store_without_notifications_is_protected_by_sweeps_alone() {
 
     // The objects that were there: backfilled.
     wait_statuses(&s3, &bucket, &[("before/clean".into(), "clean")], Duration::from_secs(60)).await;
-    let moved = format!("{bucket}/before/infected");
-    wait_for(
-        "the infected object to be quarantined",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        async || match (tags(&s3, &bucket, "before/infected").await, tags(&s3, &quarantine, &moved).await) {
-            (None, Some(copy)) if tag(&copy, "av-status") == Some("infected") => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .await;
+    wait_quarantined(&s3, &bucket, &quarantine, "before/infected").await;
 
     // New uploads: no event is ever sent; the next sweep finds them.
     let uploaded = Instant::now();
     put(&s3, &bucket, "after/clean", clean_body("after")).await;
     put(&s3, &bucket, "after/infected", marker_body("after")).await;
     wait_statuses(&s3, &bucket, &[("after/clean".into(), "clean")], Duration::from_secs(60)).await;
-    let moved = format!("{bucket}/after/infected");
-    wait_for(
-        "the new infected object to be quarantined",
-        Duration::from_secs(60),
-        Duration::from_millis(500),
-        async || match (tags(&s3, &bucket, "after/infected").await, tags(&s3, &quarantine, &moved).await) {
-            (None, Some(copy)) if tag(&copy, "av-status") == Some("infected") => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .await;
+    wait_quarantined(&s3, &bucket, &quarantine, "after/infected").await;
     println!(
         "  uploads to the store without notifications got their verdicts in {:.1} s",
         uploaded.elapsed().as_secs_f64()
@@ -584,11 +561,7 @@ async fn a_store_without_notifications_is_protected_by_sweeps_alone() {
     // Found by a sweep is how objects arrive here, not a lost event.
     assert_eq!(record.missed_events, 0, "{record:?}");
 
-    for worker in workers {
-        worker.terminate(Duration::from_secs(30)).await;
-    }
-    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
-    operator.terminate(Duration::from_secs(30)).await;
+    stop(&fixture, workers, operator).await;
 }
 
 #[tokio::test]
@@ -647,9 +620,5 @@ async fn uploads_get_their_verdict_while_a_coverage_backlog_waits() {
 
     let record = wait_record(&fixture, "the backfill to complete", Duration::from_secs(120), |r| r.backfilled).await;
     assert!(record.objects >= BACKLOG, "{record:?}");
-    for worker in workers {
-        worker.terminate(Duration::from_secs(60)).await;
-    }
-    fixture.delete_policy(POLICY, Duration::from_secs(60)).await;
-    operator.terminate(Duration::from_secs(30)).await;
+    stop(&fixture, workers, operator).await;
 }
