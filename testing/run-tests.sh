@@ -52,9 +52,9 @@ step "Suites that stop or restart the stack's services, on their own: admin API,
 BAVS_ALLOW_MINIO_RESTART=1 cargo test --workspace --locked --features services \
     --test restart --test managed_target --test reconcile_faults -- --ignored --test-threads 1
 
-step "Fault injection: 2000 uploads while every part of the system fails in turn (its report is printed)"
+step "Fault injection: 2000 uploads while every part of the system fails in turn, in each event delivery mode (reports printed)"
 WORKER_LOG=${WORKER_LOG:-warn} OPERATOR_LOG=${OPERATOR_LOG:-warn} \
-    cargo test --workspace --locked --features services --test fault_injection -- --ignored --nocapture
+    cargo test --workspace --locked --features services --test fault_injection -- --ignored --nocapture --test-threads 1
 
 step "The system as real pods on the real node: chart, operator, workers with the clamd sidecar (its report is printed)"
 BAVS_CONTAINERD_SOCK=$(sed -n 's/^BAVS_CONTAINERD_SOCK=//p' target/cluster/cluster.env)

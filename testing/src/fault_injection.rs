@@ -16,13 +16,18 @@
 //! MinIO may store an object whose PUT it then fails to answer without ever raising its event;
 //! such an object is counted (it stays untagged, so it is never served as clean).
 //!
+//! In the fast delivery mode (`FaultPlan::delivery` `Direct`: a MinIO target without `queue_dir`,
+//! sweeps every `sweep_interval`) MinIO drops the events of uploads made while RabbitMQ is
+//! restarting; the sweeps must find them, so there every stored object must end with its verdict,
+//! including those MinIO stored without ever raising an event.
+//!
 //! It restarts the stack's services: run it on its own (`just test` runs it after the parallel
 //! suites; `just faults` runs a longer one).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bucket_av_crds::BucketScanPolicy;
+use bucket_av_crds::{BucketScanPolicy, BucketScanPolicySpec, EventDelivery};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
@@ -51,7 +56,31 @@ pub struct FaultPlan {
     pub outage: Duration,
     /// How long the slow webhook takes to answer (below the worker's 10 s timeout).
     pub webhook_delay: Duration,
+    /// How MinIO delivers events: `Stored` (its `queue_dir`, the example policy's) or `Direct`.
+    pub delivery: EventDelivery,
+    /// The sweep interval in `Direct` mode, where the sweeps find the uploads whose events were lost.
+    pub sweep_interval: Duration,
 }
+
+impl FaultPlan {
+    /// The plan in the fast delivery mode: no event store, lost events found by sweeps.
+    pub fn direct(self) -> Self {
+        Self { delivery: EventDelivery::Direct, ..self }
+    }
+
+    /// What the plan changes in the example policy.
+    fn configure(&self, spec: &mut BucketScanPolicySpec) {
+        spec.notification.delivery = self.delivery;
+        if self.delivery == EventDelivery::Direct {
+            spec.coverage.sweep_interval_seconds = u32::try_from(self.sweep_interval.as_secs()).unwrap_or(u32::MAX);
+            spec.coverage.grace_period_seconds = SWEEP_GRACE_SECONDS;
+        }
+    }
+}
+
+/// The grace period of the sweeps in `Direct` mode: an upload this recent may still have its
+/// event in flight (the worker re-checks a sweep's finds before scanning them anyway).
+const SWEEP_GRACE_SECONDS: u32 = 5;
 
 impl Default for FaultPlan {
     fn default() -> Self {
@@ -65,6 +94,8 @@ impl Default for FaultPlan {
             rounds: 1,
             outage: Duration::from_secs(8),
             webhook_delay: Duration::from_secs(2),
+            delivery: EventDelivery::Stored,
+            sweep_interval: Duration::from_secs(20),
         }
     }
 }
@@ -107,6 +138,7 @@ pub struct Injected {
 /// What the run found. `problems` empty means it passed.
 #[derive(Debug, Default)]
 pub struct FaultReport {
+    pub delivery: EventDelivery,
     pub attempted: u64,
     pub confirmed: u64,
     pub retried_puts: u64,
@@ -119,6 +151,8 @@ pub struct FaultReport {
     pub webhook_deliveries: usize,
     pub webhook_refused: usize,
     pub reported_more_than_once: usize,
+    /// Objects whose verdict came from a sweep (their upload event was lost).
+    pub found_by_sweeps: usize,
     pub dead_lettered: Option<u32>,
     pub injected: Vec<Injected>,
     pub duration: Duration,
@@ -127,7 +161,11 @@ pub struct FaultReport {
 
 impl FaultReport {
     pub fn print(&self) {
-        println!("\n==> Fault-injection report ({:.0} s)", self.duration.as_secs_f64());
+        println!(
+            "\n==> Fault-injection report ({:.0} s, event delivery {:?})",
+            self.duration.as_secs_f64(),
+            self.delivery
+        );
         for injected in &self.injected {
             println!(
                 "  [{:>6.1} s, after {:>5} uploads] {:?}: {}",
@@ -152,6 +190,7 @@ impl FaultReport {
             "  webhook: {} deliveries, {} refused on purpose, {} objects reported more than once (redeliveries)",
             self.webhook_deliveries, self.webhook_refused, self.reported_more_than_once
         );
+        println!("  verdicts from sweeps (the upload's event was lost): {}", self.found_by_sweeps);
         println!("  dead-lettered: {}", self.dead_lettered.map_or("unknown".into(), |d| d.to_string()));
         if self.problems.is_empty() {
             println!("  no object lost, none mis-scanned, every verdict reported");
@@ -170,7 +209,11 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs the plan against the stack and control plane; the caller decides what a problem means.
 pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     assert!(plan.rate > 0.0 && plan.workers > 0 && plan.rounds > 0, "rate, workers and rounds must be above 0");
-    let mut system = LoadedSystem::start(stack, helm, "faults", plan.workers).await;
+    let prefix = match plan.delivery {
+        EventDelivery::Stored => "faults",
+        EventDelivery::Direct => "faults-direct",
+    };
+    let mut system = LoadedSystem::start_with(stack, helm, prefix, plan.workers, |spec| plan.configure(spec)).await;
     let uploads_plan = UploadPlan {
         count: plan.uploads,
         rate: plan.rate,
@@ -238,17 +281,33 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     )
     .await;
 
+    let swept = match plan.delivery {
+        EventDelivery::Direct => wait_for_sweeps_after_uploads(stack, &system, SETTLE_TIMEOUT).await,
+        EventDelivery::Stored => true,
+    };
+
     println!("\n==> Checking every object, every webhook report, the policy and the bucket's notification");
     let verification = load::verify(stack, &bucket, &quarantine, &uploads_plan, &uploads).await;
     let scanned = verification.scanned.iter().copied();
     let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, &bucket, &uploads_plan, scanned);
     let amqp = stack.amqp().await;
     let dead_lettered = load::queue_depth(&amqp, &bucket_av_crds::dead_letter_queue(&system.queue)).await;
+    let found_by_sweeps = load::reported_by_sweeps(&system.hooks, &bucket);
     let mut problems = fault_problems;
     problems.extend(verification.problems);
     problems.extend(reports.problems);
     if !settled {
         problems.push(format!("not every upload had its verdict {SETTLE_TIMEOUT:?} after the last one"));
+    }
+    if !swept {
+        problems
+            .push(format!("no sweep that saw every upload completed, and its scans ended, within {SETTLE_TIMEOUT:?}"));
+    }
+    if plan.delivery == EventDelivery::Direct && verification.stored_unconfirmed_untagged > 0 {
+        problems.push(format!(
+            "{} objects MinIO stored without an event have no verdict, although sweeps run every {:?}",
+            verification.stored_unconfirmed_untagged, plan.sweep_interval
+        ));
     }
     if dead_lettered != Some(0) {
         problems.push(format!(
@@ -260,6 +319,7 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     problems.extend(notification_problems(stack, &system).await);
 
     let report = FaultReport {
+        delivery: plan.delivery,
         attempted: plan.uploads,
         confirmed: uploads.stored.len() as u64,
         retried_puts: counters.retried(),
@@ -272,6 +332,7 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
         webhook_deliveries: reports.deliveries,
         webhook_refused: reports.refused,
         reported_more_than_once: reports.reported_twice,
+        found_by_sweeps,
         dead_lettered,
         injected,
         duration: started.elapsed(),
@@ -279,6 +340,48 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     };
     system.stop(helm).await;
     report
+}
+
+/// In `Direct` mode an object MinIO stored without raising any event (a PUT it failed while
+/// restarting) is found by a sweep alone. Waits, once the grace period after the last upload has
+/// passed, for two more sweeps to complete (the second started after the first completed, so it
+/// listed every upload), then for the coverage queue to drain and the scans to end.
+async fn wait_for_sweeps_after_uploads(stack: &Stack, system: &LoadedSystem, timeout: Duration) -> bool {
+    println!("\n==> Direct delivery: waiting for a sweep that lists every upload, and for its scans");
+    tokio::time::sleep(Duration::from_secs(u64::from(SWEEP_GRACE_SECONDS))).await;
+    let last_sweep = async || {
+        let policy = load_policy(system).await;
+        let coverage = policy.status.and_then(|status| status.coverage).unwrap_or_default();
+        coverage.buckets.into_iter().find_map(|bucket| bucket.last_sweep_completed)
+    };
+    let started = Instant::now();
+    let mut seen = last_sweep().await;
+    for completions in 1..=2 {
+        let next = poll_until(timeout.saturating_sub(started.elapsed()), Duration::from_millis(500), async || {
+            let now = last_sweep().await;
+            if now != seen { Ok(now) } else { Err(now) }
+        })
+        .await;
+        match next {
+            Ok(now) => {
+                println!("  sweep {completions} of 2 completed at {}", now.as_deref().unwrap_or("?"));
+                seen = now;
+            }
+            Err(_) => return false,
+        }
+    }
+    let amqp = stack.amqp().await;
+    let coverage_queue = load_policy(system).await.coverage_queue_name();
+    poll_until(timeout.saturating_sub(started.elapsed()), Duration::from_secs(1), async || {
+        let mut in_flight = 0.0;
+        for worker in &system.workers {
+            in_flight += worker.metric("bucket_av_worker_scans_in_flight").await;
+        }
+        let depth = load::queue_depth(&amqp, &coverage_queue).await;
+        if depth == Some(0) && in_flight == 0.0 { Ok(()) } else { Err(()) }
+    })
+    .await
+    .is_ok()
 }
 
 /// The policy after the operator's restart: Ready, with the spec change it was killed during.

@@ -451,6 +451,19 @@ pub struct ReportCheck {
     pub problems: Vec<String>,
 }
 
+/// Objects of `bucket` whose verdict a coverage pass (a sweep, in the fault runs) reported: their
+/// upload event never reached a worker.
+pub fn reported_by_sweeps(hooks: &WebhookReceiver, bucket: &str) -> usize {
+    let found: std::collections::BTreeSet<String> = hooks
+        .received()
+        .into_iter()
+        .filter(|hook| (200..300).contains(&hook.status) && hook.json["bucket"] == bucket)
+        .filter(|hook| hook.json["eventName"].as_str().is_some_and(|name| name.starts_with("bucketav:Coverage:")))
+        .filter_map(|hook| hook.json["key"].as_str().map(str::to_owned))
+        .collect();
+    found.len()
+}
+
 /// Every checked object has at least one delivery the receiver accepted, with the verdict it
 /// should have (`clean`, or `infected` with action `quarantined`) and a valid signature.
 pub fn verify_reports(

@@ -175,6 +175,17 @@ pub struct LoadedSystem {
 impl LoadedSystem {
     /// Sets everything up under names starting with `prefix`, with `workers` worker processes.
     pub async fn start(stack: &Stack, helm: &Helm, prefix: &str, workers: usize) -> Self {
+        Self::start_with(stack, helm, prefix, workers, |_| {}).await
+    }
+
+    /// As [`LoadedSystem::start`], with `customize` applied to the example policy's spec.
+    pub async fn start_with(
+        stack: &Stack,
+        helm: &Helm,
+        prefix: &str,
+        workers: usize,
+        customize: impl FnOnce(&mut bucket_av_crds::BucketScanPolicySpec),
+    ) -> Self {
         let cluster = &helm.cluster;
         let client = cluster.client().await;
         let namespace = crate::unique_name(&format!("bucket-av-{prefix}"));
@@ -198,6 +209,7 @@ impl LoadedSystem {
         let count = i32::try_from(workers).expect("a worker count fits a replica count");
         policy.spec.workers.min_replicas = count;
         policy.spec.workers.max_replicas = count;
+        customize(&mut policy.spec);
         apply_policy(&client, &policy).await;
         wait_ready(&client, &namespace, LOAD_POLICY).await;
         let (workers, queue) = start_workers(&client, &namespace, LOAD_POLICY, workers).await;

@@ -23,6 +23,8 @@ pub struct ReceivedWebhook {
     pub json: serde_json::Value,
     /// The status the receiver answered with (a scripted failure, or 200).
     pub status: u16,
+    /// When the delivery arrived: benchmarks measure time to verdict up to here.
+    pub received_at: std::time::Instant,
 }
 
 impl ReceivedWebhook {
@@ -119,11 +121,12 @@ impl WebhookReceiver {
 }
 
 async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let received_at = std::time::Instant::now();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let (status, delay) = {
         let mut inner = inner.lock().unwrap();
         let status = inner.script.pop_front().unwrap_or(inner.fail_with.unwrap_or(200));
-        inner.received.push(ReceivedWebhook { headers, body, json, status });
+        inner.received.push(ReceivedWebhook { headers, body, json, status, received_at });
         (status, inner.delay)
     };
     tokio::time::sleep(delay).await;

@@ -1,6 +1,6 @@
 //! The AMQP side: connects (and reconnects), declares the topology, consumes the work queue with
 //! manual acks and a prefetch of twice the concurrency (the processor runs at most `concurrency`
-//! scans at once) and the coverage queue with a prefetch of its share of the slots, settles each
+//! scans at once) and the coverage queue with a prefetch of twice its share of the slots, settles each
 //! message as `process` decided, dead-letters with the reason, announces the signature database
 //! to the operator, and drains on shutdown.
 
@@ -53,7 +53,7 @@ pub struct Consumer {
     pub topology: Topology,
     pub declare_topology: bool,
     pub concurrency: u16,
-    /// Coverage queue messages in flight at once (see `process::Slots`).
+    /// Coverage scans at once (see `slots::Slots`); twice as many messages are fetched.
     pub coverage_slots: u16,
     /// How often the signature database is announced.
     pub signature_check: Duration,
@@ -116,10 +116,11 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await?;
-        // The coverage queue has a channel of its own, so its prefetch is its own share: the
-        // broker never hands this worker more coverage work than it may scan at once.
+        // The coverage queue has a channel of its own, so its prefetch follows its own share of
+        // the slots, doubled for the same reason as the uploads' (see `prefetch`): the broker
+        // never hands this worker much more coverage work than it may scan at once.
         let coverage_channel = connection.create_channel().await?;
-        coverage_channel.basic_qos(self.coverage_slots, BasicQosOptions::default()).await?;
+        coverage_channel.basic_qos(prefetch(self.coverage_slots), BasicQosOptions::default()).await?;
         let coverage_queue = self.topology.coverage_queue();
         let mut coverage = coverage_channel
             .basic_consume(

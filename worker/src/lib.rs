@@ -29,6 +29,7 @@ mod http;
 mod metrics;
 mod process;
 mod scan;
+mod slots;
 mod tags;
 mod verdict;
 mod webhook;
@@ -42,8 +43,9 @@ use crate::config::Config;
 use crate::consumer::Consumer;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::process::{Policy, Processor, Slots};
+use crate::process::{Policy, Processor};
 use crate::scan::ScanLimits;
+use crate::slots::Slots;
 use crate::webhook::Webhook;
 use bucket_av_clamd::Clamd;
 

@@ -3,7 +3,6 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -12,7 +11,6 @@ use bucket_av_core::coverage::{self, CoverageRequest, Currency, Listed, PassKind
 use bucket_av_core::event::parse_event;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::{self, Quarantine, Removal, ScannedObject, Settled, TagOutcome};
@@ -21,6 +19,7 @@ use crate::error::{ErrorClass, HOLD_S3_REFUSED, ProcessError};
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel, VerdictLabel};
 use crate::scan::{ScanLimits, ScanOutcome, scan_object};
+use crate::slots::{ScanSlot, ScanSlots, Slots, Stopping};
 use crate::tags::VerdictTags;
 use crate::verdict::{Status, Verdict};
 use crate::webhook::{ActionTaken, QuarantineLocation, Report, Timings, Webhook};
@@ -66,14 +65,10 @@ pub struct Processor {
     engine: RwLock<Option<String>>,
     /// Attempts in place for transient failures before the message is handed back.
     transient_attempts: u32,
-    /// Bounds the GET-and-scan steps to the worker's concurrency. Only those: tagging, the
-    /// checks, actions and the webhook of one message overlap the next message's scan, so the
-    /// S3 round trips after a verdict do not leave clamd idle.
-    scan_slots: Semaphore,
-    /// The most scan slots coverage work holds at once.
-    coverage_slots: Semaphore,
-    /// Upload messages waiting for a scan slot: coverage work takes none while any does.
-    uploads_waiting: AtomicUsize,
+    /// Bounds the GET-and-scan steps to the worker's concurrency, uploads first. Only those:
+    /// tagging, the checks, actions and the webhook of one message overlap the next message's
+    /// scan, so the S3 round trips after a verdict do not leave clamd idle.
+    scan_slots: ScanSlots,
 }
 
 impl Processor {
@@ -95,9 +90,7 @@ impl Processor {
             health,
             engine: RwLock::new(None),
             transient_attempts: 3,
-            scan_slots: Semaphore::new(usize::from(slots.scans)),
-            coverage_slots: Semaphore::new(usize::from(slots.coverage)),
-            uploads_waiting: AtomicUsize::new(0),
+            scan_slots: ScanSlots::new(slots),
         }
     }
 
@@ -389,38 +382,12 @@ impl Processor {
         })
     }
 
-    /// A scan slot for a message of `lane`. Uploads take the first free one. Coverage work takes
-    /// one only while no upload waits, and holds at most its own share (`coverage_slots`), so an
-    /// upload waits at most for coverage scans already running, never behind queued ones.
     async fn scan_slot(&self, lane: Lane, shutdown: &CancellationToken) -> Result<ScanSlot<'_>, ProcessError> {
-        match lane {
-            Lane::Upload => {
-                self.uploads_waiting.fetch_add(1, Ordering::SeqCst);
-                let slot = tokio::select! {
-                    slot = self.scan_slots.acquire() => Ok(slot.expect("the semaphore is never closed")),
-                    () = shutdown.cancelled() => Err(ProcessError::ShuttingDown),
-                };
-                self.uploads_waiting.fetch_sub(1, Ordering::SeqCst);
-                Ok(ScanSlot { _scan: slot?, _coverage: None })
-            }
-            Lane::Coverage => {
-                let share = tokio::select! {
-                    share = self.coverage_slots.acquire() => share.expect("the semaphore is never closed"),
-                    () = shutdown.cancelled() => return Err(ProcessError::ShuttingDown),
-                };
-                loop {
-                    if self.uploads_waiting.load(Ordering::SeqCst) == 0
-                        && let Ok(slot) = self.scan_slots.try_acquire()
-                    {
-                        return Ok(ScanSlot { _scan: slot, _coverage: Some(share) });
-                    }
-                    tokio::select! {
-                        () = shutdown.cancelled() => return Err(ProcessError::ShuttingDown),
-                        () = tokio::time::sleep(COVERAGE_SLOT_POLL) => {}
-                    }
-                }
-            }
-        }
+        let slot = match lane {
+            Lane::Upload => self.scan_slots.upload(shutdown).await,
+            Lane::Coverage => self.scan_slots.coverage(shutdown).await,
+        };
+        slot.map_err(|Stopping| ProcessError::ShuttingDown)
     }
 
     /// After a replacement overtook a step: removes a verdict on the key that belongs to other
@@ -642,15 +609,6 @@ enum Lane {
     Coverage,
 }
 
-/// A held scan slot (and, for coverage work, a slot of its share), released on drop.
-struct ScanSlot<'a> {
-    _scan: SemaphorePermit<'a>,
-    _coverage: Option<SemaphorePermit<'a>>,
-}
-
-/// How often coverage work waiting for a slot looks again.
-const COVERAGE_SLOT_POLL: Duration = Duration::from_millis(10);
-
 /// How many replacements one message chases before it leaves the key to its next upload's event.
 const MAX_CORRECTIONS: u32 = 3;
 
@@ -715,36 +673,6 @@ impl Drop for Hold<'_> {
     }
 }
 
-/// Scans at once, and how many of them coverage work may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Slots {
-    pub scans: u16,
-    pub coverage: u16,
-}
-
-impl Slots {
-    /// `concurrency` scans, of which coverage work gets `share_percent`, at least one.
-    pub fn new(concurrency: u16, share_percent: u8) -> Self {
-        let share = u32::from(concurrency) * u32::from(share_percent.min(100)) / 100;
-        Self { scans: concurrency, coverage: u16::try_from(share).unwrap_or(concurrency).max(1) }
-    }
-}
-
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn coverage_gets_its_share_of_the_slots_and_at_least_one() {
-        let coverage = |concurrency, share| Slots::new(concurrency, share).coverage;
-        assert_eq!(coverage(8, 25), 2);
-        assert_eq!(coverage(4, 25), 1);
-        assert_eq!(coverage(1, 25), 1);
-        assert_eq!(coverage(10, 100), 10);
-        assert_eq!(coverage(3, 50), 1);
-    }
 }

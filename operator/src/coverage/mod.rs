@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use bucket_av_core::coverage::PassKind;
 use bucket_av_crds::{BucketScanPolicy, CoverageStatus, RESCAN_ANNOTATION, condition_types};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use lapin::options::ConfirmSelectOptions;
@@ -114,6 +115,8 @@ enum LookError {
     Connect(#[from] bucket_av_amqp::ConnectError),
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("read the worker Deployment: {0}")]
+    Kube(#[from] kube::Error),
     #[error(transparent)]
     Pass(#[from] PassError),
 }
@@ -125,6 +128,7 @@ impl LookError {
             Self::S3(_) | Self::Lister(_) => "S3Client",
             Self::Connect(_) => "ConnectRabbitMq",
             Self::Amqp(_) => "RabbitMq",
+            Self::Kube(_) => "KubernetesApi",
             Self::Pass(error) => error.kind(),
         }
     }
@@ -138,6 +142,7 @@ async fn look(
     stop: &CancellationToken,
 ) -> Result<(), LookError> {
     let resolved = dereference(policy, namespace, ctx).await?;
+    let workers_current = workers_run_current_spec(&ctx.client, namespace, &policy.worker_deployment_name()).await?;
     let connection = bucket_av_amqp::connect(&resolved.amqp.url, resolved.amqp.ca_bundle.as_deref()).await?;
     let channels = async {
         // Each on its own channel: a missing queue closes the channel that named it.
@@ -155,7 +160,7 @@ async fn look(
             let queue = policy.coverage_queue_name();
             let metrics = &ctx.metrics;
             let io = PassIo { lister: &lister, s3: &s3, channel: publish, depth_channel: depth, queue, stop, metrics };
-            look_with(policy, announcements, &io, recorder).await
+            look_with(policy, announcements, &io, recorder, workers_current).await
         }
         Err(error) => Err(LookError::Amqp(error.clone())),
     };
@@ -169,6 +174,7 @@ async fn look_with(
     announcements: &lapin::Channel,
     io: &PassIo<'_>,
     recorder: &mut Recorder<'_>,
+    workers_current: bool,
 ) -> Result<(), LookError> {
     let database = signatures::newest(announcements, &policy.signatures_queue_name()).await;
     let queued = bucket_av_amqp::topology::ready_messages(io.depth_channel, &io.queue)
@@ -195,7 +201,8 @@ async fn look_with(
     };
     let now = OffsetDateTime::now_utc();
     let events = events_since(policy);
-    let pass = match plan::next(policy, &status, &Situation { events, now, queued, request: request.clone() }) {
+    let situation = Situation { events, now, queued, request: request.clone(), workers_current };
+    let pass = match plan::next(policy, &status, &situation) {
         Next::Idle => {
             recorder.idle(status).await;
             return Ok(());
@@ -228,6 +235,22 @@ async fn look_with(
     Ok(())
 }
 
+/// Whether the policy's worker Deployment has rolled out its current template: every replica
+/// updated, none of an older one left. A missing Deployment (not created yet) is not current.
+async fn workers_run_current_spec(client: &kube::Client, namespace: &str, name: &str) -> Result<bool, kube::Error> {
+    let deployments: kube::Api<Deployment> = kube::Api::namespaced(client.clone(), namespace);
+    Ok(deployments.get_opt(name).await?.is_some_and(|deployment| rolled_out(&deployment)))
+}
+
+fn rolled_out(deployment: &Deployment) -> bool {
+    let Some(status) = &deployment.status else { return false };
+    let wanted = deployment.spec.replicas.unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    status.observed_generation >= deployment.metadata.generation
+        && updated >= wanted
+        && status.replicas.unwrap_or(0) == updated
+}
+
 /// Since when the policy's buckets publish upload events for the current spec: when the
 /// reconcile of its generation wrote the routes, and NotificationConfigured is True.
 fn events_since(policy: &BucketScanPolicy) -> EventsSince {
@@ -246,4 +269,28 @@ fn events_since(policy: &BucketScanPolicy) -> EventsSince {
 /// The coverage status a policy has now (none before its first look).
 pub(crate) fn status_of(policy: &BucketScanPolicy) -> CoverageStatus {
     policy.status.as_ref().and_then(|status| status.coverage.clone()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(generation: i64, observed: i64, replicas: i32, total: i32, updated: i32) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "w", "generation": generation },
+            "spec": { "replicas": replicas, "selector": {}, "template": {} },
+            "status": { "observedGeneration": observed, "replicas": total, "updatedReplicas": updated },
+        }))
+        .expect("a Deployment")
+    }
+
+    #[test]
+    fn workers_are_current_once_every_replica_runs_the_newest_template() {
+        assert!(rolled_out(&deployment(3, 3, 2, 2, 2)));
+        assert!(!rolled_out(&deployment(3, 2, 2, 2, 2)), "the controller has not seen the change yet");
+        assert!(!rolled_out(&deployment(3, 3, 2, 3, 2)), "a pod of the old template is still there");
+        assert!(!rolled_out(&deployment(3, 3, 2, 2, 1)), "one replica still to update");
+        assert!(rolled_out(&deployment(3, 3, 0, 0, 0)), "no workers: none runs an old spec");
+        assert!(!rolled_out(&Deployment::default()), "no status yet");
+    }
 }

@@ -105,15 +105,22 @@ pub(crate) struct Situation<'a> {
     pub(crate) queued: u32,
     /// The rescan annotation's value, when present and valid.
     pub(crate) request: Option<(&'a str, Vec<ScopeEntry>)>,
+    /// Whether every worker runs the current spec (its Deployment rolled out). Until then a
+    /// worker of the old spec could take a request for a bucket it does not watch yet.
+    pub(crate) workers_current: bool,
 }
 
-/// Decides the next pass: a pass in progress resumes; then a requested rescan, a backfill of
+/// Decides the next pass: a pass in progress resumes; nothing new starts while the workers roll
+/// out a spec change; then a requested rescan, a backfill of
 /// entries never backfilled, a rescan for a newer signature database, and a due sweep, in that
 /// order. Only the first two start while coverage work is still queued: a user's request and
 /// new buckets should not wait for an earlier pass's backlog.
 pub(crate) fn next(policy: &BucketScanPolicy, status: &CoverageStatus, situation: &Situation<'_>) -> Next {
     if let Some(pass) = &status.pass {
         return Next::Resume(pass.clone());
+    }
+    if !situation.workers_current {
+        return Next::Idle;
     }
     let spec = &policy.spec;
     let start = |kind: PassKind, scope: Vec<ScopeEntry>| Next::Start(new_pass(kind, scope, situation.now, None));
@@ -295,7 +302,7 @@ spec:
     }
 
     fn situation(queued: u32) -> Situation<'static> {
-        Situation { events: EventsSince::Never, now: NOW, queued, request: None }
+        Situation { events: EventsSince::Never, now: NOW, queued, request: None, workers_current: true }
     }
 
     fn kind_of(next: &Next) -> Option<(&str, Vec<ScopeEntry>)> {
@@ -318,6 +325,22 @@ spec:
             Some(("backfill", vec![entry("b", Some("up/"))])),
             "backfill does not wait for the queue"
         );
+    }
+
+    #[test]
+    fn nothing_new_starts_while_the_workers_roll_out_but_a_pass_in_progress_goes_on() {
+        let p = policy("[{name: a}, {name: b}]");
+        let rolling = Situation { workers_current: false, ..situation(0) };
+        assert_eq!(
+            next(&p, &CoverageStatus::default(), &rolling),
+            Next::Idle,
+            "no backfill of a bucket old workers ignore"
+        );
+        let requested = Situation { request: Some(("*", vec![entry("a", None)])), ..rolling };
+        assert_eq!(next(&p, &CoverageStatus::default(), &requested), Next::Idle, "nor a requested rescan");
+        let pass = new_pass(PassKind::Sweep, vec![entry("a", None)], NOW, None);
+        let running = CoverageStatus { pass: Some(pass.clone()), ..Default::default() };
+        assert_eq!(next(&p, &running, &rolling), Next::Resume(pass));
     }
 
     #[test]
@@ -365,8 +388,7 @@ spec:
         let mut pass = new_pass(PassKind::Sweep, vec![entry("a", None)], NOW, None);
         pass.resume_after = Some("k/500".into());
         let status = CoverageStatus { pass: Some(pass.clone()), ..Default::default() };
-        let request =
-            Situation { events: EventsSince::Never, now: NOW, queued: 0, request: Some(("*", vec![entry("a", None)])) };
+        let request = Situation { request: Some(("*", vec![entry("a", None)])), ..situation(0) };
         assert_eq!(next(&p, &status, &request), Next::Resume(pass));
     }
 

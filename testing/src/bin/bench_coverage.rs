@@ -6,20 +6,27 @@
 //!    `coverage_objects_listed_total` reaching the count), its listing requests and tag reads,
 //!    the operator's peak memory (VmHWM).
 //! 2. A backfill of `--backfill-objects` 4 KiB objects without verdicts, one worker at
-//!    concurrency 8 with all of its slots for coverage. Baseline: MinIO's ceiling for the same
-//!    requests (list, GET, PutObjectTagging at concurrency 8, on the same objects). Figure:
-//!    objects/s and the ratio.
+//!    concurrency 8 with all of its slots open to coverage. Baseline: MinIO's ceiling for the
+//!    same requests (list, GET, PutObjectTagging at concurrency 8, on the same objects). Figure:
+//!    objects/s and the ratio, alone and with live uploads beside it.
+//!    The live lane: infected uploads at `--live-rate` per second through an operator-written
+//!    `Direct` target, timed from the PUT's answer to the webhook report of the verdict, first on
+//!    the idle system (the fast mode's time to verdict), then during the backfill. Figure: the
+//!    p99 during the backfill over the idle p99.
 //!
 //! The operator and the worker are the release builds beside this binary, on the local stack and
 //! control plane (`just stack-up cluster-up`; the recipe starts both).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use bucket_av_crds::BucketScanPolicy;
+use bucket_av_crds::{BucketScanPolicy, BucketScanPolicySpec, BucketSpec, EventDelivery, WebhookSpec};
+use bucket_av_testing::pod_spec::ContainerLaunch;
 use bucket_av_testing::policy::{AMQP_SECRET, MINIO_SECRET};
 use bucket_av_testing::{
-    Cluster, OperatorProcess, PolicyBuilder, Stack, kube_api, local_system, unique_name, wait_for,
+    Cluster, EICAR, OperatorProcess, PolicyBuilder, Stack, WebhookReceiver, kube_api, local_system, unique_name,
+    wait_for,
 };
 use clap::Parser;
 use futures::StreamExt;
@@ -34,6 +41,12 @@ struct Args {
     /// Objects the backfill scans.
     #[arg(long, default_value_t = 20_000)]
     backfill_objects: usize,
+    /// Live uploads per second beside the backfill (and on the idle system before it).
+    #[arg(long, default_value_t = 20.0)]
+    live_rate: f64,
+    /// How long the live uploads go on, each time.
+    #[arg(long, default_value_t = 25)]
+    live_seconds: u64,
     /// Run only these parts (sweep, backfill); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -66,7 +79,7 @@ async fn main() {
         sweep(&stack, &cluster, &client, &namespace, args.sweep_objects).await;
     }
     if args.runs("backfill") {
-        backfill(&stack, &cluster, &client, &namespace, args.backfill_objects).await;
+        backfill(&stack, &cluster, &client, &namespace, &args).await;
     }
     kube_api::delete_namespace(&client, &namespace).await;
 }
@@ -112,17 +125,12 @@ async fn plain_listing(stack: &Stack, bucket: &str) -> (Duration, usize) {
     (started.elapsed(), requests)
 }
 
-fn policy(stack: &Stack, namespace: &str, name: &str, bucket: &str) -> BucketScanPolicy {
-    PolicyBuilder::new(stack, namespace, name)
-        .bucket(bucket)
-        .spec(|spec| {
-            spec.coverage.objects_per_second = 100_000;
-            spec.coverage.bytes_per_second = k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Gi".into());
-            spec.coverage.worker_share_percent = 100;
-            spec.coverage.sweep_interval_seconds = 0;
-            spec.workers.concurrency = CONCURRENCY as u16;
-        })
-        .build()
+/// Coverage as fast as the system allows: no pacing, every worker slot available to it.
+fn fast_coverage(spec: &mut BucketScanPolicySpec) {
+    spec.coverage.objects_per_second = 100_000;
+    spec.coverage.bytes_per_second = k8s_openapi::apimachinery::pkg::api::resource::Quantity("10Gi".into());
+    spec.coverage.worker_share_percent = 100;
+    spec.workers.concurrency = CONCURRENCY as u16;
 }
 
 /// The operator's peak resident memory so far, in MiB.
@@ -152,7 +160,13 @@ async fn sweep(stack: &Stack, cluster: &Cluster, client: &kube::Client, namespac
     let operator = OperatorProcess::start(cluster, namespace, &["--leader-election=false"]).await;
     let idle_rss = peak_rss_mib(operator.pid());
     let started = Instant::now();
-    let policy = policy(stack, namespace, "sweep", &bucket);
+    let policy = PolicyBuilder::new(stack, namespace, "sweep")
+        .bucket(&bucket)
+        .spec(|spec| {
+            fast_coverage(spec);
+            spec.coverage.sweep_interval_seconds = 0;
+        })
+        .build();
     kube_api::apply(&Api::<BucketScanPolicy>::namespaced(client.clone(), namespace), &policy).await;
     let listed =
         wait_for("the pass to list every object", Duration::from_secs(1800), Duration::from_millis(100), async || {
@@ -178,17 +192,75 @@ async fn sweep(stack: &Stack, cluster: &Cluster, client: &kube::Client, namespac
     operator.terminate(Duration::from_secs(30)).await;
 }
 
-async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, namespace: &str, count: usize) {
-    println!("\n== A backfill of {count} objects of 4 KiB, one worker at concurrency {CONCURRENCY}");
-    let bucket = unique_name("bench-backfill");
-    stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
-    let took = fill(stack, &bucket, count, |_| None).await;
-    println!("  filled in {:.1} s", took.as_secs_f64());
+/// Uploads of the live lane: `rate` infected uploads a second for `window`, each timed from the
+/// PUT's answer to its webhook report (sent once the verdict tag is written, so the tag is
+/// visible by then). Returns the latencies in milliseconds, sorted.
+async fn live_uploads(
+    stack: &Stack,
+    bucket: &str,
+    receiver: &WebhookReceiver,
+    label: &str,
+    rate: f64,
+    window: Duration,
+) -> Vec<f64> {
+    let s3 = stack.s3();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    let started = Instant::now();
+    let mut uploads = tokio::task::JoinSet::new();
+    let mut i = 0;
+    while started.elapsed() < window {
+        ticks.tick().await;
+        let key = format!("live/{label}/{i:05}");
+        i += 1;
+        let request = s3.put_object().bucket(bucket).key(&key).body(ByteStream::from_static(EICAR));
+        uploads.spawn(async move {
+            request.send().await.unwrap_or_else(|error| panic!("put {key}: {error:?}"));
+            (key, Instant::now())
+        });
+    }
+    let answered: HashMap<String, Instant> = uploads.join_all().await.into_iter().collect();
+    let reports =
+        wait_for("a report of every live upload", Duration::from_secs(300), Duration::from_millis(200), async || {
+            let reports: HashMap<String, Instant> = receiver
+                .received()
+                .into_iter()
+                .filter(|hook| hook.status == 200 && hook.json["verdict"] == "infected")
+                .filter_map(|hook| Some((hook.json["key"].as_str()?.to_owned(), hook.received_at)))
+                .filter(|(key, _)| answered.contains_key(key))
+                .collect();
+            if reports.len() == answered.len() {
+                Ok(reports)
+            } else {
+                Err(format!("{} of {}", reports.len(), answered.len()))
+            }
+        })
+        .await;
+    let mut latencies: Vec<f64> =
+        answered.iter().map(|(key, put)| reports[key].saturating_duration_since(*put).as_secs_f64() * 1000.0).collect();
+    latencies.sort_by(f64::total_cmp);
+    latencies
+}
 
-    // The ceiling: the same list, GET and tag requests made directly, at the same concurrency.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn describe(latencies: &[f64]) -> String {
+    format!(
+        "{} uploads, p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.99),
+        latencies[latencies.len() - 1]
+    )
+}
+
+/// MinIO's ceiling for what a backfill asks of it: the same list, GET and tag requests made
+/// directly, at the worker's concurrency, on the same objects. Objects per second.
+async fn minio_ceiling(stack: &Stack, bucket: &str, count: usize) -> f64 {
     let s3 = stack.s3();
     let started = Instant::now();
-    let mut pages = s3.list_objects_v2().bucket(&bucket).into_paginator().send();
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
     let mut keys = Vec::new();
     while let Some(page) = pages.next().await {
         keys.extend(page.expect("list").contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
@@ -196,49 +268,129 @@ async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, names
     futures::stream::iter(keys)
         .map(|key| {
             let s3 = s3.clone();
-            let bucket = bucket.clone();
             async move {
-                let object = s3.get_object().bucket(&bucket).key(&key).send().await.expect("get");
+                let object = s3.get_object().bucket(bucket).key(&key).send().await.expect("get");
                 object.body.collect().await.expect("read the body");
                 let tag = aws_sdk_s3::types::Tag::builder().key("bench").value("ceiling").build().expect("a tag");
                 let tagging = aws_sdk_s3::types::Tagging::builder().tag_set(tag).build().expect("a tagging");
-                s3.put_object_tagging().bucket(&bucket).key(&key).tagging(tagging).send().await.expect("tag");
+                s3.put_object_tagging().bucket(bucket).key(&key).tagging(tagging).send().await.expect("tag");
             }
         })
         .buffer_unordered(CONCURRENCY)
         .for_each(|_| async {})
         .await;
-    let ceiling = count as f64 / started.elapsed().as_secs_f64();
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The backfill, and the live lane beside it. One policy with an operator-written `Direct`
+/// target (no `queue_dir`) and a webhook for infected verdicts: first live uploads alone (the
+/// idle system, and the fast mode's time to verdict), then the policy gains a bucket of `count`
+/// objects without verdicts and the backfill runs, measured alone for a while and then with the
+/// same live uploads beside it.
+async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, namespace: &str, args: &Args) {
+    let count = args.backfill_objects;
+    println!(
+        "\n== A backfill of {count} objects of 4 KiB, and live uploads beside it; one worker at concurrency {CONCURRENCY}"
+    );
+    let existing = unique_name("bench-backfill");
+    let live = unique_name("bench-live");
+    for bucket in [&existing, &live] {
+        stack.s3().create_bucket().bucket(bucket).send().await.expect("create bucket");
+    }
+    let took = fill(stack, &existing, count, |_| None).await;
+    println!("  filled in {:.1} s", took.as_secs_f64());
+    let ceiling = minio_ceiling(stack, &existing, count).await;
     println!(
         "  baseline, MinIO's ceiling (list + GET + PutObjectTagging at concurrency {CONCURRENCY}): {ceiling:.0} objects/s"
     );
 
     let operator = OperatorProcess::start(cluster, namespace, &["--leader-election=false"]).await;
-    let policy = policy(stack, namespace, "backfill", &bucket);
-    kube_api::apply(&Api::<BucketScanPolicy>::namespaced(client.clone(), namespace), &policy).await;
+    let receiver = WebhookReceiver::start().await;
+    let queue_dir = format!("{}/minio/operator-events", stack.var("BAVS_STACK_DIR"));
+    let mut policy = PolicyBuilder::new(stack, namespace, "backfill")
+        .managed_target(true, &queue_dir)
+        .bucket(&live)
+        .spec(|spec| {
+            fast_coverage(spec);
+            spec.notification.delivery = EventDelivery::Direct;
+            spec.coverage.sweep_interval_seconds = 3600;
+            spec.actions.webhook =
+                Some(WebhookSpec { url: receiver.url(), secret_ref: None, report_clean: false, attempts: 3 });
+        })
+        .build();
+    let policies = Api::<BucketScanPolicy>::namespaced(client.clone(), namespace);
+    kube_api::apply(&policies, &policy).await;
     local_system::wait_ready(client, namespace, "backfill").await;
     let (workers, _) = local_system::start_workers(client, namespace, "backfill", 1).await;
+
+    let (rate, window) = (args.live_rate, Duration::from_secs(args.live_seconds));
+    let idle = live_uploads(stack, &live, &receiver, "idle", rate, window).await;
+    println!(
+        "  live uploads at {rate}/s, idle system (the fast mode's time to verdict, PUT answered to report): {}",
+        describe(&idle)
+    );
+
+    policy.spec.buckets.push(BucketSpec { name: existing.clone(), prefix: None, suffix: None });
+    kube_api::apply(&policies, &policy).await;
+    // The Deployment rolls its workers for the new bucket list; these run outside it, so the
+    // bench replaces its worker the same way once the template names the bucket.
+    for worker in workers {
+        worker.terminate(Duration::from_secs(60)).await;
+    }
+    let deployment = policy.worker_deployment_name();
+    wait_for(
+        "the worker Deployment to name the new bucket",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let launch = ContainerLaunch::from_deployment(client, namespace, &deployment, "worker").await;
+            let buckets = launch.env("BAVS_BUCKETS").unwrap_or_default().to_owned();
+            if buckets.split(',').any(|bucket| bucket == existing) { Ok(()) } else { Err(buckets) }
+        },
+    )
+    .await;
+    let (workers, _) = local_system::start_workers(client, namespace, "backfill", 1).await;
     let worker = &workers[0];
+    let scanned = async || worker.metric("bucket_av_worker_coverage_requests_total{reason=\"scanned\"}").await;
     let first = wait_for("the first coverage scan", Duration::from_secs(120), Duration::from_millis(20), async || {
-        let scanned = worker.metric("bucket_av_worker_coverage_requests_total{reason=\"scanned\"}").await;
-        if scanned >= 1.0 { Ok(Instant::now()) } else { Err(String::from("none yet")) }
+        if scanned().await >= 1.0 { Ok(Instant::now()) } else { Err(String::from("none yet")) }
     })
     .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (alone_from, alone_started) = (scanned().await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (alone_to, alone_ended) = (scanned().await, Instant::now());
+    let alone = (alone_to - alone_from) / alone_ended.duration_since(alone_started).as_secs_f64();
+    let beside_live = live_uploads(stack, &live, &receiver, "during", rate, window).await;
+    let (live_to, live_ended) = (scanned().await, Instant::now());
+    let during = (live_to - alone_to) / live_ended.duration_since(alone_ended).as_secs_f64();
+    let overlapped = live_to < count as f64;
     wait_for("the backfill to scan every object", Duration::from_secs(3600), Duration::from_millis(200), async || {
-        let scanned = worker.metric("bucket_av_worker_coverage_requests_total{reason=\"scanned\"}").await;
+        let scanned = scanned().await;
         if scanned >= count as f64 { Ok(()) } else { Err(format!("{scanned} scanned")) }
     })
     .await;
-    let rate = (count - 1) as f64 / first.elapsed().as_secs_f64();
-    println!("  backfill: {rate:.0} objects/s (first scan to last), {:.2} of the ceiling", rate / ceiling);
+    let overall = (count - 1) as f64 / first.elapsed().as_secs_f64();
+    println!("  backfill alone (a 10 s window): {alone:.0} objects/s, {:.2} of the ceiling", alone / ceiling);
+    println!(
+        "  backfill with the live uploads beside it (until their last report): {during:.0} objects/s, {:.2} of the ceiling",
+        during / ceiling
+    );
+    println!(
+        "  backfill overall (first scan to last): {overall:.0} objects/s, {:.2} of the ceiling",
+        overall / ceiling
+    );
+    println!("  live uploads at {rate}/s during the backfill: {}", describe(&beside_live));
+    println!("  p99 during the backfill / p99 idle: {:.2}", percentile(&beside_live, 0.99) / percentile(&idle, 0.99));
+    if !overlapped {
+        println!("  WARNING: the backfill ended before the live uploads were answered; raise --backfill-objects");
+    }
     for worker in workers {
         worker.terminate(Duration::from_secs(60)).await;
     }
     local_system::delete_policy(client, namespace, "backfill").await;
     operator.terminate(Duration::from_secs(30)).await;
 }
-
-/// MD5 of `body`, the ETag MinIO gives a simple PUT.
 fn md5_digest(body: &[u8]) -> Vec<u8> {
     md5::Md5::digest(body).to_vec()
 }

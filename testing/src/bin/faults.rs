@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use bucket_av_crds::EventDelivery;
 use bucket_av_testing::Stack;
 use bucket_av_testing::chart::Helm;
 use bucket_av_testing::cli;
@@ -38,6 +39,21 @@ struct Args {
     /// How long clamd stays stopped, the webhook fails and the webhook is slow: `8s`, `1m`.
     #[arg(long, default_value = "8s", value_parser = cli::parse_duration)]
     outage: Duration,
+    /// How MinIO delivers the events: `stored` (its queue_dir) or `direct` (none; sweeps find
+    /// the uploads whose events were lost).
+    #[arg(long, default_value = "stored", value_parser = parse_delivery)]
+    delivery: EventDelivery,
+    /// The sweep interval with `--delivery direct`: `20s`, `1m`.
+    #[arg(long, default_value = "20s", value_parser = cli::parse_duration)]
+    sweep_interval: Duration,
+}
+
+fn parse_delivery(value: &str) -> Result<EventDelivery, String> {
+    match value {
+        "stored" => Ok(EventDelivery::Stored),
+        "direct" => Ok(EventDelivery::Direct),
+        other => Err(format!("{other:?}: expected stored or direct")),
+    }
 }
 
 #[tokio::main]
@@ -52,6 +68,8 @@ async fn main() {
         uploaders: args.uploaders,
         rounds: args.rounds,
         outage: args.outage,
+        delivery: args.delivery,
+        sweep_interval: args.sweep_interval,
         ..FaultPlan::default()
     };
     let stack = Stack::load();
