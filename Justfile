@@ -27,6 +27,10 @@ stack-service action service:
 stack-check:
     @bash testing/stack/check.sh
 
+# Install/cache the reference Standard Webhooks verifier (PyPI standardwebhooks in a venv) the webhook tests check with
+provision-webhook-verifier:
+    @bash testing/webhook-verifier/provision.sh
+
 # Build/cache the control plane's tools (Kubernetes, etcd, kwok from their Go modules)
 cluster-provision:
     @bash testing/cluster/provision.sh

@@ -25,6 +25,9 @@ step "Building the release binaries and the container images from the Dockerfile
 cargo build --release --locked -p bucket-av-worker -p bucket-av-operator --bins
 bash testing/images/build-images.sh
 
+step "Installing the reference Standard Webhooks verifier (PyPI standardwebhooks, pinned) the webhook tests check with"
+bash testing/webhook-verifier/provision.sh
+
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 # The binaries stack-up.sh runs are built above; built again with --bin alone, their features
 # would differ and cargo would rebuild part of the dependency tree.

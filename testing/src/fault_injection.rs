@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::Stack;
 use crate::chart::{ChartOperator, Helm};
 use crate::load::{self, UploadCounters, UploadPlan};
-use crate::local_system::{self, LOAD_POLICY, LoadedSystem, WEBHOOK_SECRET};
+use crate::local_system::{self, LOAD_POLICY, LoadedSystem};
 use crate::policy::condition;
 use crate::wait::poll_until;
 
@@ -289,7 +289,7 @@ pub async fn run(stack: &Stack, helm: &Helm, plan: &FaultPlan) -> FaultReport {
     println!("\n==> Checking every object, every webhook report, the policy and the bucket's notification");
     let verification = load::verify(stack, &bucket, &quarantine, &uploads_plan, &uploads).await;
     let scanned = verification.scanned.iter().copied();
-    let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, &bucket, &uploads_plan, scanned);
+    let reports = load::verify_reports(&system.hooks, &bucket, &uploads_plan, scanned);
     let amqp = stack.amqp().await;
     let dead_lettered = load::queue_depth(&amqp, &bucket_av_crds::dead_letter_queue(&system.queue)).await;
     let found_by_sweeps = load::reported_by_sweeps(&system.hooks, &bucket);

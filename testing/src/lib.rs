@@ -10,7 +10,8 @@
 //!   encrypted content made in code).
 //! - Our binaries as processes: [`process`], [`worker`], [`operator`], [`pod_spec`] (a
 //!   Deployment's container started as the kubelet would).
-//! - Waiting and receiving: [`wait`] ([`wait_for`], the one deadline loop), [`webhook`].
+//! - Waiting and receiving: [`wait`] ([`wait_for`], the one deadline loop), [`webhook`] (the
+//!   receiver), [`webhook_verifier`] (the reference Standard Webhooks verifier it checks with).
 //! - Whole-system runs: [`local_system`] (the operator and workers as host processes, for the
 //!   fault and soak runs), [`real_pods`] (the chart, the operator and the workers as pods on a
 //!   real node or kind: the real-pod suite and `just demo`), [`load`] (uploads and their
@@ -34,6 +35,7 @@ pub mod service_account;
 pub mod stack;
 pub mod wait;
 pub mod webhook;
+pub mod webhook_verifier;
 pub mod worker;
 
 pub use alt_store::AltStore;

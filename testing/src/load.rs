@@ -465,10 +465,10 @@ pub fn reported_by_sweeps(hooks: &WebhookReceiver, bucket: &str) -> usize {
 }
 
 /// Every checked object has at least one delivery the receiver accepted, with the verdict it
-/// should have (`clean`, or `infected` with action `quarantined`) and a valid signature.
+/// should have (`clean`, or `infected` with action `quarantined`), and every delivery passed the
+/// reference Standard Webhooks verifier on arrival.
 pub fn verify_reports(
     hooks: &WebhookReceiver,
-    secret: &str,
     bucket: &str,
     plan: &UploadPlan,
     keys: impl IntoIterator<Item = u64>,
@@ -481,8 +481,12 @@ pub fn verify_reports(
             check.refused += 1;
             continue;
         }
-        if !hook.signature_is_valid(secret) {
-            check.problems.push(format!("report with an invalid signature: {}", hook.json));
+        match &hook.verification {
+            Some(Ok(())) => {}
+            Some(Err(error)) => {
+                check.problems.push(format!("report the reference verifier refused ({error}): {}", hook.json))
+            }
+            None => check.problems.push(format!("report not verified (the receiver had no secret): {}", hook.json)),
         }
         if hook.json["bucket"] == bucket
             && let Some(key) = hook.json["key"].as_str()

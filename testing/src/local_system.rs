@@ -200,6 +200,7 @@ impl LoadedSystem {
             s3.create_bucket().bucket(name).send().await.expect("create bucket");
         }
         let hooks = crate::WebhookReceiver::start().await;
+        hooks.verify_with(WEBHOOK_SECRET);
         create_policy_secrets(stack, &client, &namespace).await;
         let operator = crate::chart::ChartOperator::start(cluster, &namespace, LOAD_RELEASE).await;
         println!("  operator pid {}, namespace {namespace}", operator.process.pid());

@@ -1,5 +1,7 @@
 //! A real HTTP endpoint on loopback that records webhook deliveries and answers with the status
-//! codes a test scripts, to check reports, signatures and retries.
+//! codes a test scripts, to check reports, signatures and retries. Given the secret, it checks
+//! every delivery on arrival with the reference Standard Webhooks verifier, as a receiver would
+//! (the spec's timestamp window is measured then, not when a test looks).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -9,12 +11,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 
 use crate::wait_for;
+use crate::webhook_verifier::ReferenceVerifier;
 
 #[derive(Debug, Clone)]
 pub struct ReceivedWebhook {
@@ -25,27 +27,23 @@ pub struct ReceivedWebhook {
     pub status: u16,
     /// When the delivery arrived: benchmarks measure time to verdict up to here.
     pub received_at: std::time::Instant,
+    /// The reference verifier's judgement on arrival; `None` when the receiver had no secret.
+    pub verification: Option<Result<(), String>>,
 }
 
 impl ReceivedWebhook {
-    /// True when `X-Bucket-AV-Signature` is the HMAC-SHA256 of `"<timestamp>.<body>"` under `secret`.
-    pub fn signature_is_valid(&self, secret: &str) -> bool {
-        let (Some(signature), Some(timestamp)) =
-            (self.headers.get("x-bucket-av-signature"), self.headers.get("x-bucket-av-timestamp"))
-        else {
-            return false;
-        };
-        let Some(hex_digest) = signature.to_str().ok().and_then(|s| s.strip_prefix("sha256=")) else {
-            return false;
-        };
-        let Ok(expected) = hex::decode(hex_digest) else {
-            return false;
-        };
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-        mac.update(timestamp.as_bytes());
-        mac.update(b".");
-        mac.update(&self.body);
-        mac.verify_slice(&expected).is_ok()
+    /// The `webhook-id` header; panics when the delivery has none.
+    pub fn id(&self) -> &str {
+        self.headers.get("webhook-id").expect("a webhook-id header").to_str().expect("an ASCII webhook-id")
+    }
+
+    /// Panics unless the reference verifier accepted this delivery on arrival.
+    pub fn assert_verified(&self) {
+        match &self.verification {
+            Some(Ok(())) => {}
+            Some(Err(error)) => panic!("the reference verifier refused the delivery: {error}\n{}", self.json),
+            None => panic!("the delivery was not verified: call verify_with(secret) on the receiver first"),
+        }
     }
 }
 
@@ -57,6 +55,9 @@ struct Inner {
     /// Answer every delivery with this status (after the script) until cleared.
     fail_with: Option<u16>,
     delay: Duration,
+    /// Answer every delivery with 302 to this location until cleared.
+    redirect_to: Option<String>,
+    verifier: Option<Arc<ReferenceVerifier>>,
 }
 
 #[derive(Clone)]
@@ -100,6 +101,17 @@ impl WebhookReceiver {
         self.inner.lock().unwrap().fail_with = status;
     }
 
+    /// Checks every delivery from now on with the reference Standard Webhooks verifier for
+    /// `secret` (as given to the worker's --webhook-secret). Panics when it is not installed.
+    pub fn verify_with(&self, secret: &str) {
+        self.inner.lock().unwrap().verifier = Some(Arc::new(ReferenceVerifier::start(secret)));
+    }
+
+    /// Answers every delivery with `302 Found` to `location` until called with `None`.
+    pub fn redirect_to(&self, location: Option<&str>) {
+        self.inner.lock().unwrap().redirect_to = location.map(str::to_owned);
+    }
+
     /// Holds every answer for `delay` (a slow receiver).
     pub fn delay(&self, delay: Duration) {
         self.inner.lock().unwrap().delay = delay;
@@ -120,15 +132,27 @@ impl WebhookReceiver {
     }
 }
 
-async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn receive(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> Response {
     let received_at = std::time::Instant::now();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    let (status, delay) = {
+    let verifier = inner.lock().unwrap().verifier.clone();
+    let verification = match verifier {
+        Some(verifier) => Some(verifier.verify(&headers, &body).await),
+        None => None,
+    };
+    let (status, delay, redirect_to) = {
         let mut inner = inner.lock().unwrap();
-        let status = inner.script.pop_front().unwrap_or(inner.fail_with.unwrap_or(200));
-        inner.received.push(ReceivedWebhook { headers, body, json, status, received_at });
-        (status, inner.delay)
+        let status = match &inner.redirect_to {
+            Some(_) => 302,
+            None => inner.script.pop_front().unwrap_or(inner.fail_with.unwrap_or(200)),
+        };
+        inner.received.push(ReceivedWebhook { headers, body, json, status, received_at, verification });
+        (status, inner.delay, inner.redirect_to.clone())
     };
     tokio::time::sleep(delay).await;
-    StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    match redirect_to {
+        Some(location) => (status, [(header::LOCATION, location)]).into_response(),
+        None => status.into_response(),
+    }
 }

@@ -8,7 +8,9 @@ use bucket_av_amqp::topology::Topology;
 use bucket_av_core::Redacted;
 use bucket_av_s3::S3Settings;
 use clap::{Parser, ValueEnum};
+use reqwest::Url;
 
+use crate::webhook::{SigningKey, redact_url};
 use bucket_av_clamd::ClamdAddress;
 
 #[derive(Debug, Clone, Parser)]
@@ -112,7 +114,8 @@ pub struct Config {
     /// --report-clean).
     #[arg(long, env = "BAVS_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
-    /// Key for the `X-Bucket-AV-Signature` HMAC-SHA256 header.
+    /// Key of the `webhook-signature` (Standard Webhooks) and legacy `X-Bucket-AV-Signature`
+    /// headers: `whsec_<base64>`, or any other value, whose UTF-8 bytes are then the key.
     #[arg(long, env = "BAVS_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<Redacted>,
     /// Report clean verdicts to the webhook too.
@@ -160,8 +163,11 @@ pub enum ConfigError {
     QuarantineIsScanned(String),
     #[error("--tag-prefix {0:?} is invalid: it must be 1 to 64 characters, without '&' or '='")]
     BadTagPrefix(String),
-    #[error("--webhook-url {0:?} must start with http:// or https://")]
+    /// Holds the URL redacted: it may carry a token.
+    #[error("--webhook-url {0} must be an http:// or https:// URL")]
     BadWebhookUrl(String),
+    #[error(transparent)]
+    BadWebhookSecret(#[from] crate::webhook::SecretError),
     #[error("--webhook-secret is set but --webhook-url is not")]
     SecretWithoutWebhook,
 }
@@ -180,15 +186,26 @@ impl Config {
         if self.tag_prefix.is_empty() || self.tag_prefix.len() > 64 || self.tag_prefix.contains(['&', '=']) {
             return Err(ConfigError::BadTagPrefix(self.tag_prefix.clone()));
         }
-        if let Some(url) = &self.webhook_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(ConfigError::BadWebhookUrl(url.clone()));
-        }
-        if self.webhook_secret.is_some() && self.webhook_url.is_none() {
-            return Err(ConfigError::SecretWithoutWebhook);
-        }
+        self.webhook_target()?;
         Ok(())
+    }
+
+    /// The webhook's URL and signing key, checked; `None` without --webhook-url.
+    pub fn webhook_target(&self) -> Result<Option<(Url, Option<SigningKey>)>, ConfigError> {
+        let Some(raw) = &self.webhook_url else {
+            return match self.webhook_secret {
+                Some(_) => Err(ConfigError::SecretWithoutWebhook),
+                None => Ok(None),
+            };
+        };
+        let url = match Url::parse(raw) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            Ok(url) => return Err(ConfigError::BadWebhookUrl(redact_url(&url))),
+            // Unparsed, the value cannot be redacted part by part: say why instead of showing it.
+            Err(error) => return Err(ConfigError::BadWebhookUrl(format!("(not a URL: {error})"))),
+        };
+        let key = self.webhook_secret.as_ref().map(SigningKey::from_secret).transpose()?;
+        Ok(Some((url, key)))
     }
 
     pub fn topology(&self) -> Topology {
@@ -262,5 +279,31 @@ mod tests {
         assert!(matches!(parse(&["--tag-prefix", "a&b"]).validate(), Err(ConfigError::BadTagPrefix(_))));
         assert!(matches!(parse(&["--webhook-url", "ftp://x"]).validate(), Err(ConfigError::BadWebhookUrl(_))));
         assert!(matches!(parse(&["--webhook-secret", "s"]).validate(), Err(ConfigError::SecretWithoutWebhook)));
+        let bad_secret = parse(&["--webhook-url", "https://h.example/in", "--webhook-secret", "whsec_*"]).validate();
+        assert!(matches!(bad_secret, Err(ConfigError::BadWebhookSecret(_))), "{bad_secret:?}");
+    }
+
+    #[test]
+    fn a_refused_webhook_url_is_shown_without_its_secrets() {
+        let error = parse(&["--webhook-url", "ftp://user:pw@h.example/in?token=s3cret"]).validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--webhook-url ftp://h.example/in?token=<redacted> must be an http:// or https:// URL"
+        );
+        let error = parse(&["--webhook-url", "https://user:pw@[s3cret/in"]).validate().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--webhook-url (not a URL: invalid IPv6 address) must be an http:// or https:// URL"
+        );
+    }
+
+    #[test]
+    fn webhook_target_takes_plain_and_standard_secrets() {
+        let plain = parse(&["--webhook-url", "https://h.example/in", "--webhook-secret", "s3cr3t-key"]);
+        let standard = parse(&["--webhook-url", "https://h.example/in", "--webhook-secret", "whsec_czNjcjN0LWtleQ=="]);
+        let (url, plain_key) = plain.webhook_target().unwrap().unwrap();
+        assert_eq!(url.as_str(), "https://h.example/in");
+        assert_eq!(plain_key, standard.webhook_target().unwrap().unwrap().1);
+        assert!(parse(&[]).webhook_target().unwrap().is_none());
     }
 }

@@ -80,7 +80,7 @@ impl ProcessError {
             | Self::Delete { class, .. } => *class,
             Self::Scan(error) if error.is_connection() => ErrorClass::Unavailable,
             Self::Scan(_) | Self::ClamdReply(_) => ErrorClass::Transient,
-            Self::Webhook(WebhookError::Rejected { .. }) => ErrorClass::Permanent,
+            Self::Webhook(WebhookError::Rejected { .. } | WebhookError::Redirected { .. }) => ErrorClass::Permanent,
             Self::Webhook(WebhookError::Exhausted { .. }) => ErrorClass::Transient,
             // Not the message's fault: handed back without spending its budget.
             Self::ShuttingDown => ErrorClass::Unavailable,

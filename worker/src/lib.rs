@@ -12,7 +12,7 @@
 //! - `tags`: the verdict tags merged into the object's own (pure).
 //! - `actions`: the S3 side effects of a verdict (tag, quarantine, delete), each guarded so it
 //!   acts on exactly the bytes that were scanned.
-//! - `webhook`: the signed report to the webhook, with retries.
+//! - `webhook`: the report to the webhook as a signed Standard Webhooks delivery, with retries.
 //! - `error`: one error variant per failing step, each knowing whether a retry can help.
 //! - `health`, `http`, `metrics`: `/healthz`, `/readyz` and `/metrics`.
 //! - [`config`]: the flags, each also an environment variable.
@@ -71,15 +71,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     let metrics = Arc::new(Metrics::new());
     let s3 = bucket_av_s3::client(&config.s3_settings())?;
     let clamd = Clamd::new(config.clamd.clone(), config.chunk_bytes as usize);
-    let webhook = match &config.webhook_url {
-        Some(url) => Some(
-            Webhook::new(
-                url.clone(),
-                config.webhook_secret.clone(),
-                config.webhook_attempts,
-                Duration::from_secs(config.webhook_timeout_seconds),
-            )
-            .map_err(StartError::Webhook)?,
+    let webhook = match config.webhook_target()? {
+        Some((url, key)) => Some(
+            Webhook::new(url, key, config.webhook_attempts, Duration::from_secs(config.webhook_timeout_seconds))
+                .map_err(StartError::Webhook)?,
         ),
         None => None,
     };

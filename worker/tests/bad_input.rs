@@ -770,6 +770,15 @@ async fn a_redelivered_quarantine_still_reports_infected_after_the_webhook_faile
     wait_until_settled(&scenario).await;
     let reports = reported_and_quarantined(&scenario, &hooks, &quarantine, "redelivered.com").await;
     assert_eq!(reports.len(), 3, "{reports:?}");
+    // The redelivery found the object in quarantine rather than scanning it: still the same
+    // verdict on the same version, so still the same webhook-id for the receiver to drop.
+    let ids: Vec<String> = hooks
+        .received()
+        .iter()
+        .filter(|hook| hook.json["key"] == "redelivered.com")
+        .map(|hook| hook.id().to_owned())
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     for report in &reports {
         assert_eq!(report["verdict"], "infected", "{report}");
         assert_eq!(report["action"], "quarantined", "{report}");

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use bucket_av_testing::webhook_verifier::ReferenceVerifier;
 use bucket_av_testing::{EICAR, wait_for};
 use common::{Scenario, VERDICT_TIMEOUT, clean_bytes, marked_bytes, webhook};
 
@@ -87,8 +88,11 @@ async fn infected_objects_are_deleted_when_the_policy_says_delete() {
 }
 
 #[tokio::test]
-async fn webhook_receives_verdicts_signed_with_hmac() {
+async fn webhook_receives_verdicts_as_standard_webhooks_deliveries() {
     let hooks = webhook().await;
+    // A plain secret, as Secrets from before Standard Webhooks hold: the receiver verifies with
+    // whsec_ + its base64, as the README says.
+    hooks.verify_with("s3cr3t-key");
     let url = hooks.url();
     let scenario = Scenario::start(
         "hook",
@@ -100,8 +104,7 @@ async fn webhook_receives_verdicts_signed_with_hmac() {
     scenario.stack.put(&scenario.bucket, "report/clean.bin", clean_bytes(10)).await;
 
     let infected = hooks.wait_for_key("report/me.bin", VERDICT_TIMEOUT).await;
-    assert!(infected.signature_is_valid("s3cr3t-key"), "signature header does not verify");
-    assert!(!infected.signature_is_valid("another-key"));
+    infected.assert_verified();
     let json = &infected.json;
     assert_eq!(json["bucket"], scenario.bucket.as_str());
     assert_eq!(json["verdict"], "infected");
@@ -112,10 +115,81 @@ async fn webhook_receives_verdicts_signed_with_hmac() {
     assert_eq!(json["tagged"], true);
     assert!(json["timings"]["scanMs"].is_u64());
     assert!(json["timings"]["eventToVerdictMs"].is_u64());
+    // The legacy headers still come beside the standard ones, for this release.
+    let header = |name: &str| infected.headers.get(name).map(|value| value.to_str().unwrap().to_owned());
+    assert_eq!(header("x-bucket-av-timestamp"), header("webhook-timestamp"));
+    assert!(header("x-bucket-av-signature").unwrap().starts_with("sha256="));
+
+    // The same delivery fails the reference verifier under another key or with a changed body
+    // (and passes again untouched, so the refusals are the key's and the change's).
+    let other_key = ReferenceVerifier::start("another-key");
+    assert!(other_key.verify(&infected.headers, &infected.body).await.is_err());
+    let same_key = ReferenceVerifier::start("s3cr3t-key");
+    let tampered = String::from_utf8(infected.body.to_vec()).unwrap().replace(r#""size":2048"#, r#""size":2049"#);
+    assert_ne!(tampered.as_bytes(), infected.body.as_ref());
+    let refused = same_key.verify(&infected.headers, tampered.as_bytes()).await.unwrap_err();
+    assert!(refused.contains("No matching signature"), "{refused}");
+    same_key.verify(&infected.headers, &infected.body).await.unwrap();
 
     let clean = hooks.wait_for_key("report/clean.bin", VERDICT_TIMEOUT).await;
     assert_eq!(clean.json["verdict"], "clean");
-    assert!(clean.signature_is_valid("s3cr3t-key"));
+    clean.assert_verified();
+    assert_ne!(clean.id(), infected.id());
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn every_delivery_of_one_verdict_carries_the_same_webhook_id() {
+    let hooks = webhook().await;
+    // A secret in the spec's own form this time.
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    hooks.verify_with(secret);
+    // Two attempts fail, the message goes back and is scanned again; its first attempt fails too:
+    // four deliveries of one verdict, from two scans.
+    hooks.respond_with(&[503, 503, 503]);
+    let url = hooks.url();
+    let args = ["--webhook-url", &url, "--webhook-secret", secret, "--webhook-attempts", "2", "--report-clean", "true"];
+    let scenario = Scenario::start("hookid", false, &args).await;
+    let stack = &scenario.stack;
+    let deliveries_of = |key: &str| -> Vec<bucket_av_testing::ReceivedWebhook> {
+        hooks.received().into_iter().filter(|hook| hook.json["key"] == key).collect()
+    };
+    stack.put(&scenario.bucket, "dup.com", EICAR).await;
+    wait_for("four deliveries of dup.com", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let count = deliveries_of("dup.com").len();
+        if count >= 4 { Ok(()) } else { Err(format!("{count} deliveries")) }
+    })
+    .await;
+    let first = deliveries_of("dup.com");
+    assert_eq!(first.iter().map(|hook| hook.status).collect::<Vec<_>>(), [503, 503, 503, 200]);
+    for hook in &first {
+        hook.assert_verified();
+        assert_eq!(hook.id(), first[0].id(), "a retry or redelivery of the same verdict got another id");
+    }
+
+    // New bytes under the same key: another verdict, then the same verdict on other bytes.
+    // Each is news to the receiver, so each gets an id of its own.
+    stack.put(&scenario.bucket, "dup.com", clean_bytes(64)).await;
+    wait_for("the clean report of dup.com", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let count = deliveries_of("dup.com").len();
+        if count >= 5 { Ok(()) } else { Err(format!("{count} deliveries")) }
+    })
+    .await;
+    stack.put(&scenario.bucket, "dup.com", marked_bytes(100)).await;
+    wait_for("the second infected report of dup.com", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        let count = deliveries_of("dup.com").len();
+        if count >= 6 { Ok(()) } else { Err(format!("{count} deliveries")) }
+    })
+    .await;
+    let all = deliveries_of("dup.com");
+    let verdicts: Vec<&str> = all.iter().map(|hook| hook.json["verdict"].as_str().unwrap()).collect();
+    assert_eq!(verdicts, ["infected", "infected", "infected", "infected", "clean", "infected"]);
+    let (clean, reinfected) = (&all[4], &all[5]);
+    clean.assert_verified();
+    reinfected.assert_verified();
+    assert_ne!(clean.id(), first[0].id());
+    assert_ne!(reinfected.id(), first[0].id());
+    assert_ne!(reinfected.id(), clean.id());
     scenario.finish().await;
 }
 
@@ -391,6 +465,29 @@ async fn a_webhook_that_refuses_the_report_dead_letters_it_at_once() {
     let reason = bucket_av_amqp::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
     assert!(reason.contains("HTTP 400"), "{reason}");
     assert_eq!(hooks.received().len(), 1, "a 4xx must not be retried");
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_webhook_that_redirects_dead_letters_the_report_without_showing_its_tokens() {
+    let hooks = webhook().await;
+    hooks.redirect_to(Some("https://elsewhere.example/final?token=new-s3cret"));
+    let url = format!("http://user:pa55word@{}/hook?token=old-s3cret", hooks.addr);
+    let scenario = Scenario::start("hook302", false, &["--webhook-url", &url, "--webhook-attempts", "3"]).await;
+    scenario.stack.put(&scenario.bucket, "redirected", EICAR).await;
+    let dead = scenario.dead_letter(VERDICT_TIMEOUT).await;
+    let headers = dead.delivery.properties.headers().clone().unwrap();
+    let reason = bucket_av_amqp::topology::header_text(&headers, "x-bucket-av-reason").unwrap();
+    assert_eq!(
+        reason,
+        format!(
+            "webhook http://{}/hook?token=<redacted> redirects to https://elsewhere.example/final?token=<redacted> (HTTP 302); reports are never sent on to another address: point the policy's webhook URL at the final URL",
+            hooks.addr
+        )
+    );
+    // One POST: not retried, and not followed (elsewhere.example would not resolve anyway; a
+    // followed redirect to the receiver itself is the unit test's case).
+    assert_eq!(hooks.received().len(), 1);
     scenario.finish().await;
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bucket_av_testing::chart::Helm;
 use bucket_av_testing::load::{self, UploadCounters, UploadPlan};
-use bucket_av_testing::local_system::{LoadedSystem, WEBHOOK_SECRET};
+use bucket_av_testing::local_system::LoadedSystem;
 use bucket_av_testing::{ServiceProcess, Stack, WorkerProcess, cli};
 use clap::Parser;
 
@@ -135,7 +135,7 @@ async fn main() {
 
     step("Checking every object and every webhook report");
     let verification = load::verify(&stack, bucket, quarantine, &plan, &uploads).await;
-    let reports = load::verify_reports(&system.hooks, WEBHOOK_SECRET, bucket, &plan, uploads.stored.iter().copied());
+    let reports = load::verify_reports(&system.hooks, bucket, &plan, uploads.stored.iter().copied());
     let mut problems = verification.problems;
     problems.extend(reports.problems);
     if !drained {
