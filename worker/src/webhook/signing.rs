@@ -109,17 +109,17 @@ pub fn legacy_signature(key: &SigningKey, timestamp: &str, body: &[u8]) -> Strin
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// `whsec_` + base64 of `key`: what a receiver gives a Standard Webhooks library.
-pub fn standard_secret(key: &SigningKey) -> String {
-    format!("{STANDARD_SECRET_PREFIX}{}", STANDARD.encode(&key.0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::verdict::Status;
     use crate::webhook::ActionTaken;
     use crate::webhook::tests::report;
+
+    /// `whsec_` + base64 of `key`: what a receiver gives a Standard Webhooks library.
+    fn standard_secret(key: &SigningKey) -> String {
+        format!("{STANDARD_SECRET_PREFIX}{}", STANDARD.encode(&key.0))
+    }
 
     fn key(secret: &str) -> SigningKey {
         SigningKey::from_secret(&Redacted::new(secret)).unwrap()
