@@ -714,8 +714,9 @@ pub struct WebhookSpec {
     )]
     pub url: String,
 
-    /// Secret holding the key of the `X-Bucket-AV-Signature` HMAC-SHA256 header. Unset: requests
-    /// are not signed.
+    /// Secret holding the signing key of the Standard Webhooks `webhook-signature` header:
+    /// `whsec_<base64>`, or any other value, whose bytes are then the key. Unset: requests are not
+    /// signed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<WebhookSecretRef>,
 
