@@ -6,8 +6,9 @@
 #
 #   bash testing/webhook-verifier/provision.sh        (or: just provision-webhook-verifier)
 #
-# The tests find the venv's python at the path printed here (testing/src/webhook_verifier.rs
-# computes the same path from the same version; keep the two in step).
+# The tests find the venv's python at the path printed here: testing/src/webhook_verifier.rs reads
+# the version from the STANDARDWEBHOOKS_VERSION= line below (keep that line's form) and looks in
+# the same cache.
 set -euo pipefail
 
 # shellcheck source=testing/lib.sh
