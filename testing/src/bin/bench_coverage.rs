@@ -5,14 +5,14 @@
 //!    Baseline: a plain listing of the bucket. Figures: the pass's wall time (the operator's
 //!    `coverage_objects_listed_total` reaching the count), its listing requests and tag reads,
 //!    the operator's peak memory (VmHWM).
-//! 2. A backfill of `--backfill-objects` 4 KiB objects without verdicts, one worker at
-//!    concurrency 8 with all of its slots open to coverage. Baseline: MinIO's ceiling for the
-//!    same requests (list, GET, PutObjectTagging at concurrency 8, on the same objects). Figure:
-//!    objects/s and the ratio, alone and with live uploads beside it.
-//!    The live lane: infected uploads at `--live-rate` per second through an operator-written
-//!    `Direct` target, timed from the PUT's answer to the webhook report of the verdict, first on
-//!    the idle system (the fast mode's time to verdict), then during the backfill. Figure: the
-//!    p99 during the backfill over the idle p99.
+//! 2. A backfill of `--backfill-objects` 4 KiB objects without verdicts and live uploads beside
+//!    it, one worker at concurrency 8. The live lane: infected uploads at `--live-rate` per second
+//!    through an operator-written `Direct` target, timed from the PUT's answer to the webhook
+//!    report of the verdict, first on the idle system (the fast mode's time to verdict), then
+//!    beside the backfill with the default lanes. Figure: the p99 beside the backfill over the
+//!    idle p99. Then the lanes are opened (every slot, no pacing) and the backfill's rate is
+//!    compared with MinIO's ceilings for the same requests (list, GET, PutObjectTagging at
+//!    concurrency 8 on the same objects; and with the worker's HEAD after each tag write).
 //!
 //! The operator and the worker are the release builds beside this binary, on the local stack and
 //! control plane (`just stack-up cluster-up`; the recipe starts both).
@@ -25,8 +25,8 @@ use bucket_av_crds::{BucketScanPolicy, BucketScanPolicySpec, BucketSpec, EventDe
 use bucket_av_testing::pod_spec::ContainerLaunch;
 use bucket_av_testing::policy::{AMQP_SECRET, MINIO_SECRET};
 use bucket_av_testing::{
-    Cluster, EICAR, OperatorProcess, PolicyBuilder, Stack, WebhookReceiver, kube_api, local_system, unique_name,
-    wait_for,
+    Cluster, EICAR, OperatorProcess, PolicyBuilder, Stack, WebhookReceiver, WorkerProcess, kube_api, local_system,
+    unique_name, wait_for,
 };
 use clap::Parser;
 use futures::StreamExt;
@@ -255,38 +255,86 @@ fn describe(latencies: &[f64]) -> String {
     )
 }
 
-/// MinIO's ceiling for what a backfill asks of it: the same list, GET and tag requests made
-/// directly, at the worker's concurrency, on the same objects. Objects per second.
-async fn minio_ceiling(stack: &Stack, bucket: &str, count: usize) -> f64 {
+/// MinIO's ceilings for what a backfill asks of it, on the same objects at the worker's
+/// concurrency, in objects per second: list + GET + PutObjectTagging (the issue's baseline), and
+/// the same plus the HEAD with `If-Match` that follows each tag write on an unversioned bucket
+/// (every request the worker makes of MinIO for a scan).
+async fn minio_ceilings(stack: &Stack, bucket: &str, count: usize) -> (f64, f64) {
     let s3 = stack.s3();
-    let started = Instant::now();
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    let mut keys = Vec::new();
-    while let Some(page) = pages.next().await {
-        keys.extend(page.expect("list").contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
+    let mut rates = [0.0; 2];
+    for (round, rate) in rates.iter_mut().enumerate() {
+        let guarded = round == 1;
+        let started = Instant::now();
+        let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            keys.extend(page.expect("list").contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
+        }
+        futures::stream::iter(keys)
+            .map(|key| {
+                let s3 = s3.clone();
+                async move {
+                    let object = s3.get_object().bucket(bucket).key(&key).send().await.expect("get");
+                    let etag = object.e_tag.clone().expect("an ETag");
+                    object.body.collect().await.expect("read the body");
+                    let tag = aws_sdk_s3::types::Tag::builder().key("bench").value("ceiling").build().expect("a tag");
+                    let tagging = aws_sdk_s3::types::Tagging::builder().tag_set(tag).build().expect("a tagging");
+                    s3.put_object_tagging().bucket(bucket).key(&key).tagging(tagging).send().await.expect("tag");
+                    if guarded {
+                        s3.head_object().bucket(bucket).key(&key).if_match(etag).send().await.expect("head");
+                    }
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .for_each(|_| async {})
+            .await;
+        *rate = count as f64 / started.elapsed().as_secs_f64();
     }
-    futures::stream::iter(keys)
-        .map(|key| {
-            let s3 = s3.clone();
-            async move {
-                let object = s3.get_object().bucket(bucket).key(&key).send().await.expect("get");
-                object.body.collect().await.expect("read the body");
-                let tag = aws_sdk_s3::types::Tag::builder().key("bench").value("ceiling").build().expect("a tag");
-                let tagging = aws_sdk_s3::types::Tagging::builder().tag_set(tag).build().expect("a tagging");
-                s3.put_object_tagging().bucket(bucket).key(&key).tagging(tagging).send().await.expect("tag");
-            }
-        })
-        .buffer_unordered(CONCURRENCY)
-        .for_each(|_| async {})
-        .await;
-    count as f64 / started.elapsed().as_secs_f64()
+    (rates[0], rates[1])
+}
+
+/// The coverage scans a worker has done.
+async fn coverage_scans(worker: &WorkerProcess) -> f64 {
+    worker.metric("bucket_av_worker_coverage_requests_total{reason=\"scanned\"}").await
+}
+
+/// Applies `policy` and replaces the worker once the Deployment's template carries `env` = `value`:
+/// the Deployment would roll its pods; the bench's workers run outside it.
+async fn apply_and_roll(
+    client: &kube::Client,
+    policy: &BucketScanPolicy,
+    workers: Vec<WorkerProcess>,
+    (env, value): (&str, &str),
+) -> WorkerProcess {
+    let namespace = policy.metadata.namespace.as_deref().expect("a namespaced policy");
+    kube_api::apply(&Api::<BucketScanPolicy>::namespaced(client.clone(), namespace), policy).await;
+    for worker in workers {
+        worker.terminate(Duration::from_secs(60)).await;
+    }
+    let deployment = policy.worker_deployment_name();
+    wait_for(
+        "the worker Deployment to carry the change",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || {
+            let launch = ContainerLaunch::from_deployment(client, namespace, &deployment, "worker").await;
+            let found = launch.env(env).unwrap_or_default().to_owned();
+            if found.split(',').any(|item| item == value) { Ok(()) } else { Err(found) }
+        },
+    )
+    .await;
+    let name = policy.metadata.name.as_deref().expect("a named policy");
+    let (mut workers, _) = local_system::start_workers(client, namespace, name, 1).await;
+    workers.remove(0)
 }
 
 /// The backfill, and the live lane beside it. One policy with an operator-written `Direct`
-/// target (no `queue_dir`) and a webhook for infected verdicts: first live uploads alone (the
-/// idle system, and the fast mode's time to verdict), then the policy gains a bucket of `count`
-/// objects without verdicts and the backfill runs, measured alone for a while and then with the
-/// same live uploads beside it.
+/// target (no `queue_dir`) and a webhook for infected verdicts:
+/// 1. live uploads on the idle system (the fast mode's time to verdict);
+/// 2. the policy gains a bucket of `count` objects without verdicts and, with the default lanes
+///    (a quarter of the worker's slots, 200 objects/s), the same live uploads run beside its
+///    backfill: their p99 against the idle one;
+/// 3. the lanes opened (every slot, no pacing): the backfill's own rate against MinIO's ceilings.
 async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, namespace: &str, args: &Args) {
     let count = args.backfill_objects;
     println!(
@@ -299,9 +347,10 @@ async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, names
     }
     let took = fill(stack, &existing, count, |_| None).await;
     println!("  filled in {:.1} s", took.as_secs_f64());
-    let ceiling = minio_ceiling(stack, &existing, count).await;
+    let (ceiling, guarded_ceiling) = minio_ceilings(stack, &existing, count).await;
     println!(
-        "  baseline, MinIO's ceiling (list + GET + PutObjectTagging at concurrency {CONCURRENCY}): {ceiling:.0} objects/s"
+        "  baselines, MinIO's ceilings at concurrency {CONCURRENCY}: list + GET + PutObjectTagging {ceiling:.0} objects/s; \
+         with the worker's HEAD If-Match after the tag write {guarded_ceiling:.0} objects/s"
     );
 
     let operator = OperatorProcess::start(cluster, namespace, &["--leader-election=false"]).await;
@@ -311,15 +360,14 @@ async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, names
         .managed_target(true, &queue_dir)
         .bucket(&live)
         .spec(|spec| {
-            fast_coverage(spec);
+            spec.workers.concurrency = CONCURRENCY as u16;
             spec.notification.delivery = EventDelivery::Direct;
             spec.coverage.sweep_interval_seconds = 3600;
             spec.actions.webhook =
                 Some(WebhookSpec { url: receiver.url(), secret_ref: None, report_clean: false, attempts: 3 });
         })
         .build();
-    let policies = Api::<BucketScanPolicy>::namespaced(client.clone(), namespace);
-    kube_api::apply(&policies, &policy).await;
+    kube_api::apply(&Api::<BucketScanPolicy>::namespaced(client.clone(), namespace), &policy).await;
     local_system::wait_ready(client, namespace, "backfill").await;
     let (workers, _) = local_system::start_workers(client, namespace, "backfill", 1).await;
 
@@ -331,66 +379,52 @@ async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, names
     );
 
     policy.spec.buckets.push(BucketSpec { name: existing.clone(), prefix: None, suffix: None });
-    kube_api::apply(&policies, &policy).await;
-    // The Deployment rolls its workers for the new bucket list; these run outside it, so the
-    // bench replaces its worker the same way once the template names the bucket.
-    for worker in workers {
-        worker.terminate(Duration::from_secs(60)).await;
-    }
-    let deployment = policy.worker_deployment_name();
-    wait_for(
-        "the worker Deployment to name the new bucket",
-        Duration::from_secs(60),
-        Duration::from_millis(200),
-        async || {
-            let launch = ContainerLaunch::from_deployment(client, namespace, &deployment, "worker").await;
-            let buckets = launch.env("BAVS_BUCKETS").unwrap_or_default().to_owned();
-            if buckets.split(',').any(|bucket| bucket == existing) { Ok(()) } else { Err(buckets) }
-        },
-    )
+    let worker = apply_and_roll(client, &policy, workers, ("BAVS_BUCKETS", &existing)).await;
+    wait_for("the first coverage scan", Duration::from_secs(120), Duration::from_millis(20), async || {
+        if coverage_scans(&worker).await >= 1.0 { Ok(()) } else { Err(String::from("none yet")) }
+    })
     .await;
-    let (workers, _) = local_system::start_workers(client, namespace, "backfill", 1).await;
-    let worker = &workers[0];
-    let scanned = async || worker.metric("bucket_av_worker_coverage_requests_total{reason=\"scanned\"}").await;
-    let first = wait_for("the first coverage scan", Duration::from_secs(120), Duration::from_millis(20), async || {
-        if scanned().await >= 1.0 { Ok(Instant::now()) } else { Err(String::from("none yet")) }
+    let (from, started) = (coverage_scans(&worker).await, Instant::now());
+    let beside = live_uploads(stack, &live, &receiver, "during", rate, window).await;
+    let (to, ended) = (coverage_scans(&worker).await, Instant::now());
+    let paced = (to - from) / ended.duration_since(started).as_secs_f64();
+    println!(
+        "  live uploads at {rate}/s beside the backfill with the default lanes ({} % of the slots, {} objects/s): {}",
+        policy.spec.coverage.worker_share_percent,
+        policy.spec.coverage.objects_per_second,
+        describe(&beside)
+    );
+    println!("  p99 beside the backfill / p99 idle: {:.2}", percentile(&beside, 0.99) / percentile(&idle, 0.99));
+    println!("  the backfill meanwhile: {paced:.0} objects/s");
+    if to >= count as f64 {
+        println!("  WARNING: the backfill ended before the live uploads did; raise --backfill-objects");
+    }
+
+    fast_coverage(&mut policy.spec);
+    let worker = apply_and_roll(client, &policy, vec![worker], ("BAVS_COVERAGE_SHARE_PERCENT", "100")).await;
+    wait_for("coverage scans on the opened lanes", Duration::from_secs(120), Duration::from_millis(20), async || {
+        if coverage_scans(&worker).await >= 1.0 { Ok(()) } else { Err(String::from("none yet")) }
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (alone_from, alone_started) = (scanned().await, Instant::now());
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (alone_to, alone_ended) = (scanned().await, Instant::now());
-    let alone = (alone_to - alone_from) / alone_ended.duration_since(alone_started).as_secs_f64();
-    let beside_live = live_uploads(stack, &live, &receiver, "during", rate, window).await;
-    let (live_to, live_ended) = (scanned().await, Instant::now());
-    let during = (live_to - alone_to) / live_ended.duration_since(alone_ended).as_secs_f64();
-    let overlapped = live_to < count as f64;
-    wait_for("the backfill to scan every object", Duration::from_secs(3600), Duration::from_millis(200), async || {
-        let scanned = scanned().await;
-        if scanned >= count as f64 { Ok(()) } else { Err(format!("{scanned} scanned")) }
-    })
-    .await;
-    let overall = (count - 1) as f64 / first.elapsed().as_secs_f64();
-    println!("  backfill alone (a 10 s window): {alone:.0} objects/s, {:.2} of the ceiling", alone / ceiling);
+    let (from, started) = (coverage_scans(&worker).await, Instant::now());
+    tokio::time::sleep(Duration::from_secs(args.live_seconds)).await;
+    let (to, ended) = (coverage_scans(&worker).await, Instant::now());
+    let opened = (to - from) / ended.duration_since(started).as_secs_f64();
     println!(
-        "  backfill with the live uploads beside it (until their last report): {during:.0} objects/s, {:.2} of the ceiling",
-        during / ceiling
+        "  backfill with every slot and no pacing ({}-s window): {opened:.0} objects/s, {:.2} of list + GET + tag, {:.2} of the same with the HEAD",
+        args.live_seconds,
+        opened / ceiling,
+        opened / guarded_ceiling
     );
-    println!(
-        "  backfill overall (first scan to last): {overall:.0} objects/s, {:.2} of the ceiling",
-        overall / ceiling
-    );
-    println!("  live uploads at {rate}/s during the backfill: {}", describe(&beside_live));
-    println!("  p99 during the backfill / p99 idle: {:.2}", percentile(&beside_live, 0.99) / percentile(&idle, 0.99));
-    if !overlapped {
-        println!("  WARNING: the backfill ended before the live uploads were answered; raise --backfill-objects");
+    if to >= (count - CONCURRENCY) as f64 {
+        println!("  WARNING: the backfill ended within the window; raise --backfill-objects");
     }
-    for worker in workers {
-        worker.terminate(Duration::from_secs(60)).await;
-    }
+    worker.terminate(Duration::from_secs(60)).await;
     local_system::delete_policy(client, namespace, "backfill").await;
     operator.terminate(Duration::from_secs(30)).await;
 }
+
 fn md5_digest(body: &[u8]) -> Vec<u8> {
     md5::Md5::digest(body).to_vec()
 }
