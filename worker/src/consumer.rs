@@ -180,7 +180,7 @@ impl Consumer {
             tracker.spawn(async move {
                 let disposition = match lane {
                     Lane::Uploads => processor.handle(&delivery.data, &shutdown).await,
-                    Lane::Coverage => processor.handle_coverage(&delivery.data, &shutdown).await,
+                    Lane::Coverage => processor.handle_coverage(&delivery.data, delivery.redelivered, &shutdown).await,
                 };
                 settle(&delivery, disposition, &dead_letters, &topology, &metrics).await;
             });

@@ -131,8 +131,10 @@ impl Processor {
 
     /// Handles one message of the coverage queue: an object a backfill, sweep or rescan listed.
     /// For a sweep's objects the tags are read first: the verdict may have become current since
-    /// the listing (its upload event overtook the pass), and then no scan is needed.
-    pub async fn handle_coverage(&self, body: &[u8], shutdown: &CancellationToken) -> Disposition {
+    /// the listing (its upload event overtook the pass), and then no scan is needed. Not on a
+    /// redelivery: the earlier attempt may have written the verdict and died before its webhook
+    /// report, and skipping the scan would lose that report for good.
+    pub async fn handle_coverage(&self, body: &[u8], redelivered: bool, shutdown: &CancellationToken) -> Disposition {
         let request = match coverage::parse_request(body) {
             Ok(request) => request,
             Err(error) => {
@@ -140,7 +142,7 @@ impl Processor {
                 return Disposition::DeadLetter { kind: "malformed_coverage_request", reason: error.to_string() };
             }
         };
-        match self.handle_coverage_request(request, shutdown).await {
+        match self.handle_coverage_request(request, redelivered, shutdown).await {
             Ok(outcome) => {
                 self.metrics.coverage(outcome);
                 Disposition::Ack
@@ -156,6 +158,7 @@ impl Processor {
     async fn handle_coverage_request(
         &self,
         request: CoverageRequest,
+        redelivered: bool,
         shutdown: &CancellationToken,
     ) -> Result<&'static str, ProcessError> {
         if !self.policy.buckets.is_empty() && !self.policy.buckets.contains(&request.bucket) {
@@ -165,7 +168,7 @@ impl Processor {
         // Only a sweep's objects can have an upload event in flight (a backfill leaves those
         // modified since the routes were written, a rescan names verdicts already there): the
         // re-check costs one request per object, so the others skip it.
-        if self.policy.tagging && request.pass == PassKind::Sweep {
+        if self.policy.tagging && request.pass == PassKind::Sweep && !redelivered {
             let (bucket, key) = (request.bucket.as_str(), request.key.as_str());
             let Some(tags) = self.retrying(shutdown, || actions::read_tags(&self.s3, bucket, key, None)).await? else {
                 return Ok("object_gone");
