@@ -18,8 +18,8 @@ use crate::config::ActionKind;
 use crate::error::{ErrorClass, HOLD_S3_REFUSED, ProcessError};
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel, VerdictLabel};
-use crate::scan::{ScanLimits, ScanOutcome, scan_object};
-use crate::slots::{ScanSlot, ScanSlots, Slots, Stopping};
+use crate::scan::{ScanLimits, ScanOutcome, SlotSource, scan_object};
+use crate::slots::{Lane, ScanSlots, Slots};
 use crate::tags::VerdictTags;
 use crate::verdict::{Status, Verdict};
 use crate::webhook::{ActionTaken, QuarantineLocation, Report, Timings, Webhook};
@@ -231,16 +231,15 @@ impl Processor {
         correction: u32,
     ) -> Pin<Box<dyn Future<Output = Result<(), ProcessError>> + Send + 'a>> {
         Box::pin(async move {
-            let slot = self.scan_slot(lane, shutdown).await?;
+            let slot = SlotSource { slots: &self.scan_slots, lane, shutdown };
             let started = Instant::now();
             // The database version is read before the scan: a database loaded during the scan
             // must not label a verdict the older one computed (a later rescan would skip it).
             let engine = self.engine();
             self.metrics.in_flight.inc();
             let scanned =
-                self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits)).await;
+                self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits, &slot)).await;
             self.metrics.in_flight.dec();
-            drop(slot);
             let scanned = scanned?;
             let scan_time = started.elapsed();
             let scanned_at = OffsetDateTime::now_utc();
@@ -262,7 +261,7 @@ impl Processor {
                     self.metrics.scan_duration.observe(scan_time.as_secs_f64());
                     (Some(verdict.clone()), verdict.status())
                 }
-                ScanOutcome::Missing => match self.find_in_quarantine(&event, shutdown).await? {
+                ScanOutcome::Missing => match self.find_in_quarantine(&event, lane, shutdown).await? {
                     Some(copy) => {
                         let status = copy.status;
                         found = Some(copy);
@@ -385,14 +384,6 @@ impl Processor {
         })
     }
 
-    async fn scan_slot(&self, lane: Lane, shutdown: &CancellationToken) -> Result<ScanSlot<'_>, ProcessError> {
-        let slot = match lane {
-            Lane::Upload => self.scan_slots.upload(shutdown).await,
-            Lane::Coverage => self.scan_slots.coverage(shutdown).await,
-        };
-        slot.map_err(|Stopping| ProcessError::ShuttingDown)
-    }
-
     /// After a replacement overtook a step: removes a verdict on the key that belongs to other
     /// bytes (see [`actions::correct_stale_verdict`]) and, when one was removed, handles the
     /// object now there as if its event had arrived, so it ends with its own verdict.
@@ -438,6 +429,7 @@ impl Processor {
     async fn find_in_quarantine(
         &self,
         event: &ObjectEvent,
+        lane: Lane,
         shutdown: &CancellationToken,
     ) -> Result<Option<FoundInQuarantine>, ProcessError> {
         let quarantines = |status: Status| {
@@ -471,8 +463,9 @@ impl Processor {
                     etag: event.etag.clone().filter(|etag| !etag.contains('-')),
                     ..event.clone()
                 };
+                let slot = SlotSource { slots: &self.scan_slots, lane, shutdown };
                 let scanned = self
-                    .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &copy_event, &self.policy.limits))
+                    .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &copy_event, &self.policy.limits, &slot))
                     .await?;
                 match scanned {
                     ScanOutcome::Scanned { verdict, .. } => (verdict.status(), verdict.detail(), false),
@@ -581,6 +574,8 @@ impl Processor {
         loop {
             let error = match step().await {
                 Ok(value) => return Ok(value),
+                // Stopping while waiting for a scan slot: not a failure, and nothing to retry.
+                Err(ProcessError::ShuttingDown) => return Err(ProcessError::ShuttingDown),
                 Err(error) => error,
             };
             self.metrics.error(error.kind());
@@ -603,13 +598,6 @@ impl Processor {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
-}
-
-/// Which queue a message came from: uploads go first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    Upload,
-    Coverage,
 }
 
 /// How many replacements one message chases before it leaves the key to its next upload's event.

@@ -1,6 +1,6 @@
 //! Streams the exact object an event names from S3 into clamd and returns the verdict. The GET
 //! body flows straight into INSTREAM: no temporary file, and memory stays at one chunk per scan
-//! whatever the object's size.
+//! whatever the object's size. Small objects are read whole before the scan slot is taken.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use bucket_av_core::ObjectEvent;
 
-use crate::error::{ProcessError, S3Failure, s3_failure};
+use crate::error::{ErrorClass, ProcessError, S3Failure, s3_failure};
+use crate::slots::{Lane, ScanSlot, ScanSlots, Stopping};
+use tokio_util::sync::CancellationToken;
 use crate::verdict::{Unscannable, Verdict, parse_instream_reply};
 use bucket_av_clamd::Clamd;
 
@@ -45,6 +47,26 @@ impl ScanLimits {
     }
 }
 
+/// Objects up to this size are read whole before they take a scan slot: the slot then covers
+/// clamd's work only, not MinIO's latency, so a few milliseconds of scanning no longer hold a
+/// slot through a GET (for 4 KiB objects the GET was most of the slot's time). Memory stays
+/// bounded: the broker hands a worker at most twice its concurrency of messages.
+const READ_BEFORE_SLOT_BYTES: u64 = 256 * 1024;
+
+/// Where a scan takes its slot: the worker's slots, the lane of its message, and the signal that
+/// cuts the wait short when the worker stops.
+pub struct SlotSource<'a> {
+    pub slots: &'a ScanSlots,
+    pub lane: Lane,
+    pub shutdown: &'a CancellationToken,
+}
+
+impl SlotSource<'_> {
+    async fn take(&self) -> Result<ScanSlot<'_>, ProcessError> {
+        self.slots.take(self.lane, self.shutdown).await.map_err(|Stopping| ProcessError::ShuttingDown)
+    }
+}
+
 /// Scans the event's object: its `versionId` when the bucket is versioned, otherwise the current
 /// object guarded by the event's ETag so that a replacement is never scanned in its place (also
 /// for a `null` version, which a version-suspended bucket overwrites).
@@ -53,6 +75,7 @@ pub async fn scan_object(
     clamd: &Clamd,
     event: &ObjectEvent,
     limits: &ScanLimits,
+    slot: &SlotSource<'_>,
 ) -> Result<ScanOutcome, ProcessError> {
     // The size limits are judged on the size MinIO reports for the exact object fetched, never on
     // the event's: an event's size can be stale or wrong, and a verdict decided from it alone
@@ -81,6 +104,20 @@ pub async fn scan_object(
     if let Some(verdict) = limits.by_size(size) {
         return Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: 0, tag_count });
     }
+    if size <= READ_BEFORE_SLOT_BYTES {
+        let body = output.body.collect().await.map_err(|error| ProcessError::GetObject {
+            message: error.to_string(),
+            class: ErrorClass::Unavailable,
+        })?;
+        let body = body.into_bytes();
+        let bytes = body.len() as u64;
+        let _slot = slot.take().await?;
+        let whole = futures::stream::iter([Ok::<_, std::convert::Infallible>(body)]);
+        let reply = clamd.instream(whole, limits.timeout).await.map_err(scan_error)?;
+        let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
+        return Ok(ScanOutcome::Scanned { verdict, size, etag, bytes, tag_count });
+    }
+    let _slot = slot.take().await?;
     let streamed = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&streamed);
     let body = futures::stream::unfold(output.body, move |mut body| {
@@ -93,15 +130,19 @@ pub async fn scan_object(
             Some((next, body))
         }
     });
-    let reply = clamd.instream(Box::pin(body), limits.timeout).await.map_err(|error| match error {
-        // A body that breaks off mid-stream is MinIO's failure, not clamd's.
-        bucket_av_clamd::ClamdError::Source(message) => {
-            ProcessError::GetObject { message, class: crate::error::ErrorClass::Unavailable }
-        }
-        other => ProcessError::Scan(other),
-    })?;
+    let reply = clamd.instream(Box::pin(body), limits.timeout).await.map_err(scan_error)?;
     let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
     Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: streamed.load(Ordering::Relaxed), tag_count })
+}
+
+fn scan_error(error: bucket_av_clamd::ClamdError) -> ProcessError {
+    match error {
+        // A body that breaks off mid-stream is MinIO's failure, not clamd's.
+        bucket_av_clamd::ClamdError::Source(message) => {
+            ProcessError::GetObject { message, class: ErrorClass::Unavailable }
+        }
+        other => ProcessError::Scan(other),
+    }
 }
 
 /// The size to judge an object by: what the GET response says it is; the event's only when the

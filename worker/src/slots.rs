@@ -23,6 +23,13 @@ impl Slots {
     }
 }
 
+/// Which queue a message came from: uploads go first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Upload,
+    Coverage,
+}
+
 /// The worker was asked to stop while waiting for a slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stopping;
@@ -51,6 +58,14 @@ impl ScanSlots {
             uploads_waiting: AtomicUsize::new(0),
             upload_arrived: Notify::new(),
             uploads_served: Notify::new(),
+        }
+    }
+
+    /// A slot for a message of `lane`.
+    pub async fn take(&self, lane: Lane, shutdown: &CancellationToken) -> Result<ScanSlot<'_>, Stopping> {
+        match lane {
+            Lane::Upload => self.upload(shutdown).await,
+            Lane::Coverage => self.coverage(shutdown).await,
         }
     }
 
