@@ -237,8 +237,9 @@ impl Processor {
             // must not label a verdict the older one computed (a later rescan would skip it).
             let engine = self.engine();
             self.metrics.in_flight.inc();
-            let scanned =
-                self.retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits, &slot)).await;
+            let scanned = self
+                .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits, &slot))
+                .await;
             self.metrics.in_flight.dec();
             let scanned = scanned?;
             let scan_time = started.elapsed();

@@ -10,9 +10,9 @@ use bucket_av_core::ObjectEvent;
 
 use crate::error::{ErrorClass, ProcessError, S3Failure, s3_failure};
 use crate::slots::{Lane, ScanSlot, ScanSlots, Stopping};
-use tokio_util::sync::CancellationToken;
 use crate::verdict::{Unscannable, Verdict, parse_instream_reply};
 use bucket_av_clamd::Clamd;
+use tokio_util::sync::CancellationToken;
 
 /// What came of trying to scan an event's object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,10 +105,11 @@ pub async fn scan_object(
         return Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: 0, tag_count });
     }
     if size <= READ_BEFORE_SLOT_BYTES {
-        let body = output.body.collect().await.map_err(|error| ProcessError::GetObject {
-            message: error.to_string(),
-            class: ErrorClass::Unavailable,
-        })?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|error| ProcessError::GetObject { message: error.to_string(), class: ErrorClass::Unavailable })?;
         let body = body.into_bytes();
         let bytes = body.len() as u64;
         let _slot = slot.take().await?;
