@@ -24,6 +24,8 @@ if [[ -f $stamp ]]; then
     exit 0
 fi
 command -v python3 >/dev/null 2>&1 || bavs_die "python3 is not on PATH; install it (Debian: apt-get install -y python3 python3-venv)"
+# Debian splits venv's pip bootstrap into python3-venv; install it like the stack's packages.
+python3 -c 'import ensurepip' >/dev/null 2>&1 || bavs_apt_install python3-venv
 mkdir -p "$BAVS_TOOLS_DIR"
 # Serialise concurrent runs (two test runs starting at once).
 exec 8>"$BAVS_TOOLS_DIR/.standardwebhooks.lock"
