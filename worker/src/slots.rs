@@ -71,15 +71,12 @@ impl ScanSlots {
 
     /// A slot for an upload: the first one free.
     pub async fn upload(&self, shutdown: &CancellationToken) -> Result<ScanSlot<'_>, Stopping> {
-        self.uploads_waiting.fetch_add(1, Ordering::SeqCst);
-        self.upload_arrived.notify_waiters();
+        let waiting = UploadWaiting::start(self);
         let slot = tokio::select! {
             slot = self.scans.acquire() => Ok(slot.expect("the semaphore is never closed")),
             () = shutdown.cancelled() => Err(Stopping),
         };
-        if self.uploads_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.uploads_served.notify_waiters();
-        }
+        drop(waiting);
         Ok(ScanSlot { _scan: slot?, _coverage: None })
     }
 
@@ -127,6 +124,26 @@ impl ScanSlots {
                 () = shutdown.cancelled() => return Err(Stopping),
                 () = &mut served => {}
             }
+        }
+    }
+}
+
+/// An upload counted as waiting for as long as this lives: also when its wait is dropped half-way
+/// (a cancelled task), or coverage work would wait for that upload for good.
+struct UploadWaiting<'a>(&'a ScanSlots);
+
+impl<'a> UploadWaiting<'a> {
+    fn start(slots: &'a ScanSlots) -> Self {
+        slots.uploads_waiting.fetch_add(1, Ordering::SeqCst);
+        slots.upload_arrived.notify_waiters();
+        Self(slots)
+    }
+}
+
+impl Drop for UploadWaiting<'_> {
+    fn drop(&mut self) {
+        if self.0.uploads_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.uploads_served.notify_waiters();
         }
     }
 }
@@ -215,6 +232,16 @@ mod tests {
         waiting.await.unwrap().unwrap();
         // Time is paused: a wait that polled on a timer would show up here as elapsed time.
         assert_eq!(freed.elapsed(), Duration::ZERO, "woken by the release itself");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_wait_dropped_half_way_does_not_hold_coverage_back() {
+        let slots = ScanSlots::new(Slots { scans: 1, coverage: 1 });
+        let running = CancellationToken::new();
+        let busy = slots.upload(&running).await.unwrap();
+        assert!(takes(slots.upload(&running)).await.is_none(), "an upload waits, then its task is cancelled");
+        drop(busy);
+        assert!(takes(slots.coverage(&running)).await.is_some(), "no upload waits any more");
     }
 
     #[tokio::test(start_paused = true)]
