@@ -65,9 +65,9 @@ pub struct Processor {
     engine: RwLock<Option<String>>,
     /// Attempts in place for transient failures before the message is handed back.
     transient_attempts: u32,
-    /// Bounds the GET-and-scan steps to the worker's concurrency, uploads first. Only those:
-    /// tagging, the checks, actions and the webhook of one message overlap the next message's
-    /// scan, so the S3 round trips after a verdict do not leave clamd idle.
+    /// Bounds the scans (and the GETs streaming into them) to the worker's concurrency, uploads
+    /// first. Only those: small objects' GETs, tagging, the checks, actions and the webhook of
+    /// one message overlap the next message's scan, so S3 round trips do not leave clamd idle.
     scan_slots: ScanSlots,
 }
 
