@@ -45,3 +45,44 @@ bavs_wait_for_exec() {
         sleep 0.05
     done
 }
+
+# bavs_kill_tree PID: SIGTERM to PID and every process under it (children first), so that a
+# shell function's commands stop with it. Only processes this script started are ever named.
+bavs_kill_tree() {
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do
+        bavs_kill_tree "$child"
+    done
+    kill -TERM "$1" 2>/dev/null || true
+}
+
+# bavs_logged NAME LOG COMMAND...: runs COMMAND (a program or a shell function) with its output
+# appended to LOG and its exit status as this function's, printing a heartbeat every
+# BAVS_HEARTBEAT_SECONDS (default 30) while it runs: a cold build takes minutes, and silence reads
+# as a hang. Each line says what is running, for how long, and where its log grows. Ctrl-C stops
+# the command (by its PID) and exits (the caller's EXIT trap cleans up); otherwise the caller's
+# INT/TERM traps are restored afterwards.
+bavs_logged() {
+    local name=$1 log=$2 every=${BAVS_HEARTBEAT_SECONDS:-30} started=$SECONDS next pid status=0 saved
+    local interrupted=0
+    shift 2
+    saved=$(trap -p INT TERM)
+    "$@" >>"$log" 2>&1 &
+    pid=$!
+    # shellcheck disable=SC2064 # expand now: stop this command, by its pid
+    trap "bavs_kill_tree $pid; interrupted=1" INT TERM
+    next=$((started + every))
+    while kill -0 "$pid" 2>/dev/null; do
+        sleep 1
+        if ((SECONDS >= next)) && kill -0 "$pid" 2>/dev/null; then
+            printf '    ... %s: %dm%02ds so far (log: %s, %s lines)\n' "$name" $(((SECONDS - started) / 60)) \
+                $(((SECONDS - started) % 60)) "$log" "$(wc -l <"$log" 2>/dev/null || echo 0)"
+            next=$((SECONDS + every))
+        fi
+    done
+    wait "$pid" || status=$?
+    ((interrupted == 0)) || exit 130
+    trap - INT TERM
+    [[ -z $saved ]] || eval "$saved"
+    return "$status"
+}

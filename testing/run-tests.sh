@@ -10,6 +10,29 @@ cd "$repo"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# One build from scratch, not an edit loop: incremental compilation would only add its caches
+# (gigabytes for ~40 test binaries) to a disk that CI shares. Set CARGO_INCREMENTAL=1 to keep them.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+
+# What to undo on exit, in reverse order, also when a step fails.
+cleanups=()
+on_exit() {
+    local i
+    for ((i = ${#cleanups[@]} - 1; i >= 0; i--)); do eval "${cleanups[i]}" || true; done
+}
+trap on_exit EXIT
+
+# The pinned Go tools (MinIO, Kubernetes, etcd, kwok, helm, CoreDNS, the Versity gateway,
+# promtool) are cached as binaries by version, so Go's build cache is of no use once they are
+# built; a cold build leaves gigabytes of it. This run's builds share a scratch cache, removed once
+# the last tool is built (and on exit). Set GOCACHE to keep yours.
+if [[ -z ${GOCACHE:-} ]]; then
+    mkdir -p "${XDG_CACHE_HOME:-$HOME/.cache}"
+    GOCACHE=$(mktemp -d "${XDG_CACHE_HOME:-$HOME/.cache}/bucket-av-go-build.XXXXXX")
+    export GOCACHE
+    cleanups+=('rm -rf "$GOCACHE"')
+fi
+
 step "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --features services -- -D warnings
@@ -28,21 +51,26 @@ bash testing/images/build-images.sh
 step "Installing the reference Standard Webhooks verifier (PyPI standardwebhooks, pinned) the webhook tests check with"
 bash testing/webhook-verifier/provision.sh
 
+step "Building promtool (github.com/prometheus/prometheus, pinned) the chart's monitoring tests check the alert rules with"
+bash testing/monitoring/provision-promtool.sh
+
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 # The binaries stack-up.sh runs are built above; built again with --bin alone, their features
 # would differ and cargo would rebuild part of the dependency tree.
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 BAVS_OPERATOR_BIN=$target_dir/debug/bucket-av-operator BAVS_STACK_PROBE_BIN=$target_dir/debug/stack-probe \
     bash testing/stack/stack-up.sh
-trap 'step "Stopping the stack"; bash testing/stack/stack-down.sh' EXIT
+cleanups+=('step "Stopping the stack"; bash testing/stack/stack-down.sh')
 
 step "Starting the second S3 store (the Versity S3 gateway: not MinIO, no bucket notifications)"
 bash testing/s3alt/up.sh
-trap 'step "Stopping the stores"; bash testing/s3alt/down.sh; bash testing/stack/stack-down.sh' EXIT
+cleanups+=('step "Stopping the second store"; bash testing/s3alt/down.sh')
 
 step "Starting the local cluster (etcd, kube-apiserver, controller manager, scheduler, kwok, the real node)"
 bash testing/cluster/cluster-up.sh
-trap 'step "Stopping the control plane and the stores"; bash testing/cluster/cluster-down.sh; bash testing/s3alt/down.sh; bash testing/stack/stack-down.sh' EXIT
+cleanups+=('step "Stopping the control plane"; bash testing/cluster/cluster-down.sh')
+# Every Go tool is built by now.
+[[ ${GOCACHE:-} != */bucket-av-go-build.* ]] || rm -rf "$GOCACHE"
 
 step "Running every test (unit, then integration against the stack)"
 # Integration tests spend their time waiting on services, so more run at once than there are

@@ -57,8 +57,16 @@ impl Topology {
         }
     }
 
-    /// Declares everything in dependency order: exchanges, then queues, then bindings.
+    /// Declares everything in dependency order: exchanges, then queues, then bindings; the
+    /// queues without an expiry.
     pub async fn declare(&self, channel: &Channel) -> Result<(), TopologyError> {
+        self.declare_with(channel, &QueueLimits::default()).await
+    }
+
+    /// Like [`Self::declare`], with `limits` on the work, coverage and dead-letter queues. RabbitMQ refuses
+    /// (PRECONDITION_FAILED, which closes the channel) to redeclare an existing queue with other
+    /// limits: see [`TopologyError::is_precondition_failed`].
+    pub async fn declare_with(&self, channel: &Channel, limits: &QueueLimits) -> Result<(), TopologyError> {
         // The exact flags MinIO declares with: durable, not auto-deleted, not internal.
         let minio_flags =
             ExchangeDeclareOptions { durable: true, auto_delete: false, internal: false, ..Default::default() };
@@ -81,14 +89,15 @@ impl Topology {
         let dlq = self.dead_letter_queue();
         let mut dlq_args = FieldTable::default();
         dlq_args.insert("x-queue-type".into(), long_string("quorum"));
-        declare_queue(channel, &dlq, dlq_args).await?;
+        declare_queue(channel, &dlq, limits.apply(dlq_args)).await?;
         bind(channel, &dlq, &dlx, self.dead_letter_routing_key()).await?;
 
-        declare_queue(channel, &self.queue, self.work_queue_arguments()).await?;
+        let work_arguments = limits.apply(self.work_queue_arguments());
+        declare_queue(channel, &self.queue, work_arguments.clone()).await?;
         bind(channel, &self.queue, &self.exchange, &self.routing_key).await?;
 
         // Published to through the default exchange by the operator and the workers; no binding.
-        declare_queue(channel, &self.coverage_queue(), self.work_queue_arguments()).await?;
+        declare_queue(channel, &self.coverage_queue(), work_arguments).await?;
         declare_queue(channel, &self.signatures_queue(), signatures_queue_arguments()).await
     }
 
@@ -104,6 +113,27 @@ impl Topology {
         // queue has confirmed it, so a message over its delivery limit is never dropped.
         args.insert("x-dead-letter-strategy".into(), long_string("at-least-once"));
         args.insert("x-overflow".into(), long_string("reject-publish"));
+        args
+    }
+}
+
+/// Limits of the work, coverage and dead-letter queues, set when they are created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// `x-expires` in milliseconds: RabbitMQ deletes the queue once it has had no consumer and
+    /// no redeclare for this long. Bounds a queue whose consumers and operator are gone for
+    /// good. Not a length limit with `reject-publish`: several queues may be bound with one
+    /// routing key (a shared MinIO target), and one full queue would make RabbitMQ refuse the
+    /// publish for all of them, stopping MinIO's whole event store; nor `drop-head`, which
+    /// would demote the work queue's at-least-once dead-lettering to at-most-once.
+    pub expires_ms: Option<u64>,
+}
+
+impl QueueLimits {
+    fn apply(&self, mut args: FieldTable) -> FieldTable {
+        if let Some(expires) = self.expires_ms {
+            args.insert("x-expires".into(), AMQPValue::LongLongInt(i64::try_from(expires).unwrap_or(i64::MAX)));
+        }
         args
     }
 }
@@ -211,6 +241,18 @@ pub enum TopologyError {
     },
 }
 
+impl TopologyError {
+    /// RabbitMQ refused to redeclare a queue whose arguments differ from the existing one's.
+    pub fn is_precondition_failed(&self) -> bool {
+        let Self::Queue { source, .. } = self else { return false };
+        matches!(
+            source.kind(),
+            lapin::ErrorKind::ProtocolError(amqp)
+                if *amqp.kind() == lapin::protocol::AMQPErrorKind::Soft(lapin::protocol::AMQPSoftError::PRECONDITIONFAILED)
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +272,8 @@ mod tests {
         assert_eq!(header_text(&args, "x-dead-letter-exchange").as_deref(), Some("uploads.dlx"));
         assert_eq!(header_text(&args, "x-dead-letter-routing-key").as_deref(), Some("uploads"));
         assert_eq!(topology.dead_letter_queue(), "uploads.dead");
+        assert_eq!(header_u64(&args, "x-expires"), None, "no expiry unless asked for");
+        let expiring = QueueLimits { expires_ms: Some(60_000) }.apply(topology.work_queue_arguments());
+        assert_eq!(header_u64(&expiring, "x-expires"), Some(60_000));
     }
 }

@@ -133,6 +133,17 @@ pub fn database_version(engine: &str) -> Option<&str> {
     (!version.is_empty()).then_some(version)
 }
 
+/// When the signature database in clamd's VERSION answer was built: its third field, C's
+/// `asctime` form (`Sun Nov 29 14:16:03 2026`, the day padded with a space), read as UTC, which
+/// is how clamd prints it in the containers it runs in. `None` without that field.
+pub fn database_built_at(engine: &str) -> Option<OffsetDateTime> {
+    let format = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
+    );
+    let text = engine.splitn(3, '/').nth(2)?.trim();
+    time::PrimitiveDateTime::parse(text, format).ok().map(time::PrimitiveDateTime::assume_utc)
+}
+
 /// Orders two database versions: numerically when both are numbers (as `daily` versions are),
 /// else as text.
 pub fn compare_versions(a: &str, b: &str) -> Ordering {
@@ -254,6 +265,17 @@ mod tests {
 
     fn currency(database: Option<&str>, rescan: RescanScope) -> Currency<'_> {
         Currency { database, rescan, unknown_is_outdated: false }
+    }
+
+    #[test]
+    fn the_database_build_time_is_the_third_field_of_clamds_version_answer() {
+        let built = database_built_at("ClamAV 1.4.6/27473/Sun Nov 29 14:16:03 2026");
+        assert_eq!(built, Some(time::macros::datetime!(2026-11-29 14:16:03 UTC)));
+        let single_digit_day = database_built_at("ClamAV 1.0.7/27000/Tue Dec  1 09:05:00 2026");
+        assert_eq!(single_digit_day, Some(time::macros::datetime!(2026-12-01 09:05:00 UTC)));
+        assert_eq!(database_built_at("ClamAV 1.4.6"), None);
+        assert_eq!(database_built_at("ClamAV 1.4.6/27473"), None);
+        assert_eq!(database_built_at("ClamAV 1.4.6/27473/yesterday"), None);
     }
 
     #[test]

@@ -145,6 +145,27 @@ pub fn parse_event(body: &[u8]) -> Result<Vec<ObjectEvent>, EventError> {
         .collect()
 }
 
+/// A notification of several records as one notification per record, each keeping the other
+/// top-level fields; `None` when the body is not a JSON object with more than one record (a
+/// malformed body is left to [`parse_event`] to describe). MinIO sends one record per message,
+/// but the format allows more, and one record's failure must not decide the others' fate.
+pub fn split_records(body: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let serde_json::Value::Object(notification) = serde_json::from_slice(body).ok()? else { return None };
+    let serde_json::Value::Array(records) = notification.get("Records")? else { return None };
+    if records.len() < 2 {
+        return None;
+    }
+    let parts = records
+        .iter()
+        .map(|record| {
+            let mut single = notification.clone();
+            single.insert("Records".to_owned(), serde_json::Value::Array(vec![record.clone()]));
+            serde_json::to_vec(&single).expect("a JSON value always serializes")
+        })
+        .collect();
+    Some(parts)
+}
+
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.is_empty())
 }
@@ -182,6 +203,31 @@ mod tests {
             "s3":{{"s3SchemaVersion":"1.0","bucket":{{"name":"uploads","arn":"arn:aws:s3:::uploads"}},
             "object":{{"key":"{key}"{extra_object_fields}}}}}}}]}}"#
         )
+    }
+
+    #[test]
+    fn a_notification_of_several_records_splits_into_one_per_record_and_one_bad_record_stays_alone() {
+        let good = |key: &str| {
+            format!(
+                r#"{{"eventName":"s3:ObjectCreated:Put","s3":{{"bucket":{{"name":"b"}},"object":{{"key":"{key}","size":1}}}}}}"#
+            )
+        };
+        let bad = r#"{"eventName":"s3:ObjectCreated:Put","s3":{"bucket":{"name":""},"object":{"key":"x"}}}"#;
+        let body = format!(
+            r#"{{"EventName":"s3:ObjectCreated:Put","Key":"b/one","Records":[{},{bad},{}]}}"#,
+            good("one"),
+            good("two")
+        );
+        let parts = split_records(body.as_bytes()).expect("three records");
+        assert_eq!(parts.len(), 3);
+        assert_eq!(parse_event(&parts[0]).unwrap()[0].key, "one");
+        assert!(matches!(parse_event(&parts[1]), Err(EventError::EmptyBucket { index: 0 })));
+        assert_eq!(parse_event(&parts[2]).unwrap()[0].key, "two");
+        let top: serde_json::Value = serde_json::from_slice(&parts[2]).unwrap();
+        assert_eq!(top["Key"], "b/one", "the other top-level fields are kept");
+        assert_eq!(split_records(format!(r#"{{"Records":[{}]}}"#, good("one")).as_bytes()), None);
+        assert_eq!(split_records(b"not json"), None);
+        assert_eq!(split_records(br#"{"Records":"nope"}"#), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! - [`coverage`]: the coverage lane (backfill, sweep, rescan requests), the workers' signature
 //!   database announcements, and whether an object's verdict tags are current.
 //! - [`event`]: MinIO's bucket-event messages, parsed into the objects they name.
+//! - [`labels`]: Kubernetes label syntax.
 //! - [`queues`]: the dead-letter queue and exchange a work queue's name implies.
 //! - [`redacted`]: [`Redacted`], a string (credential, key, URL with a password) that never
 //!   reaches a log line.
@@ -13,6 +14,7 @@
 pub mod arn;
 pub mod coverage;
 pub mod event;
+pub mod labels;
 pub mod queues;
 pub mod redacted;
 pub mod uri;

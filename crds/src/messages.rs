@@ -6,6 +6,9 @@ pub const QUARANTINE_WITHOUT_BUCKET: &str =
     "actions.quarantineBucket is required when onInfected or onUnscannable is Quarantine";
 pub const QUARANTINE_IS_SCANNED: &str =
     "actions.quarantineBucket must not be one of buckets[].name: quarantined objects would be scanned again";
+pub const RESERVED_POD_LABEL: &str = "workers.podLabels must not set app.kubernetes.io/name, app.kubernetes.io/instance, app.kubernetes.io/managed-by or bucketav.dev/policy: the operator selects its worker pods by them";
+pub const RESERVED_POD_ANNOTATION: &str =
+    "workers.podAnnotations must not set keys under bucketav.dev/: the operator keeps its own there";
 pub const MIN_ABOVE_MAX_REPLICAS: &str = "workers.minReplicas must not be greater than workers.maxReplicas";
 pub const BAD_MINIO_ENDPOINT: &str = "minio.endpoint must start with http:// or https://";
 pub const BAD_MANAGEMENT_URL: &str = "rabbitmq.managementUrl must start with http:// or https://";

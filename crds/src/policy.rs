@@ -1,13 +1,18 @@
 //! The `BucketScanPolicy` API types: spec, status and the CRD derived from them. Everything the API
 //! server can check is declared here as schema or CEL rules; nothing here talks to a cluster.
 
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::POLICY_LABEL;
 use crate::messages;
 
 /// Pattern of an S3 bucket name: 3 to 63 lowercase letters, digits, dots and hyphens, starting and
@@ -44,6 +49,7 @@ pub const MAX_QUEUE_NAME_LEN: usize = 240;
     derive = "PartialEq",
     doc = "Scans the objects uploaded to MinIO buckets for malware, through a RabbitMQ queue and autoscaled scanning workers",
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Buckets", type_ = "string", json_path = ".status.buckets"),
     printcolumn(name = "Queue Depth", type_ = "integer", json_path = ".status.queueDepth"),
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".status.replicas"),
@@ -132,6 +138,13 @@ pub struct BucketScanPolicySpec {
 /// whatever its tags say; the operator removes the annotation once the pass has started and
 /// shows its progress in `status.coverage`.
 pub const RESCAN_ANNOTATION: &str = "bucketav.dev/rescan";
+
+/// The annotation that abandons what the operator would otherwise still remove outside
+/// Kubernetes: with the value `true`, deleting the policy removes nothing from MinIO or RabbitMQ
+/// (its finalizer leaves at once, with a Warning event `CleanupAbandoned` listing what was left
+/// behind), and entries left on a former `minio.endpoint` are no longer retried. For a MinIO or
+/// RabbitMQ that is gone for good, or credentials that were revoked.
+pub const ABANDON_CLEANUP_ANNOTATION: &str = "bucketav.dev/abandon-cleanup";
 
 /// Backfill, sweeps and rescans, and the pace of the coverage queue.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -477,6 +490,18 @@ pub struct RabbitMqSpec {
     #[schemars(range(min = 2, max = 1000))]
     pub delivery_limit: u32,
 
+    /// Seconds after which RabbitMQ deletes the work, coverage and dead-letter queues once
+    /// nothing uses them: no consumer and no redeclare (`x-expires`). The operator redeclares a
+    /// live policy's queues every minute, so only queues nobody reconciles any more expire, such
+    /// as those left when a namespace was deleted with its Secrets; MinIO's events for them are
+    /// then dropped as unroutable instead of filling RabbitMQ. At least 120. Set when a queue is
+    /// created: a queue declared by an older operator keeps no expiry (QueueReady says so and
+    /// README "Orphaned queues" shows how to add one), and a change later needs a RabbitMQ
+    /// policy or a new queue, like deliveryLimit. Default 7 days.
+    #[serde(default = "default_queue_expiry_seconds")]
+    #[schemars(range(min = 120, max = 31_536_000))]
+    pub queue_expiry_seconds: u32,
+
     /// RabbitMQ's management API (`http://rabbitmq.rabbitmq.svc:15672`), reached with the user
     /// and password of the AMQP URL. With it, the queue depth the autoscaler sees counts the
     /// messages being scanned (unacknowledged) besides those waiting; without it only waiting
@@ -561,9 +586,13 @@ pub struct ScannerSpec {
     )]
     pub stream_max_bytes: Option<Quantity>,
 
-    /// Seconds one scan may take before it counts as failed and the event is retried.
+    /// Seconds one scan may take (600 at most: a third of RabbitMQ's default consumer timeout,
+    /// so the broker never takes back a message mid-scan). A scan that takes longer while clamd
+    /// still answers makes the object `unscannable` (reason `scan-timeout`), and the
+    /// onUnscannable action applies; when clamd does not answer either, the scan is retried once
+    /// clamd is back.
     #[serde(default = "default_scan_timeout_seconds")]
-    #[schemars(range(min = 1, max = 86400))]
+    #[schemars(range(min = 1, max = 600))]
     pub scan_timeout_seconds: u32,
 
     /// Bytes sent to clamd per chunk (4096 to 16777216); worker memory use is about this times
@@ -587,7 +616,8 @@ pub struct SidecarScanner {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Where freshclam gets signatures. Unset: the public ClamAV mirrors.
+    /// Where freshclam gets signatures. Unset: the cluster's signature mirror where the Helm
+    /// chart runs one (its `signatureMirror`, on by default), else the public ClamAV mirrors.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signatures: Option<SignatureSource>,
 }
@@ -788,7 +818,61 @@ pub struct WorkersSpec {
     /// CPU and memory of the worker container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// Secrets of the policy's namespace with the credentials for pulling the worker and clamd
+    /// images from a private registry (the pod's `imagePullSecrets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Node labels a worker pod needs to be scheduled on a node (the pod's `nodeSelector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the worker pods tolerate (the pod's `tolerations`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node affinity and pod (anti-)affinity of the worker pods (the pod's `affinity`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// How the worker pods spread over zones or nodes (the pod's `topologySpreadConstraints`).
+    /// A constraint without a `labelSelector` gets the one that selects this policy's worker
+    /// pods, so `{maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable:
+    /// ScheduleAnyway}` is enough.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+
+    /// PriorityClass of the worker pods; it must exist in the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = OBJECT_NAME_PATTERN))]
+    pub priority_class_name: Option<String>,
+
+    /// Labels added to the worker pods (for network policies, cost reports, service meshes). The
+    /// labels the operator selects its pods by are its own and cannot be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new(POD_LABELS_RULE).message(messages::RESERVED_POD_LABEL))]
+    pub pod_labels: BTreeMap<String, String>,
+
+    /// Annotations added to the worker pods. Keys under `bucketav.dev/` are the operator's own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('bucketav.dev/'))").message(messages::RESERVED_POD_ANNOTATION))]
+    pub pod_annotations: BTreeMap<String, String>,
 }
+
+/// The labels the operator selects and counts its worker pods by, which `workers.podLabels` may
+/// not set.
+pub const RESERVED_POD_LABELS: [&str; 4] =
+    ["app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/managed-by", POLICY_LABEL];
+
+/// The CEL rule refusing [`RESERVED_POD_LABELS`] in `workers.podLabels`.
+const POD_LABELS_RULE: &str = "self.all(k, !(k in ['app.kubernetes.io/name', 'app.kubernetes.io/instance', 'app.kubernetes.io/managed-by', 'bucketav.dev/policy']))";
 
 /// What deleting the policy does to its RabbitMQ queues.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -840,6 +924,17 @@ pub struct BucketScanPolicyStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routed_buckets: Vec<String>,
 
+    /// The MinIO endpoint `routedBuckets` (and a managed target) refer to. When
+    /// `spec.minio.endpoint` changes, what is on this one is removed too (see `leftEndpoints`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notification_endpoint: Option<String>,
+
+    /// Former MinIO endpoints that may still carry this policy's notification entries (or its
+    /// managed target), because removing them failed; retried at each reconcile and on deletion
+    /// until done or abandoned (annotation `bucketav.dev/abandon-cleanup`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_endpoints: Vec<LeftEndpoint>,
+
     /// When the buckets' notification entries were last written for a new spec (RFC 3339):
     /// objects modified since then have upload events, so a backfill leaves them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -859,6 +954,22 @@ pub struct BucketScanPolicyStatus {
     /// by the operator's coverage loop, never by a reconcile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coverage: Option<CoverageStatus>,
+}
+
+/// What a policy left on a MinIO endpoint it no longer uses.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LeftEndpoint {
+    /// The former `spec.minio.endpoint`.
+    pub endpoint: String,
+    /// ARN the entries there point at.
+    pub target_arn: String,
+    /// Buckets there that may carry the policy's entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<String>,
+    /// The notification target the operator wrote there (mode Managed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_target: Option<String>,
 }
 
 /// What the coverage loop knows and is doing.
@@ -1008,6 +1119,10 @@ fn default_delivery_limit() -> u32 {
     10
 }
 
+fn default_queue_expiry_seconds() -> u32 {
+    7 * 24 * 60 * 60
+}
+
 fn default_max_object_size() -> Quantity {
     Quantity("1Gi".to_owned())
 }
@@ -1123,6 +1238,14 @@ impl Default for WorkersSpec {
             scale_down_stabilization_seconds: default_scale_down_stabilization_seconds(),
             drain_seconds: default_drain_seconds(),
             resources: None,
+            image_pull_secrets: Vec::new(),
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            affinity: None,
+            topology_spread_constraints: Vec::new(),
+            priority_class_name: None,
+            pod_labels: BTreeMap::new(),
+            pod_annotations: BTreeMap::new(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Tests of the policy as a whole: defaults from a minimal YAML, `validate()` against each rule, and
 //! the generated CRD, whose CEL rules are evaluated here the way the API server evaluates them.
 
+use k8s_openapi::api::core::v1::LocalObjectReference;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::CustomResourceExt;
 use kube::core::cel::{Validator, apply_defaults, compile_schema, estimate_rule_cost};
@@ -289,6 +290,18 @@ fn invalid_cases() -> Vec<InvalidCase> {
             message: messages::PROTECTION_PREFIX_PATTERN,
         },
         InvalidCase {
+            name: "a pod label the operator selects its workers by",
+            edit: |spec| {
+                spec["workers"] = json!({"podLabels": {"team": "media", "app.kubernetes.io/instance": "other"}})
+            },
+            message: messages::RESERVED_POD_LABEL,
+        },
+        InvalidCase {
+            name: "a pod annotation under the operator's prefix",
+            edit: |spec| spec["workers"] = json!({"podAnnotations": {"bucketav.dev/secret-data": "x"}}),
+            message: messages::RESERVED_POD_ANNOTATION,
+        },
+        InvalidCase {
             name: "empty protected user name",
             edit: |spec| spec["protection"] = json!({"enabled": true, "users": [""]}),
             message: messages::BAD_PRINCIPAL_NAME,
@@ -313,7 +326,23 @@ fn validate_and_the_crd_refuse_each_invalid_policy_with_the_same_message() {
 
 #[test]
 fn valid_variations_pass_both_checks() {
-    let variations: [fn(&mut Value); 11] = [
+    let variations: [fn(&mut Value); 12] = [
+        |spec| {
+            spec["workers"] = json!({
+                "imagePullSecrets": [{"name": "registry-credentials"}],
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "scanning", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}
+                ]}}},
+                "topologySpreadConstraints": [
+                    {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+                ],
+                "priorityClassName": "scanning",
+                "podLabels": {"team": "media", "example.com/cost-center": "42"},
+                "podAnnotations": {"prometheus.io/scrape": "true"},
+            });
+        },
         |spec| spec["protection"] = json!({"enabled": true, "users": ["app"], "groups": ["uploaders"]}),
         // A wildcard in the prefix matters only while protection is on.
         |spec| {
@@ -342,7 +371,7 @@ fn valid_variations_pass_both_checks() {
 #[test]
 fn validate_refuses_what_the_schema_patterns_and_ranges_refuse() {
     type SpecEdit = fn(&mut BucketScanPolicySpec);
-    let cases: [(SpecEdit, &str); 9] = [
+    let cases: [(SpecEdit, &str); 14] = [
         (|spec| spec.buckets[0].name = "Uploads".into(), "buckets[0].name"),
         (|spec| spec.buckets[0].name = "ab".into(), "buckets[0].name"),
         (|spec| spec.buckets[0].name = "-uploads".into(), "buckets[0].name"),
@@ -352,6 +381,14 @@ fn validate_refuses_what_the_schema_patterns_and_ranges_refuse() {
         (|spec| spec.actions.tagging.prefix = "a=b".into(), "actions.tagging.prefix"),
         (|spec| spec.rabbitmq.delivery_limit = 1, "rabbitmq.deliveryLimit is 1"),
         (|spec| spec.workers.concurrency = 0, "workers.concurrency is 0"),
+        (|spec| spec.workers.priority_class_name = Some("High".into()), "workers.priorityClassName"),
+        (
+            |spec| spec.workers.image_pull_secrets = vec![LocalObjectReference { name: "Bad_Name".into() }],
+            "workers.imagePullSecrets[0].name",
+        ),
+        (|spec| _ = spec.workers.node_selector.insert("zone/".into(), "a".into()), "workers.nodeSelector"),
+        (|spec| _ = spec.workers.pod_labels.insert("team".into(), "-media".into()), "workers.podLabels[team]"),
+        (|spec| _ = spec.workers.pod_annotations.insert("a b".into(), "x".into()), "workers.podAnnotations"),
     ];
     for (edit, expected) in cases {
         let mut spec = minimal_spec();
@@ -383,6 +420,7 @@ fn crd_has_names_columns_status_and_storage() {
         columns,
         [
             ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#),
+            ("Reason", r#".status.conditions[?(@.type=="Ready")].reason"#),
             ("Buckets", ".status.buckets"),
             ("Queue Depth", ".status.queueDepth"),
             ("Replicas", ".status.replicas"),
@@ -417,6 +455,8 @@ fn crd_carries_every_cel_rule_and_each_compiles_within_budget() {
         messages::RESERVED_QUEUE,
         messages::BAD_MAX_OBJECT_SIZE,
         messages::BAD_STREAM_MAX_BYTES,
+        messages::RESERVED_POD_LABEL,
+        messages::RESERVED_POD_ANNOTATION,
     ] {
         assert!(messages.contains(&expected), "no CEL rule says {expected:?}");
     }

@@ -3,8 +3,9 @@
 //! the same message. The CEL rules take their messages from [`messages`]: one wording for both.
 
 use crate::messages;
-use crate::policy::{BucketScanPolicySpec, MAX_QUEUE_NAME_LEN, ObjectAction};
+use crate::policy::{BucketScanPolicySpec, MAX_QUEUE_NAME_LEN, ObjectAction, RESERVED_POD_LABELS};
 use crate::quantity::quantity_bytes;
+use bucket_av_core::labels::{is_label_value, is_qualified_name};
 
 /// Why a policy spec is invalid. The messages say what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -59,6 +60,10 @@ pub enum SpecError {
     TooManyPrincipals { field: &'static str, count: usize },
     #[error("buckets must list 1 to 100 buckets, not {0}")]
     BucketCount(usize),
+    #[error("{msg} (got {0:?})", msg = messages::RESERVED_POD_LABEL)]
+    ReservedPodLabel(String),
+    #[error("{msg} (got {0:?})", msg = messages::RESERVED_POD_ANNOTATION)]
+    ReservedPodAnnotation(String),
     /// A string that does not match its schema pattern or length limits.
     #[error("{field} {value:?} is invalid: it must be {expected}")]
     Malformed { field: String, value: String, expected: &'static str },
@@ -96,6 +101,8 @@ impl SpecError {
             Self::BadPrincipalName(_) => "BadPrincipalName",
             Self::TooManyPrincipals { .. } => "TooManyPrincipals",
             Self::BucketCount(_) => "BucketCount",
+            Self::ReservedPodLabel(_) => "ReservedPodLabel",
+            Self::ReservedPodAnnotation(_) => "ReservedPodAnnotation",
             Self::Malformed { .. } => "Malformed",
             Self::OutOfRange { .. } => "OutOfRange",
         }
@@ -112,6 +119,9 @@ const TAG_PREFIX_RULE: &str = "1 to 64 characters, without '&' or '='";
 const KEY_FILTER_RULE: &str = "1 to 1024 characters";
 const IMAGE_RULE: &str = "1 to 1024 characters";
 const REGION_RULE: &str = "at most 64 characters";
+const LABEL_KEY_RULE: &str = "a label or annotation key: an optional DNS subdomain prefix and '/', then 1 to 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit";
+const LABEL_VALUE_RULE: &str =
+    "a label value: at most 63 letters, digits, '-', '_' and '.', starting and ending with a letter or digit";
 
 impl BucketScanPolicySpec {
     /// Checks everything the CRD's schema and CEL rules check, returning the first problem.
@@ -179,6 +189,7 @@ impl BucketScanPolicySpec {
             }
         }
         check_range("rabbitmq.deliveryLimit", rabbitmq.delivery_limit.into(), 2, 1000)?;
+        check_range("rabbitmq.queueExpirySeconds", rabbitmq.queue_expiry_seconds.into(), 120, 31_536_000)?;
 
         let scanner = &self.scanner;
         match (&scanner.sidecar, &scanner.external) {
@@ -210,7 +221,7 @@ impl BucketScanPolicySpec {
         {
             return Err(SpecError::BadStreamMaxBytes(stream_max.0.clone()));
         }
-        check_range("scanner.scanTimeoutSeconds", scanner.scan_timeout_seconds.into(), 1, 86400)?;
+        check_range("scanner.scanTimeoutSeconds", scanner.scan_timeout_seconds.into(), 1, 600)?;
         check_range("scanner.chunkBytes", scanner.chunk_bytes.into(), 4096, 16 * 1024 * 1024)?;
 
         let actions = &self.actions;
@@ -291,6 +302,36 @@ impl BucketScanPolicySpec {
         let stabilization = workers.scale_down_stabilization_seconds.into();
         check_range("workers.scaleDownStabilizationSeconds", stabilization, 0, 3600)?;
         check_range("workers.drainSeconds", workers.drain_seconds.into(), 0, 3600)?;
+        self.validate_worker_pods()
+    }
+
+    /// The scheduling and pulling fields of `workers`: what the API server would refuse in the
+    /// worker Deployment's pod template is refused in the policy, naming the policy's field.
+    fn validate_worker_pods(&self) -> Result<(), SpecError> {
+        let workers = &self.workers;
+        for (index, secret) in workers.image_pull_secrets.iter().enumerate() {
+            check_object_name(&format!("workers.imagePullSecrets[{index}].name"), &secret.name)?;
+        }
+        if let Some(class) = &workers.priority_class_name {
+            check_object_name("workers.priorityClassName", class)?;
+        }
+        for (field, labels) in
+            [("workers.nodeSelector", &workers.node_selector), ("workers.podLabels", &workers.pod_labels)]
+        {
+            for (key, value) in labels {
+                check(is_qualified_name(key), field, key, LABEL_KEY_RULE)?;
+                check(is_label_value(value), &format!("{field}[{key}]"), value, LABEL_VALUE_RULE)?;
+            }
+        }
+        if let Some(reserved) = workers.pod_labels.keys().find(|key| RESERVED_POD_LABELS.contains(&key.as_str())) {
+            return Err(SpecError::ReservedPodLabel(reserved.clone()));
+        }
+        for key in workers.pod_annotations.keys() {
+            check(is_qualified_name(key), "workers.podAnnotations", key, LABEL_KEY_RULE)?;
+            if key.starts_with("bucketav.dev/") {
+                return Err(SpecError::ReservedPodAnnotation(key.clone()));
+            }
+        }
         Ok(())
     }
 }

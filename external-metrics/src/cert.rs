@@ -50,17 +50,31 @@ pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
     ]
 }
 
-impl ServingCert {
-    /// Generates a throwaway CA and a leaf signed by it for `names` (DNS names or IP addresses),
-    /// valid from an hour ago for a year. The CA's key is dropped at once: nothing else can be
-    /// signed with it. Each call (each process start) makes a new CA, so the APIService's
-    /// `caBundle` must be updated with [`ca_bundle_pem`](Self::ca_bundle_pem) after every start,
-    /// and replicas behind one Service must share a certificate from files instead.
-    pub fn self_signed(names: &[String]) -> Result<Self, Error> {
+/// A throwaway CA and a leaf signed by it, in PEM, for storing (e.g. in a Secret that every
+/// replica of the operator serves from, so that they share one CA). See
+/// [`ServingCert::self_signed`].
+#[derive(Clone)]
+pub struct SelfSignedPem {
+    /// The leaf, then the CA.
+    pub cert_chain: String,
+    pub key: String,
+    pub ca: String,
+}
+
+impl fmt::Debug for SelfSignedPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SelfSignedPem").field("key", &"<redacted>").finish_non_exhaustive()
+    }
+}
+
+impl SelfSignedPem {
+    /// A CA and a leaf for `names` (DNS names or IP addresses), valid from an hour ago for
+    /// `days`. The CA's key is dropped at once: nothing else can be signed with it.
+    pub fn generate(names: &[String], days: i64) -> Result<Self, Error> {
         let generate = |error: rcgen::Error| Error::GenerateCertificate(error);
         let now = OffsetDateTime::now_utc();
         let not_before = now - Duration::hours(1);
-        let not_after = now + Duration::days(365);
+        let not_after = now + Duration::days(days);
 
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
         ca_params
@@ -84,10 +98,19 @@ impl ServingCert {
         leaf_params.not_after = not_after;
         let leaf_key = KeyPair::generate().map_err(generate)?;
         let leaf = leaf_params.signed_by(&leaf_key, &ca).map_err(generate)?;
+        Ok(Self { cert_chain: format!("{}{}", leaf.pem(), ca.pem()), key: leaf_key.serialize_pem(), ca: ca.pem() })
+    }
+}
 
-        let key = PrivateKeyDer::try_from(leaf_key.serialize_der())
-            .map_err(|error| Error::ServingCertificate(format!("generated key: {error}")))?;
-        Ok(Self { chain: vec![leaf.der().clone(), ca.der().clone()], key, ca_bundle_pem: Some(ca.pem()) })
+impl ServingCert {
+    /// Generates a throwaway CA and a leaf signed by it for `names` (DNS names or IP addresses),
+    /// valid from an hour ago for a year. The CA's key is dropped at once: nothing else can be
+    /// signed with it. Each call (each process start) makes a new CA, so the APIService's
+    /// `caBundle` must be updated with [`ca_bundle_pem`](Self::ca_bundle_pem) after every start,
+    /// and replicas behind one Service must share a certificate from files instead.
+    pub fn self_signed(names: &[String]) -> Result<Self, Error> {
+        let pem = SelfSignedPem::generate(names, 365)?;
+        Self::from_pem(&pem.cert_chain, &pem.key, Some(pem.ca))
     }
 
     /// [`self_signed`](Self::self_signed) for the names of a Service (see [`service_dns_names`]),

@@ -40,7 +40,7 @@ mod source;
 
 pub use apiservice::{API_SERVICE_NAME, ApiServiceRegistration, apply_api_service, delete_api_service};
 pub use auth::{RemoteIdentity, RequestHeaderConfig};
-pub use cert::{ServingCert, service_dns_names};
+pub use cert::{SelfSignedPem, ServingCert, service_dns_names};
 pub use quantity::Quantity;
 pub use selector::{LabelSelector, Operator, Requirement, SelectorError};
 pub use server::{Config, MetricsApiServer};

@@ -2,6 +2,7 @@
 //! them in `?labelSelector=`: parsing with the grammar and error cases of apimachinery's
 //! `labels.Parse`, matching against a metric's labels, and printing back. Nothing here does I/O.
 
+use bucket_av_core::labels::{is_dns_subdomain, is_label_value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
@@ -370,17 +371,8 @@ fn validate_key(key: &str) -> Result<(), String> {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
-    if let Some(prefix) = prefix {
-        let valid_label = |label: &str| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        };
-        if prefix.is_empty() || prefix.len() > 253 || !prefix.split('.').all(valid_label) {
-            return Err(format!("label key {key:?} has an invalid prefix: it must be a lowercase DNS subdomain"));
-        }
+    if prefix.is_some_and(|prefix| !is_dns_subdomain(prefix)) {
+        return Err(format!("label key {key:?} has an invalid prefix: it must be a lowercase DNS subdomain"));
     }
     if name.is_empty() || !is_label_value(name) {
         return Err(format!(
@@ -400,14 +392,6 @@ fn validate_value(value: &str) -> Result<(), String> {
              starting and ending alphanumeric"
         ))
     }
-}
-
-fn is_label_value(value: &str) -> bool {
-    let bytes = value.as_bytes();
-    bytes.len() <= 63
-        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
-        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 #[cfg(test)]

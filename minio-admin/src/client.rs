@@ -152,14 +152,14 @@ impl AdminClient {
             other => other?,
         };
         let body = response.bytes().await.map_err(|source| Error::ReadResponse { operation, source })?;
-        let plaintext = encrypt::decrypt_data(self.secret_key.expose(), &body)?;
+        let plaintext = encrypt::decrypt_off_runtime(self.secret_key.expose(), &body).await?;
         String::from_utf8(plaintext).map_err(|_| Error::NotText { key: key.to_owned() })
     }
 
     /// Writes one config line (`notify_amqp:<ID> key="value" ...`) to the stored configuration.
     /// MinIO validates it first, for a notification target by connecting to it.
     pub async fn set_config_kv(&self, line: &str) -> Result<ConfigChange> {
-        let body = encrypt::encrypt_data(self.secret_key.expose(), line.as_bytes());
+        let body = encrypt::encrypt_off_runtime(self.secret_key.expose(), line.as_bytes()).await;
         let response = self.send(Method::PUT, "/set-config-kv", "", body, "set-config-kv", CONFIG_UPDATE).await?;
         Ok(config_change(&response))
     }
@@ -168,7 +168,7 @@ impl AdminClient {
     /// from the stored configuration. [`Error::NotFound`] when nothing is stored under it.
     pub async fn delete_config_kv(&self, line: &str) -> Result<ConfigChange> {
         let operation = "del-config-kv";
-        let body = encrypt::encrypt_data(self.secret_key.expose(), line.as_bytes());
+        let body = encrypt::encrypt_off_runtime(self.secret_key.expose(), line.as_bytes()).await;
         match self.send(Method::DELETE, "/del-config-kv", "", body, operation, CONFIG_UPDATE).await {
             Ok(response) => Ok(config_change(&response)),
             Err(Error::Rejected { status: 404, code, message, .. }) if code == "XMinioConfigNotFoundError" => {

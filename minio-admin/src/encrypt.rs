@@ -77,6 +77,20 @@ pub fn encrypt_data(password: &str, plaintext: &[u8]) -> Vec<u8> {
     encrypt_with(Cipher::Argon2idAesGcm, password, plaintext)
 }
 
+/// [`encrypt_data`] on a blocking thread. The Argon2id derivation fills 64 MiB and takes a
+/// while (longer when other derivations hold the one-at-a-time lock): on the async runtime's
+/// threads it would stall every other task for as long, the operator's lease renewals included.
+pub async fn encrypt_off_runtime(password: &str, plaintext: &[u8]) -> Vec<u8> {
+    let (password, plaintext) = (password.to_owned(), plaintext.to_vec());
+    tokio::task::spawn_blocking(move || encrypt_data(&password, &plaintext)).await.expect("encryption does not panic")
+}
+
+/// [`decrypt_data`] on a blocking thread, for the same reason as [`encrypt_off_runtime`].
+pub async fn decrypt_off_runtime(password: &str, data: &[u8]) -> Result<Vec<u8>, Error> {
+    let (password, data) = (password.to_owned(), data.to_vec());
+    tokio::task::spawn_blocking(move || decrypt_data(&password, &data)).await.expect("decryption does not panic")
+}
+
 /// Encrypts with a chosen cipher id (all three are accepted by MinIO's decryption).
 pub fn encrypt_with(cipher: Cipher, password: &str, plaintext: &[u8]) -> Vec<u8> {
     let mut salt = [0u8; SALT_LEN];
@@ -204,6 +218,34 @@ fn open_stream<A: Aead>(
 
 #[cfg(test)]
 mod tests {
+
+    /// On a single-threaded runtime, a derivation on the runtime's thread would stop every other
+    /// task until it is done; off the runtime, a ticker keeps ticking meanwhile.
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_key_derivation_leaves_the_async_runtime_free() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&ticks);
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::task::yield_now().await;
+        let started = std::time::Instant::now();
+        let mut sealed = Vec::new();
+        for _ in 0..3 {
+            sealed = encrypt_off_runtime("minio-secret", b"notify_amqp:X url=\"amqp://h\"").await;
+        }
+        let elapsed = started.elapsed();
+        let ticked = ticks.load(Ordering::SeqCst);
+        ticker.abort();
+        assert!(ticked >= 3, "the runtime ticked {ticked} times during {elapsed:?} of key derivation");
+        assert_eq!(decrypt_off_runtime("minio-secret", &sealed).await.unwrap(), b"notify_amqp:X url=\"amqp://h\"");
+    }
+
     use aes_gcm::Aes128Gcm;
     use chacha20poly1305::XChaCha20Poly1305;
 

@@ -176,7 +176,7 @@ impl AdminClient {
             group: matches!(principal, Principal::Group(_)).then_some(principal.name()),
         };
         let plain = serde_json::to_vec(&request).map_err(|source| Error::ParseJson { operation, source })?;
-        let body = encrypt::encrypt_data(self.secret_key().expose(), &plain);
+        let body = encrypt::encrypt_off_runtime(self.secret_key().expose(), &plain).await;
         match self.send(Method::POST, path, "", body, operation, ATTACH_POLICY).await {
             Ok(_) => Ok(true),
             Err(error) if is_code(&error, "XMinioAdminPolicyChangeAlreadyApplied") => Ok(false),
@@ -200,7 +200,7 @@ impl AdminClient {
             .send(Method::GET, "/idp/builtin/policy-entities", &query, Vec::new(), operation, LIST_POLICY_ENTITIES)
             .await?;
         let body = response.bytes().await.map_err(|source| Error::ReadResponse { operation, source })?;
-        let plain = encrypt::decrypt_data(self.secret_key().expose(), &body)?;
+        let plain = encrypt::decrypt_off_runtime(self.secret_key().expose(), &body).await?;
         let result: PolicyEntitiesResult =
             serde_json::from_slice(&plain).map_err(|source| Error::ParseJson { operation, source })?;
         let mut entities = PolicyEntities::default();
@@ -233,7 +233,7 @@ impl AdminClient {
     pub async fn add_user(&self, access_key: &str, secret_key: &Redacted) -> Result<()> {
         let operation = "add-user";
         let plain = serde_json::json!({"secretKey": secret_key.expose(), "status": "enabled"}).to_string();
-        let body = encrypt::encrypt_data(self.secret_key().expose(), plain.as_bytes());
+        let body = encrypt::encrypt_off_runtime(self.secret_key().expose(), plain.as_bytes()).await;
         let query = format!("accessKey={}", encode(access_key));
         self.send(Method::PUT, "/add-user", &query, body, operation, CREATE_USER).await?;
         Ok(())

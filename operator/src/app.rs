@@ -12,7 +12,10 @@ use clap::Parser;
 use kube::ResourceExt as _;
 
 use crate::clamd_config::{self, ClamdLimits};
-use crate::config::{CLAMD_CONFIG_COMMAND, ClamdConfigArgs, Config};
+use crate::config::{
+    CHECK_COMMAND, CLAMD_CONFIG_COMMAND, CheckArgs, ClamdConfigArgs, Config, SIGNATURE_MIRROR_COMMAND,
+    SignatureMirrorArgs,
+};
 use crate::context::Context;
 use crate::controller;
 use crate::http::{self, HttpState};
@@ -20,16 +23,25 @@ use crate::lease::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::metrics_api::{self, ServiceRef};
 use crate::queue_metrics::QueueDepthSource;
-use crate::workload::OperatorDefaults;
+use crate::self_check;
+use crate::signature_mirror;
+use crate::signature_mirror::databases::Database;
+use crate::workload::{ClusterSignatureMirror, OperatorDefaults};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
 impl Config {
     /// Reads the command line (and the environment) and runs what it asks for: the operator,
-    /// or `clamd-config`.
+    /// `clamd-config` or `check`.
     pub async fn parse_and_run() -> anyhow::Result<()> {
         if std::env::args_os().nth(1).is_some_and(|arg| arg == CLAMD_CONFIG_COMMAND) {
             return print_clamd_config(&ClamdConfigArgs::parse_from(std::env::args_os().skip(1)));
+        }
+        if std::env::args_os().nth(1).is_some_and(|arg| arg == CHECK_COMMAND) {
+            return self_check::run(&CheckArgs::parse_from(std::env::args_os().skip(1))).await;
+        }
+        if std::env::args_os().nth(1).is_some_and(|arg| arg == SIGNATURE_MIRROR_COMMAND) {
+            return signature_mirror::run(&SignatureMirrorArgs::parse_from(std::env::args_os().skip(1))).await;
         }
         run(Config::parse()).await
     }
@@ -58,8 +70,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         .clone()
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "bucket-av-operator".to_owned());
-    let defaults = OperatorDefaults { worker_image: config.worker_image.clone(), autoscaling: config.autoscaling };
-    let ctx = Arc::new(Context::new(client.clone(), defaults, metrics.clone(), Some(identity.clone())));
+    let signature_mirror = match &config.signature_mirror_url {
+        Some(url) => Some(ClusterSignatureMirror {
+            url: url.clone(),
+            databases: Database::parse_list(&config.signature_mirror_databases)
+                .map_err(anyhow::Error::msg)
+                .context("--signature-mirror-databases")?,
+        }),
+        None => None,
+    };
+    let defaults = OperatorDefaults {
+        worker_image: config.worker_image.clone(),
+        autoscaling: config.autoscaling,
+        signature_mirror,
+    };
+    let mut context = Context::new(client.clone(), defaults, metrics.clone(), Some(identity.clone()));
+    context.allow_plain_http_management = config.allow_plain_http_management;
+    let ctx = Arc::new(context);
     let own_namespace = std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
         .map(|namespace| namespace.trim().to_owned())
         .unwrap_or_else(|_| client.default_namespace().to_owned());
@@ -76,10 +103,23 @@ async fn run(config: Config) -> anyhow::Result<()> {
         _ => None,
     };
     if config.metrics_api {
-        let cert = metrics_api::serving_cert(&config, api_service.as_ref(), &own_namespace)
-            .context("the metrics API's serving certificate")?;
-        let source =
-            Arc::new(QueueDepthSource::new(client.clone(), config.watch_namespace.clone(), ctx.scratch_dir.clone()));
+        let cert = match &config.metrics_api_tls_secret {
+            Some(secret) => {
+                let service =
+                    api_service.as_ref().map_or((crate::workload::MANAGER, own_namespace.as_str()), |service| {
+                        (service.name.as_str(), service.namespace.as_str())
+                    });
+                metrics_api::shared_serving_cert(client.clone(), &own_namespace, secret, service).await
+            }
+            None => metrics_api::serving_cert(&config, api_service.as_ref(), &own_namespace).map_err(Into::into),
+        }
+        .context("the metrics API's serving certificate")?;
+        let source = Arc::new(QueueDepthSource::new(
+            client.clone(),
+            config.watch_namespace.clone(),
+            ctx.scratch_dir.clone(),
+            config.allow_plain_http_management,
+        ));
         metrics_server = Some(tokio::spawn(metrics_api::serve(
             client.clone(),
             source,

@@ -44,6 +44,16 @@ pub struct Config {
     /// and nothing would serve the metric: each worker Deployment then runs `minReplicas`.
     #[arg(long, env = "BAVS_OPERATOR_AUTOSCALING", default_value_t = true, action = clap::ArgAction::Set)]
     pub(crate) autoscaling: bool,
+    /// The cluster's signature mirror (the chart's `signature-mirror` Service, e.g.
+    /// http://bav-signature-mirror.bucket-av-system.svc.cluster.local): the workers' freshclam of
+    /// every policy that names no signature source fetches from it alone. Unset: from the public
+    /// ClamAV mirrors.
+    #[arg(long, env = "BAVS_OPERATOR_SIGNATURE_MIRROR_URL", value_parser = mirror_url)]
+    pub(crate) signature_mirror_url: Option<String>,
+    /// The databases that mirror carries, comma-separated (as its `--database`): the workers'
+    /// freshclam fetches these and no others.
+    #[arg(long, env = "BAVS_OPERATOR_SIGNATURE_MIRROR_DATABASES", default_value = "main,daily,bytecode")]
+    pub(crate) signature_mirror_databases: String,
     /// Serve the external metrics API (`external.metrics.k8s.io/v1beta1`, the queue depths the
     /// worker HPAs scale on) over HTTPS.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API", default_value_t = true, action = clap::ArgAction::Set)]
@@ -73,12 +83,78 @@ pub struct Config {
     /// CA (PEM) that signed `--metrics-api-cert-file`, for the APIService's `caBundle`.
     #[arg(long, env = "BAVS_OPERATOR_METRICS_API_CA_FILE", requires = "metrics_api_cert_file")]
     pub(crate) metrics_api_ca_file: Option<PathBuf>,
+    /// A Secret (`kubernetes.io/tls`, in the operator's namespace) the serving certificate is
+    /// kept in: the first replica to start generates a CA and certificate into it, every replica
+    /// serves that one. What the chart uses by default, so that its rendered manifests hold no
+    /// generated key and `helm template` (GitOps) renders the same every time.
+    #[arg(long, env = "BAVS_OPERATOR_METRICS_API_TLS_SECRET", conflicts_with = "metrics_api_cert_file")]
+    pub(crate) metrics_api_tls_secret: Option<String>,
+    /// Let the operator send a policy's RabbitMQ credentials to its `rabbitmq.managementUrl` over
+    /// plain http (never to another host than the AMQP URL's). Off: only https. Plain http puts
+    /// the credentials on the network unencrypted; turn it on only where that network is trusted.
+    #[arg(long, env = "BAVS_OPERATOR_ALLOW_PLAIN_HTTP_MANAGEMENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub(crate) allow_plain_http_management: bool,
     /// Log format.
     #[arg(long, env = "BAVS_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub(crate) log_format: LogFormat,
 }
 
 pub(crate) use bucket_av_runtime::LogFormat;
+
+/// The first argument that selects [`CheckArgs`] instead of running the operator.
+pub(crate) const CHECK_COMMAND: &str = "check";
+
+/// Flags of `bucket-av-operator check`: what `helm test` asks of an installed release.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "check",
+    bin_name = "bucket-av-operator check",
+    version,
+    about = "Checks that an installed operator answers: its readiness and metrics endpoints and, \
+             with --external-metrics, the external metrics API through the API server's aggregator. \
+             Exits non-zero, saying what failed. The Helm chart's `helm test` runs this"
+)]
+pub(crate) struct CheckArgs {
+    /// Base URL of the operator's HTTP endpoints (its Service), e.g. http://bav-operator.ns.svc:8080.
+    #[arg(long, env = "BAVS_CHECK_OPERATOR_URL")]
+    pub(crate) operator_url: String,
+    /// Also ask the API server for the external metrics API (served by the operator through the
+    /// aggregator), with the pod's service account.
+    #[arg(long, env = "BAVS_CHECK_EXTERNAL_METRICS")]
+    pub(crate) external_metrics: bool,
+    /// Seconds each check may take, retries included.
+    #[arg(long, env = "BAVS_CHECK_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub(crate) timeout_seconds: u64,
+}
+
+/// The first argument that selects [`SignatureMirrorArgs`] instead of running the operator.
+pub(crate) const SIGNATURE_MIRROR_COMMAND: &str = "signature-mirror";
+
+/// Flags of `bucket-av-operator signature-mirror`: the cluster's signature mirror, run by the
+/// chart beside a freshclam that keeps `--directory` current.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "signature-mirror",
+    bin_name = "bucket-av-operator signature-mirror",
+    version,
+    about = "Serves the signature databases a freshclam beside it keeps current to the workers' freshclam \
+             (their PrivateMirror), with /readyz (every database present) and /metrics (database age)"
+)]
+pub(crate) struct SignatureMirrorArgs {
+    /// The directory the mirror's freshclam writes (its DatabaseDirectory).
+    #[arg(long, env = "BAVS_SIGNATURE_MIRROR_DIRECTORY")]
+    pub(crate) directory: PathBuf,
+    /// The databases served, comma-separated: official names (main, daily, bytecode, ...) and
+    /// custom database file names (e.g. company.ndb). Nothing else in the directory is served.
+    #[arg(long = "database", env = "BAVS_SIGNATURE_MIRROR_DATABASES", default_value = "main,daily,bytecode")]
+    pub(crate) databases: String,
+    /// Address to serve on.
+    #[arg(long, env = "BAVS_SIGNATURE_MIRROR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub(crate) listen: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "BAVS_SIGNATURE_MIRROR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    pub(crate) log_format: LogFormat,
+}
 
 /// The first argument that selects [`ClamdConfigArgs`] instead of running the operator.
 pub(crate) const CLAMD_CONFIG_COMMAND: &str = "clamd-config";
@@ -145,6 +221,18 @@ impl ClamdConfigArgs {
             max_queue: self.max_queue,
         }
     }
+}
+
+/// An http(s) URL that fits on one freshclam.conf line.
+fn mirror_url(text: &str) -> Result<String, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("{text} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text} is not an http:// or https:// URL with a host"));
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err("a freshclam.conf value cannot contain spaces or line breaks".into());
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 /// An absolute path that fits on one clamd.conf line (clamd changes to `/` when it forks, so a

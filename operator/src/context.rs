@@ -33,6 +33,8 @@ pub(crate) struct Context {
     pub(crate) locks: Arc<BucketLocks>,
     pub(crate) minio: Arc<dyn Minio>,
     pub(crate) rabbitmq: Arc<dyn RabbitMq>,
+    /// `--allow-plain-http-management` (see [`crate::management_url`]).
+    pub(crate) allow_plain_http_management: bool,
 }
 
 /// Other policies, for what one policy must know about the rest: which of them already scan a
@@ -53,7 +55,7 @@ impl Context {
     ) -> Self {
         let locks = Arc::new(BucketLocks::default());
         let minio = Arc::new(LiveMinio::new(locks.clone()));
-        Self::with_services(client, defaults, metrics, instance, locks, minio, Arc::new(LiveRabbitMq))
+        Self::with_services(client, defaults, metrics, instance, locks, minio, Arc::new(LiveRabbitMq::default()))
     }
 
     /// A context over the given MinIO and RabbitMQ.
@@ -80,6 +82,7 @@ impl Context {
             locks,
             minio,
             rabbitmq,
+            allow_plain_http_management: false,
         }
     }
 

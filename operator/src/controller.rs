@@ -1,17 +1,17 @@
 //! Wires the reconciler into a kube-rs `Controller`: it watches BucketScanPolicy objects, the
-//! worker Deployments they own, and the Secrets they refer to, so that a rotated credential is
-//! picked up without waiting for the next resync.
+//! worker Deployments they own, and the metadata of the Secrets they refer to, so that a rotated
+//! credential is picked up without waiting for the next resync.
 
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bucket_av_crds::BucketScanPolicy;
+use bucket_av_crds::{ABANDON_CLEANUP_ANNOTATION, BucketScanPolicy};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::ListParams;
+use kube::api::{ListParams, PartialObjectMeta};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{PredicateConfig, WatchStreamExt, watcher};
@@ -67,11 +67,15 @@ pub(crate) async fn run(
         .default_backoff()
         .touched_objects()
         .predicate_filter(availability, PredicateConfig::default());
+    // Secrets by their metadata only (`PartialObjectMeta` makes the watch ask for metadata): the operator holds no copy of every Secret's data in memory
+    // and needs only `list`/`watch` on their metadata for this; a reconcile `get`s the data it
+    // reads. Any change (metadata too) starts a reconcile, which rolls the workers only when the
+    // data changed (see `workload::SECRET_DATA_ANNOTATION`).
+    let secrets = api::<PartialObjectMeta<Secret>>(&client, namespace.as_deref());
+    let secret_changes = watcher(secrets, watcher::Config::default()).default_backoff().touched_objects();
     controller
         .owns_stream(deployments)
-        .watches(api::<Secret>(&client, namespace.as_deref()), watcher::Config::default(), move |secret| {
-            policies_referencing(&store.state(), &secret)
-        })
+        .watches_stream(secret_changes, move |secret| policies_referencing(&store.state(), &secret))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -124,12 +128,14 @@ where
     }
 }
 
-/// A hash of what should start a reconcile of a policy: its generation and its finalizers.
+/// A hash of what should start a reconcile of a policy: its generation, its finalizers and the
+/// abandon-cleanup annotation (set on a policy whose deletion waits, it must act at once).
 fn spec_or_finalizers(policy: &BucketScanPolicy) -> Option<u64> {
     let mut hasher = DefaultHasher::new();
     policy.metadata.generation.hash(&mut hasher);
     policy.metadata.finalizers.hash(&mut hasher);
     policy.metadata.deletion_timestamp.is_some().hash(&mut hasher);
+    policy.annotations().get(ABANDON_CLEANUP_ANNOTATION).hash(&mut hasher);
     Some(hasher.finish())
 }
 
@@ -145,8 +151,11 @@ fn availability(deployment: &Deployment) -> Option<u64> {
     Some(hasher.finish())
 }
 
-/// The policies in the Secret's namespace that refer to it.
-fn policies_referencing(policies: &[Arc<BucketScanPolicy>], secret: &Secret) -> Vec<ObjectRef<BucketScanPolicy>> {
+/// The policies in the Secret's namespace that refer to it (the Secret's metadata is enough).
+fn policies_referencing(
+    policies: &[Arc<BucketScanPolicy>],
+    secret: &impl kube::Resource,
+) -> Vec<ObjectRef<BucketScanPolicy>> {
     let namespace = secret.namespace();
     let name = secret.name_any();
     policies
@@ -197,6 +206,10 @@ mod tests {
         let mut changed = policy.clone();
         changed.metadata.generation = Some(2);
         assert_ne!(spec_or_finalizers(&changed), before);
+        let mut abandoned = policy.clone();
+        abandoned.metadata.annotations =
+            Some([(ABANDON_CLEANUP_ANNOTATION.to_owned(), "true".to_owned())].into_iter().collect());
+        assert_ne!(spec_or_finalizers(&abandoned), before, "abandoning cleanup acts at once");
     }
 
     #[test]

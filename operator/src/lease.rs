@@ -5,6 +5,12 @@
 //! every few seconds and steps down (stops the controller) as soon as it cannot renew within
 //! the renew deadline, which is shorter than the lease duration. Every write is guarded by the
 //! Lease's resourceVersion, so two candidates can never both win.
+//!
+//! Two leaders at once must not happen even when the API server is slow: each attempt is cut
+//! off at the renew deadline (a request that hangs counts as a failed renewal), a candidate
+//! waits out the lease duration the holder wrote into the record rather than its own, and a
+//! leader that steps down stops its controller before the lease it last renewed can expire,
+//! aborting whatever has not stopped by then.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -75,7 +81,9 @@ fn record(lease: &Lease) -> Record {
     }
 }
 
-/// Decides from the lease as read, and how long ago its record last changed, what to do.
+/// Decides from the lease as read, and how long ago its record last changed, what to do. A
+/// holder's lease lasts the `leaseDurationSeconds` it wrote (it renews on its own schedule);
+/// `lease_duration`, this candidate's own, only stands in when the record has none.
 pub(crate) fn decide(
     lease: Option<&Lease>,
     identity: &str,
@@ -84,10 +92,17 @@ pub(crate) fn decide(
 ) -> Decision {
     let Some(lease) = lease else { return Decision::Create };
     let record = record(lease);
+    let holders_duration = lease
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.lease_duration_seconds)
+        .and_then(|seconds| u64::try_from(seconds).ok())
+        .filter(|seconds| *seconds > 0)
+        .map_or(lease_duration, Duration::from_secs);
     match record.holder.as_deref() {
         Some(holder) if holder == identity => Decision::Renew,
         None => Decision::TakeOver,
-        Some(_) if unchanged_for >= lease_duration => Decision::TakeOver,
+        Some(_) if unchanged_for >= holders_duration => Decision::TakeOver,
         Some(_) => Decision::Wait,
     }
 }
@@ -202,9 +217,11 @@ pub(crate) async fn run_elected<F, Fut>(
 {
     let retry = config.retry_period;
     let renew_deadline = config.renew_deadline;
+    let lease_duration = config.lease_duration;
     let mut elector = Elector::new(client, config.clone());
     while !shutdown.is_cancelled() {
-        match elector.try_acquire_or_renew().await {
+        let attempt_started = Instant::now();
+        match bounded(renew_deadline, elector.try_acquire_or_renew()).await {
             Ok(true) => {}
             Ok(false) => {
                 sleep_or_cancel(retry, &shutdown).await;
@@ -220,18 +237,24 @@ pub(crate) async fn run_elected<F, Fut>(
         on_change(true);
         let stop = shutdown.child_token();
         let mut task = tokio::spawn(lead(stop.clone()));
-        let mut last_renewal = Instant::now();
+        // When the last renewal that went through was sent: the API server wrote it no earlier,
+        // so no other candidate can take the lease before this plus the lease duration.
+        let mut last_renewal = attempt_started;
         let mut task_done = false;
+        let mut lost_to_another = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = &mut task => { task_done = true; break; }
                 () = tokio::time::sleep(retry) => {}
             }
-            match elector.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
+            let attempt_started = Instant::now();
+            let left = renew_deadline.saturating_sub(last_renewal.elapsed());
+            match bounded(left, elector.try_acquire_or_renew()).await {
+                Ok(true) => last_renewal = attempt_started,
                 Ok(false) => {
                     warn!(lease = %config.name, "another replica holds the lease: stepping down");
+                    lost_to_another = true;
                     break;
                 }
                 Err(error) => warn!(lease = %config.name, %error, "could not renew the leader lease"),
@@ -243,7 +266,18 @@ pub(crate) async fn run_elected<F, Fut>(
         }
         stop.cancel();
         if !task_done {
-            let _ = task.await;
+            // The controller must be gone before another replica may take the lease over: at the
+            // earliest when the last renewal expires (at once when another holds it already).
+            let expires = if lost_to_another {
+                Duration::ZERO
+            } else {
+                (last_renewal + lease_duration).saturating_duration_since(Instant::now()).saturating_sub(STOP_MARGIN)
+            };
+            if tokio::time::timeout(expires, &mut task).await.is_err() {
+                warn!(lease = %config.name, "the controller did not stop before the lease could pass on: aborting it");
+                task.abort();
+                let _ = task.await;
+            }
         }
         on_change(false);
         if shutdown.is_cancelled() {
@@ -254,6 +288,30 @@ pub(crate) async fn run_elected<F, Fut>(
             sleep_or_cancel(retry, &shutdown).await;
         }
     }
+}
+
+/// Time kept in hand between a stepped-down leader's last possible moment and the next
+/// leader's first: scheduling delays and the API server's own latency.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
+
+/// One attempt against the API server, given up after `limit`: a request that hangs (a stalled
+/// API server, a half-open connection) must not keep a leader leading past its deadline.
+async fn bounded(
+    limit: Duration,
+    attempt: impl Future<Output = Result<bool, kube::Error>>,
+) -> Result<bool, LeaseError> {
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(result) => result.map_err(LeaseError::Kube),
+        Err(_elapsed) => Err(LeaseError::TimedOut(limit)),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LeaseError {
+    #[error(transparent)]
+    Kube(kube::Error),
+    #[error("the API server did not answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
@@ -300,6 +358,26 @@ mod tests {
         assert_eq!(decide(Some(&lease(Some("other"))), "me", DURATION, DURATION), Decision::TakeOver);
         assert_eq!(decide(Some(&lease(None)), "me", Duration::ZERO, DURATION), Decision::TakeOver);
         assert_eq!(decide(Some(&lease(Some(""))), "me", Duration::ZERO, DURATION), Decision::TakeOver);
+    }
+
+    #[test]
+    fn a_holder_keeps_the_lease_for_the_duration_it_wrote_not_the_candidate_s() {
+        let mut long = lease(Some("other"));
+        long.spec.as_mut().unwrap().lease_duration_seconds = Some(60);
+        assert_eq!(decide(Some(&long), "me", Duration::from_secs(30), DURATION), Decision::Wait);
+        assert_eq!(decide(Some(&long), "me", Duration::from_secs(60), DURATION), Decision::TakeOver);
+        // A record without a duration (or a nonsensical one) falls back to the candidate's own.
+        long.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+        assert_eq!(decide(Some(&long), "me", DURATION, DURATION), Decision::TakeOver);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_that_hangs_is_given_up_at_the_limit() {
+        let hanging = std::future::pending::<Result<bool, kube::Error>>();
+        let started = tokio::time::Instant::now();
+        let outcome = bounded(Duration::from_secs(10), hanging).await;
+        assert!(matches!(outcome, Err(LeaseError::TimedOut(_))));
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
     }
 
     #[test]

@@ -97,10 +97,7 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub(crate) fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        bucket_av_runtime::openmetrics_text(&self.registry)
     }
 }
 

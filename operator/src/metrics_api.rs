@@ -12,11 +12,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bucket_av_external_metrics::{
-    ApiServiceRegistration, Config as ServerConfig, ExternalMetricSource, MetricsApiServer, ServingCert,
-    apply_api_service,
+    ApiServiceRegistration, Config as ServerConfig, ExternalMetricSource, MetricsApiServer, SelfSignedPem, ServingCert,
+    apply_api_service, service_dns_names,
 };
-use kube::Client;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -50,6 +55,65 @@ pub(crate) fn serving_cert(
     match service {
         Some(service) => ServingCert::self_signed_for_service(&service.name, &service.namespace),
         None => ServingCert::self_signed_for_service(MANAGER, own_namespace),
+    }
+}
+
+/// The serving certificate kept in Secret `name` of `namespace`: read when it is there, else
+/// generated (for the Service's DNS names, `localhost` and `127.0.0.1`) and created. Two replicas
+/// starting at once cannot end up with two certificates: the create of the second fails with a
+/// conflict and it reads the first's.
+pub(crate) async fn shared_serving_cert(
+    client: Client,
+    namespace: &str,
+    name: &str,
+    (service, service_namespace): (&str, &str),
+) -> anyhow::Result<ServingCert> {
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    for _ in 0..2 {
+        if let Some(secret) = secrets.get_opt(name).await? {
+            return cert_of(&secret).with_context(|| format!("Secret {namespace}/{name}"));
+        }
+        let mut names = service_dns_names(service, service_namespace);
+        names.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+        // Ten years, as long as a chart-generated one lasted: nothing renews a kept certificate.
+        let pem = SelfSignedPem::generate(&names, 3650)?;
+        let secret = tls_secret(namespace, name, &pem);
+        match secrets.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                info!(secret = %name, namespace = %namespace, "generated the metrics API's serving certificate");
+                return Ok(ServingCert::from_pem(&pem.cert_chain, &pem.key, Some(pem.ca))?);
+            }
+            // Another replica created it first: serve its certificate.
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    anyhow::bail!("Secret {namespace}/{name} was created and then not found: is something deleting it?")
+}
+
+fn cert_of(secret: &Secret) -> anyhow::Result<ServingCert> {
+    let field = |key: &str| -> anyhow::Result<String> {
+        let bytes = secret.data.as_ref().and_then(|data| data.get(key)).with_context(|| format!("no {key}"))?;
+        String::from_utf8(bytes.0.clone()).with_context(|| format!("{key} is not PEM text"))
+    };
+    Ok(ServingCert::from_pem(&field("tls.crt")?, &field("tls.key")?, Some(field("ca.crt")?))?)
+}
+
+fn tls_secret(namespace: &str, name: &str, pem: &SelfSignedPem) -> Secret {
+    let data = [("tls.crt", &pem.cert_chain), ("tls.key", &pem.key), ("ca.crt", &pem.ca)]
+        .into_iter()
+        .map(|(key, value)| (key.to_owned(), ByteString(value.clone().into_bytes())))
+        .collect();
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(namespace.to_owned()),
+            labels: Some([("app.kubernetes.io/managed-by".to_owned(), MANAGER.to_owned())].into()),
+            ..ObjectMeta::default()
+        },
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Secret::default()
     }
 }
 

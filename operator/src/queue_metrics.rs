@@ -9,6 +9,7 @@
 //! twice `concurrency` per worker) reads as an empty queue, and the HPA would scale down workers that
 //! are busy scanning. Counting the unacknowledged ones keeps the replicas while scans run.
 //!
+//! The credentials go to the management API only as [`crate::management_url`] allows.
 //! Nothing here writes to Kubernetes, RabbitMQ or a log line with a secret in it. Each lookup is
 //! bounded by [`LOOKUP_TIMEOUT`]; AMQP connections are cached per URL and reused.
 
@@ -29,7 +30,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tracing::debug;
 
-use crate::secrets;
+use crate::{management_url, secrets};
 
 /// The one metric this source serves.
 /// The longest one lookup (policy, Secret, AMQP, management API) may take; the API server's
@@ -46,6 +47,8 @@ pub struct QueueDepthSource {
     /// Open AMQP connections by a hash of URL and CA bundle.
     connections: Mutex<HashMap<u64, Arc<Connection>>>,
     http: reqwest::Client,
+    /// `--allow-plain-http-management`: see [`crate::management_url`].
+    allow_plain_http_management: bool,
 }
 
 /// What the management API says about a queue (`GET /api/queues/{vhost}/{name}`). The counters
@@ -59,9 +62,23 @@ pub(crate) struct ManagementQueue {
 }
 
 impl QueueDepthSource {
-    pub fn new(client: Client, watch_namespace: Option<String>, scratch_dir: PathBuf) -> Self {
-        let http = reqwest::Client::builder().timeout(LOOKUP_TIMEOUT).build().unwrap_or_default();
-        Self { client, watch_namespace, scratch_dir, connections: Mutex::new(HashMap::new()), http }
+    /// `allow_plain_http_management`: whether the credentials may go to a `managementUrl` over
+    /// plain http (never to another host than the AMQP URL's: see [`crate::management_url`]).
+    pub fn new(
+        client: Client,
+        watch_namespace: Option<String>,
+        scratch_dir: PathBuf,
+        allow_plain_http_management: bool,
+    ) -> Self {
+        let http = http_client().build().unwrap_or_default();
+        Self {
+            client,
+            watch_namespace,
+            scratch_dir,
+            connections: Mutex::new(HashMap::new()),
+            http,
+            allow_plain_http_management,
+        }
     }
 
     async fn depth(&self, namespace: &str, name: &str) -> Result<MetricValue, SourceError> {
@@ -88,7 +105,11 @@ impl QueueDepthSource {
         let queue = policy.queue_name();
         let ready = self.ready(namespace, name, &url, ca.as_deref(), &queue).await?;
         let unacknowledged = match &rabbitmq.management_url {
-            Some(base) => self.management(base, &url, ca.as_deref(), &queue).await?.messages_unacknowledged,
+            Some(base) => {
+                management_url::check(base, url.expose(), self.allow_plain_http_management)
+                    .map_err(|refused| SourceError::BadRequest(format!("policy {namespace}/{name}: {refused}")))?;
+                self.management(base, &url, ca.as_deref(), &queue).await?.messages_unacknowledged
+            }
             None => 0,
         };
         debug!(namespace, policy = name, queue, ready, unacknowledged, "queue depth");
@@ -172,8 +193,7 @@ impl QueueDepthSource {
             Some(pem) => {
                 let certificate = reqwest::Certificate::from_pem(pem.as_bytes())
                     .map_err(|error| SourceError::unavailable("the RabbitMQ CA bundle", error))?;
-                reqwest::Client::builder()
-                    .timeout(LOOKUP_TIMEOUT)
+                http_client()
                     .add_root_certificate(certificate)
                     .build()
                     .map_err(|error| SourceError::unavailable("an HTTPS client for the management API", error))?
@@ -238,6 +258,12 @@ impl ExternalMetricSource for QueueDepthSource {
             }),
         }
     }
+}
+
+/// The management API client: bounded, and following no redirect, which could lead the
+/// credentials' next request elsewhere.
+fn http_client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().timeout(LOOKUP_TIMEOUT).redirect(reqwest::redirect::Policy::none())
 }
 
 fn unavailable(context: String, error: secrets::ReferenceError) -> SourceError {

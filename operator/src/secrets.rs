@@ -9,6 +9,7 @@ use bucket_av_core::Redacted;
 use bucket_av_crds::{BucketScanPolicy, CaBundleRef, CaBundleSource};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
+use sha2::{Digest, Sha256};
 
 /// Why a Secret or ConfigMap the policy refers to cannot be read: the dereference step's error.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +65,30 @@ pub(crate) fn referenced_secrets(policy: &BucketScanPolicy) -> BTreeSet<String> 
         }
     }
     names
+}
+
+/// A fingerprint of a Secret's data (its keys and values, plus `stringData` should a client
+/// have left it unmerged): 16 hex digits of SHA-256. It goes into the worker pod template, which
+/// people who may not read the Secret can read, so the Secret's UID keys the hash: without it a
+/// short password could be found by hashing guesses. The UID is readable only with access to the
+/// Secret itself. A recreated Secret gets a new UID and so rolls the workers once.
+pub(crate) fn data_fingerprint(secret: &Secret) -> String {
+    let mut hasher = Sha256::new();
+    let uid = secret.metadata.uid.as_deref().unwrap_or_default();
+    let mut feed = |part: &[u8]| {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    };
+    feed(uid.as_bytes());
+    for (key, value) in secret.data.iter().flatten() {
+        feed(key.as_bytes());
+        feed(&value.0);
+    }
+    for (key, value) in secret.string_data.iter().flatten() {
+        feed(key.as_bytes());
+        feed(value.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
 }
 
 /// The text under `key` of a Secret.
@@ -174,6 +199,31 @@ mod tests {
             "secret minio-creds has no key secretKey: add it or set the key the policy reads"
         );
         assert_eq!(secret_value(&creds, "bad").unwrap_err().kind(), "ReferenceNotText");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_data_only() {
+        let mut creds = secret(&[("accessKey", b"scanner"), ("secretKey", b"s3cret")]);
+        creds.metadata.uid = Some("uid-1".into());
+        let before = data_fingerprint(&creds);
+        assert_eq!(before.len(), 16);
+        let mut relabelled = creds.clone();
+        relabelled.metadata.labels = Some(BTreeMap::from([("team".to_owned(), "media".to_owned())]));
+        relabelled.metadata.annotations = Some(BTreeMap::from([("touched".to_owned(), "now".to_owned())]));
+        relabelled.metadata.resource_version = Some("42".into());
+        assert_eq!(data_fingerprint(&relabelled), before, "metadata does not count");
+        let mut rotated = creds.clone();
+        rotated.data.as_mut().unwrap().insert("secretKey".into(), ByteString(b"n3w".to_vec()));
+        assert_ne!(data_fingerprint(&rotated), before, "a new value counts");
+        let mut recreated = creds.clone();
+        recreated.metadata.uid = Some("uid-2".into());
+        assert_ne!(data_fingerprint(&recreated), before, "the UID keys the hash");
+        // Keys and values cannot be shifted into one another.
+        let shifted = secret(&[("accessKeys", b"canner"), ("secretKey", b"s3cret")]);
+        assert_ne!(
+            data_fingerprint(&shifted),
+            data_fingerprint(&secret(&[("accessKey", b"scanner"), ("secretKey", b"s3cret")]))
+        );
     }
 
     #[test]

@@ -20,15 +20,19 @@ use k8s_openapi::api::autoscaling::v2::{
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, KeyToPath, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
+use sha2::{Digest as _, Sha256};
+
 use crate::clamd_config::{self, ClamdLimits, HostSettings};
+use crate::signature_mirror::databases::{Database, freshclam_client_lines};
 
 /// The operator's field manager for server-side apply, and the `managed-by` label value.
 pub(crate) const MANAGER: &str = "bucket-av-operator";
@@ -49,6 +53,10 @@ pub(crate) const CLAMAV_UID: i64 = 100;
 pub(crate) const CLAMAV_GID: i64 = 101;
 /// Where clamd keeps its signature database (an emptyDir, or the signatures ConfigMap).
 pub(crate) const CLAMAV_DB_DIR: &str = "/var/lib/clamav";
+/// Room for the signature database freshclam keeps: the official databases take about 400 MB,
+/// and freshclam holds a second copy of the one it is updating.
+const CLAMAV_DB_SIZE_LIMIT: &str = "2Gi";
+
 /// Where the generated clamd.conf and freshclam.conf are mounted.
 pub(crate) const CLAMAV_CONFIG_DIR: &str = "/etc/bucket-av/clamav";
 /// Mount point of the MinIO CA bundle in the worker container.
@@ -68,6 +76,16 @@ pub(crate) struct OperatorDefaults {
     /// Whether workers get an HPA (`--autoscaling`); without one, the Deployment's replicas are
     /// the policy's `minReplicas` (at least 1).
     pub(crate) autoscaling: bool,
+    /// The cluster's signature mirror (`--signature-mirror-url`), for sidecars of policies that
+    /// name no signature source.
+    pub(crate) signature_mirror: Option<ClusterSignatureMirror>,
+}
+
+/// Where the cluster's signature mirror answers and what it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterSignatureMirror {
+    pub(crate) url: String,
+    pub(crate) databases: Vec<Database>,
 }
 
 /// Labels every child object of the policy carries.
@@ -158,6 +176,14 @@ pub(crate) fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDe
 
     let grace =
         i64::from(spec.workers.drain_seconds) + i64::from(spec.scanner.scan_timeout_seconds) + GRACE_MARGIN_SECONDS;
+    let mut template_metadata = pod_metadata(policy);
+    if let Some(config) = clamav_config(policy, defaults) {
+        let fingerprint = config_fingerprint(config.data.as_ref().unwrap_or(&BTreeMap::new()));
+        template_metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(CLAMAV_CONFIG_ANNOTATION.to_owned(), fingerprint);
+    }
     Deployment {
         metadata: metadata(policy, policy.worker_deployment_name()),
         spec: DeploymentSpec {
@@ -172,7 +198,7 @@ pub(crate) fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDe
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels(policy)), ..ObjectMeta::default() }),
+                metadata: Some(template_metadata),
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
@@ -188,12 +214,72 @@ pub(crate) fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDe
                     init_containers: (!init_containers.is_empty()).then_some(init_containers),
                     containers,
                     volumes: Some(volumes),
-                    ..PodSpec::default()
+                    ..placement(policy)
                 }),
             },
             ..DeploymentSpec::default()
         },
         ..Deployment::default()
+    }
+}
+
+/// The pod template's labels and annotations: the user's `podLabels` and `podAnnotations`, with
+/// the operator's own labels over them (the CRD refuses a policy that sets those anyway).
+fn pod_metadata(policy: &BucketScanPolicy) -> ObjectMeta {
+    let workers = &policy.spec.workers;
+    let mut pod_labels = workers.pod_labels.clone();
+    pod_labels.extend(labels(policy));
+    let annotations = workers.pod_annotations.clone();
+    ObjectMeta {
+        labels: Some(pod_labels),
+        annotations: (!annotations.is_empty()).then_some(annotations),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Where the worker pods may run and how their images are pulled, from the policy's `workers`.
+/// A topology spread constraint without a label selector gets the one of the policy's workers:
+/// without one it would count no pods and spread nothing.
+fn placement(policy: &BucketScanPolicy) -> PodSpec {
+    let workers = &policy.spec.workers;
+    let spread: Vec<TopologySpreadConstraint> = workers
+        .topology_spread_constraints
+        .iter()
+        .cloned()
+        .map(|mut constraint| {
+            constraint.label_selector.get_or_insert_with(|| LabelSelector {
+                match_labels: Some(selector_labels(policy)),
+                ..LabelSelector::default()
+            });
+            constraint
+        })
+        .collect();
+    PodSpec {
+        image_pull_secrets: (!workers.image_pull_secrets.is_empty()).then(|| workers.image_pull_secrets.clone()),
+        node_selector: (!workers.node_selector.is_empty()).then(|| workers.node_selector.clone()),
+        tolerations: (!workers.tolerations.is_empty()).then(|| workers.tolerations.clone()),
+        affinity: workers.affinity.clone(),
+        topology_spread_constraints: (!spread.is_empty()).then_some(spread),
+        priority_class_name: workers.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
+/// The PodDisruptionBudget of the worker pods: a node drain or cluster upgrade evicts them one
+/// at a time, each draining its scans first, rather than all at once, which would leave the
+/// queue without consumers while every new pod loads its signatures. A worker that is not
+/// ready (still loading signatures, crash-looping) may always be evicted, so the budget never
+/// blocks a drain for good.
+pub(crate) fn worker_disruption_budget(policy: &BucketScanPolicy) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: metadata(policy, policy.worker_deployment_name()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() }),
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        status: None,
     }
 }
 
@@ -265,16 +351,36 @@ pub(crate) fn applies_replicas(deployment: &Deployment, manager: &str) -> bool {
 /// applying it; the HPA controller takes the field over with its first scale.
 pub(crate) const REPLICAS_HANDOVER_MANAGER: &str = "bucket-av-operator-replicas-handover";
 
-/// Annotation of the worker pod template recording the resourceVersion of every Secret the
+/// Annotation of the worker pod template recording a fingerprint of the data of every Secret the
 /// workers read. The workers take Secrets as environment variables, which never change in a
-/// running pod: a changed Secret changes this annotation, and so rolls the workers.
-pub(crate) const SECRET_VERSIONS_ANNOTATION: &str = "bucketav.dev/secret-versions";
+/// running pod: changed data changes this annotation, and so rolls the workers. Only the data
+/// counts (not the resourceVersion, which any label or annotation edit bumps): each roll makes
+/// every new pod download the signature databases again.
+pub(crate) const SECRET_DATA_ANNOTATION: &str = "bucketav.dev/secret-data";
 
-/// Records `versions` (Secret name to resourceVersion) in the pod template of `deployment`.
-pub(crate) fn set_secret_versions(deployment: &mut Deployment, versions: &BTreeMap<String, String>) {
-    let text = versions.iter().map(|(name, version)| format!("{name}={version}")).collect::<Vec<_>>().join(",");
+/// Annotation of the worker pod template recording a fingerprint of the clamd sidecar's
+/// configuration (`<policy>-clamav`): clamd and freshclam read it once, at start, so a changed
+/// configuration (limits from the policy, the cluster's signature mirror) rolls the workers
+/// instead of waiting for their next restart.
+pub(crate) const CLAMAV_CONFIG_ANNOTATION: &str = "bucketav.dev/clamav-config";
+
+/// SHA-256 of a ConfigMap's data (keys in order), hex, first 16 characters.
+fn config_fingerprint(data: &BTreeMap<String, String>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, value) in data {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(hasher.finalize())[..16].to_owned()
+}
+
+/// Records `fingerprints` (Secret name to data fingerprint) in the pod template of `deployment`.
+pub(crate) fn set_secret_fingerprints(deployment: &mut Deployment, fingerprints: &BTreeMap<String, String>) {
+    let text = fingerprints.iter().map(|(name, print)| format!("{name}={print}")).collect::<Vec<_>>().join(",");
     let metadata = deployment.spec.template.metadata.get_or_insert_with(ObjectMeta::default);
-    metadata.annotations.get_or_insert_with(BTreeMap::new).insert(SECRET_VERSIONS_ANNOTATION.to_owned(), text);
+    metadata.annotations.get_or_insert_with(BTreeMap::new).insert(SECRET_DATA_ANNOTATION.to_owned(), text);
 }
 
 /// The Service that exposes the workers' `/metrics` (port 8080, named `http`).
@@ -298,10 +404,10 @@ pub(crate) fn metrics_service(policy: &BucketScanPolicy) -> Service {
 
 /// The ConfigMap with `clamd.conf` and `freshclam.conf` for the sidecar; `None` when the policy
 /// uses an external clamd.
-pub(crate) fn clamav_config(policy: &BucketScanPolicy) -> Option<ConfigMap> {
+pub(crate) fn clamav_config(policy: &BucketScanPolicy, defaults: &OperatorDefaults) -> Option<ConfigMap> {
     let sidecar = policy.spec.scanner.sidecar.as_ref()?;
     let mut data = BTreeMap::from([("clamd.conf".to_owned(), clamd_conf(policy))]);
-    if let Some(freshclam) = freshclam_conf(sidecar) {
+    if let Some(freshclam) = freshclam_conf(sidecar, defaults.signature_mirror.as_ref()) {
         data.insert("freshclam.conf".to_owned(), freshclam);
     }
     Some(ConfigMap {
@@ -322,15 +428,31 @@ fn clamd_conf(policy: &BucketScanPolicy) -> String {
     )
 }
 
+/// The freshclam.conf the operator gives `policy`'s clamd sidecar in a cluster whose signature
+/// mirror answers at `mirror_url` carrying `databases` (as `--signature-mirror-url` and
+/// `--signature-mirror-databases` say); `None` without freshclam (no sidecar, or signatures from
+/// a ConfigMap). For tests that run freshclam with exactly what the operator deploys.
+pub fn sidecar_freshclam_conf(
+    policy: &BucketScanPolicy,
+    mirror_url: &str,
+    databases: &str,
+) -> Result<Option<String>, String> {
+    let mirror = ClusterSignatureMirror { url: mirror_url.to_owned(), databases: Database::parse_list(databases)? };
+    Ok(policy.spec.scanner.sidecar.as_ref().and_then(|sidecar| freshclam_conf(sidecar, Some(&mirror))))
+}
+
 /// freshclam's configuration, or `None` when signatures come from a ConfigMap (no freshclam).
-fn freshclam_conf(sidecar: &SidecarScanner) -> Option<String> {
-    let source = match sidecar.signatures.as_ref() {
-        Some(signatures) if signatures.config_map.is_some() => return None,
-        Some(signatures) => match &signatures.mirror {
+/// A source the policy names wins; else the cluster's mirror; else the public mirrors.
+fn freshclam_conf(sidecar: &SidecarScanner, cluster_mirror: Option<&ClusterSignatureMirror>) -> Option<String> {
+    let public = || "DatabaseMirror database.clamav.net\n".to_owned();
+    let source = match (sidecar.signatures.as_ref(), cluster_mirror) {
+        (Some(signatures), _) if signatures.config_map.is_some() => return None,
+        (Some(signatures), _) => match &signatures.mirror {
             Some(mirror) => format!("PrivateMirror {mirror}\n"),
-            None => "DatabaseMirror database.clamav.net\n".to_owned(),
+            None => public(),
         },
-        None => "DatabaseMirror database.clamav.net\n".to_owned(),
+        (None, Some(mirror)) => freshclam_client_lines(&mirror.url, &mirror.databases),
+        (None, None) => public(),
     };
     Some(format!(
         "# Generated by bucket-av-operator; edits are overwritten.\n\
@@ -379,7 +501,7 @@ impl ClamavPod {
                 }),
                 ..Volume::default()
             },
-            None => empty_dir("clamav-db"),
+            None => empty_dir("clamav-db", CLAMAV_DB_SIZE_LIMIT),
         };
         let scratch = Volume {
             name: "clamav-tmp".into(),
@@ -570,8 +692,16 @@ pub fn clamd_scratch_bytes(limits: &ClamdLimits) -> u64 {
     u64::from(limits.max_threads).saturating_mul(per_scan).saturating_add(CLAMD_SCRATCH_HEADROOM)
 }
 
-fn empty_dir(name: &str) -> Volume {
-    Volume { name: name.into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Volume::default() }
+/// An emptyDir of at most `size_limit`: nothing a pod writes can fill its node's disk.
+fn empty_dir(name: &str, size_limit: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(Quantity(size_limit.to_owned())),
+            ..EmptyDirVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
 }
 
 fn mount(volume: &str, path: &str, read_only: bool) -> VolumeMount {

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bucket_av_testing::cluster::ApiServiceLock;
 use bucket_av_testing::kube_api::apply;
 use bucket_av_testing::{ContainerLaunch, OperatorProcess, WorkerProcess, process::free_port, wait_for};
-use common::Fixture;
+use common::{Fixture, condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
@@ -113,7 +113,9 @@ fn api_services(fixture: &Fixture) -> Api<APIService> {
 /// Starts an operator that serves the metrics API on a free loopback port and registers the
 /// APIService for the test namespace's ExternalName Service; waits until it is Available.
 async fn operator_with_metrics_api(fixture: &Fixture) -> (OperatorProcess, u16) {
-    let (operator, port) = start_serving_operator(fixture, &["--leader-election=false"]).await;
+    // The stack's management API is plain http (on the AMQP URL's host): allowed explicitly.
+    let args = ["--leader-election=false", "--allow-plain-http-management=true"];
+    let (operator, port) = start_serving_operator(fixture, &args).await;
     wait_api_service_available(fixture).await;
     (operator, port)
 }
@@ -355,10 +357,11 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 
     let fixture = Fixture::new("op-inflight", true).await;
+    // The stack's management API is plain http (on the AMQP URL's host): allowed explicitly.
     let operator = OperatorProcess::start(
         &fixture.cluster,
         &fixture.namespace,
-        &["--leader-election=false", "--metrics-api=false"],
+        &["--leader-election=false", "--metrics-api=false", "--allow-plain-http-management=true"],
     )
     .await;
     let bucket = bucket_av_testing::unique_name("op-inflight");
@@ -371,7 +374,8 @@ async fn in_flight_messages_count_only_with_the_management_api() {
 
     let client = fixture.client.clone();
     let scratch = std::env::temp_dir().join(bucket_av_testing::unique_name("op-inflight-scratch"));
-    let source = QueueDepthSource::new(client, Some(fixture.namespace.clone()), scratch);
+    // The stack's management API is plain http on the AMQP URL's host: allowed explicitly.
+    let source = QueueDepthSource::new(client, Some(fixture.namespace.clone()), scratch, true);
     let selector = LabelSelector::parse("bucketav.dev/policy=scan").expect("selector");
     let read = || async {
         let values = source.values(&fixture.namespace, METRIC_NAME, &selector).await.expect("a value");
@@ -416,6 +420,89 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     assert_eq!(error.kind(), "not_found");
 
     let _ = connection.close(200, "done".into()).await;
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// `rabbitmq.managementUrl` is the policy author's to set, the credentials are the Secret's: the
+/// operator sends them only to the host the AMQP URL names, and over plain http only when it was
+/// started with `--allow-plain-http-management`. A server of the author's own never hears from
+/// it, and QueueReady says what to change.
+#[tokio::test]
+async fn the_rabbitmq_credentials_go_only_to_the_amqp_host_and_over_plain_http_only_when_allowed() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use bucket_av_crds::QUEUE_DEPTH_METRIC as METRIC_NAME;
+    use bucket_av_external_metrics::{ExternalMetricSource, LabelSelector};
+    use bucket_av_operator::QueueDepthSource;
+
+    let fixture = Fixture::new("op-mgmt", true).await;
+    // Without --allow-plain-http-management.
+    let operator = OperatorProcess::start(
+        &fixture.cluster,
+        &fixture.namespace,
+        &["--leader-election=false", "--metrics-api=false"],
+    )
+    .await;
+    // The author's collector: counts every connection made to it.
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let collector_port = collector.local_addr().expect("address").port();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    let collecting = tokio::spawn(async move {
+        while let Ok((_socket, _)) = collector.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    let bucket = bucket_av_testing::unique_name("op-mgmt");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let with_management = |url: String| {
+        fixture
+            .policy_builder("scan")
+            .bucket(&bucket)
+            .spec(move |spec| spec.rabbitmq.management_url = Some(url))
+            .build()
+    };
+    // The stack's AMQP URL names 127.0.0.1: "localhost" is another host, even if it resolves the same.
+    fixture.apply(&with_management(format!("https://localhost:{collector_port}"))).await;
+    let queue = format!("bucket-av.{}.scan", fixture.namespace);
+    wait_for("the queue", READY_TIMEOUT, POLL, async || fixture.queue_depth(&queue).await.ok_or("missing")).await;
+    // The metric source (what the HPA asks) refuses before connecting anywhere...
+    let scratch = std::env::temp_dir().join(bucket_av_testing::unique_name("op-mgmt-scratch"));
+    let source = |allow_plain_http| {
+        QueueDepthSource::new(
+            fixture.client.clone(),
+            Some(fixture.namespace.clone()),
+            scratch.clone(),
+            allow_plain_http,
+        )
+    };
+    let selector = LabelSelector::parse("bucketav.dev/policy=scan").expect("selector");
+    let error = source(true).values(&fixture.namespace, METRIC_NAME, &selector).await.expect_err("refused");
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "the author's collector heard from the metric source");
+    assert!(error.to_string().contains("names host localhost"), "{error}");
+    // ...and the reconcile says what to change.
+    let policy =
+        fixture.wait_condition("scan", "QueueReady", "False", Some("ManagementUrlRefused"), READY_TIMEOUT).await;
+    let message = &condition(&policy, "QueueReady").unwrap().message;
+    assert!(message.contains("names host localhost") && message.contains("names host 127.0.0.1"), "{message}");
+    fixture.wait_event("scan", "ManagementUrlRefused").await;
+
+    // The real management API, on the AMQP URL's host, over plain http.
+    let management_url = fixture.stack.var("BAVS_RABBITMQ_MANAGEMENT_URL").to_owned();
+    fixture.apply(&with_management(management_url)).await;
+    let policy =
+        fixture.wait_condition("scan", "QueueReady", "False", Some("ManagementUrlRefused"), READY_TIMEOUT).await;
+    let message = &condition(&policy, "QueueReady").unwrap().message;
+    assert!(message.contains("--allow-plain-http-management"), "{message}");
+    let error = source(false).values(&fixture.namespace, METRIC_NAME, &selector).await.expect_err("plain http");
+    assert!(error.to_string().contains("--allow-plain-http-management"), "{error}");
+    let values = source(true).values(&fixture.namespace, METRIC_NAME, &selector).await.expect("allowed");
+    assert_eq!(values.len(), 1);
+
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "the author's collector never heard from the operator");
+    collecting.abort();
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
 }

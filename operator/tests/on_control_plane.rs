@@ -9,6 +9,7 @@ mod common;
 use std::time::Duration;
 
 use bucket_av_testing::service_account::install_operator_rbac;
+use bucket_av_testing::stall_proxy::StallProxy;
 use bucket_av_testing::{
     ContainerLaunch, EICAR, OperatorProcess, WorkerProcess, process::free_port, unique_name, wait_for,
 };
@@ -16,8 +17,12 @@ use common::{CONTENT_EVENTS, Fixture, condition, filter_rules};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -216,6 +221,62 @@ async fn a_missing_secret_is_reported_and_the_policy_recovers_as_soon_as_it_appe
     operator.terminate(Duration::from_secs(30)).await;
 }
 
+/// The leader's API server stalls (requests neither answered nor refused, as behind a half-open
+/// connection) while a second replica watches the Lease: the leader must step down before the
+/// second can take over, so the two never lead at once; the second then leads.
+#[tokio::test]
+async fn a_leader_whose_api_server_stalls_steps_down_before_another_replica_takes_over() {
+    let fixture = Fixture::new("op-stall", true).await;
+    let apiserver = fixture.cluster.var("BAVS_KUBE_APISERVER").to_owned();
+    let proxy = StallProxy::start(apiserver.trim_start_matches("https://")).await;
+    // The admin kubeconfig, through the proxy (the API server's certificate names 127.0.0.1).
+    let admin = std::fs::read_to_string(fixture.cluster.var("BAVS_KUBECONFIG")).expect("the admin kubeconfig");
+    assert!(admin.contains(&apiserver), "the kubeconfig names {apiserver}");
+    let kubeconfig = std::path::Path::new(fixture.cluster.var("BAVS_CLUSTER_DIR"))
+        .join(format!("kubeconfig-{}-stalling", fixture.namespace));
+    std::fs::write(&kubeconfig, admin.replace(&apiserver, &format!("https://{}", proxy.addr))).unwrap();
+
+    let first = OperatorProcess::start_as(&kubeconfig, &fixture.namespace, &["--pod-name=first"]).await;
+    wait_for("the first replica to lead", Duration::from_secs(30), Duration::from_millis(200), async || {
+        if first.is_leader().await { Ok(()) } else { Err("not leader") }
+    })
+    .await;
+    let second = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--pod-name=second"]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!second.is_leader().await, "the second replica took a live lease");
+
+    proxy.stall();
+    let stalled = std::time::Instant::now();
+    let mut stepped_down = None;
+    let mut second_leads = None;
+    while stalled.elapsed() < Duration::from_secs(45) && second_leads.is_none() {
+        let (first_leads, second_leads_now) = (first.is_leader().await, second.is_leader().await);
+        assert!(!(first_leads && second_leads_now), "two leaders {:?} after the stall", stalled.elapsed());
+        if !first_leads && stepped_down.is_none() {
+            stepped_down = Some(stalled.elapsed());
+        }
+        if second_leads_now {
+            second_leads = Some(stalled.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stepped_down = stepped_down.expect("the stalled leader never stepped down");
+    let second_leads = second_leads.expect("the second replica never took over");
+    eprintln!("after the stall: the first stepped down at {stepped_down:?}, the second led at {second_leads:?}");
+    assert!(stepped_down < second_leads);
+    // A while longer, both replicas as they are: still one leader.
+    for _ in 0..30 {
+        assert!(!(first.is_leader().await && second.is_leader().await), "two leaders");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.resume();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(second.is_leader().await && !first.is_leader().await, "leadership changed back without cause");
+    first.kill().await;
+    second.terminate(Duration::from_secs(30)).await;
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
 /// Two operator replicas: only the Lease holder reconciles; when it stops, the other takes
 /// over and reconciles the next change.
 #[tokio::test]
@@ -363,4 +424,153 @@ async fn worker_pods_with_the_clamd_sidecar_are_admitted_under_pod_security_rest
     assert_eq!(spec.init_containers.as_ref().unwrap()[0].name, "freshclam-init");
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
     operator.terminate(Duration::from_secs(30)).await;
+}
+
+/// The policy's scheduling settings reach the worker pods as the scheduler sees them, the pods'
+/// PodDisruptionBudget lets a node drain (cordon, then evict) take one worker at a time, and
+/// `kubectl get bsp` shows the Ready condition's reason. The workers get a (fake, kwok) node of
+/// their own through the policy's nodeSelector and a toleration of its taint, so no other test's
+/// pods land there and cordoning it disturbs no other test.
+#[tokio::test]
+async fn workers_are_placed_as_the_policy_says_and_evicted_one_at_a_time() {
+    let fixture = Fixture::new("op-placement", true).await;
+    let bucket = unique_name("op-placement");
+    fixture.stack.s3().create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    let priority_class = unique_name("scanning");
+    let classes: Api<PriorityClass> = Api::all(fixture.client.clone());
+    let class = PriorityClass {
+        metadata: ObjectMeta { name: Some(priority_class.clone()), ..ObjectMeta::default() },
+        value: Some(1000),
+        ..PriorityClass::default()
+    };
+    classes.create(&PostParams::default(), &class).await.expect("create the PriorityClass");
+    let node_name = unique_name("drain");
+    let node_label = ("bucketav-test/drain", node_name.as_str());
+    fixture.cluster.kubectl_ok(&["apply", "-f", "-"], Some(&kwok_node(&node_name, node_label)));
+
+    let operator = OperatorProcess::start(
+        &fixture.cluster,
+        &fixture.namespace,
+        &["--leader-election=false", "--autoscaling=false"],
+    )
+    .await;
+    let placement = serde_json::json!({
+        "minReplicas": 2,
+        "maxReplicas": 2,
+        "imagePullSecrets": [{"name": "registry-credentials"}],
+        "nodeSelector": {node_label.0: node_label.1},
+        // The node's taint keeps every other test's pods off it; the workers tolerate it.
+        "tolerations": [{"key": node_label.0, "operator": "Equal", "value": node_label.1, "effect": "NoSchedule"}],
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway"}
+        ],
+        "priorityClassName": priority_class,
+        "podLabels": {"team": "media"},
+        "podAnnotations": {"example.com/owner": "media-platform"},
+    });
+    let policy = fixture.policy_builder("scan").bucket(&bucket).spec(|spec| {
+        spec.workers = serde_json::from_value(placement).expect("workers with placement");
+    });
+    fixture.apply(&policy.build()).await;
+    fixture.wait_condition("scan", "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+
+    let pods = fixture.api::<Pod>();
+    let workers = pods.list(&ListParams::default().labels("app.kubernetes.io/instance=scan")).await.unwrap().items;
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let nodes: Api<Node> = Api::all(fixture.client.clone());
+    for pod in &workers {
+        let labels = pod.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels.get("team").map(String::as_str), Some("media"));
+        assert_eq!(labels.get("bucketav.dev/policy").map(String::as_str), Some("scan"));
+        let annotations = pod.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.get("example.com/owner").map(String::as_str), Some("media-platform"));
+        let spec = pod.spec.as_ref().unwrap();
+        // The API server's Priority admission resolved the class into the pod's priority.
+        assert_eq!(spec.priority, Some(1000), "{pod:?}");
+        assert_eq!(spec.image_pull_secrets.as_ref().unwrap()[0].name, "registry-credentials");
+        let node = nodes.get(spec.node_name.as_deref().expect("scheduled")).await.unwrap();
+        let node_labels = node.metadata.labels.unwrap_or_default();
+        assert_eq!(node_labels.get(node_label.0).map(String::as_str), Some(node_label.1), "placed by the nodeSelector");
+    }
+
+    let budgets: Api<PodDisruptionBudget> = fixture.api();
+    let what = "the workers' PodDisruptionBudget to count both workers healthy";
+    wait_for(what, READY_TIMEOUT, Duration::from_millis(250), async || {
+        let budget = budgets.get("scan-worker").await.map_err(|error| error.to_string())?;
+        let status = budget.status.unwrap_or_default();
+        if status.current_healthy == Some(2) && status.disruptions_allowed == Some(1) {
+            Ok(())
+        } else {
+            Err(format!("{status:?}"))
+        }
+    })
+    .await;
+    // A drain as `kubectl drain` makes it: cordon the node, evict its pods, retry the refused
+    // ones until the timeout. (Not through kube-rs: its client retries a 429 by itself.)
+    let drain = [
+        "drain",
+        node_name.as_str(),
+        "--pod-selector",
+        "app.kubernetes.io/instance=scan",
+        "--delete-emptydir-data",
+        "--timeout",
+        "20s",
+    ];
+    let drained = fixture.cluster.kubectl(&drain, None);
+    assert!(!drained.success, "the drain should stop at the budget:\n{}{}", drained.stdout, drained.stderr);
+    let refusal = "Cannot evict pod as it would violate the pod's disruption budget";
+    assert!(drained.stderr.contains(refusal), "{}", drained.stderr);
+    // One worker went, the other keeps scanning: its replacement cannot start on the cordoned node.
+    let names: Vec<String> = workers.iter().map(|pod| pod.metadata.name.clone().unwrap()).collect();
+    let now = pods.list(&ListParams::default().labels("app.kubernetes.io/instance=scan")).await.unwrap().items;
+    let running: Vec<&str> = now
+        .iter()
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| pod.metadata.name.as_deref())
+        .filter(|name| names.iter().any(|original| original == name))
+        .collect();
+    assert_eq!(running.len(), 1, "one of {names:?} still runs: {now:?}");
+
+    let listed = fixture.cluster.kubectl_ok(&["get", "bsp", "-n", &fixture.namespace], None);
+    let header = listed.lines().next().unwrap_or_default();
+    assert!(
+        header.split_whitespace().eq([
+            "NAME", "READY", "REASON", "BUCKETS", "QUEUE", "DEPTH", "REPLICAS", "COVERAGE", "AGE"
+        ]
+        .iter()
+        .copied()),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().nth(1).is_some_and(|row| row.split_whitespace().take(3).eq(["scan", "True", "Ready"])),
+        "{listed}"
+    );
+
+    fixture.delete_policy("scan", Duration::from_secs(60)).await;
+    operator.terminate(Duration::from_secs(30)).await;
+    classes.delete(&priority_class, &DeleteParams::default()).await.expect("delete the PriorityClass");
+    nodes.delete(&node_name, &DeleteParams::default()).await.expect("delete the node");
+}
+
+/// A fake node kwok manages (as `testing/cluster/cluster-up.sh` makes them) with one more label,
+/// and a taint of the same key and value.
+fn kwok_node(name: &str, (key, value): (&str, &str)) -> String {
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": { "kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0" },
+            "labels": {
+                "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
+                "type": "kwok", key: value,
+            },
+        },
+        "spec": { "taints": [{ "key": key, "value": value, "effect": "NoSchedule" }] },
+        "status": {
+            "allocatable": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+            "capacity": { "cpu": "32", "memory": "256Gi", "pods": "110" },
+        },
+    })
+    .to_string()
 }

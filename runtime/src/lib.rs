@@ -1,6 +1,6 @@
 //! What both long-running binaries (worker and operator) set up the same way: logging, the
-//! shutdown signal and the HTTP server for probes and metrics. Nothing here knows what the
-//! binary does.
+//! shutdown signal, the HTTP server for probes and metrics, and the metrics' text. Nothing here
+//! knows what the binary does.
 
 use clap::ValueEnum;
 use tokio::signal::unix::{SignalKind, signal};
@@ -40,6 +40,14 @@ pub fn shutdown_on_signal(stopping: &'static str) -> std::io::Result<Cancellatio
 
 /// Content type of Prometheus metrics in the OpenMetrics text format (`prometheus-client`).
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The OpenMetrics text of every metric in `registry` (served with [`OPENMETRICS_CONTENT_TYPE`]).
+pub fn openmetrics_text(registry: &prometheus_client::registry::Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}
 
 /// Binds `addr` for the health and metrics `router`, failing at once when it cannot (so start-up
 /// fails loudly), and serves until `shutdown`.

@@ -41,8 +41,32 @@ pub enum S3SetupError {
 /// The S3 client [`client`] builds, for crates that do not depend on the SDK themselves.
 pub use aws_sdk_s3::Client;
 
-/// Creates the client. Nothing is sent until the first request.
+/// Bounds on each S3 call, so a half-open connection cannot hang a reconcile (holding a bucket's
+/// notification lock) or a worker step. They end when the response's headers arrive: a
+/// download's body is read afterwards, bounded by the worker's scan timeout instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S3Timeouts {
+    pub connect: Duration,
+    /// One attempt, from sending the request to the response's headers. Generous enough for
+    /// a server-side copy of a large object, which answers only once the copy is done.
+    pub attempt: Duration,
+    /// The whole call, retries included.
+    pub operation: Duration,
+}
+
+impl Default for S3Timeouts {
+    fn default() -> Self {
+        Self { connect: Duration::from_secs(5), attempt: Duration::from_secs(60), operation: Duration::from_secs(180) }
+    }
+}
+
+/// Creates the client with the default [`S3Timeouts`]. Nothing is sent until the first request.
 pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, S3SetupError> {
+    client_with(settings, S3Timeouts::default())
+}
+
+/// Creates the client with `timeouts`.
+pub fn client_with(settings: &S3Settings, timeouts: S3Timeouts) -> Result<aws_sdk_s3::Client, S3SetupError> {
     if !(settings.endpoint.starts_with("http://") || settings.endpoint.starts_with("https://")) {
         return Err(S3SetupError::BadEndpoint(settings.endpoint.clone()));
     }
@@ -59,7 +83,13 @@ pub fn client(settings: &S3Settings) -> Result<aws_sdk_s3::Client, S3SetupError>
         .endpoint_url(settings.endpoint.clone())
         .force_path_style(true)
         .credentials_provider(credentials)
-        .timeout_config(TimeoutConfig::builder().connect_timeout(Duration::from_secs(5)).build())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(timeouts.connect)
+                .operation_attempt_timeout(timeouts.attempt)
+                .operation_timeout(timeouts.operation)
+                .build(),
+        )
         // The scanner reads every byte into clamd already; checksumming each download again
         // costs CPU on the hot path and proves nothing more about the bytes clamd saw.
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
@@ -175,6 +205,55 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that accepts connections and never answers, like a peer behind a half-open
+    /// connection: without the attempt and operation timeouts, a call to it never returns.
+    #[tokio::test]
+    async fn a_call_to_a_server_that_never_answers_ends_in_a_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let settings = S3Settings {
+            endpoint,
+            region: "us-east-1".into(),
+            access_key: "probe".into(),
+            secret_key: Redacted::new("probe-secret"),
+            ca_bundle: None,
+        };
+        let timeouts = S3Timeouts {
+            connect: Duration::from_secs(1),
+            attempt: Duration::from_millis(300),
+            operation: Duration::from_secs(1),
+        };
+        let s3 = client_with(&settings, timeouts).unwrap();
+        let started = std::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(10), s3.head_bucket().bucket("any").send()).await;
+        let error = answer.expect("the call hung past its timeouts").expect_err("nobody answered");
+        assert!(matches!(error, aws_sdk_s3::error::SdkError::TimeoutError(_)), "{error:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+        accepted.abort();
+    }
+
+    #[test]
+    fn every_client_bounds_its_calls() {
+        let settings = S3Settings {
+            endpoint: "http://127.0.0.1:9".into(),
+            region: "us-east-1".into(),
+            access_key: "a".into(),
+            secret_key: Redacted::new("b"),
+            ca_bundle: None,
+        };
+        let config = client(&settings).unwrap().config().timeout_config().cloned().expect("a timeout config");
+        let defaults = S3Timeouts::default();
+        assert_eq!(config.operation_attempt_timeout(), Some(defaults.attempt));
+        assert_eq!(config.operation_timeout(), Some(defaults.operation));
+        assert_eq!(config.connect_timeout(), Some(defaults.connect));
+    }
 
     #[test]
     fn an_error_chain_names_each_cause_once() {

@@ -11,5 +11,8 @@ pub mod client;
 pub mod listing;
 pub mod notification;
 
-pub use client::{Client, ErrorCode, S3Failure, S3Settings, S3SetupError, client, describe_error, error_chain};
+pub use client::{
+    Client, ErrorCode, S3Failure, S3Settings, S3SetupError, S3Timeouts, client, client_with, describe_error,
+    error_chain,
+};
 pub use listing::{ListError, ListedObject, Lister, Page, PageRequest};

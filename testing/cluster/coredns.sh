@@ -34,10 +34,13 @@ bavs__provision_coredns() {
     start=$SECONDS
     # coremain.CoreVersion is a constant of the release, so no version stamp is
     # needed; GitCommit stays empty (the module proxy does not tell the commit).
-    (
+    # shellcheck disable=SC2317 # run by bavs_logged
+    bavs__build_step() {
         cd "$BAVS_CLUSTER_SCRIPTS/coredns" &&
-            nice -n 19 go build "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" -o "$tmp/coredns" .
-    ) >"$log" 2>&1 || bavs__build_failed coredns "$log"
+            nice -n 19 go build -v "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" -o "$tmp/coredns" .
+    }
+    : >"$log"
+    bavs_logged "building coredns" "$log" bavs__build_step || bavs__build_failed coredns "$log"
     got=$("$tmp/coredns" -version 2>>"$log" | sed -n 's/^CoreDNS-//p') || bavs__build_failed coredns "$log"
     [[ v$got == "$COREDNS_VERSION" ]] || bavs_die "coredns built from $COREDNS_VERSION reports version '$got'"
     # The point of this build: no plugin in it can send a query upstream.

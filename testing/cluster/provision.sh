@@ -96,11 +96,14 @@ bavs__provision_k8s() {
     printf 'building kubernetes %s (%s) with %s (cold: ~30 min on 2 cores; log: %s)\n' \
         "$K8S_VERSION" "${BAVS_K8S_BINARIES[*]}" "$(go env GOVERSION)" "$log"
     start=$SECONDS
-    (
+    # shellcheck disable=SC2317 # run by bavs_logged
+    bavs__build_step() {
         cd "$BAVS_CLUSTER_SCRIPTS/k8s" &&
-            nice -n 19 go build "${BAVS_GO_JOBS[@]}" -trimpath -tags selinux,notest -ldflags "$ldflags" \
+            nice -n 19 go build -v "${BAVS_GO_JOBS[@]}" -trimpath -tags selinux,notest -ldflags "$ldflags" \
                 -o "$tmp/" "${BAVS_K8S_BINARIES[@]/#/k8s.io/kubernetes/cmd/}"
-    ) >"$log" 2>&1 || bavs__build_failed kubernetes "$log"
+    }
+    : >"$log"
+    bavs_logged "building kubernetes" "$log" bavs__build_step || bavs__build_failed kubernetes "$log"
     local got
     got=$("$tmp/kubectl" version --client -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | head -n1)
     [[ $got == "$K8S_VERSION" ]] || bavs_die "kubectl built from $K8S_VERSION reports version '$got'"
@@ -122,10 +125,13 @@ bavs__provision_etcd() {
     log=$BAVS_TOOLS_DIR/etcd-$ETCD_VERSION.build.log
     printf 'building etcd %s with %s (log: %s)\n' "$ETCD_VERSION" "$(go env GOVERSION)" "$log"
     start=$SECONDS
-    (
+    # shellcheck disable=SC2317 # run by bavs_logged
+    bavs__build_step() {
         cd "$BAVS_CLUSTER_SCRIPTS/etcd" &&
-            nice -n 19 go build "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
-    ) >"$log" 2>&1 || bavs__build_failed etcd "$log"
+            nice -n 19 go build -v "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+    }
+    : >"$log"
+    bavs_logged "building etcd" "$log" bavs__build_step || bavs__build_failed etcd "$log"
     "$tmp/etcd" --version >>"$log" 2>&1 || bavs__build_failed etcd "$log"
     bavs__install_dir "$tmp" "$BAVS_ETCD_DIR"
     printf '%-24s built   %s (%s, %ss)\n' etcd "$ETCD_VERSION" "$BAVS_ETCD_DIR/etcd" "$((SECONDS - start))"
@@ -142,10 +148,13 @@ bavs__provision_kwok() {
     log=$BAVS_TOOLS_DIR/kwok-$KWOK_VERSION.build.log
     printf 'building kwok %s with %s (log: %s)\n' "$KWOK_VERSION" "$(go env GOVERSION)" "$log"
     start=$SECONDS
-    (
+    # shellcheck disable=SC2317 # run by bavs_logged
+    bavs__build_step() {
         cd "$tmp" &&
-            GOBIN=$tmp nice -n 19 go install "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" "$KWOK_MODULE/cmd/kwok@$KWOK_VERSION"
-    ) >"$log" 2>&1 || bavs__build_failed kwok "$log"
+            GOBIN=$tmp nice -n 19 go install -v "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "-s -w" "$KWOK_MODULE/cmd/kwok@$KWOK_VERSION"
+    }
+    : >"$log"
+    bavs_logged "building kwok" "$log" bavs__build_step || bavs__build_failed kwok "$log"
     # kwok ships its default Stages as YAML in the module (kustomize/stage/...);
     # kwokctl passes the same set to kwok (node-initialize, node heartbeat with
     # lease, pod-ready, pod-complete, pod-delete). Keep them with the binary.
@@ -189,10 +198,12 @@ bavs__provision_helm() {
     for pkg in pkg/lint/rules pkg/chartutil; do
         ldflags+=" -X $HELM_MODULE/$pkg.k8sVersionMajor=1 -X $HELM_MODULE/$pkg.k8sVersionMinor=$k8s_minor"
     done
-    (
+    # shellcheck disable=SC2317 # run by bavs_logged
+    bavs__build_step() {
         cd "$tmp" &&
-            GOBIN=$tmp nice -n 19 go install "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "$ldflags" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
-    ) >>"$log" 2>&1 || bavs__build_failed helm "$log"
+            GOBIN=$tmp nice -n 19 go install -v "${BAVS_GO_JOBS[@]}" -trimpath -ldflags "$ldflags" "$HELM_MODULE/cmd/helm@$HELM_VERSION"
+    }
+    bavs_logged "building helm" "$log" bavs__build_step || bavs__build_failed helm "$log"
     got=$("$tmp/helm" version --template '{{.Version}}' 2>>"$log") || bavs__build_failed helm "$log"
     [[ $got == "$HELM_VERSION" ]] || bavs_die "helm built from $HELM_VERSION reports version '$got'"
     bavs__install_dir "$tmp" "$BAVS_HELM_DIR"

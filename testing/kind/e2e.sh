@@ -31,12 +31,18 @@ chmod 700 "$dir"
 kind get kubeconfig --name "$CLUSTER" >"$dir/kubeconfig" ||
     bavs_die "kind cluster $CLUSTER not found: run just kind-up"
 chmod 600 "$dir/kubeconfig"
+# The stand-in signature upstream listens on this machine's address on kind's docker network
+# (its gateway), which the pods reach.
+host_ip=$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' 2>/dev/null |
+    tr ' ' '\n' | grep -m1 -E '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$') ||
+    bavs_die "no IPv4 gateway of docker network kind: the signature upstream needs an address pods reach"
 cat >"$dir/cluster.env" <<EOF
 # The kind cluster $CLUSTER for testing/tests/real_pods.rs, written by testing/kind/e2e.sh.
 BAVS_CLUSTER_DIR=$dir
 BAVS_KUBECONFIG=$dir/kubeconfig
 BAVS_KUBECTL=$KUBECTL
 BAVS_HELM=$HELM
+BAVS_NODE_HOST_IP=$host_ip
 EOF
 cat >"$dir/images.env" <<EOF
 BAVS_IMAGE_OPERATOR=bucket-av-operator:$TAG

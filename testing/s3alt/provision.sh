@@ -14,26 +14,6 @@
 # shellcheck source=testing/s3alt/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# bavs__s3alt_build LOG CMD...: run CMD with its output in LOG, printing a heartbeat every 30 s.
-bavs__s3alt_build() {
-    local log=$1 pid rc=0 start=$SECONDS next=30
-    shift
-    "$@" >"$log" 2>&1 &
-    pid=$!
-    # shellcheck disable=SC2064 # expand now: stop our own build, by its pid, on Ctrl-C
-    trap "kill -TERM $pid 2>/dev/null; exit 130" INT TERM
-    while kill -0 "$pid" 2>/dev/null; do
-        if ((SECONDS - start >= next)); then
-            printf '    ... still building versitygw: %ss elapsed (log: %s)\n' "$((SECONDS - start))" "$log"
-            next=$((next + 30))
-        fi
-        sleep 1
-    done
-    wait "$pid" || rc=$?
-    trap - INT TERM
-    return "$rc"
-}
-
 bavs_s3alt_provision() {
     local tmp start ldflags got jobs=()
     if [[ -x $BAVS_VERSITYGW_BIN ]]; then
@@ -65,9 +45,10 @@ bavs_s3alt_provision() {
         "$VERSITYGW_VERSION" "$(go env GOVERSION)" "$BAVS_VERSITYGW_BUILD_LOG"
     start=$SECONDS
     # The module builds as released (go.sum, no replace directives), outside any go.work.
-    if ! (cd "$tmp" && bavs__s3alt_build "$BAVS_VERSITYGW_BUILD_LOG" \
+    : >"$BAVS_VERSITYGW_BUILD_LOG"
+    if ! (cd "$tmp" && bavs_logged "building versitygw" "$BAVS_VERSITYGW_BUILD_LOG" \
         env GOWORK=off CGO_ENABLED=0 GOBIN="$tmp/bin" nice -n 19 \
-        go install "${jobs[@]}" -trimpath -ldflags "$ldflags" "$VERSITYGW_MODULE/cmd/versitygw@$VERSITYGW_VERSION"); then
+        go install -v "${jobs[@]}" -trimpath -ldflags "$ldflags" "$VERSITYGW_MODULE/cmd/versitygw@$VERSITYGW_VERSION"); then
         printf 'ERROR: versitygw build failed; last lines of %s:\n' "$BAVS_VERSITYGW_BUILD_LOG" >&2
         tail -n 20 "$BAVS_VERSITYGW_BUILD_LOG" >&2
         exit 1

@@ -27,17 +27,31 @@ impl ServiceProcess {
         process
     }
 
+    /// Spawns `command` (killed when dropped) and waits only until `http`/healthz answers: for a
+    /// process started while a service it needs is down, so it cannot be ready.
+    pub async fn spawn_live(name: &str, mut command: Command, http: String, timeout: Duration) -> Self {
+        command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let child = command.spawn().unwrap_or_else(|error| panic!("start {name} ({command:?}): {error}"));
+        let mut process = Self { child, name: name.to_owned(), http };
+        process.wait_for_endpoint("healthz", timeout).await;
+        process
+    }
+
     async fn wait_ready(&mut self, timeout: Duration) {
-        let url = format!("http://{}/readyz", self.http);
-        let what = format!("{} to be ready ({url})", self.name);
+        self.wait_for_endpoint("readyz", timeout).await
+    }
+
+    async fn wait_for_endpoint(&mut self, endpoint: &str, timeout: Duration) {
+        let url = format!("http://{}/{endpoint}", self.http);
+        let what = format!("{} to answer {endpoint} ({url})", self.name);
         wait_for(&what, timeout, Duration::from_millis(100), async || {
             let answer = match reqwest::get(&url).await {
                 Ok(response) if response.status().is_success() => return Ok(()),
-                Ok(response) => format!("readyz answered {}", response.status()),
-                Err(error) => format!("readyz: {error}"),
+                Ok(response) => format!("{endpoint} answered {}", response.status()),
+                Err(error) => format!("{endpoint}: {error}"),
             };
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited before it was ready: {status}", self.name);
+                panic!("{} exited before it answered {endpoint}: {status}", self.name);
             }
             Err(answer)
         })

@@ -17,13 +17,14 @@ use bucket_av_crds::BucketScanPolicy;
 use bucket_av_s3::S3Settings;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::api::{DeleteParams, ListParams, ObjectMeta};
 use kube::{Api, Client, ResourceExt};
 
 use crate::chart::{Helm, repo_path};
 use crate::kube_api::{apply, install_crd, put_secret};
+use crate::signature_upstream::SignatureUpstream;
 use crate::stack::parse_env_file;
 use crate::{Cluster, wait_for};
 
@@ -196,26 +197,40 @@ pub async fn install_services(cluster: &Cluster, client: &Client, images: &Image
     wait_ready_replicas(client, "minio", "minio", 1).await;
 }
 
-/// `helm upgrade --install` of the chart with `images` (waits for the operator pod), then waits
-/// until the operator pod holds the leader Lease and the APIService it serves is Available;
-/// returns the operator pod's name.
-pub async fn install_chart(helm: &Helm, client: &Client, images: &Images) -> String {
+/// `helm upgrade --install` of the chart with `images` (waits for the operator pod and the
+/// signature mirror, which carries the test signatures of `upstream`), then waits until the
+/// operator pod holds the leader Lease and the APIService it serves is Available; returns the
+/// operator pod's name.
+pub async fn install_chart(helm: &Helm, client: &Client, images: &Images, upstream: &SignatureUpstream) -> String {
     real_node_namespace(client, SYSTEM_NAMESPACE, true).await;
     install_crd(client).await;
     let (operator_repository, operator_tag) = repository_and_tag(&images.operator);
     let (worker_repository, worker_tag) = repository_and_tag(&images.worker);
-    helm.upgrade_install(
-        RELEASE,
+    let mut sets = vec![
+        format!("operator.image.repository={operator_repository}"),
+        format!("operator.image.tag={operator_tag}"),
+        format!("worker.image.repository={worker_repository}"),
+        format!("worker.image.tag={worker_tag}"),
+        "operator.logFormat=plain".to_owned(),
+        // The e2e RabbitMQ serves its management API over plain http (testing/e2e/policy.yaml).
+        "operator.allowPlainHttpManagement=true".to_owned(),
+        // The mirror carries the test signatures only: no official database is reachable here.
+        "signatureMirror.databases=null".to_owned(),
+        format!("signatureMirror.customDatabases={{{}}}", upstream.urls().join(",")),
+    ];
+    if let Some(clamav) = &images.clamav {
+        let (repository, tag) = repository_and_tag(clamav);
+        sets.push(format!("signatureMirror.image.repository={repository}"));
+        sets.push(format!("signatureMirror.image.tag={tag}"));
+    }
+    let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+    helm.upgrade_install(RELEASE, SYSTEM_NAMESPACE, &sets);
+    let operators = ready_pods(
+        client,
         SYSTEM_NAMESPACE,
-        &[
-            &format!("operator.image.repository={operator_repository}"),
-            &format!("operator.image.tag={operator_tag}"),
-            &format!("worker.image.repository={worker_repository}"),
-            &format!("worker.image.tag={worker_tag}"),
-            "operator.logFormat=plain",
-        ],
-    );
-    let operators = ready_pods(client, SYSTEM_NAMESPACE, "app.kubernetes.io/name=bucket-av-scanner").await;
+        "app.kubernetes.io/name=bucket-av-scanner,app.kubernetes.io/component=operator",
+    )
+    .await;
     assert_eq!(operators.len(), 1, "one Ready operator pod after helm install --wait");
     let operator_pod = operators[0].name_any();
     let leases = Api::<Lease>::namespaced(client.clone(), SYSTEM_NAMESPACE);
@@ -248,30 +263,10 @@ pub async fn install_chart(helm: &Helm, client: &Client, images: &Images) -> Str
     operator_pod
 }
 
-/// The Secrets and the signature ConfigMap the policy of `testing/e2e/` refers to, in `namespace`.
+/// The Secrets the policy of `testing/e2e/` refers to, in `namespace`.
 pub async fn create_policy_prerequisites(client: &Client, namespace: &str) {
     put_secret(client, namespace, "minio-scanner", &[("accessKey", MINIO_USER), ("secretKey", MINIO_PASSWORD)]).await;
     put_secret(client, namespace, "rabbitmq-scanner", &[("url", AMQP_URL)]).await;
-    let signatures = ConfigMap {
-        metadata: ObjectMeta {
-            name: Some("bavs-test-signatures".into()),
-            namespace: Some(namespace.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(
-            ["bavs-test.hdb", "bavs-test.ndb"]
-                .iter()
-                .map(|file| {
-                    let path = repo_path(&format!("testing/signatures/{file}"));
-                    let text = std::fs::read_to_string(&path)
-                        .unwrap_or_else(|error| panic!("read {}: {error}", path.display()));
-                    ((*file).to_owned(), text)
-                })
-                .collect(),
-        ),
-        ..ConfigMap::default()
-    };
-    apply(&Api::<ConfigMap>::namespaced(client.clone(), namespace), &signatures).await;
 }
 
 /// `testing/e2e/policy.yaml` in `namespace`, with the clamd image of `images`.

@@ -92,6 +92,21 @@ impl Stack {
         assert!(status.success(), "service.sh {action} {service} failed");
     }
 
+    /// Runs `rabbitmqctl <args>` against the stack's node (`testing/stack/rabbitmqctl.sh`) and
+    /// returns what it printed; panics with its output when it fails.
+    pub fn rabbitmqctl(&self, args: &[&str]) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("stack/rabbitmqctl.sh");
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("BAVS_STACK_DIR", self.var("BAVS_STACK_DIR"))
+            .output()
+            .expect("run rabbitmqctl.sh");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        assert!(output.status.success(), "rabbitmqctl {args:?} failed: {text}");
+        text
+    }
+
     /// Creates a bucket (versioned on request) whose uploads are published to the stack's durable
     /// AMQP target (with `queue_dir`).
     pub async fn watched_bucket(&self, prefix: &str, versioned: bool) -> String {

@@ -51,6 +51,12 @@ impl WorkerProcess {
         Self { process, queue: queue.to_owned() }
     }
 
+    /// Starts a worker while a service it needs is down: waits for `/healthz` only.
+    pub async fn from_command_unready(command: Command, http: String, queue: &str) -> Self {
+        let process = ServiceProcess::spawn_live("worker", command, http, Duration::from_secs(30)).await;
+        Self { process, queue: queue.to_owned() }
+    }
+
     /// Sends SIGTERM and waits for the exit; returns how long the worker took to exit.
     pub async fn terminate(self, timeout: Duration) -> Duration {
         self.process.terminate(timeout).await

@@ -145,11 +145,18 @@ bavs_size_bytes() {
 
 # ---------------------------------------------------------------- ports ----
 
-# bavs_require_free SERVICE PORT...: fail clearly if any port is taken.
+# bavs_require_free SERVICE PORT...: fail clearly if any port is taken. A port still held is
+# given BAVS_PORT_RELEASE_SECONDS (10) to be released first: right after a stop, a listener of
+# the stopped process can outlive its PID for a moment (seen with MinIO's console port when
+# service.sh restarted a MinIO that had restarted itself through its admin API).
 bavs_require_free() {
-    local service=$1 port who
+    local service=$1 port who deadline
     shift
+    deadline=$((SECONDS + ${BAVS_PORT_RELEASE_SECONDS:-10}))
     for port in "$@"; do
+        while bavs_port_in_use "$port" && ((SECONDS < deadline)); do
+            sleep 0.2
+        done
         if bavs_port_in_use "$port"; then
             who=$(bavs_port_owner "$port")
             bavs_die "$service: port $port on 127.0.0.1 is already in use${who:+ by $who}; stop that process or choose another port (see the BAVS_*_PORT variables in testing/stack/lib.sh)"

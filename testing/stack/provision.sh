@@ -92,7 +92,8 @@ bavs__provision_minio() {
     log=$BAVS_TOOLS_DIR/minio-$MINIO_VERSION.build.log
     printf 'building minio %s with %s (takes ~10 min on 2 cores; log: %s)\n' "$MINIO_VERSION" "$(go env GOVERSION)" "$log"
     start=$SECONDS
-    if ! GOBIN=$tmp CGO_ENABLED=0 go install -trimpath "$MINIO_MODULE@$MINIO_VERSION" >"$log" 2>&1; then
+    : >"$log"
+    if ! bavs_logged "building minio" "$log" env GOBIN="$tmp" CGO_ENABLED=0 go install -v -trimpath "$MINIO_MODULE@$MINIO_VERSION"; then
         printf 'ERROR: minio build failed; last lines of %s:\n' "$log" >&2
         tail -n 20 "$log" >&2
         exit 1

@@ -19,7 +19,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_testing::chart::{CHART, ChartOperator, Helm, OPERATOR_COMMAND, repo_path};
 use bucket_av_testing::kube_api::{self, POLICY_CRD, apply, delete};
@@ -27,7 +26,7 @@ use bucket_av_testing::policy::{AMQP_SECRET, MINIO_SECRET, condition, status_tex
 use bucket_av_testing::process::free_port;
 use bucket_av_testing::{PolicyBuilder, Stack, unique_name, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
@@ -108,9 +107,13 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
     let helm = Helm::load();
     let chart = repo_path(CHART);
     let chart = chart.to_str().unwrap();
-    let value_sets: [&[&str]; 5] = [
+    let value_sets: [&[&str]; 6] = [
         &[],
-        &["externalMetrics.enabled=false"],
+        &["externalMetrics.enabled=false", "signatureMirror.enabled=false"],
+        &[
+            "signatureMirror.upstream=https://clamav.example.com",
+            "signatureMirror.customDatabases[0]=https://s.example/x.ndb",
+        ],
         &["operator.watchNamespace=media", "operator.replicas=2", "serviceMonitor.enabled=true"],
         &["externalMetrics.tls.existingSecret=metrics-tls", "externalMetrics.tls.certManagerCertificate=ns/cert"],
         &["externalMetrics.service.externalName=localhost", "externalMetrics.hpaControllerRbac=false"],
@@ -138,6 +141,8 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
     refused(&["operator.logFormat=xml"], "logFormat");
     refused(&["operator.replicas=2", "operator.leaderElection.enabled=false"], "needs operator.leaderElection.enabled");
     refused(&["externalMetrics.tls.existingSecret=metrics-tls"], "needs externalMetrics.tls.caBundle");
+    refused(&["signatureMirror.customDatabases[0]=https://s.example/tool.exe"], "customDatabases/0");
+    refused(&["signatureMirror.upstream=ftp://mirror"], "upstream");
 }
 
 /// Every object the chart renders, for each combination of switches, passes the API server's
@@ -153,7 +158,7 @@ async fn rendered_objects_are_accepted_by_the_api_server() {
     let watch = format!("operator.watchNamespace={watched}");
     let value_sets: [&[&str]; 4] = [
         &[],
-        &["externalMetrics.enabled=false"],
+        &["externalMetrics.enabled=false", "signatureMirror.enabled=false"],
         &[&watch, "operator.replicas=2", "externalMetrics.service.externalName=localhost"],
         &["externalMetrics.tls.existingSecret=metrics-tls", "externalMetrics.tls.caBundle=Y2E="],
     ];
@@ -165,8 +170,9 @@ async fn rendered_objects_are_accepted_by_the_api_server() {
         let list: Value = serde_json::from_str(&applied.stdout).expect("kubectl -o json");
 
         let deployments = items_of_kind(&list, "Deployment");
-        assert_eq!(deployments.len(), 1, "one operator Deployment for {sets:?}");
-        let pod = &deployments[0]["spec"]["template"]["spec"];
+        let named = |name: &str| deployments.iter().copied().find(|d| d["metadata"]["name"] == name);
+        let operator = named("render-bucket-av-scanner-operator").expect("the operator Deployment");
+        let pod = &operator["spec"]["template"]["spec"];
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
         assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
         let container = &pod["containers"][0];
@@ -176,6 +182,31 @@ async fn rendered_objects_are_accepted_by_the_api_server() {
         assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+
+        let mirror = named("render-bucket-av-scanner-signatures");
+        assert_eq!(deployments.len(), 1 + usize::from(mirror.is_some()), "{sets:?}");
+        let mirrored = !sets.contains(&"signatureMirror.enabled=false");
+        assert_eq!(mirror.is_some(), mirrored, "a signature mirror unless disabled, for {sets:?}");
+        let mirror_url = env_value(container, "BAVS_OPERATOR_SIGNATURE_MIRROR_URL");
+        if let Some(mirror) = mirror {
+            let url = format!("http://render-bucket-av-scanner-signatures.{namespace}.svc");
+            assert_eq!(mirror_url.expect("the operator is told the mirror")["value"], url.as_str());
+            let mirror_pod = &mirror["spec"]["template"]["spec"];
+            for container in mirror_pod["containers"].as_array().unwrap() {
+                assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true, "{container}");
+                assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL", "{container}");
+            }
+            assert_eq!(mirror_pod["containers"][0]["securityContext"]["runAsUser"], 100, "freshclam as clamav");
+            assert_eq!(mirror_pod["containers"][1]["command"][1], "signature-mirror");
+            let config = items_of_kind(&list, "ConfigMap")
+                .into_iter()
+                .find(|c| c["metadata"]["name"] == "render-bucket-av-scanner-signatures")
+                .expect("the mirror's freshclam.conf");
+            let conf = config["data"]["freshclam.conf"].as_str().unwrap();
+            assert!(conf.contains("DatabaseMirror database.clamav.net\n") && conf.contains("ScriptedUpdates no\n"));
+        } else {
+            assert!(mirror_url.is_none(), "no mirror, so the sidecars keep the public mirrors: {sets:?}");
+        }
 
         let metrics = !sets.contains(&"externalMetrics.enabled=false");
         assert_eq!(items_of_kind(&list, "APIService").len(), usize::from(metrics), "{sets:?}");
@@ -201,28 +232,26 @@ async fn rendered_objects_are_accepted_by_the_api_server() {
         }
     }
 
-    // The generated serving certificate is for the Service's DNS name and signed by the CA the
-    // APIService trusts (openssl does the checking the aggregator would).
+    // Nothing is generated at render time: two renders are the same (GitOps tools sync what
+    // `helm template` prints, and a new CA on every sync would break the running operator's),
+    // and no key material is in them: the operator keeps its certificate in a Secret it creates.
     let rendered = helm.template("render", &namespace, &[]);
+    assert_eq!(rendered, helm.template("render", &namespace, &[]), "two renders of the same values differ");
+    assert!(!rendered.contains("tls.key"), "the rendered chart carries a private key");
     let applied = cluster.kubectl_ok(&["apply", "--dry-run=server", "-o", "json", "-f", "-"], Some(&rendered));
     let list: Value = serde_json::from_str(&applied).unwrap();
-    let secret = items_of_kind(&list, "Secret")[0];
-    let api_service = items_of_kind(&list, "APIService")[0];
-    assert_eq!(api_service["spec"]["caBundle"], secret["data"]["ca.crt"], "the APIService trusts the Secret's CA");
-    let dir = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("certs-{namespace}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    for key in ["tls.crt", "ca.crt"] {
-        let pem = base64::engine::general_purpose::STANDARD.decode(secret["data"][key].as_str().unwrap()).unwrap();
-        std::fs::write(dir.join(key), pem).unwrap();
-    }
-    let host = format!("render-bucket-av-scanner-metrics-api.{namespace}.svc");
-    let verified = Command::new("openssl")
-        .args(["verify", "-CAfile", "ca.crt", "-verify_hostname", &host, "-purpose", "sslserver", "tls.crt"])
-        .current_dir(&dir)
-        .output()
-        .expect("run openssl");
-    assert!(verified.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verified.stderr));
-    let _ = std::fs::remove_dir_all(&dir);
+    assert!(items_of_kind(&list, "Secret").is_empty(), "the chart renders no Secret by default");
+    // (Read from the rendered text: the dry run merges in a live APIService, should one exist.)
+    assert!(!rendered.contains("caBundle:"), "the operator's leader writes the caBundle");
+    let deployment = items_of_kind(&list, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "render-bucket-av-scanner-operator")
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        env_value(container, "BAVS_OPERATOR_METRICS_API_TLS_SECRET").unwrap()["value"],
+        "render-bucket-av-scanner-metrics-api-tls"
+    );
 
     let monitored = helm.template("render", &namespace, &["serviceMonitor.enabled=true"]);
     assert!(monitored.contains("kind: ServiceMonitor"), "serviceMonitor.enabled renders a ServiceMonitor");
@@ -342,9 +371,9 @@ impl Drop for Release<'_> {
     }
 }
 
-/// The chart's external metrics path with everything the chart generates: its APIService, the
-/// ExternalName Service (the local control plane has no kube-proxy), the generated serving
-/// certificate (the operator reads it from files, as from the Secret volume), the auth-reader
+/// The chart's external metrics path with everything the chart sets up: its APIService, the
+/// ExternalName Service (the local control plane has no kube-proxy), the serving certificate
+/// the operator keeps in a Secret and whose CA its leader writes into the APIService, the auth-reader
 /// RoleBinding (the operator, as the chart's ServiceAccount, reads the aggregator's CA from
 /// kube-system). The real aggregator reaches the operator and a policy's queue depth reads back.
 ///
@@ -383,18 +412,15 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     let chart_operator = ChartOperator::start(cluster, &namespace, &release.name).await;
     let launch = &chart_operator.launch;
     assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API"), Some("true"));
+    let service_name = format!("{}-bucket-av-scanner-metrics-api", release.name);
     assert_eq!(
         launch.env("BAVS_OPERATOR_METRICS_API_SERVICE"),
-        None,
-        "the chart, not the operator, owns the APIService"
+        Some(service_name.as_str()),
+        "the chart renders the APIService; the operator's leader writes its caBundle"
     );
+    let tls_secret = format!("{service_name}-tls");
+    assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API_TLS_SECRET"), Some(tls_secret.as_str()));
     assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API_ADDR"), Some(format!("0.0.0.0:{port}").as_str()));
-    for key in ["tls.crt", "tls.key", "ca.crt"] {
-        assert!(
-            launch.env.iter().any(|(_, value)| value == &format!("/etc/bucket-av/metrics-api-tls/{key}")),
-            "the Secret volume's {key} is what the operator reads"
-        );
-    }
 
     apply_policy_and_wait_ready(&client, &stack, &namespace, &bucket).await;
     wait_for("the APIService to be Available", Duration::from_secs(60), Duration::from_millis(500), async || {
@@ -421,6 +447,27 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     let item = &values["items"][0];
     assert_eq!(item["metricName"], "bucketav_queue_depth", "{values}");
     assert_eq!(item["value"], "0", "an empty work queue: {values}");
+
+    // The certificate the operator keeps: for the Service's DNS name, signed by the CA the
+    // APIService trusts (openssl does the checking the aggregator would).
+    let secret = Api::<Secret>::namespaced(client.clone(), &namespace).get(&tls_secret).await.expect("the kept Secret");
+    let data = secret.data.expect("the Secret has data");
+    let api_service = api_services.get(API_SERVICE).await.expect("the APIService");
+    let ca_bundle = api_service.spec.and_then(|spec| spec.ca_bundle).expect("a caBundle");
+    assert_eq!(ca_bundle.0, data["ca.crt"].0, "the APIService trusts the kept Secret's CA");
+    let dir = Path::new(cluster.var("BAVS_CLUSTER_DIR")).join(format!("certs-{namespace}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    for key in ["tls.crt", "ca.crt"] {
+        std::fs::write(dir.join(key), &data[key].0).unwrap();
+    }
+    let host = format!("{service_name}.{namespace}.svc");
+    let verified = Command::new("openssl")
+        .args(["verify", "-CAfile", "ca.crt", "-verify_hostname", &host, "-purpose", "sslserver", "tls.crt"])
+        .current_dir(&dir)
+        .output()
+        .expect("run openssl");
+    assert!(verified.status.success(), "openssl verify: {}", String::from_utf8_lossy(&verified.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
 
     delete_policy(&client, &namespace).await;
     chart_operator.stop().await;

@@ -3,14 +3,15 @@
 //! RabbitMQ and MinIO from `testing/e2e/`, the Helm chart with the operator image (leader
 //! election on, the external metrics API served from the pod through its Service), the policy of
 //! `testing/e2e/policy.yaml` with the clamd sidecar exactly as the operator renders it and the
-//! project's test signatures from a ConfigMap. Then, in order:
+//! project's test signatures from the chart's signature mirror. Then, in order:
 //!
 //! | phase | what must hold |
 //! | --- | --- |
-//! | install | every pod of the chart and of the policy Ready under Pod Security `restricted`, read-only root filesystems, the operator holds the leader Lease, the APIService is Available |
+//! | install | every pod of the chart (the operator, the signature mirror) and of the policy Ready under Pod Security `restricted`, read-only root filesystems, the operator holds the leader Lease, the APIService is Available |
 //! | verdicts | clean, EICAR, an archive bomb, an encrypted archive and an object past `maxObjectSize` get `clean`, `infected`, `unscannable` (scan-limit, encrypted, too-large) through the sidecar |
 //! | scaling | a backlog scales the workers through the HPA (queue depth from the operator pod's metrics API) to more Ready pods, sidecars included, and back to `minReplicas` once drained |
 //! | drain | a worker pod deleted mid-scan stops within its grace period and no upload is left without a verdict |
+//! | signatures | every worker pod the scale-up started fetched its signatures from the chart's mirror, and the upstream (a stand-in on this machine) saw requests from the mirror pod only |
 //! | limits | no container restarted or was OOM-killed; each container's peak memory (kubelet stats, sampled through the run) is printed at idle and under load |
 //!
 //! The same suite runs on the local cluster's real node (`just test`) and on kind
@@ -33,6 +34,7 @@ use bucket_av_testing::load::pseudo_random;
 use bucket_av_testing::real_pods::{
     self, BUCKET, Images, POD_TIMEOUT, POLICY, PortForward, RELEASE, SYSTEM_NAMESPACE as SYSTEM,
 };
+use bucket_av_testing::signature_upstream::SignatureUpstream;
 use bucket_av_testing::{Cluster, EICAR, wait_for};
 use futures::StreamExt as _;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -177,11 +179,30 @@ async fn the_system_runs_as_real_pods() {
     real_pods::install_services(&cluster, &client, &images).await;
     let helm = Helm::load();
     let started = Instant::now();
-    let operator_pod = real_pods::install_chart(&helm, &client, &images).await;
+    let upstream = SignatureUpstream::start(&cluster);
+    let operator_pod = real_pods::install_chart(&helm, &client, &images, &upstream).await;
     report.push(format!(
         "helm install: operator pod {operator_pod} Ready, leader, metrics API Available after {:.1?}",
         started.elapsed()
     ));
+    // `helm test`: the chart's hook pod, a real container on the real node, checks the release.
+    let started = Instant::now();
+    let tested = helm.ok(&[
+        "test",
+        real_pods::RELEASE,
+        "--namespace",
+        real_pods::SYSTEM_NAMESPACE,
+        "--logs",
+        "--timeout",
+        "180s",
+    ]);
+    for check in ["/readyz answers", "serves the operator's metrics", "reaches the operator's external metrics API"] {
+        assert!(tested.contains(check), "helm test printed no {check:?}:\n{tested}");
+    }
+    report.push(format!("helm test: the check pod passed in {:.1?}", started.elapsed()));
+    // The chart keeps the finished pod for `helm test --logs`; it has no business in the rest.
+    let check_pod = format!("{}-operator-check", real_pods::RELEASE);
+    cluster.kubectl_ok(&["delete", "pod", &check_pod, "-n", real_pods::SYSTEM_NAMESPACE, "--wait=true"], None);
 
     // ---- the policy ----------------------------------------------------------------------
     let forward = PortForward::start(&cluster, "minio", "deployment/minio", 9000);
@@ -291,6 +312,13 @@ async fn the_system_runs_as_real_pods() {
         "backlog of {BACKLOG} uploads -> {scaled} worker pods Ready (sidecars included): {:.1?} after the first upload",
         scaled_ready - backlog_started
     ));
+    // Each of them fetched its signatures when it started: from the mirror, checked below.
+    let scaled_workers: Vec<String> =
+        real_pods::ready_pods(&client, MEDIA, &format!("{}={POLICY}", bucket_av_crds::POLICY_LABEL))
+            .await
+            .iter()
+            .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+            .collect();
     wait_verdicts(&s3, &backlog_keys, Duration::from_secs(600)).await;
     report.push(format!("backlog drained in {:.1?}", backlog_started.elapsed()));
     set_phase(&peaks, "after load");
@@ -345,6 +373,44 @@ async fn the_system_runs_as_real_pods() {
     report.push(format!(
         "worker pod deleted mid-scan ({scanned_before} of {} scanned): stopped in {stopped_in:.1?} (grace {grace} s), all got their verdict",
         drain_keys.len()
+    ));
+
+    // ---- one signature mirror: every worker pod fetched from it, only it from the upstream --
+    let mirror_selector = "app.kubernetes.io/component=signature-mirror";
+    let mirror_ips: Vec<String> = real_pods::ready_pods(&client, SYSTEM, mirror_selector)
+        .await
+        .iter()
+        .filter_map(|pod| pod.status.as_ref()?.pod_ip.clone())
+        .collect();
+    let upstream_requests = upstream.requests();
+    assert!(!upstream_requests.is_empty(), "the mirror never fetched from the upstream");
+    for request in &upstream_requests {
+        assert!(
+            mirror_ips.contains(&request.peer.to_string()),
+            "{request:?} reached the upstream from outside the mirror pod ({mirror_ips:?}): {upstream_requests:?}"
+        );
+    }
+    let mirror_log = cluster.kubectl_ok(
+        &["logs", "-n", SYSTEM, &format!("deployment/{RELEASE}-signatures"), "-c", "server", "--tail=-1"],
+        None,
+    );
+    let fetched_by: Vec<&str> = mirror_log
+        .lines()
+        .filter(|line| line.contains("database request") && line.contains("code=200"))
+        .filter_map(|line| line.split("peer=").nth(1)?.split(':').next())
+        .collect();
+    for worker in &scaled_workers {
+        assert!(
+            fetched_by.contains(&worker.as_str()),
+            "worker pod {worker} fetched no database from the mirror; its log:\n{mirror_log}"
+        );
+    }
+    report.push(format!(
+        "signature mirror: {} worker pods started by the scale-up fetched from it ({} database requests answered); \
+         the upstream saw {} requests, all from the mirror pod",
+        scaled_workers.len(),
+        fetched_by.len(),
+        upstream_requests.len()
     ));
 
     // ---- security, probes, limits ----------------------------------------------------------

@@ -131,6 +131,11 @@ pub struct Config {
     /// Address of the health and metrics HTTP server.
     #[arg(long, env = "BAVS_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// The broker's `consumer_timeout` in seconds (RabbitMQ's default: 30 minutes). A message
+    /// waiting for a service is handed back after half of it, and a scan may take a third of it,
+    /// so the broker never closes a channel for a message this worker still works on.
+    #[arg(long, env = "BAVS_BROKER_CONSUMER_TIMEOUT_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(3..))]
+    pub broker_consumer_timeout_seconds: u64,
     /// After SIGTERM, seconds to let in-flight scans finish before handing them back.
     #[arg(long, env = "BAVS_DRAIN_SECONDS", default_value_t = 30)]
     pub drain_seconds: u64,
@@ -170,6 +175,10 @@ pub enum ConfigError {
     BadWebhookSecret(#[from] crate::webhook::SecretError),
     #[error("--webhook-secret is set but --webhook-url is not")]
     SecretWithoutWebhook,
+    #[error(
+        "--scan-timeout-seconds {scan} is more than a third of the broker's consumer timeout ({consumer}s): the broker would close the channel of a long scan and hand its message to another worker; lower the scan timeout, or raise RabbitMQ's consumer_timeout and --broker-consumer-timeout-seconds with it"
+    )]
+    ScanOutlastsConsumerTimeout { scan: u64, consumer: u64 },
 }
 
 impl Config {
@@ -186,8 +195,20 @@ impl Config {
         if self.tag_prefix.is_empty() || self.tag_prefix.len() > 64 || self.tag_prefix.contains(['&', '=']) {
             return Err(ConfigError::BadTagPrefix(self.tag_prefix.clone()));
         }
+        if self.scan_timeout_seconds.saturating_mul(3) > self.broker_consumer_timeout_seconds {
+            return Err(ConfigError::ScanOutlastsConsumerTimeout {
+                scan: self.scan_timeout_seconds,
+                consumer: self.broker_consumer_timeout_seconds,
+            });
+        }
         self.webhook_target()?;
         Ok(())
+    }
+
+    /// How long a message may wait for a service before it is handed back (see
+    /// `broker_consumer_timeout_seconds`).
+    pub fn hold_limit(&self) -> Duration {
+        Duration::from_secs(self.broker_consumer_timeout_seconds) / 2
     }
 
     /// The webhook's URL and signing key, checked; `None` without --webhook-url.

@@ -1,33 +1,34 @@
 //! The AMQP side: connects (and reconnects), declares the topology, consumes the work queue with
 //! manual acks and a prefetch of twice the concurrency (the processor runs at most `concurrency`
-//! scans at once) and the coverage queue with a prefetch of twice its share of the slots, settles each
-//! message as `process` decided, dead-letters with the reason, announces the signature database
-//! to the operator, and drains on shutdown.
+//! scans at once) and the coverage queue with a prefetch of twice its share of the slots, hands
+//! each message to `process` and then to `settle`, announces the signature database to the
+//! operator, and drains on shutdown.
+//!
+//! Every message is settled well within the broker's `consumer_timeout`: a message held for a
+//! service that is down is handed back once it has waited half of it. When a channel closes
+//! anyway (the broker's timeout, a connection loss), the tasks of its messages are cancelled:
+//! the broker hands those messages out again, and finishing them here as well would quarantine
+//! and report them twice.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bucket_av_amqp::topology::{Topology, header_u64};
+use bucket_av_amqp::topology::Topology;
 use bucket_av_core::Redacted;
 use bucket_av_core::coverage::{self, SIGNATURES_CONTENT_TYPE, SignatureAnnouncement};
 use futures::StreamExt;
-use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions,
+    BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
-use crate::metrics::{KindLabel, Metrics};
+use crate::metrics::Metrics;
 use crate::process::{Disposition, Processor};
-
-/// Headers added to a dead-lettered message, beside its original headers.
-pub const REASON_HEADER: &str = "x-bucket-av-reason";
-pub const KIND_HEADER: &str = "x-bucket-av-error-kind";
+use crate::settle::{self, Settler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumeError {
@@ -41,10 +42,8 @@ pub enum ConsumeError {
     Cancelled,
     #[error("the channel announcing the signature database failed")]
     AnnouncerStopped,
-    #[error(
-        "the broker refused or could not route the dead-lettered copy; check that exchange {0} and its queue exist"
-    )]
-    DeadLetterRefused(String),
+    #[error("the broker refused or could not route the message's replacement; check that {0} (and its queue) exists")]
+    Refused(String),
 }
 
 pub struct Consumer {
@@ -58,6 +57,9 @@ pub struct Consumer {
     /// How often the signature database is announced.
     pub signature_check: Duration,
     pub drain: Duration,
+    /// The longest a message may wait for a service before it is handed back: half the broker's
+    /// `consumer_timeout`, so the broker never closes a channel for a message held here.
+    pub hold_limit: Duration,
     pub processor: Arc<Processor>,
     pub metrics: Arc<Metrics>,
     /// Whether a consumer is registered with the broker, and why not; read by `/readyz`.
@@ -103,10 +105,10 @@ impl Consumer {
         if self.declare_topology {
             self.topology.declare(&channel).await?;
         }
-        // Dead-lettering publishes on a channel of its own in confirm mode, so a message is acked
-        // only after the broker has taken its dead-lettered copy.
-        let dead_letters = connection.create_channel().await?;
-        dead_letters.confirm_select(ConfirmSelectOptions::default()).await?;
+        // Handing back, splitting and dead-lettering publish on a channel of their own in confirm
+        // mode, so a message is acked only after the broker has taken what replaces it.
+        let confirms = connection.create_channel().await?;
+        confirms.confirm_select(ConfirmSelectOptions::default()).await?;
         channel.basic_qos(prefetch(self.concurrency), BasicQosOptions::default()).await?;
         let mut uploads = channel
             .basic_consume(
@@ -150,7 +152,12 @@ impl Consumer {
             coverage_slots = self.coverage_slots,
             "consuming"
         );
-        let dead_letters = Arc::new(dead_letters);
+        let settler =
+            Arc::new(Settler { confirms, topology: self.topology.clone(), metrics: Arc::clone(&self.metrics) });
+        // Cancelled when this connection's consuming ends, whatever the cause: its unsettled
+        // messages are the broker's again.
+        let channel_closed = CancellationToken::new();
+        let _close_tasks = channel_closed.clone().drop_guard();
         loop {
             let (delivery, lane) = tokio::select! {
                 () = shutdown.cancelled() => {
@@ -172,20 +179,73 @@ impl Consumer {
                 Some(Err(error)) => return Err(error.into()),
                 None => return Err(ConsumeError::Cancelled),
             };
+            let queue = match lane {
+                Lane::Uploads => self.topology.queue.clone(),
+                Lane::Coverage => coverage_queue.clone(),
+            };
             let processor = Arc::clone(&self.processor);
+            let settler = Arc::clone(&settler);
             let metrics = Arc::clone(&self.metrics);
-            let dead_letters = Arc::clone(&dead_letters);
-            let topology = self.topology.clone();
             let shutdown = shutdown.clone();
+            let channel_closed = channel_closed.clone();
+            let hold_limit = self.hold_limit;
             tracker.spawn(async move {
-                let disposition = match lane {
-                    Lane::Uploads => processor.handle(&delivery.data, &shutdown).await,
-                    Lane::Coverage => processor.handle_coverage(&delivery.data, delivery.redelivered, &shutdown).await,
+                if let Lane::Uploads = lane
+                    && let Some(records) = bucket_av_core::event::split_records(&delivery.data)
+                {
+                    settler.split(&delivery, &queue, records).await;
+                    return;
+                }
+                // Cut short by the worker stopping, or by the message's hold limit.
+                let give_back = shutdown.child_token();
+                let handled = async {
+                    match lane {
+                        Lane::Uploads => processor.handle(&delivery.data, &give_back).await,
+                        Lane::Coverage => {
+                            processor.handle_coverage(&delivery.data, delivery.redelivered, &give_back).await
+                        }
+                    }
                 };
-                settle(&delivery, disposition, &dead_letters, &topology, &metrics).await;
+                let (disposition, held_too_long) = tokio::select! {
+                    () = channel_closed.cancelled() => {
+                        metrics.error("channel_closed");
+                        tracing::warn!(queue = %queue, "the message's channel closed; left to the broker, which hands it out again");
+                        return;
+                    }
+                    handled = hand_back_after(hold_limit, &give_back, handled) => handled,
+                };
+                if let Disposition::Requeue(_) = &disposition {
+                    tokio::select! {
+                        () = channel_closed.cancelled() => return,
+                        () = shutdown.cancelled() => {}
+                        () = tokio::time::sleep(settle::hand_back_delay(&delivery)) => {}
+                    }
+                }
+                settler.settle(&delivery, &queue, disposition, held_too_long).await;
             });
         }
     }
+}
+
+/// Runs `handled`; once it has taken `limit`, cancels `give_back` so that a step waiting for a
+/// service gives up and the message is handed back (not counted) rather than held on. The flag
+/// says whether the limit was reached.
+async fn hand_back_after(
+    limit: Duration,
+    give_back: &CancellationToken,
+    handled: impl Future<Output = Disposition>,
+) -> (Disposition, bool) {
+    tokio::pin!(handled);
+    tokio::select! {
+        disposition = &mut handled => return (disposition, false),
+        () = tokio::time::sleep(limit) => {}
+    }
+    tracing::warn!(
+        limit_seconds = limit.as_secs(),
+        "the message waited its longest for a service; handing it back before the broker's consumer timeout"
+    );
+    give_back.cancel();
+    (handled.await, true)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -241,87 +301,6 @@ fn prefetch(concurrency: u16) -> u16 {
     concurrency.saturating_mul(2)
 }
 
-/// Acks, hands back or dead-letters one delivery. Failures here leave the message unacked, so the
-/// broker redelivers it when the channel closes: nothing is lost, at worst scanned twice.
-async fn settle(
-    delivery: &Delivery,
-    disposition: Disposition,
-    dead_letters: &Channel,
-    topology: &Topology,
-    metrics: &Metrics,
-) {
-    let delivery_count =
-        delivery.properties.headers().as_ref().and_then(|h| header_u64(h, "x-delivery-count")).unwrap_or(0);
-    let result = match escalate(disposition, delivery_count, topology.delivery_limit) {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await.map(drop),
-        Disposition::Requeue(error) | Disposition::Release(error) => {
-            tracing::warn!(error = %error, kind = error.kind(), delivery_count, "handing the message back for redelivery");
-            delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(drop)
-        }
-        Disposition::DeadLetter { kind, reason } => {
-            tracing::error!(kind, reason = %reason, delivery_count, "dead-lettering the message");
-            match publish_dead_letter(delivery, dead_letters, topology, kind, &reason).await {
-                Ok(()) => {
-                    metrics.dead_lettered.get_or_create(&KindLabel { kind }).inc();
-                    delivery.ack(BasicAckOptions::default()).await.map(drop)
-                }
-                Err(error) => {
-                    tracing::error!(error = %error, "could not publish to the dead-letter exchange; handing the message back");
-                    delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await.map(drop)
-                }
-            }
-        }
-    };
-    if let Err(error) = result {
-        metrics.error("settle");
-        tracing::warn!(error = %error, "could not settle the message; the broker will redeliver it");
-    }
-}
-
-/// Turns a requeue on the last delivery the queue allows into a dead-letter with our reason,
-/// rather than letting the broker dead-letter it with only "delivery_limit".
-/// `delivery_count` is the broker's `x-delivery-count`: 0 on the first delivery.
-fn escalate(disposition: Disposition, delivery_count: u64, delivery_limit: u32) -> Disposition {
-    match disposition {
-        Disposition::Requeue(error) if delivery_count + 1 >= u64::from(delivery_limit) => Disposition::DeadLetter {
-            kind: error.kind(),
-            reason: format!("gave up after {} deliveries: {error}", delivery_count + 1),
-        },
-        other => other,
-    }
-}
-
-async fn publish_dead_letter(
-    delivery: &Delivery,
-    channel: &Channel,
-    topology: &Topology,
-    kind: &str,
-    reason: &str,
-) -> Result<(), ConsumeError> {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(LongString::from(reason.as_bytes().to_vec())));
-    headers.insert(KIND_HEADER.into(), AMQPValue::LongString(LongString::from(kind.as_bytes().to_vec())));
-    let properties = BasicProperties::default()
-        .with_headers(headers)
-        .with_delivery_mode(2)
-        .with_content_type(delivery.properties.content_type().clone().unwrap_or_else(|| "application/json".into()));
-    let confirmation = channel
-        .basic_publish(
-            topology.dead_letter_exchange().as_str().into(),
-            topology.dead_letter_routing_key().into(),
-            BasicPublishOptions { mandatory: true, ..Default::default() },
-            &delivery.data,
-            properties,
-        )
-        .await?
-        .await?;
-    if confirmation.is_ack() && confirmation.take_message().is_none() {
-        Ok(())
-    } else {
-        Err(ConsumeError::DeadLetterRefused(topology.dead_letter_exchange()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,38 +310,5 @@ mod tests {
         assert_eq!(prefetch(1), 2);
         assert_eq!(prefetch(8), 16);
         assert_eq!(prefetch(u16::MAX), u16::MAX);
-    }
-    use crate::error::{ErrorClass, ProcessError};
-
-    fn failure(class: ErrorClass) -> ProcessError {
-        ProcessError::GetObject { message: "boom".into(), class }
-    }
-
-    #[test]
-    fn a_requeue_on_the_last_allowed_delivery_becomes_a_dead_letter_with_the_reason() {
-        assert!(matches!(
-            escalate(Disposition::Requeue(failure(ErrorClass::Transient)), 0, 3),
-            Disposition::Requeue(_)
-        ));
-        assert!(matches!(
-            escalate(Disposition::Requeue(failure(ErrorClass::Transient)), 1, 3),
-            Disposition::Requeue(_)
-        ));
-        match escalate(Disposition::Requeue(failure(ErrorClass::Transient)), 2, 3) {
-            Disposition::DeadLetter { kind, reason } => {
-                assert_eq!(kind, "get_object");
-                assert_eq!(reason, "gave up after 3 deliveries: get object: boom");
-            }
-            other => panic!("expected a dead letter, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn a_release_because_a_service_is_down_is_never_dead_lettered() {
-        assert!(matches!(
-            escalate(Disposition::Release(failure(ErrorClass::Unavailable)), 9, 3),
-            Disposition::Release(_)
-        ));
-        assert!(matches!(escalate(Disposition::Ack, 9, 3), Disposition::Ack));
     }
 }

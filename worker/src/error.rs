@@ -10,13 +10,18 @@ use bucket_av_clamd::ClamdError;
 /// How a failure is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
-    /// A service the worker depends on is unreachable. Not the message's fault: it is held and
-    /// retried until the service is back, without spending its delivery budget.
+    /// A service the worker depends on is unreachable (or sheds load: a 503). Not the message's
+    /// fault: it is held and retried until the service is back, without spending its budget.
     Unavailable,
+    /// S3 answered with a server error (a 5xx other than 503) or broke off a body part way: an
+    /// outage, held like `Unavailable`, unless S3 serves the worker's key elsewhere in the
+    /// bucket, in which case it is this object's own failure and counts like `Transient`.
+    ServerError,
     /// MinIO refuses the worker's credentials or permissions (HTTP 401 or 403: a disabled user,
     /// a deleted or rotated key, a detached policy). Not the message's fault either: held and
     /// retried like `Unavailable` until someone fixes the key or its policy, and `/readyz` says
-    /// so. Dead-lettering here would bury every upload made while the key was wrong.
+    /// so. Dead-lettering here would bury every upload made while the key was wrong. A 403 on
+    /// this object alone (a policy denying a prefix) is its own failure, as for `ServerError`.
     Refused,
     /// Might succeed later: retried a few times in place, then redelivered until the queue's
     /// delivery limit, then dead-lettered with the reason.
@@ -49,6 +54,10 @@ pub enum ProcessError {
     Webhook(#[source] WebhookError),
     #[error("the worker is stopping; handed back before its scan began")]
     ShuttingDown,
+    /// An S3 failure that looked like an outage or a refused key, while S3 served the same key
+    /// elsewhere in the bucket: the object's own (a 5xx or a 403 on it alone).
+    #[error("{0} (S3 serves the worker's key elsewhere in the bucket, so this is the object's own failure)")]
+    ObjectOwn(Box<ProcessError>),
 }
 
 impl ProcessError {
@@ -66,6 +75,7 @@ impl ProcessError {
             Self::Delete { .. } => "delete",
             Self::Webhook(_) => "webhook",
             Self::ShuttingDown => "shutting_down",
+            Self::ObjectOwn(error) => error.kind(),
         }
     }
 
@@ -78,12 +88,17 @@ impl ProcessError {
             | Self::QuarantineCopy { class, .. }
             | Self::QuarantineVerify { class, .. }
             | Self::Delete { class, .. } => *class,
-            Self::Scan(error) if error.is_connection() => ErrorClass::Unavailable,
+            // clamd could not be reached, or did not answer a PING after a scan timed out (see
+            // `scan::judge`): an outage. A connection lost part way through a scan reached clamd
+            // and counts against the message, so an object that crashes clamd every time ends
+            // in the dead-letter queue instead of holding a slot for good.
+            Self::Scan(ClamdError::Connect { .. } | ClamdError::Timeout(_)) => ErrorClass::Unavailable,
             Self::Scan(_) | Self::ClamdReply(_) => ErrorClass::Transient,
             Self::Webhook(WebhookError::Rejected { .. } | WebhookError::Redirected { .. }) => ErrorClass::Permanent,
             Self::Webhook(WebhookError::Exhausted { .. }) => ErrorClass::Transient,
             // Not the message's fault: handed back without spending its budget.
             Self::ShuttingDown => ErrorClass::Unavailable,
+            Self::ObjectOwn(_) => ErrorClass::Transient,
         }
     }
 
@@ -92,7 +107,7 @@ impl ProcessError {
     pub fn hold_reason(&self) -> Option<&'static str> {
         match self.class() {
             ErrorClass::Refused => Some(HOLD_S3_REFUSED),
-            ErrorClass::Unavailable => Some(match self {
+            ErrorClass::Unavailable | ErrorClass::ServerError => Some(match self {
                 Self::Scan(_) => "clamd_unavailable",
                 _ => "s3_unavailable",
             }),
@@ -135,7 +150,8 @@ where
             404 => S3Failure::NotFound,
             412 => S3Failure::PreconditionFailed,
             401 | 403 => S3Failure::Other { message, class: ErrorClass::Refused },
-            status if status >= 500 => S3Failure::Other { message, class: ErrorClass::Unavailable },
+            503 => S3Failure::Other { message, class: ErrorClass::Unavailable },
+            status if status >= 500 => S3Failure::Other { message, class: ErrorClass::ServerError },
             _ => S3Failure::Other { message, class: ErrorClass::Transient },
         },
         _ => S3Failure::Other { message, class: ErrorClass::Transient },

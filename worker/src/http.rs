@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::probe::{self, S3Access};
 use bucket_av_clamd::Clamd;
 
 #[derive(Clone)]
@@ -20,6 +21,9 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub clamd: Clamd,
+    pub s3: aws_sdk_s3::Client,
+    /// A watched bucket `/readyz` asks S3 about; `None` when the worker watches every bucket.
+    pub probe_bucket: Option<String>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -31,7 +35,8 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// Ready when a consumer is registered, clamd answers PING and MinIO accepts the worker's key: a
-/// worker that cannot scan should not count as capacity. The body says what is wrong.
+/// worker that cannot scan should not count as capacity. The body says what is wrong. The key is
+/// asked about on every call, so an idle worker whose key was revoked is not ready either.
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     if !state.health.is_consuming() {
         let why = match state.health.amqp_failure() {
@@ -46,6 +51,14 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
             format!(
                 "MinIO refuses the worker's credentials or permissions ({error}); {held} message(s) held until the access key or its policy is fixed\n"
             ),
+        );
+    }
+    if let Some(bucket) = &state.probe_bucket
+        && let S3Access::KeyRefused(error) = probe::s3_access(&state.s3, bucket, probe::FOR_READINESS).await
+    {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("MinIO refuses the worker's credentials ({error}); fix the access key or its secret\n"),
         );
     }
     match state.clamd.ping(Duration::from_secs(2)).await {

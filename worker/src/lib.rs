@@ -5,6 +5,8 @@
 //!
 //! - `consumer`: the AMQP side: (re)connects, declares the topology, consumes with manual acks,
 //!   and settles each message as `process` decides.
+//! - `settle`: acknowledges, hands back (counting the message's failed attempts itself) or
+//!   dead-letters each message, and splits a message of several records into one per record.
 //! - `process`: one message from start to verdict: parse, filter, scan, tag, act, report; and
 //!   whether it is acknowledged, handed back or dead-lettered. Knows nothing of AMQP.
 //! - `scan`: streams the exact object version from S3 into clamd.
@@ -27,8 +29,10 @@ mod error;
 mod health;
 mod http;
 mod metrics;
+mod probe;
 mod process;
 mod scan;
+mod settle;
 mod slots;
 mod tags;
 mod verdict;
@@ -48,6 +52,7 @@ use crate::scan::ScanLimits;
 use crate::slots::Slots;
 use crate::webhook::Webhook;
 use bucket_av_clamd::Clamd;
+use bucket_av_core::coverage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -94,16 +99,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
     };
     let health = Arc::new(Health::new());
     let slots = Slots::new(config.concurrency, config.coverage_share_percent);
-    let processor =
-        Arc::new(Processor::new(s3, clamd.clone(), webhook, policy, Arc::clone(&metrics), Arc::clone(&health), slots));
+    let processor = Arc::new(Processor::new(
+        s3.clone(),
+        clamd.clone(),
+        webhook,
+        policy,
+        Arc::clone(&metrics),
+        Arc::clone(&health),
+        slots,
+    ));
 
-    let http_state =
-        http::HttpState { metrics: Arc::clone(&metrics), health: Arc::clone(&health), clamd: clamd.clone() };
+    let http_state = http::HttpState {
+        metrics: Arc::clone(&metrics),
+        health: Arc::clone(&health),
+        clamd: clamd.clone(),
+        s3,
+        probe_bucket: config.buckets.first().cloned(),
+    };
     let http = http::serve(config.http_addr, http_state, shutdown.clone())
         .await
         .map_err(|source| StartError::Http { addr: config.http_addr, source })?;
     let signature_check = Duration::from_secs(config.signature_check_seconds);
-    let engine = tokio::spawn(refresh_engine_version(Arc::clone(&processor), signature_check, shutdown.clone()));
+    let engine = tokio::spawn(refresh_engine_version(
+        Arc::clone(&processor),
+        Arc::clone(&metrics),
+        signature_check,
+        shutdown.clone(),
+    ));
 
     tracing::info!(
         clamd = %clamd.address(),
@@ -122,6 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
         coverage_slots: slots.coverage,
         signature_check,
         drain: Duration::from_secs(config.drain_seconds),
+        hold_limit: config.hold_limit(),
         processor,
         metrics,
         health,
@@ -136,11 +159,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Star
 
 /// Keeps the engine and signature version for tags and reports current, so a signature update
 /// shows up in the next verdicts without a restart.
-async fn refresh_engine_version(processor: Arc<Processor>, every: Duration, shutdown: CancellationToken) {
+async fn refresh_engine_version(
+    processor: Arc<Processor>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         match processor.clamd().command("VERSION", Duration::from_secs(5)).await {
             Ok(version) => processor.set_engine(version),
             Err(error) => tracing::warn!(error = %error, "clamd VERSION failed; keeping the last known engine version"),
+        }
+        // The age grows between updates too, so it is computed at every check, from the last
+        // known answer: a clamd that stops answering keeps ageing its database.
+        if let Some(engine) = processor.engine()
+            && let (Some(version), Some(built)) =
+                (coverage::database_version(&engine), coverage::database_built_at(&engine))
+        {
+            let age = (time::OffsetDateTime::now_utc() - built).whole_seconds().max(0);
+            metrics.signature_database(version, age);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

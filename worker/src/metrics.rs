@@ -19,6 +19,11 @@ pub struct KindLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DatabaseLabel {
+    pub database: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
@@ -36,11 +41,13 @@ pub struct Metrics {
     pub tags_without_room: Counter,
     pub webhook_deliveries: Family<ReasonLabel, Counter>,
     pub held: Family<ReasonLabel, Gauge>,
+    pub handed_back: Family<ReasonLabel, Counter>,
     pub found_in_quarantine: Counter,
     pub replaced_after_scan: Counter,
     pub stale_verdicts_removed: Counter,
     pub handled_events: Counter,
     pub coverage_requests: Family<ReasonLabel, Counter>,
+    pub signature_database_age: Family<DatabaseLabel, Gauge>,
 }
 
 impl Metrics {
@@ -93,6 +100,12 @@ impl Metrics {
             "Messages waiting in place, without spending their delivery budget, because a service is down or MinIO refuses the worker's key (clamd_unavailable, s3_unavailable, s3_refused)",
             held.clone(),
         );
+        let handed_back = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "messages_handed_back",
+            "Messages published again to their queue with the worker's own attempt count: failed (the message's own failure, counted), released (a service down or the worker stopping, not counted), held_too_long (waited half the broker's consumer timeout, not counted)",
+            handed_back.clone(),
+        );
         let found_in_quarantine = Counter::default();
         registry.register(
             "found_in_quarantine",
@@ -123,6 +136,12 @@ impl Metrics {
             "Messages of the coverage queue (backfill, sweep, rescan) handled, by outcome: scanned, already_current (a verdict became current since the listing), object_gone, unwatched_bucket, malformed",
             coverage_requests.clone(),
         );
+        let signature_database_age = Family::<DatabaseLabel, Gauge>::default();
+        registry.register(
+            "signature_database_age_seconds",
+            "Age of the signature database clamd has loaded (since its build time in clamd's VERSION answer), labelled with its version; absent until clamd first answers with a dated database",
+            signature_database_age.clone(),
+        );
         Self {
             registry,
             scans,
@@ -136,19 +155,25 @@ impl Metrics {
             tags_without_room,
             webhook_deliveries,
             held,
+            handed_back,
             found_in_quarantine,
             replaced_after_scan,
             stale_verdicts_removed,
             handled_events,
             coverage_requests,
+            signature_database_age,
         }
     }
 
     /// The OpenMetrics text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
-        out
+        bucket_av_runtime::openmetrics_text(&self.registry)
+    }
+
+    /// Records the loaded database: one series, for its version, whatever was loaded before.
+    pub fn signature_database(&self, version: &str, age_seconds: i64) {
+        self.signature_database_age.clear();
+        self.signature_database_age.get_or_create(&DatabaseLabel { database: version.to_owned() }).set(age_seconds);
     }
 
     pub fn ignored(&self, reason: &'static str) {

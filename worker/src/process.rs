@@ -18,12 +18,14 @@ use crate::config::ActionKind;
 use crate::error::{ErrorClass, HOLD_S3_REFUSED, ProcessError};
 use crate::health::Health;
 use crate::metrics::{Metrics, ReasonLabel, VerdictLabel};
+use crate::probe::{self, S3Access};
 use crate::scan::{ScanLimits, ScanOutcome, SlotSource, scan_object};
 use crate::slots::{Lane, ScanSlots, Slots};
 use crate::tags::VerdictTags;
 use crate::verdict::{Status, Verdict};
 use crate::webhook::{ActionTaken, QuarantineLocation, Report, Timings, Webhook};
 use bucket_av_clamd::Clamd;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// What to do with a message once it has been handled.
 #[derive(Debug)]
@@ -69,6 +71,8 @@ pub struct Processor {
     /// first. Only those: small objects' GETs, tagging, the checks, actions and the webhook of
     /// one message overlap the next message's scan, so S3 round trips do not leave clamd idle.
     scan_slots: ScanSlots,
+    /// Buckets outside the policy whose events arrived, for a warning that is not a flood.
+    unwatched: RecentlyWarned,
 }
 
 impl Processor {
@@ -91,6 +95,7 @@ impl Processor {
             engine: RwLock::new(None),
             transient_attempts: 3,
             scan_slots: ScanSlots::new(slots),
+            unwatched: RecentlyWarned::default(),
         }
     }
 
@@ -122,7 +127,9 @@ impl Processor {
                 return match error.class() {
                     ErrorClass::Permanent => Disposition::DeadLetter { kind: error.kind(), reason: error.to_string() },
                     ErrorClass::Transient => Disposition::Requeue(error),
-                    ErrorClass::Unavailable | ErrorClass::Refused => Disposition::Release(error),
+                    ErrorClass::Unavailable | ErrorClass::ServerError | ErrorClass::Refused => {
+                        Disposition::Release(error)
+                    }
                 };
             }
         }
@@ -150,7 +157,7 @@ impl Processor {
             Err(error) => match error.class() {
                 ErrorClass::Permanent => Disposition::DeadLetter { kind: error.kind(), reason: error.to_string() },
                 ErrorClass::Transient => Disposition::Requeue(error),
-                ErrorClass::Unavailable | ErrorClass::Refused => Disposition::Release(error),
+                ErrorClass::Unavailable | ErrorClass::ServerError | ErrorClass::Refused => Disposition::Release(error),
             },
         }
     }
@@ -170,7 +177,9 @@ impl Processor {
         // re-check costs one request per object, so the others skip it.
         if self.policy.tagging && request.pass == PassKind::Sweep && !redelivered {
             let (bucket, key) = (request.bucket.as_str(), request.key.as_str());
-            let Some(tags) = self.retrying(shutdown, || actions::read_tags(&self.s3, bucket, key, None)).await? else {
+            let Some(tags) =
+                self.retrying(bucket, shutdown, || actions::read_tags(&self.s3, bucket, key, None)).await?
+            else {
                 return Ok("object_gone");
             };
             let engine = self.engine();
@@ -203,7 +212,13 @@ impl Processor {
     async fn handle_record(&self, event: ObjectEvent, shutdown: &CancellationToken) -> Result<(), ProcessError> {
         if !self.policy.buckets.is_empty() && !self.policy.buckets.contains(&event.bucket) {
             self.metrics.ignored("unwatched_bucket");
-            tracing::debug!(bucket = %event.bucket, key = %event.key, "ignored event of a bucket this worker does not watch");
+            if self.unwatched.first_in_a_while(&event.bucket) {
+                tracing::warn!(
+                    bucket = %event.bucket,
+                    key = %event.key,
+                    "acknowledged an event of a bucket this worker does not watch: its uploads reach this queue but no policy of it scans them (a notification target or queue shared with another policy, or a bucket added to the policy while these workers still run the old spec, whose backfill scans them once rolled out); logged once per bucket every 10 minutes"
+                );
+            }
             return Ok(());
         }
         if event.created().is_none() {
@@ -236,11 +251,13 @@ impl Processor {
             // The database version is read before the scan: a database loaded during the scan
             // must not label a verdict the older one computed (a later rescan would skip it).
             let engine = self.engine();
-            self.metrics.in_flight.inc();
+            let in_flight = InFlight::count(&self.metrics.in_flight);
             let scanned = self
-                .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &event, &self.policy.limits, &slot))
+                .retrying(&event.bucket, shutdown, || {
+                    scan_object(&self.s3, &self.clamd, &event, &self.policy.limits, &slot)
+                })
                 .await;
-            self.metrics.in_flight.dec();
+            drop(in_flight);
             let scanned = scanned?;
             let scan_time = started.elapsed();
             let scanned_at = OffsetDateTime::now_utc();
@@ -401,7 +418,9 @@ impl Processor {
             return Ok(());
         }
         let prefix = &self.policy.tag_prefix;
-        let settled = self.retrying(shutdown, || actions::correct_stale_verdict(&self.s3, &object, prefix)).await?;
+        let settled = self
+            .retrying(&object.bucket, shutdown, || actions::correct_stale_verdict(&self.s3, &object, prefix))
+            .await?;
         let Settled::StaleVerdictRemoved { etag, size } = settled else { return Ok(()) };
         self.metrics.stale_verdicts_removed.inc();
         tracing::warn!(
@@ -448,7 +467,7 @@ impl Processor {
         let prefix = &self.policy.tag_prefix;
         let wanted = (event.bucket.as_str(), event.key.as_str(), event.etag.as_deref(), event.size);
         let Some(copy) =
-            self.retrying(shutdown, || actions::find_quarantined(&self.s3, wanted, bucket, prefix)).await?
+            self.retrying(bucket, shutdown, || actions::find_quarantined(&self.s3, wanted, bucket, prefix)).await?
         else {
             return Ok(None);
         };
@@ -466,7 +485,9 @@ impl Processor {
                 };
                 let slot = SlotSource { slots: &self.scan_slots, lane, shutdown };
                 let scanned = self
-                    .retrying(shutdown, || scan_object(&self.s3, &self.clamd, &copy_event, &self.policy.limits, &slot))
+                    .retrying(bucket, shutdown, || {
+                        scan_object(&self.s3, &self.clamd, &copy_event, &self.policy.limits, &slot)
+                    })
                     .await?;
                 match scanned {
                     ScanOutcome::Scanned { verdict, .. } => (verdict.status(), verdict.detail(), false),
@@ -507,7 +528,9 @@ impl Processor {
                 engine: report.engine.clone(),
             };
             let outcome = self
-                .retrying(shutdown, || actions::tag(&self.s3, object, &self.policy.tag_prefix, &tags, known_tag_count))
+                .retrying(&object.bucket, shutdown, || {
+                    actions::tag(&self.s3, object, &self.policy.tag_prefix, &tags, known_tag_count)
+                })
                 .await?;
             match outcome {
                 TagOutcome::Tagged(merged) => {
@@ -536,16 +559,19 @@ impl Processor {
         };
         match action {
             ActionKind::None => Ok(Acted::Done),
-            ActionKind::Delete => match self.retrying(shutdown, || actions::delete(&self.s3, object)).await? {
-                Removal::Removed => {
-                    report.action = ActionTaken::Deleted;
-                    Ok(Acted::Done)
+            ActionKind::Delete => {
+                match self.retrying(&object.bucket, shutdown, || actions::delete(&self.s3, object)).await? {
+                    Removal::Removed => {
+                        report.action = ActionTaken::Deleted;
+                        Ok(Acted::Done)
+                    }
+                    Removal::Replaced => Ok(Acted::Replaced),
                 }
-                Removal::Replaced => Ok(Acted::Replaced),
-            },
+            }
             ActionKind::Quarantine => {
                 let bucket = self.policy.quarantine_bucket.as_deref().expect("validated: quarantine has a bucket");
-                let quarantined = self.retrying(shutdown, || actions::quarantine(&self.s3, object, bucket)).await?;
+                let quarantined =
+                    self.retrying(&object.bucket, shutdown, || actions::quarantine(&self.s3, object, bucket)).await?;
                 let (key, acted) = match quarantined {
                     Quarantine::Moved { key } => (key, Acted::Done),
                     // The scanned bytes are in quarantine and no longer in the bucket: that is
@@ -563,8 +589,16 @@ impl Processor {
     /// Runs `step` until it succeeds or fails for good: while a service is unavailable or MinIO
     /// refuses the worker's key it waits (backing off up to 5 s) for as long as it takes, since
     /// the message is not to blame; transient failures get a few attempts here before the
-    /// message is handed back.
-    async fn retrying<T, F, Fut>(&self, shutdown: &CancellationToken, mut step: F) -> Result<T, ProcessError>
+    /// message is handed back. Whether S3 is down or refusing is asked of S3 itself (see
+    /// [`probe::s3_access`]): a 5xx or a 403 that only this object gets is the object's own
+    /// failure, counted like a transient one, so it ends in the dead-letter queue rather than
+    /// holding a slot for good. `bucket` is the bucket the step works on.
+    async fn retrying<T, F, Fut>(
+        &self,
+        bucket: &str,
+        shutdown: &CancellationToken,
+        mut step: F,
+    ) -> Result<T, ProcessError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ProcessError>>,
@@ -573,13 +607,18 @@ impl Processor {
         let mut transient_failures = 0;
         let mut hold = Hold { metrics: &self.metrics, health: &self.health, reason: None };
         loop {
-            let error = match step().await {
+            let mut error = match step().await {
                 Ok(value) => return Ok(value),
                 // Stopping while waiting for a scan slot: not a failure, and nothing to retry.
                 Err(ProcessError::ShuttingDown) => return Err(ProcessError::ShuttingDown),
                 Err(error) => error,
             };
             self.metrics.error(error.kind());
+            if matches!(error.class(), ErrorClass::ServerError | ErrorClass::Refused)
+                && probe::s3_access(&self.s3, bucket, probe::AFTER_FAILURE).await == S3Access::Serves
+            {
+                error = ProcessError::ObjectOwn(Box::new(error));
+            }
             hold.update(&error);
             match error.class() {
                 ErrorClass::Permanent => return Err(error),
@@ -589,7 +628,7 @@ impl Processor {
                         return Err(error);
                     }
                 }
-                ErrorClass::Unavailable | ErrorClass::Refused => {}
+                ErrorClass::Unavailable | ErrorClass::ServerError | ErrorClass::Refused => {}
             }
             tracing::warn!(error = %error, kind = error.kind(), retry_in_ms = millis(backoff), "step failed; retrying");
             tokio::select! {
@@ -597,6 +636,46 @@ impl Processor {
                 () = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// One scan counted in `scans_in_flight` for as long as it lives: the count stays right when the
+/// task is cancelled mid-scan (its channel closed, the worker stopping).
+struct InFlight(Gauge);
+
+impl InFlight {
+    fn count(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Remembers when a warning was last logged per name, so that one naming a bucket is logged once
+/// every [`RecentlyWarned::EVERY`] rather than once per event.
+#[derive(Default)]
+struct RecentlyWarned {
+    last: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+}
+
+impl RecentlyWarned {
+    const EVERY: Duration = Duration::from_secs(600);
+
+    fn first_in_a_while(&self, name: &str) -> bool {
+        let mut last = self.last.lock().expect("warning lock is never poisoned");
+        let now = Instant::now();
+        match last.get(name) {
+            Some(at) if now.duration_since(*at) < Self::EVERY => false,
+            _ => {
+                last.insert(name.to_owned(), now);
+                true
+            }
         }
     }
 }
@@ -667,4 +746,36 @@ impl Drop for Hold<'_> {
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scan_leaves_the_in_flight_count_however_it_ends() {
+        let gauge = Gauge::default();
+        drop(InFlight::count(&gauge));
+        assert_eq!(gauge.get(), 0);
+        // A task cancelled mid-scan (its channel closed) drops its future, and with it the count.
+        let counted = gauge.clone();
+        let task = tokio::spawn(async move {
+            let _scan = InFlight::count(&counted);
+            std::future::pending::<()>().await;
+        });
+        while gauge.get() == 0 {
+            tokio::task::yield_now().await;
+        }
+        task.abort();
+        let _ = task.await;
+        assert_eq!(gauge.get(), 0);
+    }
+
+    #[test]
+    fn a_warning_about_a_bucket_is_logged_once_in_a_while_not_per_event() {
+        let warned = RecentlyWarned::default();
+        assert!(warned.first_in_a_while("foreign"));
+        assert!(!warned.first_in_a_while("foreign"));
+        assert!(warned.first_in_a_while("other"));
+    }
 }

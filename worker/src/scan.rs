@@ -105,17 +105,25 @@ pub async fn scan_object(
         return Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: 0, tag_count });
     }
     if size <= READ_BEFORE_SLOT_BYTES {
-        let body = output
-            .body
-            .collect()
-            .await
-            .map_err(|error| ProcessError::GetObject { message: error.to_string(), class: ErrorClass::Unavailable })?;
+        // Bounded like a streamed scan: a connection gone quiet mid-body must not hold the
+        // message for good.
+        let body = match tokio::time::timeout(limits.timeout, output.body.collect()).await {
+            Ok(body) => body.map_err(|error| ProcessError::GetObject {
+                message: error.to_string(),
+                class: ErrorClass::ServerError,
+            })?,
+            Err(_elapsed) => {
+                return Err(ProcessError::GetObject {
+                    message: format!("the body did not arrive within {} s", limits.timeout.as_secs()),
+                    class: ErrorClass::ServerError,
+                });
+            }
+        };
         let body = body.into_bytes();
         let bytes = body.len() as u64;
         let _slot = slot.take().await?;
         let whole = futures::stream::iter([Ok::<_, std::convert::Infallible>(body)]);
-        let reply = clamd.instream(whole, limits.timeout).await.map_err(scan_error)?;
-        let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
+        let verdict = judge(clamd, clamd.instream(whole, limits.timeout).await, limits.timeout).await?;
         return Ok(ScanOutcome::Scanned { verdict, size, etag, bytes, tag_count });
     }
     let _slot = slot.take().await?;
@@ -131,16 +139,40 @@ pub async fn scan_object(
             Some((next, body))
         }
     });
-    let reply = clamd.instream(Box::pin(body), limits.timeout).await.map_err(scan_error)?;
-    let verdict = parse_instream_reply(&reply).map_err(ProcessError::ClamdReply)?;
+    let verdict = judge(clamd, clamd.instream(Box::pin(body), limits.timeout).await, limits.timeout).await?;
     Ok(ScanOutcome::Scanned { verdict, size, etag, bytes: streamed.load(Ordering::Relaxed), tag_count })
+}
+
+/// How long clamd may take to answer the PING that tells a slow object from a slow clamd.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The verdict of clamd's reply. A scan that timed out is the object's doing when clamd still
+/// answers a PING: it is `unscannable` (the policy's action for those applies), since retrying
+/// would time out again and hold the message for good. When clamd does not answer either, it is
+/// clamd that is stuck or gone, and the scan is retried once it is back.
+async fn judge(
+    clamd: &Clamd,
+    reply: Result<String, bucket_av_clamd::ClamdError>,
+    timeout: Duration,
+) -> Result<Verdict, ProcessError> {
+    match reply {
+        Ok(reply) => parse_instream_reply(&reply).map_err(ProcessError::ClamdReply),
+        Err(bucket_av_clamd::ClamdError::Timeout(limit)) if clamd.ping(PING_TIMEOUT).await.is_ok() => {
+            tracing::warn!(
+                timeout_seconds = timeout.as_secs(),
+                "the scan timed out while clamd answers; the object is unscannable"
+            );
+            Ok(Verdict::Unscannable { reason: Unscannable::ScanTimeout { seconds: limit.as_secs() } })
+        }
+        Err(error) => Err(scan_error(error)),
+    }
 }
 
 fn scan_error(error: bucket_av_clamd::ClamdError) -> ProcessError {
     match error {
         // A body that breaks off mid-stream is MinIO's failure, not clamd's.
         bucket_av_clamd::ClamdError::Source(message) => {
-            ProcessError::GetObject { message, class: ErrorClass::Unavailable }
+            ProcessError::GetObject { message, class: ErrorClass::ServerError }
         }
         other => ProcessError::Scan(other),
     }

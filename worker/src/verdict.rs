@@ -25,6 +25,9 @@ pub enum Unscannable {
     ScanLimit { heuristic: String },
     /// An encrypted archive or document whose content clamd cannot read.
     Encrypted { heuristic: String },
+    /// The scan took longer than the scan timeout while clamd itself kept answering: the
+    /// object's own doing (a decompression bomb, a huge archive), not an outage.
+    ScanTimeout { seconds: u64 },
 }
 
 /// What an object is reported as: the kind of its verdict, or `Missing` when it was gone before
@@ -88,6 +91,7 @@ impl fmt::Display for Unscannable {
             Self::StreamLimit => f.write_str("too-large: over clamd StreamMaxLength"),
             Self::ScanLimit { heuristic } => write!(f, "scan-limit: {heuristic}"),
             Self::Encrypted { heuristic } => write!(f, "encrypted: {heuristic}"),
+            Self::ScanTimeout { seconds } => write!(f, "scan-timeout: not scanned within {seconds} s"),
         }
     }
 }

@@ -53,9 +53,16 @@
 //! | 44 | the worker's RabbitMQ password changed and its connection closed | reconnects fail, `/readyz` 503 `not consuming from RabbitMQ: <broker error>`, `errors_total{kind="amqp"}`; consumes again once restored | bad_input.rs |
 //! | 45 | clamd answering `stream: Can't allocate memory ERROR` for a while | retried in place and on redelivery; the verdict once clamd answers | bad_input.rs |
 //! | 46 | clamd answering `ERROR` for good | dead-lettered after the delivery limit with clamd's words (`clamd_reply`); object untagged, not `unscannable`; worker stays ready | bad_input.rs |
-//! | 47 | the connection to clamd cut mid-stream, five times | held and retried without spending the delivery budget; verdict | bad_input.rs |
+//! | 47 | the connection to clamd cut mid-stream, five times; then every time | each cut counts (it reached clamd): the verdict on the second delivery; cut every time, dead-lettered after the delivery limit (`clamd`) instead of retried for ever | bad_input.rs |
 //! | 48 | a quarantine whose webhook failed past its attempts, redelivered | `infected`/`quarantined` with the signature, from the quarantined copy (a bug: reported `missing`, fixed) | bad_input.rs |
 //! | 49 | the worker SIGKILLed between the quarantine's delete and the ack | `infected`/`quarantined` on redelivery | bad_input.rs |
+//! | 50 | one bad record (empty bucket name) between two good ones | the good ones scanned; the bad one dead-lettered alone (a bug: the whole message was, fixed) | bad_input.rs |
+//! | 51 | an object under a prefix the worker's MinIO policy denies (403 `AccessDenied`) | dead-lettered after the delivery limit, "the object's own failure"; other uploads scanned, worker ready (a bug: held for good, fixed) | bad_input.rs |
+//! | 52 | the worker's MinIO user disabled while no upload arrives | `/readyz` 503 naming the refusal, 200 again once re-enabled (a bug: ready until an upload failed, fixed) | bad_input.rs |
+//! | 53 | a scan that never answers while clamd answers PING | `unscannable` (`scan-timeout`), scanned once (a bug: retried for ever, fixed) | delivery.rs |
+//! | 54 | the same message released at five shutdowns in a row (clamd down) | never dead-lettered; the verdict once clamd is back (a bug on RabbitMQ 3.x: dead-lettered at the delivery limit, fixed) | delivery.rs |
+//! | 55 | the worker's AMQP connection closed while it holds messages | the old tasks stop; each object reported once (a bug: reported twice, fixed) | delivery.rs |
+//! | 56 | messages held longer than half the broker's `consumer_timeout` | handed back before the broker closes the channel | consumer_timeout.rs |
 //!
 //! Credentials are revoked on users of their own (MinIO and RabbitMQ), and clamd faults go
 //! through a proxy in front of the shared clamd (`common/clamd_proxy.rs`), so the suites running
@@ -316,6 +323,34 @@ async fn a_message_with_two_records_has_both_scanned() {
     scenario.publish_raw(&event_body(&records)).await;
     assert_eq!(stack.wait_for_verdict(&side, "first.com", None, VERDICT_TIMEOUT).await["av-status"], "infected");
     assert_eq!(stack.wait_for_verdict(&side, "second.txt", None, VERDICT_TIMEOUT).await["av-status"], "clean");
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+#[tokio::test]
+async fn a_bad_record_is_dead_lettered_alone_and_the_records_beside_it_are_scanned() {
+    let stack = bucket_av_testing::Stack::load();
+    let side = stack.bucket("badrec", false).await;
+    let scenario = Scenario::start("badrec", false, &["--bucket", &side]).await;
+    let before = stack.put(&side, "before.com", EICAR).await;
+    let after = stack.put(&side, "after.txt", clean_bytes(300)).await;
+    let records = [
+        Record { size: Some(EICAR.len() as u64), etag: before.e_tag(), ..Record::put(&side, "before.com") },
+        // An empty bucket name: this record can never be handled.
+        Record::put("", "nowhere.com"),
+        Record { size: Some(300), etag: after.e_tag(), ..Record::put(&side, "after.txt") },
+    ];
+    scenario.publish_raw(&event_body(&records)).await;
+    assert_eq!(stack.wait_for_verdict(&side, "before.com", None, VERDICT_TIMEOUT).await["av-status"], "infected");
+    assert_eq!(stack.wait_for_verdict(&side, "after.txt", None, VERDICT_TIMEOUT).await["av-status"], "clean");
+    let dead = dead_letters(&scenario, 1, VERDICT_TIMEOUT).await;
+    let (body, reason, kind) = &dead[0];
+    assert_eq!(kind, "malformed_event", "{reason}");
+    assert!(reason.contains("empty bucket name"), "{reason}");
+    let dead_letter: Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(dead_letter["Records"].as_array().unwrap().len(), 1, "only the bad record is dead-lettered");
+    assert_eq!(dead_letter["Records"][0]["s3"]["object"]["key"], "nowhere.com");
     still_scanning(&scenario).await;
     nothing_left(&scenario).await;
     scenario.finish().await;
@@ -618,6 +653,81 @@ async fn revoked_minio_credentials_hold_uploads_until_restored_then_every_one_ge
     admin.remove_user(&user).await;
 }
 
+/// The worker's permissions as the README grants them (no `s3:ListBucket`), on `bucket`.
+fn worker_policy(bucket: &str, deny_prefix: Option<&str>) -> Value {
+    let mut statements = vec![json!({
+        "Effect": "Allow",
+        "Action": [
+            "s3:GetObject", "s3:GetObjectVersion", "s3:GetObjectTagging", "s3:GetObjectVersionTagging",
+            "s3:PutObjectTagging", "s3:PutObjectVersionTagging", "s3:DeleteObject", "s3:DeleteObjectVersion"
+        ],
+        "Resource": [format!("arn:aws:s3:::{bucket}/*")]
+    })];
+    if let Some(prefix) = deny_prefix {
+        statements.push(json!({
+            "Effect": "Deny",
+            "Action": ["s3:GetObject", "s3:GetObjectVersion"],
+            "Resource": [format!("arn:aws:s3:::{bucket}/{prefix}*")]
+        }));
+    }
+    json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+#[tokio::test]
+async fn an_object_the_worker_may_not_read_is_dead_lettered_while_the_others_are_scanned() {
+    let scenario = Scenario::prepare("denied", false, &[]).await;
+    let stack = scenario.stack.clone();
+    let admin = MinioAdmin::new(&stack);
+    let user = unique_name("bavs-denied");
+    let secret = format!("{}-secret", unique_name("s"));
+    let policy = worker_policy(&scenario.bucket, Some("denied/"));
+    admin.add_user_with_policy(&user, &secret, &unique_name("bavs-denied-policy"), &policy).await;
+    let scenario = scenario.with_worker_as(Some((&user, &secret)), None).await;
+    let bucket = scenario.bucket.clone();
+
+    // A 403 on one prefix is that object's failure, not a refused key: it ends in the
+    // dead-letter queue after the delivery budget, with the reason, instead of being held for
+    // good, and the worker stays ready and keeps scanning.
+    stack.put(&bucket, "denied/secret.com", EICAR).await;
+    stack.put(&bucket, "allowed.txt", clean_bytes(200)).await;
+    assert_eq!(stack.wait_for_verdict(&bucket, "allowed.txt", None, VERDICT_TIMEOUT).await["av-status"], "clean");
+    let dead = dead_letters(&scenario, 1, Duration::from_secs(60)).await;
+    let (body, reason, kind) = &dead[0];
+    assert_eq!(kind, "get_object", "{reason}");
+    assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
+    assert!(reason.contains("AccessDenied"), "{reason}");
+    assert!(reason.contains("the object's own failure"), "{reason}");
+    assert!(String::from_utf8_lossy(body).contains("secret.com"));
+    assert_eq!(scenario.worker().metric("bucket_av_worker_messages_held{reason=\"s3_refused\"}").await, 0.0);
+    still_scanning(&scenario).await;
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+    admin.remove_user(&user).await;
+}
+
+#[tokio::test]
+async fn an_idle_worker_whose_key_is_revoked_is_not_ready() {
+    let scenario = Scenario::prepare("idlerevoked", false, &[]).await;
+    let stack = scenario.stack.clone();
+    let admin = MinioAdmin::new(&stack);
+    let user = unique_name("bavs-idle");
+    let secret = format!("{}-secret", unique_name("s"));
+    let policy = worker_policy(&scenario.bucket, None);
+    admin.add_user_with_policy(&user, &secret, &unique_name("bavs-idle-policy"), &policy).await;
+    let scenario = scenario.with_worker_as(Some((&user, &secret)), None).await;
+    assert_eq!(scenario.readyz().await.0, 200, "a key scoped to the bucket's objects is enough");
+
+    // No upload arrives, so no step fails: readiness has to ask MinIO itself.
+    admin.set_user_enabled(&user, false).await;
+    let why = scenario.wait_for_readyz(503, VERDICT_TIMEOUT).await;
+    assert!(why.contains("MinIO refuses the worker's credentials"), "{why}");
+    admin.set_user_enabled(&user, true).await;
+    scenario.wait_for_readyz(200, VERDICT_TIMEOUT).await;
+    still_scanning(&scenario).await;
+    scenario.finish().await;
+    admin.remove_user(&user).await;
+}
+
 #[tokio::test]
 async fn a_changed_rabbitmq_password_fails_the_reconnect_clearly_and_recovers_when_restored() {
     let scenario = Scenario::prepare("amqpauth", false, &[]).await;
@@ -698,21 +808,33 @@ async fn clamd_error_replies_are_retried_until_clamd_recovers_and_dead_lettered_
 }
 
 #[tokio::test]
-async fn a_clamd_connection_cut_mid_stream_is_retried_without_spending_the_delivery_budget() {
+async fn a_clamd_connection_cut_mid_stream_is_retried_and_an_object_that_cuts_it_every_time_is_dead_lettered() {
     let stack = bucket_av_testing::Stack::load();
     let proxy = ClamdProxy::start(stack.var("BAVS_CLAMD_TCP")).await;
     let scenario =
         Scenario::start("clamdcut", false, &["--clamd", &proxy.addr, "--concurrency", "1", "--chunk-bytes", "4096"])
             .await;
     let bucket = scenario.bucket.clone();
-    // Cut after 10 KiB of a 256 KiB stream, five times in a row: more than the three attempts a
-    // delivery has for the message's own failures, so only a hold gets it through.
+    // Cut after 10 KiB of a 256 KiB stream, five times in a row: the connection reached clamd,
+    // so each cut counts against the message (clamd may be dying on this very object). The
+    // first delivery spends its three attempts, the second gets through.
     proxy.next(&vec![Fault::CutAfter(10 * 1024); 5]);
     stack.put(&bucket, "cut.bin", marked_bytes(256 * 1024)).await;
     assert_eq!(stack.wait_for_verdict(&bucket, "cut.bin", None, VERDICT_TIMEOUT).await["av-status"], "infected");
     assert_eq!(proxy.instreams(), (6, 5));
     assert_eq!(scenario.worker().metric("bucket_av_worker_errors_total{kind=\"clamd\"}").await, 5.0);
     assert_eq!(scenario.worker().metric("bucket_av_worker_messages_held{reason=\"clamd_unavailable\"}").await, 0.0);
+    assert_eq!(scenario.queue_depths().await.1, 0);
+
+    // Cut every time, as by an object that crashes clamd: dead-lettered once the budget is
+    // spent, rather than retried for ever.
+    proxy.always(Some(Fault::CutAfter(10 * 1024)));
+    stack.put(&bucket, "cuts-always.bin", marked_bytes(256 * 1024)).await;
+    let dead = dead_letters(&scenario, 1, Duration::from_secs(60)).await;
+    let (_, reason, kind) = &dead[0];
+    assert_eq!(kind, "clamd", "{reason}");
+    assert!(reason.contains("gave up after 3 deliveries"), "{reason}");
+    proxy.always(None);
     still_scanning(&scenario).await;
     nothing_left(&scenario).await;
     scenario.finish().await;

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::context::Context;
-use crate::reconcile::{dereference, policy_key};
+use crate::reconcile::{dereference, policy_key, queue_conflicts};
 
 use self::pass::{PassError, PassIo};
 use self::plan::{EventsSince, Next, Situation};
@@ -67,11 +67,14 @@ pub(crate) async fn run(ctx: Arc<Context>, store: Store<BucketScanPolicy>, stop:
             }
             alive
         });
-        for policy in policies {
-            let key = policy_key(&policy);
-            if policy.metadata.deletion_timestamp.is_some() || tasks.contains_key(&key) {
+        for policy in &policies {
+            let key = policy_key(policy);
+            // A policy that leaves its queues to an older one must not read or fill them.
+            let shares_queues = !queue_conflicts(policy, &policies).is_empty();
+            if policy.metadata.deletion_timestamp.is_some() || tasks.contains_key(&key) || shares_queues {
                 continue;
             }
+            let policy = Arc::clone(policy);
             let cancel = stop.child_token();
             let task = tokio::spawn(look_at(Arc::clone(&ctx), policy, cancel.clone()));
             tasks.insert(key, (task, cancel));

@@ -10,9 +10,10 @@ use bucket_av_s3::notification::KeyFilter;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use super::buckets::bucket_filters;
-use super::conflicts::{BucketConflict, bucket_conflicts};
+use super::conflicts::{BucketConflict, QueueConflict, bucket_conflicts, queue_conflicts};
 use crate::workload::{self, OperatorDefaults};
 
 /// What the policy asks of RabbitMQ and MinIO.
@@ -27,6 +28,9 @@ pub(crate) struct Plan {
     pub(crate) routes: Vec<(String, Vec<KeyFilter>)>,
     /// The filters older policies hold.
     pub(crate) conflicts: Vec<BucketConflict>,
+    /// Queues older policies use: while there are any, the policy declares no queue, routes no
+    /// bucket and runs no worker.
+    pub(crate) queue_conflicts: Vec<QueueConflict>,
 }
 
 /// Builds the plan for `policy`, next to `peers` (every policy the controller sees).
@@ -44,7 +48,7 @@ pub(crate) fn plan(policy: &BucketScanPolicy, peers: &[Arc<BucketScanPolicy>]) -
             (bucket, routed)
         })
         .collect();
-    Plan { topology: topology(policy), routes, conflicts }
+    Plan { topology: topology(policy), routes, conflicts, queue_conflicts: queue_conflicts(policy, peers) }
 }
 
 /// The RabbitMQ objects of the policy.
@@ -66,23 +70,25 @@ pub(crate) struct Children {
     pub(crate) clamav_config: Option<ConfigMap>,
     pub(crate) deployment: Deployment,
     pub(crate) metrics_service: Service,
+    pub(crate) disruption_budget: PodDisruptionBudget,
     /// `None` with `--autoscaling=false` (one left over is deleted).
     pub(crate) autoscaler: Option<HorizontalPodAutoscaler>,
 }
 
-/// Builds the worker objects; `secret_versions` (Secret name to resourceVersion) go into the
-/// pod template, so that a changed Secret rolls the workers.
+/// Builds the worker objects; `secret_fingerprints` (Secret name to data fingerprint) go into
+/// the pod template, so that changed Secret data rolls the workers.
 pub(crate) fn children(
     policy: &BucketScanPolicy,
     defaults: &OperatorDefaults,
-    secret_versions: &BTreeMap<String, String>,
+    secret_fingerprints: &BTreeMap<String, String>,
 ) -> Children {
     let mut deployment = workload::worker_deployment(policy, defaults);
-    workload::set_secret_versions(&mut deployment, secret_versions);
+    workload::set_secret_fingerprints(&mut deployment, secret_fingerprints);
     Children {
-        clamav_config: workload::clamav_config(policy),
+        clamav_config: workload::clamav_config(policy, defaults),
         deployment,
         metrics_service: workload::metrics_service(policy),
+        disruption_budget: workload::worker_disruption_budget(policy),
         autoscaler: defaults.autoscaling.then(|| workload::worker_autoscaler(policy)),
     }
 }
@@ -114,13 +120,13 @@ mod tests {
     }
 
     #[test]
-    fn children_carry_the_secret_versions_and_an_autoscaler_only_with_autoscaling() {
+    fn children_carry_the_secret_fingerprints_and_an_autoscaler_only_with_autoscaling() {
         let policy = example();
         let versions = BTreeMap::from([("minio-scanner".to_owned(), "7".to_owned())]);
-        let defaults = OperatorDefaults { worker_image: "worker:1".into(), autoscaling: true };
+        let defaults = OperatorDefaults { worker_image: "worker:1".into(), autoscaling: true, signature_mirror: None };
         let built = children(&policy, &defaults, &versions);
         let annotations = built.deployment.spec.template.metadata.unwrap().annotations.unwrap();
-        assert_eq!(annotations[workload::SECRET_VERSIONS_ANNOTATION], "minio-scanner=7");
+        assert_eq!(annotations[workload::SECRET_DATA_ANNOTATION], "minio-scanner=7");
         assert!(built.autoscaler.is_some());
         let fixed = OperatorDefaults { autoscaling: false, ..defaults };
         assert!(children(&policy, &fixed, &versions).autoscaler.is_none());

@@ -5,6 +5,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Resource};
 use serde_json::json;
@@ -20,9 +21,9 @@ use crate::workload::{self, MANAGER};
 /// Why the worker objects are not as the policy wants them.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ChildError {
-    /// The Secret versions the pod template records could not be read.
+    /// The Secret data the pod template fingerprints could not be read.
     #[error(transparent)]
-    SecretVersions(#[from] ReferenceError),
+    SecretData(#[from] ReferenceError),
     #[error("apply {kind} {name}: {}", api_message(.source))]
     ApplyChild {
         kind: &'static str,
@@ -36,7 +37,7 @@ impl ChildError {
     /// The condition reason and metric label.
     pub(crate) fn kind(&self) -> &'static str {
         match self {
-            Self::SecretVersions(error) => error.kind(),
+            Self::SecretData(error) => error.kind(),
             Self::ApplyChild { .. } => "ApplyChild",
         }
     }
@@ -51,7 +52,8 @@ pub(crate) struct Workload {
     pub(crate) autoscaler: Option<HorizontalPodAutoscaler>,
 }
 
-/// Applies the ConfigMap (sidecar only), Deployment, Service and HorizontalPodAutoscaler.
+/// Applies the ConfigMap (sidecar only), Deployment, Service, PodDisruptionBudget and
+/// HorizontalPodAutoscaler.
 pub(crate) async fn apply(
     policy: &BucketScanPolicy,
     namespace: &str,
@@ -76,6 +78,8 @@ pub(crate) async fn apply(
     })?;
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), namespace);
     apply_child(&services, "Service", children.metrics_service, &params).await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
+    apply_child(&budgets, "PodDisruptionBudget", children.disruption_budget, &params).await?;
     let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), namespace);
     let Some(autoscaler) = children.autoscaler else {
         // The operator owns `replicas`; an HPA left from a time autoscaling was on must go, or
@@ -88,7 +92,10 @@ pub(crate) async fn apply(
     // before (an older operator), omitting it now would make the API server remove it and fall
     // back to 1: hand the current value to another field manager first.
     let handover = match &existing {
-        Some(existing) if workload::applies_replicas(existing, MANAGER) => existing.spec.replicas,
+        // Zero (workers stopped for a queue conflict) would keep the HPA from ever scaling.
+        Some(existing) if workload::applies_replicas(existing, MANAGER) => {
+            existing.spec.replicas.filter(|replicas| *replicas > 0).or(Some(policy.spec.workers.min_replicas.max(1)))
+        }
         Some(_) => None,
         // A new Deployment starts at minReplicas rather than the API server's default of 1.
         None => Some(policy.spec.workers.min_replicas.max(1)),
@@ -106,6 +113,20 @@ pub(crate) async fn apply(
     }
     let autoscaler = apply_child(&autoscalers, "HorizontalPodAutoscaler", autoscaler, &params).await?;
     Ok(Workload { deployment, autoscaler: Some(autoscaler) })
+}
+
+/// Applies the worker objects scaled to zero, without an autoscaler: while an older policy uses
+/// this policy's queues, its workers would consume (and acknowledge) the other policy's events.
+/// Scaled rather than deleted, so the operator needs no `delete` on Deployments.
+pub(crate) async fn stop(
+    policy: &BucketScanPolicy,
+    namespace: &str,
+    ctx: &Context,
+    mut children: Children,
+) -> Result<Workload> {
+    children.deployment.spec.replicas = Some(0);
+    children.autoscaler = None;
+    apply(policy, namespace, ctx, children).await
 }
 
 /// Server-side applies only `spec.replicas` with the handover field manager, so that the field

@@ -1,28 +1,89 @@
 //! The cleanup step, run behind the `bucketav.dev/cleanup` finalizer when a policy is deleted:
 //! removes what the policy put outside Kubernetes (its bucket notification entries, its
-//! protection, a managed target and, with `deletionPolicy: Delete`, its queues). Children
-//! inside Kubernetes go with their owner reference. What is already gone counts as removed.
+//! protection, a managed target, what it left on former MinIO endpoints and, with
+//! `deletionPolicy: Delete`, its queues that no other policy uses). Children inside Kubernetes go
+//! with their owner reference. What is already gone counts as removed. The annotation
+//! `bucketav.dev/abandon-cleanup: "true"` skips all of it, with an event saying what stays.
 
-use bucket_av_crds::{BucketScanPolicy, DeletionPolicy, condition_types};
+use std::sync::Arc;
+
+use bucket_av_crds::{ABANDON_CLEANUP_ANNOTATION, BucketScanPolicy, DeletionPolicy, condition_types};
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::buckets::spec_buckets;
-use super::conflicts::wake_dependents;
+use super::conflicts::{queue_names, unshared_queues, wake_dependents};
 use super::dereference::{self, Resolved};
+use super::endpoints;
 use super::error::{Error, Result};
 use super::notifications::remove_entries;
 use super::status::publish_event;
 use crate::context::Context;
 use crate::secrets::ReferenceError;
 
+/// Whether the policy carries the annotation `bucketav.dev/abandon-cleanup: "true"`.
+pub(crate) fn abandons_cleanup(policy: &BucketScanPolicy) -> bool {
+    policy.annotations().get(ABANDON_CLEANUP_ANNOTATION).is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Everything cleanup would remove outside Kubernetes, as phrases for the event that says it
+/// stays. `others` are the policies the operator sees (queues they use are never removed).
+pub(crate) fn left_behind(policy: &BucketScanPolicy, others: &[Arc<BucketScanPolicy>]) -> Vec<String> {
+    let status = policy.status.clone().unwrap_or_default();
+    let mut left = Vec::new();
+    let mut buckets = if policy.uses_notifications() { spec_buckets(policy) } else { Default::default() };
+    buckets.extend(status.routed_buckets.iter().cloned());
+    if !buckets.is_empty() {
+        let buckets: Vec<String> = buckets.into_iter().collect();
+        let endpoint = status.notification_endpoint.as_deref().unwrap_or(&policy.spec.minio.endpoint);
+        left.push(format!(
+            "notification entries for {} on bucket(s) {} of {endpoint}",
+            policy.target_arn(),
+            buckets.join(", ")
+        ));
+    }
+    left.extend(status.left_endpoints.iter().map(endpoints::describe));
+    if policy.manages_target() {
+        left.push(format!("notification target {} in MinIO's configuration", policy.target_id()));
+    }
+    if policy.spec.protection.enabled || !status.protected_buckets.is_empty() {
+        left.push(format!(
+            "IAM policy {} and this policy's bucket-policy statements (Sid prefix {})",
+            policy.protection_policy_name(),
+            policy.protection_sid_prefix()
+        ));
+    }
+    if policy.spec.deletion_policy == DeletionPolicy::Delete {
+        let queues: Vec<String> = queue_names(policy).into_iter().collect();
+        let queues = unshared_queues(policy, &queues, others);
+        if !queues.is_empty() {
+            left.push(format!("queue(s) {} and exchange {}", queues.join(", "), policy.dead_letter_exchange_name()));
+        }
+    }
+    left
+}
+
 /// Removes what the policy put outside Kubernetes. A referenced Secret that is gone (as when
 /// the whole namespace is deleted) makes that impossible: it is skipped with a Warning event
-/// instead of blocking deletion.
+/// instead of blocking deletion. With the abandon annotation nothing is tried: the finalizer
+/// leaves at once, and a Warning event lists what stays (for a MinIO or RabbitMQ that is gone
+/// for good, or revoked credentials, with which cleanup would retry forever).
 pub(crate) async fn cleanup(policy: &BucketScanPolicy, namespace: &str, ctx: &Context) -> Result<Action> {
     let name = policy.name_any();
+    if abandons_cleanup(policy) {
+        let left = left_behind(policy, &ctx.policies());
+        let note = format!(
+            "cleanup abandoned (annotation {ABANDON_CLEANUP_ANNOTATION}=true); left behind: {}",
+            if left.is_empty() { "nothing".to_owned() } else { left.join("; ") }
+        );
+        warn!(policy = %name, %note, "cleanup abandoned");
+        publish_event(policy, ctx, EventType::Warning, "CleanupAbandoned", note, "Cleanup").await;
+        let _ = std::fs::remove_dir_all(ctx.scratch_dir.join(namespace).join(&name));
+        wake_dependents(policy, ctx);
+        return Ok(Action::await_change());
+    }
     match dereference::dereference(policy, namespace, ctx).await {
         Ok(resolved) => remove_outside_kubernetes(policy, ctx, &resolved).await?,
         Err(error @ ReferenceError::ReferenceMissing { .. }) => {
@@ -42,6 +103,14 @@ pub(crate) async fn cleanup(policy: &BucketScanPolicy, namespace: &str, ctx: &Co
 }
 
 async fn remove_outside_kubernetes(policy: &BucketScanPolicy, ctx: &Context, resolved: &Resolved) -> Result<()> {
+    // Former endpoints first: their removal was failing before, and the abandon annotation is
+    // the way out when it keeps failing.
+    let status = policy.status.clone().unwrap_or_default();
+    for left in &status.left_endpoints {
+        endpoints::remove_from(policy, ctx, resolved, left)
+            .await
+            .map_err(|reason| Error::LeftEndpoint { what: endpoints::describe(left), reason })?;
+    }
     let arn = policy.target_arn();
     // The spec's buckets and those the status says may still carry entries (a bucket
     // dropped from the spec just before the delete).
@@ -57,14 +126,21 @@ async fn remove_outside_kubernetes(policy: &BucketScanPolicy, ctx: &Context, res
         remove_target(policy, ctx, resolved).await?;
     }
     if policy.spec.deletion_policy == DeletionPolicy::Delete {
-        // The events exchange may be shared and stays.
+        // The events exchange may be shared and stays; so does every queue another live policy
+        // names (it keeps using it), and the dead-letter exchange with the dead-letter queue.
         let queues = [
             policy.queue_name(),
             policy.coverage_queue_name(),
             policy.signatures_queue_name(),
             policy.dead_letter_queue_name(),
         ];
-        ctx.rabbitmq.delete(&resolved.amqp, &queues, &[policy.dead_letter_exchange_name()]).await?;
+        let queues = unshared_queues(policy, &queues, &ctx.policies());
+        let exchanges = if queues.contains(&policy.dead_letter_queue_name()) {
+            vec![policy.dead_letter_exchange_name()]
+        } else {
+            Vec::new()
+        };
+        ctx.rabbitmq.delete(&resolved.amqp, &queues, &exchanges).await?;
     }
     Ok(())
 }
@@ -110,5 +186,49 @@ async fn remove_protection(policy: &BucketScanPolicy, ctx: &Context, resolved: &
             Ok(())
         }
         Err(other) => Err(Error::from(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::tests::example;
+
+    #[test]
+    fn only_the_annotation_true_abandons_cleanup() {
+        let mut policy = example();
+        assert!(!abandons_cleanup(&policy));
+        for (value, abandons) in [("true", true), ("True", true), ("false", false), ("", false)] {
+            policy.metadata.annotations =
+                Some([(ABANDON_CLEANUP_ANNOTATION.to_owned(), value.to_owned())].into_iter().collect());
+            assert_eq!(abandons_cleanup(&policy), abandons, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn the_abandon_event_lists_everything_left_outside_kubernetes() {
+        let mut policy = example();
+        policy.spec.deletion_policy = DeletionPolicy::Delete;
+        policy.status = Some(bucket_av_crds::BucketScanPolicyStatus {
+            routed_buckets: vec!["old-bucket".into()],
+            left_endpoints: vec![bucket_av_crds::LeftEndpoint {
+                endpoint: "https://old:9000".into(),
+                target_arn: "arn:minio:sqs::X:amqp".into(),
+                buckets: vec!["b".into()],
+                managed_target: None,
+            }],
+            ..Default::default()
+        });
+        let left = left_behind(&policy, &[]).join("; ");
+        assert!(left.contains("notification entries for arn:minio:sqs"), "{left}");
+        assert!(left.contains("old-bucket"), "{left}");
+        assert!(left.contains("entries for arn:minio:sqs::X:amqp on bucket(s) b on https://old:9000"), "{left}");
+        assert!(left.contains(&format!("notification target {}", policy.target_id())), "{left}");
+        assert!(left.contains("queue(s) media-uploads-scan, media-uploads-scan.coverage"), "{left}");
+        // A queue another policy uses is not this policy's to leave.
+        let mut other = example();
+        other.metadata.name = Some("other".into());
+        let left = left_behind(&policy, &[Arc::new(other)]).join("; ");
+        assert!(!left.contains("queue(s)"), "{left}");
     }
 }

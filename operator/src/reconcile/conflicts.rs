@@ -1,7 +1,9 @@
-//! Arbitration between policies on one bucket: the older policy keeps a bucket whose filters
-//! overlap (or whose notification target is the same), the younger one leaves those filters
-//! alone and says so. Pure, except for waking the policies a change may concern.
+//! Arbitration between policies on one bucket or one queue: the older policy keeps a bucket
+//! whose filters overlap (or whose notification target is the same), and any RabbitMQ queue
+//! both would use; the younger one leaves those alone and says so. Pure, except for waking the
+//! policies a change may concern.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bucket_av_crds::{BucketScanPolicy, condition_types};
@@ -15,6 +17,96 @@ use crate::context::Context;
 
 /// The NotificationConfigured reason of a policy that leaves a bucket to an older policy.
 pub(crate) const BUCKET_CONFLICT: &str = "BucketConflict";
+
+/// The QueueReady (and NotificationConfigured, WorkersAvailable) reason of a policy that leaves
+/// its queues to an older policy.
+pub(crate) const QUEUE_CONFLICT: &str = "QueueConflict";
+
+/// Queues of this policy that an older policy already uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct QueueConflict {
+    /// The names both policies would use.
+    pub(crate) queues: Vec<String>,
+    /// `namespace/name` of the policy that keeps them.
+    pub(crate) holder: String,
+}
+
+/// Every queue a policy declares, consumes or may delete: the work queue and the coverage,
+/// signatures and dead-letter queues named after it. Two policies sharing any of these would
+/// consume (and acknowledge) each other's messages, and deleting one would delete the other's.
+pub(crate) fn queue_names(policy: &BucketScanPolicy) -> BTreeSet<String> {
+    BTreeSet::from([
+        policy.queue_name(),
+        policy.coverage_queue_name(),
+        policy.signatures_queue_name(),
+        policy.dead_letter_queue_name(),
+    ])
+}
+
+/// The policies that take precedence over `policy` (created earlier; by namespace and name on a
+/// tie), oldest first. Policies being deleted hold nothing.
+fn older_live_policies<'a>(
+    policy: &BucketScanPolicy,
+    others: &'a [Arc<BucketScanPolicy>],
+) -> Vec<&'a BucketScanPolicy> {
+    let mut holders: Vec<&BucketScanPolicy> = others
+        .iter()
+        .map(Arc::as_ref)
+        .filter(|other| other.metadata.deletion_timestamp.is_none() && precedes(other, policy))
+        .collect();
+    holders.sort_by_key(|other| precedence(other));
+    holders
+}
+
+/// The older policies (created earlier; by namespace and name on a tie) using a queue `policy`
+/// would use too. The comparison is by name, whichever RabbitMQ each policy's Secret names: the
+/// operator does not read other policies' Secrets to tell brokers apart. Policies being deleted
+/// hold nothing.
+pub(crate) fn queue_conflicts(policy: &BucketScanPolicy, others: &[Arc<BucketScanPolicy>]) -> Vec<QueueConflict> {
+    let holders = older_live_policies(policy, others);
+    let ours = queue_names(policy);
+    holders
+        .into_iter()
+        .filter_map(|holder| {
+            let shared: Vec<String> = queue_names(holder).intersection(&ours).cloned().collect();
+            (!shared.is_empty()).then(|| QueueConflict { queues: shared, holder: policy_key(holder) })
+        })
+        .collect()
+}
+
+/// Queues among `queues` that no other live policy uses: what deleting `policy` may delete.
+pub(crate) fn unshared_queues(
+    policy: &BucketScanPolicy,
+    queues: &[String],
+    others: &[Arc<BucketScanPolicy>],
+) -> Vec<String> {
+    let used: BTreeSet<String> = others
+        .iter()
+        .filter(|other| other.metadata.deletion_timestamp.is_none() && policy_key(other) != policy_key(policy))
+        .flat_map(|other| queue_names(other))
+        .collect();
+    queues.iter().filter(|queue| !used.contains(*queue)).cloned().collect()
+}
+
+/// What the queue conflicts are and what to change.
+pub(crate) fn queue_conflicts_message(conflicts: &[QueueConflict]) -> String {
+    let each: Vec<String> = conflicts
+        .iter()
+        .map(|conflict| {
+            format!(
+                "queue(s) {} are already used by policy {}, which was created first and keeps them",
+                conflict.queues.join(", "),
+                conflict.holder
+            )
+        })
+        .collect();
+    format!(
+        "{}; the workers of two policies on one queue would acknowledge each other's events unscanned: give this \
+         policy its own rabbitmq.queue (or remove it to use bucket-av.<namespace>.<name>). Until then this \
+         policy declares no queue, routes no bucket and runs no worker",
+        each.join("; ")
+    )
+}
 
 /// A bucket filter of this policy whose objects an older policy already scans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,12 +134,7 @@ pub(crate) enum TargetShare {
 /// and actions, and MinIO itself accepts overlapping entries, so the operator keeps them apart.
 /// Policies being deleted hold nothing.
 pub(crate) fn bucket_conflicts(policy: &BucketScanPolicy, others: &[Arc<BucketScanPolicy>]) -> Vec<BucketConflict> {
-    let mut holders: Vec<&BucketScanPolicy> = others
-        .iter()
-        .map(Arc::as_ref)
-        .filter(|other| other.metadata.deletion_timestamp.is_none() && precedes(other, policy))
-        .collect();
-    holders.sort_by_key(|other| precedence(other));
+    let holders = older_live_policies(policy, others);
     let mut conflicts = Vec::new();
     for (bucket, filters) in bucket_filters(policy) {
         for filter in filters {
@@ -134,22 +221,24 @@ pub(crate) fn conflicts_message(conflicts: &[BucketConflict]) -> String {
 }
 
 /// After a policy changed or went, reconciles the others that may depend on it: those waiting
-/// for a bucket another policy held, and those sharing a bucket with it (it may now hold
-/// theirs). Only a change of the spec or a deletion wakes others, so they cannot wake each
+/// for a bucket or queue another policy held, and those sharing a bucket or queue with it (it
+/// may now hold theirs). Only a change of the spec or a deletion wakes others, so they cannot wake each
 /// other in a loop.
 pub(crate) fn wake_dependents(policy: &BucketScanPolicy, ctx: &Context) {
     let buckets: Vec<String> = bucket_filters(policy).into_iter().map(|(bucket, _)| bucket).collect();
+    let queues = queue_names(policy);
     for other in ctx.policies() {
         if policy_key(&other) == policy_key(policy) {
             continue;
         }
-        let waiting = other
-            .status
-            .as_ref()
-            .and_then(|status| status.condition(condition_types::NOTIFICATION_CONFIGURED))
-            .is_some_and(|condition| condition.reason == BUCKET_CONFLICT);
+        let reason = |condition_type| {
+            other.status.as_ref().and_then(|status| status.condition(condition_type)).map(|c| c.reason.clone())
+        };
+        let waiting = reason(condition_types::NOTIFICATION_CONFIGURED).as_deref() == Some(BUCKET_CONFLICT)
+            || reason(condition_types::QUEUE_READY).as_deref() == Some(QUEUE_CONFLICT);
         let shares_a_bucket = other.spec.buckets.iter().any(|bucket| buckets.contains(&bucket.name));
-        if waiting || shares_a_bucket {
+        let shares_a_queue = !queue_names(&other).is_disjoint(&queues);
+        if waiting || shares_a_bucket || shares_a_queue {
             ctx.wake(&other);
         }
     }
@@ -171,6 +260,54 @@ mod tests {
         assert!(!filters_overlap(&filter(Some("a/"), None), &filter(Some("b/"), None)));
         assert!(!filters_overlap(&filter(None, Some(".pdf")), &filter(None, Some(".jpg"))));
         assert!(filters_overlap(&filter(None, Some(".tar.gz")), &filter(Some("x"), Some(".gz"))));
+    }
+
+    fn with_queue(policy: &Arc<BucketScanPolicy>, queue: Option<&str>) -> Arc<BucketScanPolicy> {
+        let mut policy = policy.as_ref().clone();
+        policy.spec.rabbitmq.queue = queue.map(Into::into);
+        Arc::new(policy)
+    }
+
+    #[test]
+    fn the_younger_policy_leaves_a_shared_or_colliding_queue_to_the_older_one() {
+        let older = with_queue(&named("media", "first", 100, &[("uploads", None)]), Some("scan"));
+        let same = with_queue(&named("other", "second", 200, &[("archive", None)]), Some("scan"));
+        let all = [older.clone(), same.clone()];
+        assert!(queue_conflicts(&older, &all).is_empty(), "the older policy keeps its queue");
+        let conflicts = queue_conflicts(&same, &all);
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(conflicts[0].holder, "media/first");
+        assert_eq!(conflicts[0].queues, ["scan", "scan.coverage", "scan.dead", "scan.signatures"]);
+        let message = queue_conflicts_message(&conflicts);
+        assert!(message.contains("already used by policy media/first"), "{message}");
+        assert!(message.contains("its own rabbitmq.queue"), "{message}");
+
+        // Derived names collide too: this work queue is the older policy's dead-letter queue.
+        let derived = with_queue(&same, Some("scan.dead"));
+        let conflicts = queue_conflicts(&derived, &[older.clone(), derived.clone()]);
+        assert_eq!(conflicts[0].queues, ["scan.dead"]);
+
+        // Default names never collide; a policy being deleted holds nothing.
+        let own = with_queue(&same, None);
+        assert!(queue_conflicts(&own, &[older.clone(), own.clone()]).is_empty());
+        let mut deleting = older.as_ref().clone();
+        deleting.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()));
+        assert!(queue_conflicts(&same, &[Arc::new(deleting), same.clone()]).is_empty());
+    }
+
+    #[test]
+    fn deleting_a_policy_leaves_the_queues_another_live_policy_uses() {
+        let older = with_queue(&named("media", "first", 100, &[("uploads", None)]), Some("scan"));
+        let younger = with_queue(&named("other", "second", 200, &[("archive", None)]), Some("scan"));
+        let queues: Vec<String> = queue_names(&younger).into_iter().collect();
+        let all = [older.clone(), younger.clone()];
+        assert!(unshared_queues(&younger, &queues, &all).is_empty());
+        assert!(unshared_queues(&older, &queues, &all).is_empty());
+        // Alone (or beside policies with other queues), all of them go.
+        assert_eq!(unshared_queues(&younger, &queues, std::slice::from_ref(&younger)), queues);
+        let elsewhere = with_queue(&older, Some("other"));
+        assert_eq!(unshared_queues(&younger, &queues, &[elsewhere, younger.clone()]), queues);
     }
 
     #[test]

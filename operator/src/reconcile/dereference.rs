@@ -1,6 +1,6 @@
 //! The dereference step: reads what the policy refers to, the Secrets and ConfigMaps holding its
-//! MinIO and RabbitMQ credentials and CA bundles, and the versions of the Secrets the workers
-//! read. It only reads; secret values never leave the returned settings.
+//! MinIO and RabbitMQ credentials and CA bundles, and fingerprints of the data of the Secrets the
+//! workers read. It only reads; secret values never leave the returned settings.
 
 use std::collections::BTreeMap;
 
@@ -58,18 +58,19 @@ pub(crate) async fn dereference(
     Ok(Resolved { amqp: AmqpSettings { url: amqp_url, ca_bundle: amqp_ca }, s3 })
 }
 
-/// The resourceVersion of every Secret the workers read (`absent` for one that does not exist:
-/// its pods cannot start until it does, and its creation then rolls them).
-pub(crate) async fn secret_versions(
+/// A fingerprint of the data of every Secret the workers read (`absent` for one that does not
+/// exist: its pods cannot start until it does, and its creation then rolls them). Only the data
+/// counts, so a label or annotation change (or a no-op update) of a Secret rolls no worker.
+pub(crate) async fn secret_fingerprints(
     policy: &BucketScanPolicy,
     namespace: &str,
     ctx: &Context,
 ) -> Result<BTreeMap<String, String>, ReferenceError> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let mut versions = BTreeMap::new();
+    let mut fingerprints = BTreeMap::new();
     for name in secrets::referenced_secrets(policy) {
-        let version = match api.get_metadata_opt(&name).await {
-            Ok(Some(secret)) => secret.metadata.resource_version.unwrap_or_default(),
+        let fingerprint = match api.get_opt(&name).await {
+            Ok(Some(secret)) => secrets::data_fingerprint(&secret),
             Ok(None) => "absent".to_owned(),
             Err(source) => {
                 return Err(ReferenceError::ReadReference {
@@ -80,7 +81,7 @@ pub(crate) async fn secret_versions(
                 });
             }
         };
-        versions.insert(name, version);
+        fingerprints.insert(name, fingerprint);
     }
-    Ok(versions)
+    Ok(fingerprints)
 }

@@ -37,6 +37,11 @@ pub(crate) enum Error {
     Protection(#[from] ProtectionError),
     #[error(transparent)]
     Child(#[from] ChildError),
+    #[error(
+        "remove {what}: {reason}; deletion retries with backoff, or set annotation bucketav.dev/abandon-cleanup=true \
+         on the policy to leave it there"
+    )]
+    LeftEndpoint { what: String, reason: String },
     #[error("patch the status of the policy: {}", api_message(.0))]
     PatchStatus(#[source] Box<kube::Error>),
     #[error("{0}")]
@@ -56,6 +61,7 @@ impl Error {
             Self::Actions(error) => error.kind(),
             Self::Protection(error) => error.kind(),
             Self::Child(error) => error.kind(),
+            Self::LeftEndpoint { .. } => "LeftEndpoint",
             Self::PatchStatus(_) => "PatchStatus",
             Self::Finalizer(error) => match error.as_ref() {
                 finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner.kind(),

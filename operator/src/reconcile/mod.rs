@@ -22,6 +22,7 @@ mod children;
 mod cleanup;
 mod conflicts;
 mod dereference;
+mod endpoints;
 mod error;
 mod notifications;
 mod protect;
@@ -40,6 +41,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
 
+pub(crate) use self::conflicts::queue_conflicts;
 pub(crate) use self::dereference::dereference;
 pub(crate) use self::error::{Error, Result};
 use self::status::Report;
@@ -68,6 +70,61 @@ pub(crate) async fn reconcile(policy: Arc<BucketScanPolicy>, ctx: &Context) -> R
     .map_err(|error| Error::Finalizer(Box::new(error)))
 }
 
+/// An older policy uses the policy's queues: declares none, removes the entries the policy
+/// wrote before (their events would land in the other policy's queue), scales its workers to
+/// zero (they would consume the other policy's events), and says so until one of the policies
+/// changes.
+async fn leave_queues_to_older_policy(
+    policy: &BucketScanPolicy,
+    namespace: &str,
+    ctx: &Context,
+    plan: &build::Plan,
+    old_status: &bucket_av_crds::BucketScanPolicyStatus,
+    mut report: Report,
+) -> Result<Action> {
+    let message = conflicts::queue_conflicts_message(&plan.queue_conflicts);
+    report.queue_conflict(&message);
+    match dereference::dereference(policy, namespace, ctx).await {
+        Ok(resolved) => {
+            let routed =
+                notifications::unroute_for_queue_conflict(policy, ctx, &resolved, old_status, message.clone()).await;
+            report.routing(routed);
+        }
+        Err(error) => report.unresolved(policy, error),
+    }
+    let children = dereference::secret_fingerprints(policy, namespace, ctx)
+        .await
+        .map(|fingerprints| build::children(policy, &ctx.defaults, &fingerprints));
+    let stopped = match children {
+        Ok(children) => children::stop(policy, namespace, ctx, children).await,
+        Err(error) => Err(error.into()),
+    };
+    match stopped {
+        Ok(_) => report.workers_stopped(&message),
+        Err(error) => report.workers(policy, Err(error)),
+    }
+    report.ready(Ok(()));
+    status::update(policy, ctx, old_status, &report).await?;
+    if old_status.observed_generation != policy.metadata.generation {
+        conflicts::wake_dependents(policy, ctx);
+    }
+    report.into_result()?;
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Whether the policy's `rabbitmq.managementUrl`, when set, may receive the credentials of the
+/// AMQP URL its Secret holds (the metrics API checks the same before each lookup).
+fn management_url_check(
+    policy: &BucketScanPolicy,
+    resolved: &dereference::Resolved,
+    ctx: &Context,
+) -> Result<(), crate::management_url::ManagementUrlError> {
+    match &policy.spec.rabbitmq.management_url {
+        Some(url) => crate::management_url::check(url, resolved.amqp.url.expose(), ctx.allow_plain_http_management),
+        None => Ok(()),
+    }
+}
+
 /// `namespace/name` of a policy: the key of its backoff and how conflicts name it.
 pub(crate) fn policy_key(policy: &BucketScanPolicy) -> String {
     format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any())
@@ -75,7 +132,7 @@ pub(crate) fn policy_key(policy: &BucketScanPolicy) -> String {
 
 /// Brings MinIO, RabbitMQ and the worker objects in line with the policy.
 async fn apply(policy: &BucketScanPolicy, namespace: &str, ctx: &Context) -> Result<Action> {
-    let old_status = policy.status.clone().unwrap_or_default();
+    let old_status = endpoints::note_move(policy, policy.status.clone().unwrap_or_default());
     let mut report = Report::new(policy, &old_status);
 
     if let Err(error) = validate::validate(policy) {
@@ -86,11 +143,16 @@ async fn apply(policy: &BucketScanPolicy, namespace: &str, ctx: &Context) -> Res
     }
 
     let plan = build::plan(policy, &ctx.policies());
+    if !plan.queue_conflicts.is_empty() {
+        return leave_queues_to_older_policy(policy, namespace, ctx, &plan, &old_status, report).await;
+    }
     let actions = match dereference::dereference(policy, namespace, ctx).await {
         Ok(resolved) if !policy.uses_notifications() => {
-            let queue = rabbitmq::declare(ctx, &resolved.amqp, &plan.topology, &policy.routing_key()).await;
+            let queue = rabbitmq::declare(ctx, policy, &resolved.amqp, &plan.topology, &policy.routing_key()).await;
             report.queue(queue);
+            report.management_url(management_url_check(policy, &resolved, ctx));
             report.routing(notifications::unroute_all(policy, ctx, &resolved, &old_status).await);
+            report.left_endpoints(endpoints::retry(policy, ctx, &resolved, &old_status).await);
             let actions = actions::check(policy, ctx, &resolved).await;
             report.protection(protect::reconcile(policy, ctx, &resolved, &old_status).await);
             actions
@@ -98,11 +160,13 @@ async fn apply(policy: &BucketScanPolicy, namespace: &str, ctx: &Context) -> Res
         Ok(resolved) => {
             let target = notifications::ensure_target(policy, ctx, &resolved).await;
             let routing_key = notifications::routing_key(policy, &target);
-            let queue = rabbitmq::declare(ctx, &resolved.amqp, &plan.topology, &routing_key).await;
+            let queue = rabbitmq::declare(ctx, policy, &resolved.amqp, &plan.topology, &routing_key).await;
             let queue_ready = queue.is_ok();
             report.queue(queue);
+            report.management_url(management_url_check(policy, &resolved, ctx));
             let routed = notifications::route(policy, ctx, &resolved, &plan, target, queue_ready, &old_status).await;
             report.routing(routed);
+            report.left_endpoints(endpoints::retry(policy, ctx, &resolved, &old_status).await);
             let actions = actions::check(policy, ctx, &resolved).await;
             report.protection(protect::reconcile(policy, ctx, &resolved, &old_status).await);
             actions
@@ -113,9 +177,9 @@ async fn apply(policy: &BucketScanPolicy, namespace: &str, ctx: &Context) -> Res
         }
     };
 
-    let children = dereference::secret_versions(policy, namespace, ctx)
+    let children = dereference::secret_fingerprints(policy, namespace, ctx)
         .await
-        .map(|versions| build::children(policy, &ctx.defaults, &versions));
+        .map(|fingerprints| build::children(policy, &ctx.defaults, &fingerprints));
     let workload = match children {
         Ok(children) => children::apply(policy, namespace, ctx, children).await,
         Err(error) => Err(error.into()),

@@ -64,6 +64,8 @@ pub(crate) enum Routing {
     Conflicts { message: String },
     /// The policy uses no notifications (mode Disabled): sweeps find new objects.
     Disabled { message: String },
+    /// An older policy uses this policy's queues: nothing is routed until that changes.
+    QueueConflict { message: String },
 }
 
 /// What the step did.
@@ -139,17 +141,39 @@ pub(crate) async fn unroute_all(
     resolved: &Resolved,
     old_status: &BucketScanPolicyStatus,
 ) -> Routed {
+    let message = format!(
+        "notifications are off (mode Disabled): a sweep every {} s finds new objects, so an upload waits up to that long for its verdict",
+        policy.spec.coverage.sweep_interval_seconds
+    );
+    unroute(policy, ctx, resolved, old_status, Routing::Disabled { message }).await
+}
+
+/// An older policy uses the policy's queues: nothing is routed to them on this policy's behalf,
+/// and entries it wrote before are removed (their events would land in the other's queue).
+pub(crate) async fn unroute_for_queue_conflict(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    resolved: &Resolved,
+    old_status: &BucketScanPolicyStatus,
+    message: String,
+) -> Routed {
+    unroute(policy, ctx, resolved, old_status, Routing::QueueConflict { message }).await
+}
+
+async fn unroute(
+    policy: &BucketScanPolicy,
+    ctx: &Context,
+    resolved: &Resolved,
+    old_status: &BucketScanPolicyStatus,
+    outcome: Routing,
+) -> Routed {
     let arn = old_status.notification_target_arn.clone().unwrap_or_else(|| policy.target_arn());
     for bucket in &old_status.routed_buckets {
         if let Err(error) = remove_entries(policy, ctx, resolved, bucket, &arn).await {
             return Routed { outcome: Err(error), routed_buckets: None };
         }
     }
-    let message = format!(
-        "notifications are off (mode Disabled): a sweep every {} s finds new objects, so an upload waits up to that long for its verdict",
-        policy.spec.coverage.sweep_interval_seconds
-    );
-    Routed { outcome: Ok(Routing::Disabled { message }), routed_buckets: Some(Vec::new()) }
+    Routed { outcome: Ok(outcome), routed_buckets: Some(Vec::new()) }
 }
 
 /// Routes every bucket's upload events to the policy's target, except the filters another

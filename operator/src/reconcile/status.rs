@@ -2,7 +2,7 @@
 //! from them, patches the status by server-side apply, and publishes an event when Ready
 //! changes. Also the one place events are published from.
 
-use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, SpecError, condition_types};
+use bucket_av_crds::{BucketScanPolicy, BucketScanPolicyStatus, LeftEndpoint, SpecError, condition_types};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -16,12 +16,14 @@ use tracing::{info, warn};
 use super::actions::ActionsError;
 use super::buckets::bucket_summary;
 use super::children::{ChildError, Workload};
-use super::conflicts::BUCKET_CONFLICT;
+use super::conflicts::{BUCKET_CONFLICT, QUEUE_CONFLICT};
+use super::endpoints;
 use super::error::Error;
 use super::notifications::{Routed, Routing};
 use super::protect::Protection;
 use super::rabbitmq::Declared;
 use crate::context::Context;
+use crate::management_url::ManagementUrlError;
 use crate::secrets::ReferenceError;
 use crate::services::QueueError;
 use crate::workload::MANAGER;
@@ -89,6 +91,28 @@ impl Report {
         }
     }
 
+    /// An older policy uses the policy's queues: none is declared. Not an error (no retries):
+    /// nothing changes until one of the policies does, and that change wakes this one.
+    pub(crate) fn queue_conflict(&mut self, message: &str) {
+        self.status.queue_depth = None;
+        self.set(condition_types::QUEUE_READY, false, QUEUE_CONFLICT, message);
+    }
+
+    /// `rabbitmq.managementUrl` may not receive the credentials: QueueReady says why. Not an
+    /// error (no retries): only a change of the spec or the Secret changes it.
+    pub(crate) fn management_url(&mut self, checked: Result<(), ManagementUrlError>) {
+        if let Err(refused) = checked {
+            self.set(condition_types::QUEUE_READY, false, refused.kind(), refused.to_string());
+        }
+    }
+
+    /// The workers are scaled to zero because an older policy uses the policy's queues.
+    pub(crate) fn workers_stopped(&mut self, message: &str) {
+        self.status.replicas = None;
+        self.status.desired_replicas = None;
+        self.set(condition_types::WORKERS_AVAILABLE, false, QUEUE_CONFLICT, message);
+    }
+
     /// NotificationConfigured, `restartPending` and `routedBuckets`.
     pub(crate) fn routing(&mut self, routed: Routed) {
         if let Some(buckets) = routed.routed_buckets {
@@ -115,7 +139,32 @@ impl Report {
             ),
             Ok(Routing::Conflicts { message }) => self.set(condition_type, false, BUCKET_CONFLICT, message),
             Ok(Routing::Disabled { message }) => self.set(condition_type, true, "Disabled", message),
+            Ok(Routing::QueueConflict { message }) => self.set(condition_type, false, QUEUE_CONFLICT, message),
             Err(error) => self.fail(condition_type, error),
+        }
+    }
+
+    /// `leftEndpoints`: the former MinIO endpoints still to clean, which NotificationConfigured's
+    /// message then warns about (the routing on the current endpoint does not wait for them).
+    pub(crate) fn left_endpoints(&mut self, remaining: Vec<(LeftEndpoint, String)>) {
+        self.status.left_endpoints = remaining.iter().map(|(left, _)| left.clone()).collect();
+        if remaining.is_empty() {
+            return;
+        }
+        let each: Vec<String> =
+            remaining.iter().map(|(left, error)| format!("{} ({error})", endpoints::describe(left))).collect();
+        let warning = format!(
+            " WARNING: could not remove {}; retried at each reconcile, or set annotation {}=true to leave them",
+            each.join("; "),
+            bucket_av_crds::ABANDON_CLEANUP_ANNOTATION
+        );
+        if let Some(condition) = self
+            .status
+            .conditions
+            .iter_mut()
+            .find(|condition| condition.type_ == condition_types::NOTIFICATION_CONFIGURED)
+        {
+            condition.message = truncate(format!("{}{warning}", condition.message), 4096);
         }
     }
 

@@ -6,14 +6,14 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use bucket_av_amqp::ConnectError;
-use bucket_av_amqp::topology::Topology;
+use bucket_av_amqp::topology::{QueueLimits, Topology};
 use bucket_av_core::Redacted;
 use bucket_av_crds::BucketScanPolicy;
 use bucket_av_s3::notification::{KeyFilter, NotificationError};
 use bucket_av_s3::{ErrorCode, S3Failure, S3Settings};
 
 use super::minio::{Minio, S3CallError};
-use super::rabbitmq::{AmqpSettings, QueueError, RabbitMq};
+use super::rabbitmq::{AmqpSettings, QueueError, QueueState, RabbitMq};
 use crate::minio_target::{Durability, TargetError, TargetState};
 use crate::protection::{Applied, ProtectionError};
 
@@ -201,10 +201,15 @@ impl FakeRabbitMq {
 
 #[async_trait]
 impl RabbitMq for FakeRabbitMq {
-    async fn declare(&self, _amqp: &AmqpSettings, topology: &Topology) -> Result<u32, QueueError> {
+    async fn declare(
+        &self,
+        _amqp: &AmqpSettings,
+        topology: &Topology,
+        _limits: &QueueLimits,
+    ) -> Result<QueueState, QueueError> {
         self.calls.lock().unwrap().push(RabbitMqCall::Declare(topology.clone()));
         self.connect()?;
-        Ok(self.depth)
+        Ok(QueueState { depth: self.depth, without_limits: false })
     }
 
     async fn delete(&self, _amqp: &AmqpSettings, queues: &[String], exchanges: &[String]) -> Result<(), QueueError> {

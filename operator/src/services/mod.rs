@@ -10,4 +10,4 @@ mod rabbitmq;
 pub(crate) mod fake;
 
 pub(crate) use minio::{LiveMinio, Minio, S3CallError};
-pub(crate) use rabbitmq::{AmqpSettings, LiveRabbitMq, QueueError, RabbitMq};
+pub(crate) use rabbitmq::{AmqpSettings, LiveRabbitMq, QueueError, QueueState, RabbitMq};

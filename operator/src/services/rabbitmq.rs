@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use bucket_av_amqp::ConnectError;
-use bucket_av_amqp::topology::{Topology, TopologyError, ready_messages};
+use bucket_av_amqp::topology::{QueueLimits, Topology, TopologyError, ready_messages};
 use bucket_av_core::Redacted;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -57,23 +57,49 @@ impl QueueError {
     }
 }
 
+/// The topology after a declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct QueueState {
+    /// Ready messages in the work queue.
+    pub(crate) depth: u32,
+    /// The work queue existed without the limits asked for (declared by an older operator, or
+    /// by a worker on its own): RabbitMQ cannot add them to an existing queue.
+    pub(crate) without_limits: bool,
+}
+
 /// Every call the reconciler makes to RabbitMQ.
 #[async_trait]
 pub(crate) trait RabbitMq: Send + Sync {
-    /// Declares the exchange, the queues and the bindings, and returns the number of ready
-    /// messages in the work queue.
-    async fn declare(&self, amqp: &AmqpSettings, topology: &Topology) -> Result<u32, QueueError>;
+    /// Declares the exchange, the queues (new ones with `limits`) and the bindings, and reads
+    /// the work queue's depth.
+    async fn declare(
+        &self,
+        amqp: &AmqpSettings,
+        topology: &Topology,
+        limits: &QueueLimits,
+    ) -> Result<QueueState, QueueError>;
 
     /// Deletes `queues`, then `exchanges`; ones already gone count as deleted.
     async fn delete(&self, amqp: &AmqpSettings, queues: &[String], exchanges: &[String]) -> Result<(), QueueError>;
 }
 
 /// The RabbitMQ named by the policy, over AMQP.
-pub(crate) struct LiveRabbitMq;
+#[derive(Default)]
+pub(crate) struct LiveRabbitMq {
+    /// Work queues found without the limits asked for: declared as they are from then on, so
+    /// each resync does not provoke (and log) RabbitMQ's refusal again. Per process: a new
+    /// leader learns it once.
+    without_limits: std::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 #[async_trait]
 impl RabbitMq for LiveRabbitMq {
-    async fn declare(&self, amqp: &AmqpSettings, topology: &Topology) -> Result<u32, QueueError> {
+    async fn declare(
+        &self,
+        amqp: &AmqpSettings,
+        topology: &Topology,
+        limits: &QueueLimits,
+    ) -> Result<QueueState, QueueError> {
         let connection = bucket_av_amqp::connect(&amqp.url, amqp.ca_bundle.as_deref())
             .await
             .map_err(|error| QueueError::ConnectRabbitMq(Box::new(error)))?;
@@ -82,15 +108,45 @@ impl RabbitMq for LiveRabbitMq {
             let channel =
                 connection.create_channel().await.map_err(|error| QueueError::OpenChannel(Box::new(error)))?;
             channels.push(channel.clone());
-            topology.declare(&channel).await.map_err(|error| QueueError::DeclareTopology(Box::new(error)))?;
+            let mut known_without_limits =
+                self.without_limits.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(&topology.queue);
+            if known_without_limits {
+                // Recreated since (as README "Bounded queues" suggests)? Then it gets the limits.
+                // A passive declare of a missing queue closes its channel: its own channel.
+                let probe =
+                    connection.create_channel().await.map_err(|error| QueueError::OpenChannel(Box::new(error)))?;
+                channels.push(probe.clone());
+                if ready_messages(&probe, &topology.queue).await.is_err() {
+                    self.without_limits.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&topology.queue);
+                    known_without_limits = false;
+                }
+            }
+            let asked = if known_without_limits { QueueLimits::default() } else { *limits };
+            let without_limits = match topology.declare_with(&channel, &asked).await {
+                Ok(()) => known_without_limits,
+                // A queue from before the limits: RabbitMQ refuses other arguments for it (and
+                // closes the channel). It still works as it is, so keep it, without limits.
+                Err(error) if error.is_precondition_failed() && *limits != QueueLimits::default() => {
+                    let retry =
+                        connection.create_channel().await.map_err(|error| QueueError::OpenChannel(Box::new(error)))?;
+                    channels.push(retry.clone());
+                    topology.declare(&retry).await.map_err(|_| QueueError::DeclareTopology(Box::new(error)))?;
+                    self.without_limits
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .insert(topology.queue.clone());
+                    true
+                }
+                Err(error) => return Err(QueueError::DeclareTopology(Box::new(error))),
+            };
             // A passive declare of a missing queue closes its channel: give it its own.
             let depth_channel =
                 connection.create_channel().await.map_err(|error| QueueError::OpenChannel(Box::new(error)))?;
             channels.push(depth_channel.clone());
-            ready_messages(&depth_channel, &topology.queue).await.map_err(|source| QueueError::ReadQueueDepth {
-                queue: topology.queue.clone(),
-                source: Box::new(source),
-            })
+            let depth = ready_messages(&depth_channel, &topology.queue).await.map_err(|source| {
+                QueueError::ReadQueueDepth { queue: topology.queue.clone(), source: Box::new(source) }
+            })?;
+            Ok(QueueState { depth, without_limits })
         }
         .await;
         bucket_av_amqp::close(&connection, &channels.iter().collect::<Vec<_>>()).await;

@@ -23,7 +23,11 @@ fn external(mut policy: BucketScanPolicy) -> BucketScanPolicy {
 }
 
 fn defaults() -> OperatorDefaults {
-    OperatorDefaults { worker_image: "registry.example/bucket-av-worker:1.0".into(), autoscaling: true }
+    OperatorDefaults {
+        worker_image: "registry.example/bucket-av-worker:1.0".into(),
+        autoscaling: true,
+        signature_mirror: None,
+    }
 }
 
 fn pod_spec(deployment: &Deployment) -> &PodSpec {
@@ -152,7 +156,7 @@ fn every_setting_of_the_policy_reaches_the_worker() {
         ("BAVS_CLAMD_STREAM_MAX_BYTES", "2147483645"),
         ("BAVS_MAX_OBJECT_SIZE", "2147483648"),
         ("BAVS_CHUNK_BYTES", "262144"),
-        ("BAVS_SCAN_TIMEOUT_SECONDS", "900"),
+        ("BAVS_SCAN_TIMEOUT_SECONDS", "600"),
         ("BAVS_CONCURRENCY", "8"),
         ("BAVS_TAGGING", "true"),
         ("BAVS_TAG_PREFIX", "av-"),
@@ -266,9 +270,10 @@ fn the_sidecar_runs_clamd_and_freshclam_from_the_mirror() {
     let db = clamd.volume_mounts.iter().flatten().find(|mount| mount.mount_path == CLAMAV_DB_DIR).unwrap();
     assert_ne!(db.read_only, Some(true), "freshclam writes the database");
     let db_volume = pod.volumes.iter().flatten().find(|volume| volume.name == db.name).unwrap();
-    assert!(db_volume.empty_dir.is_some());
+    let db_size = db_volume.empty_dir.as_ref().and_then(|empty_dir| empty_dir.size_limit.as_ref());
+    assert_eq!(db_size, Some(&Quantity("2Gi".into())), "freshclam's downloads cannot fill the node's disk");
 
-    let config = clamav_config(&policy).unwrap();
+    let config = clamav_config(&policy, &defaults()).unwrap();
     assert_eq!(config.metadata.name.as_deref(), Some("uploads-clamav"));
     let data = config.data.as_ref().unwrap();
     assert!(data["freshclam.conf"].contains("PrivateMirror https://clamav-mirror.internal.example.com\n"));
@@ -286,6 +291,40 @@ fn the_sidecar_runs_clamd_and_freshclam_from_the_mirror() {
 }
 
 #[test]
+fn a_policy_without_a_signature_source_fetches_from_the_cluster_mirror_only() {
+    let mirror = ClusterSignatureMirror {
+        url: "http://bav-signature-mirror.bucket-av-system.svc".into(),
+        databases: Database::parse_list("main,daily,bytecode,company.ndb").unwrap(),
+    };
+    let with_mirror = OperatorDefaults { signature_mirror: Some(mirror), ..defaults() };
+    let freshclam = |policy: &BucketScanPolicy, defaults: &OperatorDefaults| {
+        clamav_config(policy, defaults).unwrap().data.unwrap()["freshclam.conf"].clone()
+    };
+
+    let mut policy = example();
+    policy.spec.scanner.sidecar.as_mut().unwrap().signatures = None;
+    let conf = freshclam(&policy, &with_mirror);
+    assert!(conf.contains("PrivateMirror http://bav-signature-mirror.bucket-av-system.svc\n"), "{conf}");
+    assert!(conf.contains("DatabaseCustomURL http://bav-signature-mirror.bucket-av-system.svc/company.ndb\n"));
+    assert!(!conf.contains("DatabaseMirror"), "nothing from the public mirrors: {conf}");
+    assert!(freshclam(&policy, &defaults()).contains("DatabaseMirror database.clamav.net\n"), "no cluster mirror");
+
+    // clamd and freshclam read their configuration once: a new one rolls the workers.
+    let annotation = |defaults: &OperatorDefaults| {
+        let deployment = worker_deployment(&policy, defaults);
+        deployment.spec.template.metadata.unwrap().annotations.unwrap()[CLAMAV_CONFIG_ANNOTATION].clone()
+    };
+    assert_eq!(annotation(&with_mirror), annotation(&with_mirror.clone()), "the same configuration, no roll");
+    assert_ne!(annotation(&with_mirror), annotation(&defaults()), "a new signature source rolls the workers");
+
+    // A source the policy names wins over the cluster's mirror.
+    let own = example();
+    let conf = freshclam(&own, &with_mirror);
+    assert!(conf.contains("PrivateMirror https://clamav-mirror.internal.example.com\n"), "{conf}");
+    assert!(!conf.contains("bav-signature-mirror"), "{conf}");
+}
+
+#[test]
 fn signatures_from_a_config_map_are_mounted_read_only_without_freshclam() {
     let mut policy = example();
     policy.spec.scanner.sidecar.as_mut().unwrap().signatures =
@@ -299,7 +338,7 @@ fn signatures_from_a_config_map_are_mounted_read_only_without_freshclam() {
     assert_eq!(db.read_only, Some(true));
     let volume = pod.volumes.iter().flatten().find(|volume| volume.name == db.name).unwrap();
     assert_eq!(volume.config_map.as_ref().unwrap().name, "clamav-sigs");
-    assert!(!clamav_config(&policy).unwrap().data.unwrap().contains_key("freshclam.conf"));
+    assert!(!clamav_config(&policy, &defaults()).unwrap().data.unwrap().contains_key("freshclam.conf"));
 }
 
 #[test]
@@ -313,7 +352,7 @@ fn an_external_clamd_means_no_sidecar() {
     let env = env_map(container(pod, "worker"));
     assert_eq!(value(&env, "BAVS_CLAMD"), "clamd.av.svc:3310");
     assert!(!env.contains_key("BAVS_CLAMD_STREAM_MAX_BYTES"), "unknown for a clamd the operator does not configure");
-    assert!(clamav_config(&policy).is_none());
+    assert!(clamav_config(&policy, &defaults()).is_none());
 
     let mut with_limit = policy.clone();
     with_limit.spec.scanner.stream_max_bytes = Some(Quantity("100Mi".into()));
@@ -326,8 +365,8 @@ fn an_external_clamd_means_no_sidecar() {
 fn grace_period_outlasts_drain_and_the_longest_scan() {
     let policy = example();
     let deployment = worker_deployment(&policy, &defaults());
-    // drainSeconds 60 + scanTimeoutSeconds 900 + 10.
-    assert_eq!(pod_spec(&deployment).termination_grace_period_seconds, Some(970));
+    // drainSeconds 60 + scanTimeoutSeconds 600 + 10.
+    assert_eq!(pod_spec(&deployment).termination_grace_period_seconds, Some(670));
 }
 
 #[test]
@@ -378,12 +417,12 @@ fn a_changed_secret_changes_the_pod_template() {
         ("minio-scanner".to_owned(), "10".to_owned()),
         ("rabbitmq-scanner".to_owned(), "7".to_owned()),
     ]);
-    set_secret_versions(&mut first, &versions);
+    set_secret_fingerprints(&mut first, &versions);
     let annotations = first.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
-    assert_eq!(annotations[SECRET_VERSIONS_ANNOTATION], "minio-scanner=10,rabbitmq-scanner=7");
+    assert_eq!(annotations[SECRET_DATA_ANNOTATION], "minio-scanner=10,rabbitmq-scanner=7");
     let mut rotated = versions.clone();
     rotated.insert("minio-scanner".to_owned(), "11".to_owned());
-    set_secret_versions(&mut second, &rotated);
+    set_secret_fingerprints(&mut second, &rotated);
     assert_ne!(first.spec.template, second.spec.template);
 }
 
@@ -468,4 +507,76 @@ fn without_autoscaling_the_deployment_runs_min_replicas_and_with_it_leaves_repli
     assert_eq!(worker_deployment(&policy, &fixed).spec.replicas, Some(3));
     policy.spec.workers.min_replicas = 0;
     assert_eq!(worker_deployment(&policy, &fixed).spec.replicas, Some(1), "never zero workers");
+}
+
+#[test]
+fn the_policys_scheduling_and_pull_settings_reach_the_worker_pods() {
+    let mut policy: BucketScanPolicy = example();
+    let workers: bucket_av_crds::WorkersSpec = serde_json::from_value(serde_json::json!({
+        "imagePullSecrets": [{"name": "registry-credentials"}],
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "scanning", "effect": "NoSchedule"}],
+        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+        "topologySpreadConstraints": [
+            {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"},
+            {"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+             "labelSelector": {"matchLabels": {"team": "media"}}}
+        ],
+        "priorityClassName": "scanning",
+        "podLabels": {"team": "media"},
+        "podAnnotations": {"example.com/owner": "media-platform"},
+    }))
+    .unwrap();
+    policy.spec.workers = workers;
+    policy.spec.validate().unwrap();
+    let mut deployment = worker_deployment(&policy, &defaults());
+    set_secret_fingerprints(&mut deployment, &BTreeMap::from([("minio".to_owned(), "abc".to_owned())]));
+    let pod = pod_spec(&deployment);
+    assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "registry-credentials");
+    assert_eq!(pod.node_selector.as_ref().unwrap()["kubernetes.io/os"], "linux");
+    assert_eq!(pod.tolerations.as_ref().unwrap()[0].key.as_deref(), Some("dedicated"));
+    assert!(pod.affinity.as_ref().unwrap().pod_anti_affinity.is_some());
+    assert_eq!(pod.priority_class_name.as_deref(), Some("scanning"));
+    let spread = pod.topology_spread_constraints.as_ref().unwrap();
+    // Without a selector, the constraint counts this policy's workers; a given one is kept.
+    assert_eq!(spread[0].label_selector.as_ref().unwrap().match_labels.as_ref(), Some(&selector_labels(&policy)));
+    assert_eq!(spread[1].label_selector.as_ref().unwrap().match_labels.as_ref().unwrap()["team"], "media");
+
+    let template = deployment.spec.template.metadata.as_ref().unwrap();
+    let labels = template.labels.as_ref().unwrap();
+    assert_eq!(labels["team"], "media");
+    for (key, value) in super::labels(&policy) {
+        assert_eq!(labels[&key], value, "the operator's own label {key}");
+    }
+    let annotations = template.annotations.as_ref().unwrap();
+    assert_eq!(annotations["example.com/owner"], "media-platform");
+    assert_eq!(annotations[SECRET_DATA_ANNOTATION], "minio=abc", "the fingerprint is kept beside the user's");
+    // The selector stays the operator's: it is immutable in a Deployment.
+    let selector = deployment.spec.selector.match_labels.as_ref().unwrap();
+    assert_eq!(selector, &selector_labels(&policy));
+}
+
+#[test]
+fn without_scheduling_settings_the_pod_spec_leaves_them_to_the_cluster() {
+    let deployment = worker_deployment(&example(), &defaults());
+    let pod = pod_spec(&deployment);
+    assert!(pod.image_pull_secrets.is_none() && pod.node_selector.is_none() && pod.tolerations.is_none());
+    assert!(pod.affinity.is_none() && pod.topology_spread_constraints.is_none() && pod.priority_class_name.is_none());
+    // No annotation of the user's: only the operator's fingerprint of the sidecar's configuration.
+    let annotations = deployment.spec.template.metadata.as_ref().unwrap().annotations.clone().unwrap();
+    assert_eq!(annotations.keys().collect::<Vec<_>>(), [CLAMAV_CONFIG_ANNOTATION]);
+}
+
+#[test]
+fn the_disruption_budget_evicts_workers_one_at_a_time_and_never_blocks_on_unready_ones() {
+    let policy = example();
+    let budget = worker_disruption_budget(&policy);
+    assert_eq!(budget.metadata.name.as_deref(), Some("uploads-worker"));
+    assert_eq!(budget.metadata.owner_references.as_ref().unwrap()[0].kind, "BucketScanPolicy");
+    let spec = budget.spec.unwrap();
+    assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(spec.min_available, None);
+    assert_eq!(spec.unhealthy_pod_eviction_policy.as_deref(), Some("AlwaysAllow"));
+    assert_eq!(spec.selector.unwrap().match_labels, Some(selector_labels(&policy)));
 }

@@ -14,6 +14,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use bucket_av_crds::{BucketScanPolicy, ObjectAction, WebhookSecretRef, WebhookSpec};
 use bucket_av_testing::chart::Helm;
 use bucket_av_testing::real_pods::{self, BUCKET, Images, PortForward, SYSTEM_NAMESPACE};
+use bucket_av_testing::signature_upstream::{FILES, SignatureUpstream};
 use bucket_av_testing::{EICAR, WebhookReceiver, kube_api, wait_for};
 use clap::Parser;
 use kube::Api;
@@ -45,10 +46,14 @@ async fn main() {
     println!("{}", indent(&cluster.kubectl_ok(&["get", "pods", "-n", "minio", "-o", "wide"], None)));
 
     step("Installing the Helm chart charts/bucket-av-scanner (the operator image built from operator/Dockerfile)");
-    let operator = real_pods::install_chart(&helm, &client, &images).await;
+    // The signature mirror's upstream: the project's test signatures, served from this machine
+    // (there is no ClamAV CDN to reach here). Workers fetch from the mirror only.
+    let upstream = SignatureUpstream::start(cluster);
+    let operator = real_pods::install_chart(&helm, &client, &images, &upstream).await;
     println!("  operator pod {operator} holds the leader Lease; the external metrics API is Available");
+    println!("  signature mirror Ready, carrying {} from {}", FILES.join(", "), upstream.urls().join(", "));
 
-    step("Buckets, Secrets and the signature ConfigMap the policy refers to; a webhook receiver");
+    step("Buckets and the Secrets the policy refers to; a webhook receiver");
     let forward = PortForward::start(cluster, "minio", "deployment/minio", 9000);
     let s3 = forward.minio_client();
     for bucket in [BUCKET, QUARANTINE] {
@@ -82,7 +87,7 @@ async fn main() {
     real_pods::wait_policy_ready(&policies).await;
     println!("{}", indent(&cluster.kubectl_ok(&["get", "bsp", "-n", NAMESPACE], None)));
 
-    step("The pods: the operator, and the worker with its clamd sidecar, running as containers");
+    step("The pods: the operator, the signature mirror, and the worker with its clamd sidecar, as containers");
     for namespace in [SYSTEM_NAMESPACE, NAMESPACE] {
         let columns = "custom-columns=NAMESPACE:.metadata.namespace,POD:.metadata.name,NODE:.spec.nodeName,\
                        CONTAINERS:.spec.containers[*].name,READY:.status.containerStatuses[*].ready,\

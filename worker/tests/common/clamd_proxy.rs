@@ -19,6 +19,9 @@ pub enum Fault {
     Reply(String),
     /// Forward this many bytes of the client's stream, then close both connections.
     CutAfter(usize),
+    /// Forward the stream and let clamd scan it, but never pass its reply on: a scan that takes
+    /// forever, while clamd keeps answering PING.
+    Stall,
 }
 
 #[derive(Default)]
@@ -40,7 +43,13 @@ pub struct ClamdProxy {
 impl ClamdProxy {
     /// Listens on a loopback port and forwards to `upstream` (`host:port`).
     pub async fn start(upstream: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the clamd proxy");
+        Self::start_at("127.0.0.1:0", upstream).await
+    }
+
+    /// Listens on `addr`, e.g. a port a worker was already told to use while nothing listened
+    /// there (clamd "down" until now), and forwards to `upstream`.
+    pub async fn start_at(addr: &str, upstream: &str) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind the clamd proxy");
         let addr = listener.local_addr().unwrap().to_string();
         let plan = Arc::new(Mutex::new(Plan::default()));
         let upstream = upstream.to_owned();
@@ -116,6 +125,16 @@ async fn relay(mut client: TcpStream, upstream: &str, plan: &Mutex<Plan>) {
                 sent += n;
             }
             // Dropping both sockets resets the client's connection mid-stream.
+        }
+        Some(Fault::Stall) => {
+            if server.write_all(&head).await.is_err() {
+                return;
+            }
+            let (mut client_read, _client_write) = client.into_split();
+            let (_server_read, mut server_write) = server.into_split();
+            // Holds the client's half open until the client gives up.
+            let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+            std::future::pending::<()>().await;
         }
         Some(Fault::Reply(fake)) => {
             let (mut client_read, mut client_write) = client.into_split();

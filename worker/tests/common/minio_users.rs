@@ -37,6 +37,17 @@ impl MinioAdmin {
         self.send("PUT", "/set-user-or-group-policy", &policy, Vec::new()).await;
     }
 
+    /// Creates (or resets) an enabled user with `secret` and only `policy` (an IAM policy
+    /// document), stored as the canned policy `policy_name`.
+    pub async fn add_user_with_policy(&self, user: &str, secret: &str, policy_name: &str, policy: &serde_json::Value) {
+        let body = serde_json::json!({"secretKey": secret, "status": "enabled"}).to_string();
+        let sealed = bucket_av_minio_admin::encrypt_data(&self.secret_key, body.as_bytes());
+        self.send("PUT", "/add-user", &[("accessKey", user)], sealed).await;
+        self.send("PUT", "/add-canned-policy", &[("name", policy_name)], policy.to_string().into_bytes()).await;
+        let attach = [("isGroup", "false"), ("policyName", policy_name), ("userOrGroup", user)];
+        self.send("PUT", "/set-user-or-group-policy", &attach, Vec::new()).await;
+    }
+
     /// `mc admin user disable|enable`.
     pub async fn set_user_enabled(&self, user: &str, enabled: bool) {
         let status = if enabled { "enabled" } else { "disabled" };

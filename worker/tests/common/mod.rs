@@ -79,12 +79,31 @@ impl Scenario {
         self.start_worker(None, None, Some(s3_endpoint)).await
     }
 
+    /// Starts (or restarts) the worker while a service it needs is down, so it cannot be
+    /// ready: waits for `/healthz` only. `amqp_url` as in [`Scenario::with_worker_as`].
+    pub async fn with_unready_worker(mut self, amqp_url: Option<&str>) -> Self {
+        let (command, http) = self.worker_command(None, amqp_url, None);
+        self.worker = Some(WorkerProcess::from_command_unready(command, http, &self.queue).await);
+        self
+    }
+
     async fn start_worker(
         mut self,
         s3: Option<(&str, &str)>,
         amqp_url: Option<&str>,
         s3_endpoint: Option<&str>,
     ) -> Self {
+        let (command, http) = self.worker_command(s3, amqp_url, s3_endpoint);
+        self.worker = Some(WorkerProcess::from_command(command, http, &self.queue).await);
+        self
+    }
+
+    fn worker_command(
+        &self,
+        s3: Option<(&str, &str)>,
+        amqp_url: Option<&str>,
+        s3_endpoint: Option<&str>,
+    ) -> (tokio::process::Command, String) {
         let http = format!("127.0.0.1:{}", bucket_av_testing::process::free_port());
         let stack = &self.stack;
         let (access_key, secret_key) = s3.unwrap_or((stack.var("BAVS_S3_ACCESS_KEY"), stack.var("BAVS_S3_SECRET_KEY")));
@@ -105,8 +124,7 @@ impl Scenario {
             .env("BAVS_QUEUE", &self.queue)
             .env("BAVS_HTTP_ADDR", &http)
             .args(&self.args);
-        self.worker = Some(WorkerProcess::from_command(command, http, &self.queue).await);
-        self
+        (command, http)
     }
 
     /// SIGKILLs the worker, as on an OOM kill or node loss; its unacknowledged messages go back.

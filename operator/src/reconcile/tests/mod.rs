@@ -88,7 +88,11 @@ impl Scenario {
         let client = api.start();
         let minio = Arc::new(FakeMinio::default());
         let rabbitmq = Arc::new(FakeRabbitMq::with_depth(3));
-        let defaults = OperatorDefaults { worker_image: "bucket-av-worker:test".into(), autoscaling: true };
+        let defaults = OperatorDefaults {
+            worker_image: "bucket-av-worker:test".into(),
+            autoscaling: true,
+            signature_mirror: None,
+        };
         let ctx = Arc::new(Context::with_services(
             client,
             defaults,
@@ -292,7 +296,9 @@ async fn a_restart_pending_target_is_looked_at_again_soon() {
 #[tokio::test]
 async fn the_younger_of_two_policies_on_a_bucket_leaves_the_shared_filters_alone() {
     let scenario = Scenario::new();
-    let older = named("media", "older", 100, &[("user-uploads", None)]);
+    let mut older = named("media", "older", 100, &[("user-uploads", None)]).as_ref().clone();
+    older.spec.rabbitmq.queue = Some("older-scan".into());
+    let older = Arc::new(older);
     let mut younger = live_policy();
     younger.metadata.creation_timestamp = Some(Time(Timestamp::from_second(200).unwrap()));
     let younger = scenario.store(&younger);
@@ -312,6 +318,48 @@ async fn the_younger_of_two_policies_on_a_bucket_leaves_the_shared_filters_alone
     let routes = condition(&scenario.patched_status("uploads"), condition_types::NOTIFICATION_CONFIGURED).clone();
     assert_eq!((routes["status"].as_str(), routes["reason"].as_str()), (Some("False"), Some("BucketConflict")));
     assert!(routes["message"].as_str().unwrap().contains("policy media/older"), "{routes:#}");
+}
+
+#[tokio::test]
+async fn the_younger_of_two_policies_on_a_queue_declares_routes_and_runs_nothing() {
+    let scenario = Scenario::new();
+    // Another bucket, the same queue.
+    let older = named("media", "older", 100, &[("elsewhere", None)]);
+    let mut younger = live_policy();
+    younger.metadata.creation_timestamp = Some(Time(Timestamp::from_second(200).unwrap()));
+    younger.status = Some(bucket_av_crds::BucketScanPolicyStatus {
+        routed_buckets: vec!["user-uploads".into()],
+        ..Default::default()
+    });
+    let younger = scenario.store(&younger);
+    scenario.peers(&[older, younger.clone()]);
+
+    let action = scenario.reconcile(younger).await.expect("a conflict is no reconcile failure");
+
+    assert_eq!(action, Action::requeue(RESYNC));
+    assert!(scenario.rabbitmq.calls().is_empty(), "no declare: {:?}", scenario.rabbitmq.calls());
+    let calls = scenario.minio.calls();
+    assert!(
+        calls.iter().all(|call| matches!(call, MinioCall::RemoveNotifications { .. })),
+        "only the entries it wrote before are removed: {calls:#?}"
+    );
+    assert_eq!(calls.len(), 1, "{calls:#?}");
+    let status = scenario.patched_status("uploads");
+    for condition_type in [
+        condition_types::QUEUE_READY,
+        condition_types::NOTIFICATION_CONFIGURED,
+        condition_types::WORKERS_AVAILABLE,
+        condition_types::READY,
+    ] {
+        let found = condition(&status, condition_type);
+        assert_eq!((found["status"].as_str(), found["reason"].as_str()), (Some("False"), Some("QueueConflict")));
+    }
+    let message = condition(&status, condition_types::READY)["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("already used by policy media/older"), "{message}");
+    let applied = scenario.api.requests_to(Method::PATCH, &format!("{DEPLOYMENTS}/uploads-worker"));
+    assert_eq!(applied.last().expect("the Deployment applied").body["spec"]["replicas"], 0, "workers scaled to zero");
+    let writes = scenario.child_writes();
+    assert!(writes.iter().any(|write| write.starts_with("DELETE") && write.contains("horizontalpodautoscalers")));
 }
 
 #[tokio::test]
