@@ -19,6 +19,7 @@ use crate::config::{
 use crate::context::Context;
 use crate::controller;
 use crate::http::{self, HttpState};
+use crate::keda;
 use crate::lease::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::metrics_api::{self, ServiceRef};
@@ -26,7 +27,7 @@ use crate::queue_metrics::QueueDepthSource;
 use crate::self_check;
 use crate::signature_mirror;
 use crate::signature_mirror::databases::Database;
-use crate::workload::{ClusterSignatureMirror, OperatorDefaults};
+use crate::workload::{Autoscaler, ClusterSignatureMirror, OperatorDefaults};
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -79,11 +80,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }),
         None => None,
     };
-    let defaults = OperatorDefaults {
-        worker_image: config.worker_image.clone(),
-        autoscaling: config.autoscaling,
-        signature_mirror,
-    };
+    let keda_installed = keda::installed(&client)
+        .await
+        .context("ask the API server whether KEDA's CRDs (keda.sh/v1alpha1) are installed")?;
+    let autoscaler = config.autoscaler.resolve(keda_installed).map_err(anyhow::Error::msg)?;
+    tracing::info!(choice = ?config.autoscaler, keda_installed, autoscaler = ?autoscaler, "worker autoscaling");
+    let defaults =
+        OperatorDefaults { worker_image: config.worker_image.clone(), autoscaler, keda_installed, signature_mirror };
     let mut context = Context::new(client.clone(), defaults, metrics.clone(), Some(identity.clone()));
     context.allow_plain_http_management = config.allow_plain_http_management;
     let ctx = Arc::new(context);
@@ -94,7 +97,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // The external metrics API: served by every replica, registered by the leader only.
     let (ca_tx, ca_rx) = tokio::sync::watch::channel(None);
     let mut metrics_server = None;
-    let api_service = match (&config.metrics_api_service, config.metrics_api) {
+    // Under KEDA, KEDA owns `v1beta1.external.metrics.k8s.io`: serving (and registering) ours
+    // would take the APIService from it.
+    let serve_metrics_api = config.metrics_api && autoscaler != Autoscaler::Keda;
+    if config.metrics_api && !serve_metrics_api {
+        tracing::info!("KEDA serves the external metrics API; this operator serves none");
+    }
+    let api_service = match (&config.metrics_api_service, serve_metrics_api) {
         (Some(name), true) => Some(ServiceRef {
             name: name.clone(),
             namespace: config.metrics_api_service_namespace.clone().unwrap_or_else(|| own_namespace.clone()),
@@ -102,7 +111,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    if config.metrics_api {
+    if serve_metrics_api {
         let cert = match &config.metrics_api_tls_secret {
             Some(secret) => {
                 let service =

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use crate::clamd_config::HostSettings;
+use crate::workload::Autoscaler;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -39,11 +40,15 @@ pub struct Config {
     /// This replica's identity in the Lease and in events. Default: the host (pod) name.
     #[arg(long, env = "BAVS_OPERATOR_POD_NAME")]
     pub(crate) pod_name: Option<String>,
-    /// Give each policy's workers a HorizontalPodAutoscaler on the queue-depth metric. Turn it
-    /// off where the external metrics API belongs to another provider (KEDA, prometheus-adapter)
-    /// and nothing would serve the metric: each worker Deployment then runs `minReplicas`.
-    #[arg(long, env = "BAVS_OPERATOR_AUTOSCALING", default_value_t = true, action = clap::ArgAction::Set)]
-    pub(crate) autoscaling: bool,
+    /// What scales each policy's workers on its queue depth. `builtin`: a HorizontalPodAutoscaler
+    /// on the metric this operator serves (`--metrics-api`). `keda`: a KEDA ScaledObject with
+    /// RabbitMQ triggers and a TriggerAuthentication on the policy's Secret; KEDA owns the
+    /// external metrics API, so this operator serves none, and `minReplicas: 0` scales to zero.
+    /// `auto`: `keda` when the API server serves KEDA's CRDs at start, else `builtin`. `off`:
+    /// each worker Deployment runs `minReplicas` (where another provider, such as
+    /// prometheus-adapter, owns the external metrics API).
+    #[arg(long, env = "BAVS_OPERATOR_AUTOSCALER", value_enum, default_value_t = AutoscalerChoice::Auto)]
+    pub(crate) autoscaler: AutoscalerChoice,
     /// The cluster's signature mirror (the chart's `signature-mirror` Service, e.g.
     /// http://bav-signature-mirror.bucket-av-system.svc.cluster.local): the workers' freshclam of
     /// every policy that names no signature source fetches from it alone. Unset: from the public
@@ -100,6 +105,34 @@ pub struct Config {
 }
 
 pub(crate) use bucket_av_runtime::LogFormat;
+
+/// `--autoscaler`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum AutoscalerChoice {
+    Auto,
+    Builtin,
+    Keda,
+    Off,
+}
+
+impl AutoscalerChoice {
+    /// The autoscaler in effect, given whether KEDA's CRDs are installed. Asking for KEDA where
+    /// it is not installed is an error rather than a silent fallback: the workers would not scale.
+    pub(crate) fn resolve(self, keda_installed: bool) -> Result<Autoscaler, String> {
+        Ok(match self {
+            Self::Auto if keda_installed => Autoscaler::Keda,
+            Self::Auto | Self::Builtin => Autoscaler::Builtin,
+            Self::Keda if keda_installed => Autoscaler::Keda,
+            Self::Keda => {
+                return Err("--autoscaler=keda, but the API server does not serve KEDA's ScaledObject and \
+                     TriggerAuthentication (keda.sh/v1alpha1): install KEDA first, or choose \
+                     --autoscaler=builtin"
+                    .into());
+            }
+            Self::Off => Autoscaler::Off,
+        })
+    }
+}
 
 /// The first argument that selects [`CheckArgs`] instead of running the operator.
 pub(crate) const CHECK_COMMAND: &str = "check";
@@ -291,6 +324,17 @@ mod tests {
         assert!(!host.foreground);
         assert!(parse(&["--local-socket", "clamd.sock"]).is_err(), "relative");
         assert!(parse(&["--local-socket", "/run/c.sock\nUser root"]).is_err(), "a second line");
+    }
+
+    #[test]
+    fn auto_picks_keda_only_where_its_crds_are_installed_and_keda_without_them_is_an_error() {
+        assert_eq!(AutoscalerChoice::Auto.resolve(true), Ok(Autoscaler::Keda));
+        assert_eq!(AutoscalerChoice::Auto.resolve(false), Ok(Autoscaler::Builtin));
+        assert_eq!(AutoscalerChoice::Builtin.resolve(true), Ok(Autoscaler::Builtin));
+        assert_eq!(AutoscalerChoice::Keda.resolve(true), Ok(Autoscaler::Keda));
+        let error = AutoscalerChoice::Keda.resolve(false).unwrap_err();
+        assert!(error.contains("install KEDA first"), "{error}");
+        assert_eq!(AutoscalerChoice::Off.resolve(true), Ok(Autoscaler::Off));
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod controller;
 mod coverage;
 mod error;
 mod http;
+mod keda;
 mod lease;
 mod locks;
 mod management_url;

@@ -73,12 +73,33 @@ pub(crate) const GRACE_MARGIN_SECONDS: i64 = 10;
 pub(crate) struct OperatorDefaults {
     /// Worker image used when the policy names none (`--worker-image`).
     pub(crate) worker_image: String,
-    /// Whether workers get an HPA (`--autoscaling`); without one, the Deployment's replicas are
-    /// the policy's `minReplicas` (at least 1).
-    pub(crate) autoscaling: bool,
+    /// What scales the workers (`--autoscaler`, resolved); [`Autoscaler::Off`]: the
+    /// Deployment's replicas are the policy's `minReplicas` (at least 1).
+    pub(crate) autoscaler: Autoscaler,
+    /// Whether the API server serves KEDA's resources: only then are ScaledObjects left from an
+    /// earlier `--autoscaler=keda` looked for and removed.
+    pub(crate) keda_installed: bool,
     /// The cluster's signature mirror (`--signature-mirror-url`), for sidecars of policies that
     /// name no signature source.
     pub(crate) signature_mirror: Option<ClusterSignatureMirror>,
+}
+
+/// What scales a policy's worker Deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Autoscaler {
+    /// The operator's own HPA on the queue depth its external metrics API serves.
+    Builtin,
+    /// A KEDA ScaledObject with RabbitMQ triggers (see [`crate::keda`]); scales to zero.
+    Keda,
+    /// Nothing: the Deployment runs `minReplicas` (at least 1).
+    Off,
+}
+
+impl Autoscaler {
+    /// Whether something other than the operator owns the Deployment's `replicas`.
+    pub(crate) fn scales(self) -> bool {
+        self != Self::Off
+    }
 }
 
 /// Where the cluster's signature mirror answers and what it carries.
@@ -104,7 +125,8 @@ pub(crate) fn selector_labels(policy: &BucketScanPolicy) -> BTreeMap<String, Str
     ])
 }
 
-fn metadata(policy: &BucketScanPolicy, name: String) -> ObjectMeta {
+/// Name, namespace, labels and the controller reference to the policy, for every child object.
+pub(crate) fn child_metadata(policy: &BucketScanPolicy, name: String) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: policy.namespace(),
@@ -185,9 +207,9 @@ pub(crate) fn worker_deployment(policy: &BucketScanPolicy, defaults: &OperatorDe
             .insert(CLAMAV_CONFIG_ANNOTATION.to_owned(), fingerprint);
     }
     Deployment {
-        metadata: metadata(policy, policy.worker_deployment_name()),
+        metadata: child_metadata(policy, policy.worker_deployment_name()),
         spec: DeploymentSpec {
-            replicas: (!defaults.autoscaling).then_some(spec.workers.min_replicas.max(1)),
+            replicas: (!defaults.autoscaler.scales()).then_some(spec.workers.min_replicas.max(1)),
             selector: LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() },
             // A new worker must be ready before an old one starts draining: capacity never drops.
             strategy: Some(DeploymentStrategy {
@@ -272,7 +294,7 @@ fn placement(policy: &BucketScanPolicy) -> PodSpec {
 /// blocks a drain for good.
 pub(crate) fn worker_disruption_budget(policy: &BucketScanPolicy) -> PodDisruptionBudget {
     PodDisruptionBudget {
-        metadata: metadata(policy, policy.worker_deployment_name()),
+        metadata: child_metadata(policy, policy.worker_deployment_name()),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
             selector: Some(LabelSelector { match_labels: Some(selector_labels(policy)), ..LabelSelector::default() }),
@@ -293,7 +315,7 @@ pub(crate) fn worker_autoscaler(policy: &BucketScanPolicy) -> HorizontalPodAutos
     let workers = &policy.spec.workers;
     let min_replicas = workers.min_replicas.max(1);
     HorizontalPodAutoscaler {
-        metadata: metadata(policy, policy.worker_autoscaler_name()),
+        metadata: child_metadata(policy, policy.worker_autoscaler_name()),
         spec: HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
                 api_version: Some("apps/v1".into()),
@@ -386,7 +408,7 @@ pub(crate) fn set_secret_fingerprints(deployment: &mut Deployment, fingerprints:
 /// The Service that exposes the workers' `/metrics` (port 8080, named `http`).
 pub(crate) fn metrics_service(policy: &BucketScanPolicy) -> Service {
     Service {
-        metadata: metadata(policy, policy.worker_metrics_service_name()),
+        metadata: child_metadata(policy, policy.worker_metrics_service_name()),
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(policy)),
             ports: Some(vec![ServicePort {
@@ -411,7 +433,7 @@ pub(crate) fn clamav_config(policy: &BucketScanPolicy, defaults: &OperatorDefaul
         data.insert("freshclam.conf".to_owned(), freshclam);
     }
     Some(ConfigMap {
-        metadata: metadata(policy, policy.clamav_config_name()),
+        metadata: child_metadata(policy, policy.clamav_config_name()),
         data: Some(data),
         ..ConfigMap::default()
     })

@@ -350,7 +350,7 @@ async fn the_documented_rbac_is_enough_for_a_policy_from_apply_to_delete() {
     operator.terminate(Duration::from_secs(30)).await;
 }
 
-/// `--autoscaling=false` (another provider owns the external metrics API): no HPA, the
+/// `--autoscaler=off` (another provider owns the external metrics API): no HPA, the
 /// Deployment runs minReplicas; turning autoscaling on hands the replicas to a new HPA without
 /// a restart of the workers, and turning it off again removes the HPA.
 #[tokio::test]
@@ -370,7 +370,7 @@ async fn without_autoscaling_workers_run_min_replicas_and_switching_hands_replic
         deployment.spec.replicas
     };
 
-    let fixed = ["--leader-election=false", "--autoscaling=false"];
+    let fixed = ["--leader-election=false", "--autoscaler=off"];
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &fixed).await;
     fixture.apply(&policy.build()).await;
     let ready = fixture.wait_condition("scan", "Ready", "True", None, READY_TIMEOUT).await;
@@ -448,12 +448,9 @@ async fn workers_are_placed_as_the_policy_says_and_evicted_one_at_a_time() {
     let node_label = ("bucketav-test/drain", node_name.as_str());
     fixture.cluster.kubectl_ok(&["apply", "-f", "-"], Some(&kwok_node(&node_name, node_label)));
 
-    let operator = OperatorProcess::start(
-        &fixture.cluster,
-        &fixture.namespace,
-        &["--leader-election=false", "--autoscaling=false"],
-    )
-    .await;
+    let operator =
+        OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false", "--autoscaler=off"])
+            .await;
     let placement = serde_json::json!({
         "minReplicas": 2,
         "maxReplicas": 2,

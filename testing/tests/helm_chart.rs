@@ -107,9 +107,10 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
     let helm = Helm::load();
     let chart = repo_path(CHART);
     let chart = chart.to_str().unwrap();
-    let value_sets: [&[&str]; 6] = [
+    let value_sets: [&[&str]; 7] = [
         &[],
         &["externalMetrics.enabled=false", "signatureMirror.enabled=false"],
+        &["autoscaling.mode=keda"],
         &[
             "signatureMirror.upstream=https://clamav.example.com",
             "signatureMirror.customDatabases[0]=https://s.example/x.ndb",
@@ -143,6 +144,7 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
     refused(&["externalMetrics.tls.existingSecret=metrics-tls"], "needs externalMetrics.tls.caBundle");
     refused(&["signatureMirror.customDatabases[0]=https://s.example/tool.exe"], "customDatabases/0");
     refused(&["signatureMirror.upstream=ftp://mirror"], "upstream");
+    refused(&["autoscaling.mode=hpa"], "autoscaling.mode");
 }
 
 /// Every object the chart renders, for each combination of switches, passes the API server's
@@ -156,9 +158,10 @@ async fn rendered_objects_are_accepted_by_the_api_server() {
     let watched = unique_name("helm-watched");
     kube_api::ensure_namespace(&client, &watched, &[]).await;
     let watch = format!("operator.watchNamespace={watched}");
-    let value_sets: [&[&str]; 4] = [
+    let value_sets: [&[&str]; 5] = [
         &[],
         &["externalMetrics.enabled=false", "signatureMirror.enabled=false"],
+        &["autoscaling.mode=keda"],
         &[&watch, "operator.replicas=2", "externalMetrics.service.externalName=localhost"],
         &["externalMetrics.tls.existingSecret=metrics-tls", "externalMetrics.tls.caBundle=Y2E="],
     ];
@@ -208,10 +211,19 @@ async fn rendered_objects_are_accepted_by_the_api_server() {
             assert!(mirror_url.is_none(), "no mirror, so the sidecars keep the public mirrors: {sets:?}");
         }
 
-        let metrics = !sets.contains(&"externalMetrics.enabled=false");
+        // `helm template` sees no KEDA in the cluster, so mode auto is the built-in autoscaler.
+        let autoscaler = if sets.contains(&"autoscaling.mode=keda") {
+            "keda"
+        } else if sets.contains(&"externalMetrics.enabled=false") {
+            "off"
+        } else {
+            "builtin"
+        };
+        let metrics = autoscaler == "builtin";
         assert_eq!(items_of_kind(&list, "APIService").len(), usize::from(metrics), "{sets:?}");
         let metrics_env = env_value(container, "BAVS_OPERATOR_METRICS_API").expect("BAVS_OPERATOR_METRICS_API");
         assert_eq!(metrics_env["value"], if metrics { "true" } else { "false" });
+        assert_eq!(env_value(container, "BAVS_OPERATOR_AUTOSCALER").expect("autoscaler")["value"], autoscaler);
         let auth_reader = items_of_kind(&list, "RoleBinding")
             .into_iter()
             .any(|binding| binding["metadata"]["namespace"] == "kube-system");

@@ -113,8 +113,18 @@ async fn dead_letters(scenario: &Scenario, count: usize, timeout: Duration) -> V
 /// Nothing of the scenario waits in its work queue or, unless counted by the test, in its
 /// dead-letter queue. (The work queue also carries the other suites' events, hence the filter.)
 async fn nothing_left(scenario: &Scenario) {
-    assert!(scenario.queued_events_of_bucket().await.is_empty(), "events of {} still queued", scenario.bucket);
-    assert_eq!(scenario.queue_depths().await.1, 0, "unexpected dead letters");
+    let queued = scenario.queued_events_of_bucket().await;
+    assert!(queued.is_empty(), "events of {} still queued: {queued:?}", scenario.bucket);
+    let dead = scenario.queue_depths().await.1;
+    if dead > 0 {
+        // Name what was dead-lettered and why, so a failure here says which step gave up.
+        let letters = dead_letters(scenario, dead as usize, Duration::from_secs(5)).await;
+        let letters: Vec<_> = letters
+            .iter()
+            .map(|(body, reason, kind)| format!("{kind}: {reason}: {}", String::from_utf8_lossy(body)))
+            .collect();
+        panic!("{dead} unexpected dead letter(s): {letters:#?}");
+    }
 }
 
 /// Waits until the scenario's work queue holds no message for its bucket and none unacknowledged.

@@ -128,8 +128,8 @@ app.kubernetes.io/part-of: bucket-av-scanner
 
 {{/*
 The operator's rules (operator/deploy/rbac.yaml, explained rule by rule in operator/README.md),
-plus autoscaling: server-side apply of each policy's HPA, and `get` on Deployments for the
-replicas handover. The same rules go into a ClusterRole or, with watchNamespace, a Role.
+plus autoscaling: server-side apply of each policy's HPA or KEDA ScaledObject, and `get` on
+Deployments for the replicas handover. The same rules go into a ClusterRole or, with watchNamespace, a Role.
 */}}
 {{- define "bav.operatorRules" -}}
 # Watch policies, add/remove the finalizer, write the status.
@@ -150,9 +150,15 @@ replicas handover. The same rules go into a ClusterRole or, with watchNamespace,
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [create, patch]
-# The workers' HorizontalPodAutoscaler (server-side apply; delete when autoscaling is off).
+# The workers' HorizontalPodAutoscaler (server-side apply; delete when another autoscaler takes
+# over); get: the HPA KEDA made, for the policy's status.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
+  verbs: [get, create, patch, delete]
+# With KEDA: each policy's ScaledObject and TriggerAuthentication (server-side apply; delete when
+# another autoscaler takes over). Harmless where KEDA is not installed.
+- apiGroups: [keda.sh]
+  resources: [scaledobjects, triggerauthentications]
   verbs: [create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps]
@@ -165,4 +171,26 @@ replicas handover. The same rules go into a ClusterRole or, with watchNamespace,
 - apiGroups: [events.k8s.io]
   resources: [events]
   verbs: [create, patch]
+{{- end }}
+
+{{/*
+What scales each policy's workers, as the operator's --autoscaler: autoscaling.mode, with "auto"
+resolved here (KEDA when the cluster serves its ScaledObject at install or upgrade time, so the
+chart never registers an external metrics API beside KEDA's), and "builtin" without
+externalMetrics.enabled meaning "off" (nothing would serve the metric).
+*/}}
+{{- define "bav.autoscaler" -}}
+{{- $mode := .Values.autoscaling.mode -}}
+{{- if eq $mode "auto" -}}
+{{- $mode = ternary "keda" "builtin" (.Capabilities.APIVersions.Has "keda.sh/v1alpha1/ScaledObject") -}}
+{{- end -}}
+{{- if and (eq $mode "builtin") (not .Values.externalMetrics.enabled) -}}
+{{- $mode = "off" -}}
+{{- end -}}
+{{- $mode -}}
+{{- end }}
+
+{{/* "true" when the operator serves the external metrics API (the built-in autoscaler), else "". */}}
+{{- define "bav.servesMetricsApi" -}}
+{{- if eq (include "bav.autoscaler" .) "builtin" -}}true{{- end -}}
 {{- end }}

@@ -14,7 +14,8 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 
 use super::buckets::bucket_filters;
 use super::conflicts::{BucketConflict, QueueConflict, bucket_conflicts, queue_conflicts};
-use crate::workload::{self, OperatorDefaults};
+use crate::keda::{self, ScaledObject, TriggerAuthentication};
+use crate::workload::{self, Autoscaler, OperatorDefaults};
 
 /// What the policy asks of RabbitMQ and MinIO.
 #[derive(Debug, Clone)]
@@ -71,8 +72,16 @@ pub(crate) struct Children {
     pub(crate) deployment: Deployment,
     pub(crate) metrics_service: Service,
     pub(crate) disruption_budget: PodDisruptionBudget,
-    /// `None` with `--autoscaling=false` (one left over is deleted).
-    pub(crate) autoscaler: Option<HorizontalPodAutoscaler>,
+    /// What scales the Deployment; what another choice left over is deleted.
+    pub(crate) autoscaling: Autoscaling,
+}
+
+/// The objects that scale a policy's workers, by the operator's `--autoscaler`.
+#[derive(Debug, Clone)]
+pub(crate) enum Autoscaling {
+    Builtin(HorizontalPodAutoscaler),
+    Keda { scaled_object: ScaledObject, trigger_authentication: TriggerAuthentication },
+    Off,
 }
 
 /// Builds the worker objects; `secret_fingerprints` (Secret name to data fingerprint) go into
@@ -89,7 +98,14 @@ pub(crate) fn children(
         deployment,
         metrics_service: workload::metrics_service(policy),
         disruption_budget: workload::worker_disruption_budget(policy),
-        autoscaler: defaults.autoscaling.then(|| workload::worker_autoscaler(policy)),
+        autoscaling: match defaults.autoscaler {
+            Autoscaler::Builtin => Autoscaling::Builtin(workload::worker_autoscaler(policy)),
+            Autoscaler::Keda => Autoscaling::Keda {
+                scaled_object: keda::scaled_object(policy),
+                trigger_authentication: keda::trigger_authentication(policy),
+            },
+            Autoscaler::Off => Autoscaling::Off,
+        },
     }
 }
 
@@ -120,15 +136,27 @@ mod tests {
     }
 
     #[test]
-    fn children_carry_the_secret_fingerprints_and_an_autoscaler_only_with_autoscaling() {
+    fn children_carry_the_secret_fingerprints_and_the_autoscaler_the_operator_was_told() {
         let policy = example();
         let versions = BTreeMap::from([("minio-scanner".to_owned(), "7".to_owned())]);
-        let defaults = OperatorDefaults { worker_image: "worker:1".into(), autoscaling: true, signature_mirror: None };
+        let defaults = OperatorDefaults {
+            worker_image: "worker:1".into(),
+            autoscaler: Autoscaler::Builtin,
+            keda_installed: false,
+            signature_mirror: None,
+        };
         let built = children(&policy, &defaults, &versions);
-        let annotations = built.deployment.spec.template.metadata.unwrap().annotations.unwrap();
+        let annotations = built.deployment.spec.template.metadata.as_ref().unwrap().annotations.as_ref().unwrap();
         assert_eq!(annotations[workload::SECRET_DATA_ANNOTATION], "minio-scanner=7");
-        assert!(built.autoscaler.is_some());
-        let fixed = OperatorDefaults { autoscaling: false, ..defaults };
-        assert!(children(&policy, &fixed, &versions).autoscaler.is_none());
+        assert!(matches!(built.autoscaling, Autoscaling::Builtin(_)));
+        assert!(built.deployment.spec.replicas.is_none(), "the HPA owns replicas");
+        let keda = OperatorDefaults { autoscaler: Autoscaler::Keda, ..defaults.clone() };
+        let built = children(&policy, &keda, &versions);
+        assert!(matches!(built.autoscaling, Autoscaling::Keda { .. }));
+        assert!(built.deployment.spec.replicas.is_none(), "KEDA's HPA owns replicas");
+        let fixed = OperatorDefaults { autoscaler: Autoscaler::Off, ..defaults };
+        let built = children(&policy, &fixed, &versions);
+        assert!(matches!(built.autoscaling, Autoscaling::Off));
+        assert!(built.deployment.spec.replicas.is_some());
     }
 }

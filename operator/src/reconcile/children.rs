@@ -12,9 +12,10 @@ use serde_json::json;
 
 use bucket_av_crds::BucketScanPolicy;
 
-use super::build::Children;
+use super::build::{Autoscaling, Children};
 use crate::context::Context;
 use crate::error::api_message;
+use crate::keda::{self, ScaledObject, TriggerAuthentication};
 use crate::secrets::ReferenceError;
 use crate::workload::{self, MANAGER};
 
@@ -48,12 +49,13 @@ type Result<T, E = ChildError> = std::result::Result<T, E>;
 /// The worker objects as the API server has them after the apply (with their status).
 pub(crate) struct Workload {
     pub(crate) deployment: Deployment,
-    /// `None` with `--autoscaling=false`.
+    /// The HPA that sizes the Deployment: the operator's own, or the one KEDA made for the
+    /// ScaledObject (`None` until KEDA has made it, and with `--autoscaler=off`).
     pub(crate) autoscaler: Option<HorizontalPodAutoscaler>,
 }
 
-/// Applies the ConfigMap (sidecar only), Deployment, Service, PodDisruptionBudget and
-/// HorizontalPodAutoscaler.
+/// Applies the ConfigMap (sidecar only), Deployment, Service, PodDisruptionBudget and what scales
+/// the Deployment (an HPA, or a KEDA ScaledObject with its TriggerAuthentication).
 pub(crate) async fn apply(
     policy: &BucketScanPolicy,
     namespace: &str,
@@ -81,13 +83,22 @@ pub(crate) async fn apply(
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), namespace);
     apply_child(&budgets, "PodDisruptionBudget", children.disruption_budget, &params).await?;
     let autoscalers: Api<HorizontalPodAutoscaler> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(autoscaler) = children.autoscaler else {
-        // The operator owns `replicas`; an HPA left from a time autoscaling was on must go, or
-        // the two would fight over the field.
-        let deployment = apply_child(&deployments, "Deployment", children.deployment, &params).await?;
+    let scaled_objects: Api<ScaledObject> = Api::namespaced(ctx.client.clone(), namespace);
+    let trigger_authentications: Api<TriggerAuthentication> = Api::namespaced(ctx.client.clone(), namespace);
+    // What another autoscaler choice left must go first, or two HPAs would fight over `replicas`.
+    if !matches!(children.autoscaling, Autoscaling::Builtin(_)) {
         delete_child(&autoscalers, "HorizontalPodAutoscaler", policy.worker_autoscaler_name()).await?;
+    }
+    if !matches!(children.autoscaling, Autoscaling::Keda { .. }) && ctx.defaults.keda_installed {
+        delete_child(&scaled_objects, "ScaledObject", keda::scaled_object_name(policy)).await?;
+        delete_child(&trigger_authentications, "TriggerAuthentication", keda::trigger_authentication_name(policy))
+            .await?;
+    }
+    if matches!(children.autoscaling, Autoscaling::Off) {
+        // The operator owns `replicas`.
+        let deployment = apply_child(&deployments, "Deployment", children.deployment, &params).await?;
         return Ok(Workload { deployment, autoscaler: None });
-    };
+    }
     // The Deployment is applied without `replicas` (the HPA owns them). Had we applied the field
     // before (an older operator), omitting it now would make the API server remove it and fall
     // back to 1: hand the current value to another field manager first.
@@ -111,8 +122,23 @@ pub(crate) async fn apply(
     {
         deployment = hand_over_replicas(&deployments, &name, replicas).await?;
     }
-    let autoscaler = apply_child(&autoscalers, "HorizontalPodAutoscaler", autoscaler, &params).await?;
-    Ok(Workload { deployment, autoscaler: Some(autoscaler) })
+    let autoscaler = match children.autoscaling {
+        Autoscaling::Builtin(autoscaler) => {
+            Some(apply_child(&autoscalers, "HorizontalPodAutoscaler", autoscaler, &params).await?)
+        }
+        Autoscaling::Keda { scaled_object, trigger_authentication } => {
+            apply_child(&trigger_authentications, "TriggerAuthentication", trigger_authentication, &params).await?;
+            apply_child(&scaled_objects, "ScaledObject", scaled_object, &params).await?;
+            let name = keda::hpa_name(policy);
+            autoscalers.get_opt(&name).await.map_err(|source| ChildError::ApplyChild {
+                kind: "HorizontalPodAutoscaler",
+                name,
+                source: Box::new(source),
+            })?
+        }
+        Autoscaling::Off => None,
+    };
+    Ok(Workload { deployment, autoscaler })
 }
 
 /// Applies the worker objects scaled to zero, without an autoscaler: while an older policy uses
@@ -125,7 +151,7 @@ pub(crate) async fn stop(
     mut children: Children,
 ) -> Result<Workload> {
     children.deployment.spec.replicas = Some(0);
-    children.autoscaler = None;
+    children.autoscaling = Autoscaling::Off;
     apply(policy, namespace, ctx, children).await
 }
 

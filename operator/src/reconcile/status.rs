@@ -341,9 +341,13 @@ pub(crate) fn readiness(status: &BucketScanPolicyStatus) -> (bool, String, Strin
     (true, "Ready".into(), "upload events flow from the buckets through the queue to available workers".into())
 }
 
-/// What the HPA last decided; before its first sync (desiredReplicas 0, which its minReplicas of
+/// What the HPA last decided (0 while KEDA keeps the workers scaled to zero); before its first sync (desiredReplicas 0, which its minReplicas of
 /// at least 1 never allows), what the Deployment asks for.
 pub(crate) fn desired_replicas(autoscaler: &HorizontalPodAutoscaler, deployment: &Deployment) -> Option<i32> {
+    // Scaled to zero (KEDA does that itself): the HPA is idle and its last want is stale.
+    if deployment.spec.replicas == Some(0) {
+        return Some(0);
+    }
     autoscaler
         .status
         .as_ref()

@@ -25,7 +25,8 @@ fn external(mut policy: BucketScanPolicy) -> BucketScanPolicy {
 fn defaults() -> OperatorDefaults {
     OperatorDefaults {
         worker_image: "registry.example/bucket-av-worker:1.0".into(),
-        autoscaling: true,
+        autoscaler: Autoscaler::Builtin,
+        keda_installed: false,
         signature_mirror: None,
     }
 }
@@ -503,7 +504,7 @@ fn without_autoscaling_the_deployment_runs_min_replicas_and_with_it_leaves_repli
     let mut policy = example();
     policy.spec.workers.min_replicas = 3;
     assert_eq!(worker_deployment(&policy, &defaults()).spec.replicas, None);
-    let fixed = OperatorDefaults { autoscaling: false, ..defaults() };
+    let fixed = OperatorDefaults { autoscaler: Autoscaler::Off, ..defaults() };
     assert_eq!(worker_deployment(&policy, &fixed).spec.replicas, Some(3));
     policy.spec.workers.min_replicas = 0;
     assert_eq!(worker_deployment(&policy, &fixed).spec.replicas, Some(1), "never zero workers");

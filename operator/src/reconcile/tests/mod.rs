@@ -90,7 +90,8 @@ impl Scenario {
         let rabbitmq = Arc::new(FakeRabbitMq::with_depth(3));
         let defaults = OperatorDefaults {
             worker_image: "bucket-av-worker:test".into(),
-            autoscaling: true,
+            autoscaler: crate::workload::Autoscaler::Builtin,
+            keda_installed: false,
             signature_mirror: None,
         };
         let ctx = Arc::new(Context::with_services(
