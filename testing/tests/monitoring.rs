@@ -17,6 +17,7 @@ use std::time::Duration;
 use bucket_av_testing::chart::{CHART, repo_path};
 use bucket_av_testing::private_clamd::PrivateClamd;
 use bucket_av_testing::process::{free_port, workspace_binary};
+use bucket_av_testing::tools::{pinned_version, tools_dir};
 use bucket_av_testing::{EICAR, ServiceProcess, Stack, WebhookReceiver, WorkerProcess, unique_name, wait_for};
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
@@ -37,23 +38,6 @@ const STEP_MINUTE: u64 = 21;
 const VERDICT_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ------------------------------------------------------------------ tools ----
-
-/// A pinned tool's version from its provisioning script's `NAME=<version>` line.
-fn pinned_version(script: &str, variable: &str) -> String {
-    script
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{variable}=")))
-        .unwrap_or_else(|| panic!("no {variable}= line in its provisioning script"))
-        .trim()
-        .to_owned()
-}
-
-fn tools_dir() -> PathBuf {
-    let cache = std::env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(&std::env::var("HOME").expect("HOME is set")).join(".cache"));
-    cache.join("bucket-av-scanner/tools")
-}
 
 fn promtool() -> PathBuf {
     let version = pinned_version(PROMTOOL_SCRIPT, "PROMTOOL_VERSION");
