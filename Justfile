@@ -31,6 +31,10 @@ stack-check:
 provision-webhook-verifier:
     @bash testing/webhook-verifier/provision.sh
 
+# Build/cache KEDA (operator, metrics API server, CRDs) from its Go module, for the KEDA autoscaling tests
+provision-keda:
+    @bash testing/keda/provision.sh
+
 # Build/cache the control plane's tools (Kubernetes, etcd, kwok from their Go modules)
 cluster-provision:
     @bash testing/cluster/provision.sh

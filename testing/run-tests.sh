@@ -23,7 +23,7 @@ on_exit() {
 trap on_exit EXIT
 
 # The pinned Go tools (MinIO, Kubernetes, etcd, kwok, helm, CoreDNS, the Versity gateway,
-# promtool) are cached as binaries by version, so Go's build cache is of no use once they are
+# promtool, KEDA) are cached as binaries by version, so Go's build cache is of no use once they are
 # built; a cold build leaves gigabytes of it. This run's builds share a scratch cache, removed once
 # the last tool is built (and on exit). Set GOCACHE to keep yours.
 if [[ -z ${GOCACHE:-} ]]; then
@@ -53,6 +53,9 @@ bash testing/webhook-verifier/provision.sh
 
 step "Building promtool (github.com/prometheus/prometheus, pinned) the chart's monitoring tests check the alert rules with"
 bash testing/monitoring/provision-promtool.sh
+
+step "Building KEDA (github.com/kedacore/keda/v2, pinned: operator, metrics API server, CRDs) the KEDA autoscaling tests run"
+bash testing/keda/provision.sh
 
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 # The binaries stack-up.sh runs are built above; built again with --bin alone, their features

@@ -789,7 +789,8 @@ pub struct WorkersSpec {
     #[schemars(range(min = 1, max = 1024))]
     pub concurrency: u16,
 
-    /// Fewest worker replicas; 0 lets the workers scale to zero while the queue is empty.
+    /// Fewest worker replicas. 0 lets KEDA scale idle workers to zero (operator `--autoscaler=keda`);
+    /// the built-in autoscaler keeps at least 1.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0))]
     pub min_replicas: i32,
