@@ -286,6 +286,8 @@ pub enum Quarantine {
     CopiedThenReplaced { key: String },
     /// The object was replaced before it could be copied: nothing was copied or deleted.
     Replaced,
+    /// The object was gone before it could be copied: nothing was copied or deleted.
+    SourceGone,
 }
 
 /// Copies the scanned bytes with their tags and metadata into the quarantine bucket, checks that
@@ -320,10 +322,15 @@ pub async fn quarantine(
         Err(error) => {
             return match s3_failure(&error) {
                 S3Failure::PreconditionFailed => Ok(Quarantine::Replaced),
-                S3Failure::NotFound => Err(copy_error(
-                    "the source object or the quarantine bucket does not exist; create the quarantine bucket".into(),
-                    ErrorClass::Transient,
-                )),
+                // The source went away (another delivery of the event moved it, or a user
+                // deleted it), or the quarantine bucket is missing: the source tells which.
+                S3Failure::NotFound => match still_scanned(s3, object).await? {
+                    Presence::Gone => Ok(Quarantine::SourceGone),
+                    Presence::Replaced => Ok(Quarantine::Replaced),
+                    Presence::Scanned => {
+                        Err(copy_error("the quarantine bucket does not exist; create it".into(), ErrorClass::Transient))
+                    }
+                },
                 S3Failure::Other { message, class } => Err(copy_error(message, class)),
             };
         }

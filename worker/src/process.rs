@@ -359,6 +359,20 @@ impl Processor {
                     _ => None,
                 };
                 acted = self.act(&object, verdict, known_tag_count, &mut report, shutdown).await?;
+                if acted == Acted::Gone {
+                    // Gone between the scan and the actions: a second delivery of the same event,
+                    // handled beside this one, may have quarantined it. Then that is what became
+                    // of these bytes, and the report says so rather than "no action".
+                    let scanned = ObjectEvent { etag: object.etag.clone(), size: object.size, ..event.clone() };
+                    if let Some(copy) = self.find_in_quarantine(&scanned, lane, shutdown).await?
+                        && copy.status == status
+                    {
+                        tracing::info!(bucket = %event.bucket, key = %event.key, quarantine_key = %copy.location.key, "object quarantined by another delivery of its event while this one scanned it");
+                        report.action = ActionTaken::Quarantined;
+                        report.quarantine = Some(copy.location);
+                        report.tagged = copy.tagged;
+                    }
+                }
             }
             report.timings = Timings {
                 scan_ms: millis(scan_time),
@@ -547,7 +561,7 @@ impl Processor {
                 }
                 TagOutcome::ObjectGone => {
                     tracing::info!(bucket = %object.bucket, key = %object.key, "object deleted after its scan; nothing to tag");
-                    return Ok(Acted::Done);
+                    return Ok(Acted::Gone);
                 }
                 TagOutcome::Replaced => return Ok(Acted::Replaced),
             }
@@ -578,6 +592,7 @@ impl Processor {
                     // the quarantine, even though a replacement removed them from the source.
                     Quarantine::CopiedThenReplaced { key } => (key, Acted::Replaced),
                     Quarantine::Replaced => return Ok(Acted::Replaced),
+                    Quarantine::SourceGone => return Ok(Acted::Gone),
                 };
                 report.action = ActionTaken::Quarantined;
                 report.quarantine = Some(QuarantineLocation { bucket: bucket.to_owned(), key });
@@ -689,6 +704,8 @@ enum Acted {
     Done,
     /// A replacement of the scanned bytes overtook a step.
     Replaced,
+    /// The object was deleted after its scan, before its verdict was applied.
+    Gone,
 }
 
 /// A report rebuilt from a copy an earlier delivery quarantined.

@@ -63,6 +63,7 @@
 //! | 54 | the same message released at five shutdowns in a row (clamd down) | never dead-lettered; the verdict once clamd is back (a bug on RabbitMQ 3.x: dead-lettered at the delivery limit, fixed) | delivery.rs |
 //! | 55 | the worker's AMQP connection closed while it holds messages | the old tasks stop; each object reported once (a bug: reported twice, fixed) | delivery.rs |
 //! | 56 | messages held longer than half the broker's `consumer_timeout` | handed back before the broker closes the channel | consumer_timeout.rs |
+//! | 57 | another delivery of the same event quarantines the object while this one scans it | `infected`/`quarantined` with the copy's key (a bug: reported with no action, fixed) | bad_input.rs |
 //!
 //! Credentials are revoked on users of their own (MinIO and RabbitMQ), and clamd faults go
 //! through a proxy in front of the shared clamd (`common/clamd_proxy.rs`), so the suites running
@@ -434,6 +435,97 @@ async fn a_duplicate_delivery_gives_one_verdict_and_loses_nothing() {
         .map(|hook| hook.json["action"].clone())
         .collect();
     assert_eq!(actions, ["quarantined", "quarantined"]);
+    nothing_left(&scenario).await;
+    scenario.finish().await;
+}
+
+/// The race behind a duplicate delivery, made certain: while this delivery's scan is held in
+/// clamd, another delivery of the same event (played by the test, doing what a worker does)
+/// tags the object, copies it into quarantine and deletes it. This delivery then finds the
+/// object gone when it applies its verdict, and reports what became of the bytes: quarantined,
+/// with the copy's key (a bug: reported "infected" with no action, fixed).
+#[tokio::test]
+async fn an_object_another_delivery_quarantined_during_the_scan_is_reported_quarantined() {
+    use aws_sdk_s3::types::{MetadataDirective, TaggingDirective};
+
+    let stack = bucket_av_testing::Stack::load();
+    let quarantine = stack.bucket("racequar", false).await;
+    let side = stack.bucket("raceside", false).await;
+    let hooks = webhook().await;
+    let url = hooks.url();
+    let proxy = ClamdProxy::start(stack.var("BAVS_CLAMD_TCP")).await;
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    proxy.next(&[Fault::HoldReply(gate.clone())]);
+    let scenario = Scenario::start(
+        "race",
+        false,
+        &[
+            "--bucket",
+            &side,
+            "--clamd",
+            &proxy.addr,
+            "--on-infected",
+            "quarantine",
+            "--quarantine-bucket",
+            &quarantine,
+            "--webhook-url",
+            &url,
+        ],
+    )
+    .await;
+    let put = stack.put(&side, "raced.com", EICAR).await;
+    let etag = put.e_tag().unwrap().trim_matches('"').to_owned();
+    scenario
+        .publish_raw(&event_body(&[Record {
+            size: Some(EICAR.len() as u64),
+            etag: put.e_tag(),
+            ..Record::put(&side, "raced.com")
+        }]))
+        .await;
+    wait_for("the scan to reach clamd", VERDICT_TIMEOUT, Duration::from_millis(50), async || {
+        if proxy.instreams().0 == 1 { Ok(()) } else { Err("not yet") }
+    })
+    .await;
+
+    // The other delivery: verdict tags on the source, a copy with them, the source deleted.
+    let s3 = stack.s3();
+    let tagging = format!("av-status=infected&av-etag={etag}&av-detail=Eicar-Signature");
+    let tags = aws_sdk_s3::types::Tagging::builder()
+        .set_tag_set(Some(
+            tagging
+                .split('&')
+                .map(|pair| {
+                    let (key, value) = pair.split_once('=').unwrap();
+                    aws_sdk_s3::types::Tag::builder().key(key).value(value).build().unwrap()
+                })
+                .collect(),
+        ))
+        .build()
+        .unwrap();
+    s3.put_object_tagging().bucket(&side).key("raced.com").tagging(tags).send().await.expect("tag the source");
+    let copy_key = format!("{side}/raced.com");
+    s3.copy_object()
+        .bucket(&quarantine)
+        .key(&copy_key)
+        .copy_source(format!("{side}/raced.com"))
+        .metadata_directive(MetadataDirective::Copy)
+        .tagging_directive(TaggingDirective::Copy)
+        .send()
+        .await
+        .expect("copy into quarantine");
+    s3.delete_object().bucket(&side).key("raced.com").send().await.expect("delete the source");
+    gate.notify_one();
+
+    let report = wait_for("the report", VERDICT_TIMEOUT, Duration::from_millis(100), async || {
+        hooks.received().into_iter().find(|hook| hook.json["key"] == "raced.com").ok_or("none yet")
+    })
+    .await;
+    assert_eq!(report.json["verdict"], "infected", "{}", report.json);
+    assert_eq!(report.json["action"], "quarantined", "{}", report.json);
+    assert_eq!(report.json["quarantine"]["key"], copy_key.as_str(), "{}", report.json);
+    assert_eq!(report.json["quarantine"]["bucket"], quarantine.as_str(), "{}", report.json);
+    assert_eq!(stack.tags(&quarantine, &copy_key, None).await.unwrap()["av-status"], "infected");
+    assert!(!stack.object_exists(&side, "raced.com").await);
     nothing_left(&scenario).await;
     scenario.finish().await;
 }

@@ -13,7 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// about the object.
 pub const OUT_OF_MEMORY: &str = "stream: Can't allocate memory ERROR";
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Fault {
     /// Forward the stream, then answer with this text instead of clamd's reply.
     Reply(String),
@@ -22,6 +22,9 @@ pub enum Fault {
     /// Forward the stream and let clamd scan it, but never pass its reply on: a scan that takes
     /// forever, while clamd keeps answering PING.
     Stall,
+    /// Forward the stream and let clamd scan it; pass its reply on once the gate is opened
+    /// (`notify_one`): a scan that ends when the test says, after it changed the object.
+    HoldReply(Arc<tokio::sync::Notify>),
 }
 
 #[derive(Default)]
@@ -136,7 +139,7 @@ async fn relay(mut client: TcpStream, upstream: &str, plan: &Mutex<Plan>) {
             let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
             std::future::pending::<()>().await;
         }
-        Some(Fault::Reply(fake)) => {
+        Some(fault @ (Fault::Reply(_) | Fault::HoldReply(_))) => {
             let (mut client_read, mut client_write) = client.into_split();
             let (mut server_read, mut server_write) = server.into_split();
             if server_write.write_all(&head).await.is_err() {
@@ -145,8 +148,9 @@ async fn relay(mut client: TcpStream, upstream: &str, plan: &Mutex<Plan>) {
             let forward = tokio::spawn(async move {
                 let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
             });
-            // clamd answers once the stream is complete; its real reply is read and dropped, and
-            // the fake one goes out at the moment the real one would have.
+            // clamd answers once the stream is complete; its real reply is read, then either dropped
+            // for the fake one (at the moment the real one would have gone out) or held until the
+            // gate opens.
             let mut real = Vec::new();
             let mut piece = [0u8; 512];
             while !real.contains(&0) {
@@ -155,7 +159,15 @@ async fn relay(mut client: TcpStream, upstream: &str, plan: &Mutex<Plan>) {
                     Ok(n) => real.extend_from_slice(&piece[..n]),
                 }
             }
-            let _ = client_write.write_all(format!("{fake}\0").as_bytes()).await;
+            let reply = match fault {
+                Fault::Reply(fake) => format!("{fake}\0").into_bytes(),
+                Fault::HoldReply(gate) => {
+                    gate.notified().await;
+                    real
+                }
+                Fault::CutAfter(_) | Fault::Stall => unreachable!("matched above"),
+            };
+            let _ = client_write.write_all(&reply).await;
             let _ = client_write.shutdown().await;
             forward.abort();
         }
