@@ -186,25 +186,34 @@ async fn keda_scales_the_workers_from_zero_to_the_maximum_and_back_on_both_queue
     let drained = Instant::now();
     wait_replicas(&fixture, "back to zero once the queue is drained", |replicas| replicas == 0).await;
     eprintln!("KEDA scale-down 4 -> 0: {:?} after the queue was drained", drained.elapsed());
+    // The test's workers are processes, not the Deployment's pods: stop them as the pods went.
+    for worker in workers {
+        worker.terminate(Duration::from_secs(30)).await;
+    }
 
     // A coverage request alone (a sweep's) wakes the workers too.
     publish(&fixture, &coverage_queue, 1).await;
     let woken = wait_replicas(&fixture, "a coverage request to wake the workers", |replicas| replicas >= 1).await;
     eprintln!("KEDA scale-up 0 -> 1 on the coverage queue: {woken:?}");
+    let workers = start_workers(&fixture, &queue, 1).await;
     wait_for(&format!("the workers to drain {coverage_queue}"), Duration::from_secs(60), POLL, async || {
         let depth = fixture.queue_depth(&coverage_queue).await;
         if depth == Some(0) { Ok(()) } else { Err(format!("depth {depth:?}")) }
     })
     .await;
+    wait_replicas(&fixture, "back to zero once the coverage queue is drained", |replicas| replicas == 0).await;
     for worker in workers {
         worker.terminate(Duration::from_secs(30)).await;
     }
 
     fixture.delete_policy("scan", Duration::from_secs(60)).await;
-    assert!(
-        scaled_objects.get_opt("scan-worker").await.expect("get").is_none(),
-        "the ScaledObject goes with the policy"
-    );
+    wait_for("the ScaledObject to go with the policy", READY_TIMEOUT, POLL, async || {
+        match scaled_objects.get_opt("scan-worker").await.expect("get the ScaledObject") {
+            Some(_) => Err("still there"),
+            None => Ok(()),
+        }
+    })
+    .await;
     operator.terminate(Duration::from_secs(30)).await;
     keda.stop().await;
 }

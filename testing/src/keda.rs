@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use tokio::process::{Child, Command};
@@ -28,6 +28,11 @@ const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
 /// The Service names KEDA's certificates are made for (its defaults).
 const OPERATOR_SERVICE: &str = "keda-operator";
 const METRICS_SERVER_SERVICE: &str = "keda-metrics-apiserver";
+/// The Secret KEDA keeps its CA and certificates in (its default), and the keys a pod mounts.
+const CERTS_SECRET: &str = "kedaorg-certs";
+const CERT_FILES: [&str; 3] = ["ca.crt", "tls.crt", "tls.key"];
+/// KEDA's kinds the operator writes, as kubectl names them.
+const KEDA_KINDS: [&str; 2] = ["scaledobjects.keda.sh", "triggerauthentications.keda.sh"];
 
 /// The directory with KEDA's binaries and CRDs; panics with what to run when it is not built.
 pub fn keda_dir() -> PathBuf {
@@ -68,24 +73,47 @@ impl Keda {
         let cert_dir = std::env::temp_dir().join(crate::unique_name("keda-certs"));
         std::fs::create_dir_all(&cert_dir).expect("create KEDA's certificate directory");
         let grpc = format!("127.0.0.1:{}", free_port());
-        let probes = format!("127.0.0.1:{}", free_port());
-        let mut operator = keda_command(cluster, &dir.join("keda-operator"), namespace);
-        operator.args([
-            "--leader-elect=false".to_owned(),
-            format!("--metrics-bind-address=127.0.0.1:{}", free_port()),
-            format!("--health-probe-bind-address={probes}"),
-            format!("--metrics-service-bind-address={grpc}"),
-            "--enable-cert-rotation=true".to_owned(),
-            format!("--cert-dir={}", cert_dir.display()),
-            "--enable-webhook-patching=false".to_owned(),
-        ]);
-        let operator = ServiceProcess::spawn("keda-operator", operator, probes, Duration::from_secs(60)).await;
-        let what = format!("KEDA's certificates in {}", cert_dir.display());
-        wait_for(&what, Duration::from_secs(60), Duration::from_millis(200), async || {
-            let files = ["ca.crt", "tls.crt", "tls.key"];
-            if files.iter().all(|file| cert_dir.join(file).is_file()) { Ok(()) } else { Err("not yet") }
-        })
+        let operator_command = |probes: &str| {
+            let mut operator = keda_command(cluster, &dir.join("keda-operator"), namespace);
+            operator.args([
+                "--leader-elect=false".to_owned(),
+                format!("--metrics-bind-address=127.0.0.1:{}", free_port()),
+                format!("--health-probe-bind-address={probes}"),
+                format!("--metrics-service-bind-address={grpc}"),
+                "--enable-cert-rotation=true".to_owned(),
+                format!("--cert-dir={}", cert_dir.display()),
+                "--enable-webhook-patching=false".to_owned(),
+            ]);
+            operator
+        };
+        // KEDA's first start makes its CA and certificates into the Secret `kedaorg-certs` and
+        // exits, for the kubelet to restart it with that Secret mounted at the certificate
+        // directory. Here the test is the kubelet: it writes the Secret's keys into the
+        // directory and starts the operator again, which then serves with them.
+        let mut first = operator_command(&format!("127.0.0.1:{}", free_port()));
+        first.stdin(std::process::Stdio::null()).kill_on_drop(true);
+        let mut first = first.spawn().expect("start keda-operator");
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        let certificates = wait_for(
+            "KEDA's certificates in Secret kedaorg-certs",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            async || {
+                let secret = secrets.get_opt(CERTS_SECRET).await.map_err(|error| error.to_string())?;
+                let data = secret.and_then(|secret| secret.data).unwrap_or_default();
+                let files: Vec<(&str, Vec<u8>)> =
+                    CERT_FILES.iter().filter_map(|file| Some((*file, data.get(*file)?.0.clone()))).collect();
+                if files.len() == CERT_FILES.len() { Ok(files) } else { Err("not yet".to_owned()) }
+            },
+        )
         .await;
+        terminate(&mut first, "keda-operator (certificate run)").await;
+        for (file, pem) in certificates {
+            std::fs::write(cert_dir.join(file), pem).expect("write a KEDA certificate file");
+        }
+        let probes = format!("127.0.0.1:{}", free_port());
+        let operator =
+            ServiceProcess::spawn("keda-operator", operator_command(&probes), probes, Duration::from_secs(60)).await;
 
         let kubeconfig = cluster.var("BAVS_KUBECONFIG");
         let certs = |file: &str| cert_dir.join(file).display().to_string();
@@ -113,31 +141,63 @@ impl Keda {
         keda
     }
 
-    /// Stops both processes, then removes the APIService and KEDA's CRDs (and with them every
-    /// ScaledObject and TriggerAuthentication).
+    /// Removes what KEDA runs on (ScaledObjects and TriggerAuthentications, finalized by KEDA
+    /// while it still runs), stops both processes, then removes the APIService and KEDA's CRDs.
     pub async fn stop(mut self) {
+        self.remove_keda_objects();
         if let Some(mut adapter) = self.adapter.take() {
             terminate(&mut adapter, "keda-adapter").await;
         }
         if let Some(operator) = self.operator.take() {
             operator.terminate(Duration::from_secs(30)).await;
         }
-        self.cluster.kubectl_ok(&["delete", "apiservice", API_SERVICE, "--ignore-not-found"], None);
-        let crds = self.dir.join("crds");
-        self.cluster
-            .kubectl_ok(&["delete", "--ignore-not-found", "--wait=true", "-f", &crds.display().to_string()], None);
+        self.remove_cluster_objects(true);
         std::fs::remove_dir_all(&self.cert_dir).ok();
+    }
+
+    /// KEDA puts a finalizer on every ScaledObject and TriggerAuthentication: deleted while KEDA
+    /// runs, KEDA lets them go; what is left then (KEDA died) loses its finalizers, or the CRDs
+    /// would never finish terminating and no later KEDA could start.
+    fn remove_keda_objects(&self) {
+        for kind in KEDA_KINDS {
+            self.cluster.kubectl(&["delete", kind, "--all", "-A", "--wait=true", "--timeout=60s"], None);
+        }
+        for kind in KEDA_KINDS {
+            let listed = self.cluster.kubectl(
+                &[
+                    "get",
+                    kind,
+                    "-A",
+                    "-o",
+                    "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name}{\"\\n\"}{end}",
+                ],
+                None,
+            );
+            for object in listed.stdout.lines().filter(|line| !line.is_empty()) {
+                let (namespace, name) = object.split_once('/').unwrap_or_default();
+                let unfinalized = r#"{"metadata":{"finalizers":null}}"#;
+                self.cluster.kubectl(&["patch", kind, "-n", namespace, name, "--type=merge", "-p", unfinalized], None);
+            }
+        }
+    }
+
+    /// The APIService and KEDA's CRDs, cluster-wide.
+    fn remove_cluster_objects(&self, wait: bool) {
+        let wait = format!("--wait={wait}");
+        self.cluster.kubectl(&["delete", "apiservice", API_SERVICE, "--ignore-not-found", &wait], None);
+        let crds = self.dir.join("crds").display().to_string();
+        self.cluster.kubectl(&["delete", "--ignore-not-found", &wait, "--timeout=60s", "-f", &crds], None);
     }
 }
 
 impl Drop for Keda {
-    /// A test that panicked: the processes die with their handles; the cluster-wide objects go
-    /// so that later suites see no KEDA.
+    /// A test that panicked: KEDA still runs here (its processes die with their handles, after
+    /// this), so it can finalize its objects; then the cluster-wide objects go, so that later
+    /// suites see no KEDA.
     fn drop(&mut self) {
         if self.operator.is_some() {
-            self.cluster.kubectl(&["delete", "apiservice", API_SERVICE, "--ignore-not-found", "--wait=false"], None);
-            let crds = self.dir.join("crds").display().to_string();
-            self.cluster.kubectl(&["delete", "--ignore-not-found", "--wait=false", "-f", &crds], None);
+            self.remove_keda_objects();
+            self.remove_cluster_objects(false);
         }
     }
 }
