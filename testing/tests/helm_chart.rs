@@ -144,7 +144,7 @@ fn helm_lint_is_clean_with_every_switch_and_bad_values_are_refused() {
     refused(&["externalMetrics.tls.existingSecret=metrics-tls"], "needs externalMetrics.tls.caBundle");
     refused(&["signatureMirror.customDatabases[0]=https://s.example/tool.exe"], "customDatabases/0");
     refused(&["signatureMirror.upstream=ftp://mirror"], "upstream");
-    refused(&["autoscaling.mode=hpa"], "autoscaling.mode");
+    refused(&["autoscaling.mode=hpa"], "/autoscaling/mode");
 }
 
 /// Every object the chart renders, for each combination of switches, passes the API server's
