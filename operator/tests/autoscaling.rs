@@ -28,8 +28,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -67,30 +65,6 @@ fn metric_value(fixture: &Fixture, policy: &str) -> Result<String, String> {
 
 /// How often the waits of this file look again.
 const POLL: Duration = Duration::from_millis(250);
-
-/// Publishes `count` messages (not S3 events) into `queue` through the default exchange, with
-/// publisher confirms.
-async fn publish(fixture: &Fixture, queue: &str, count: usize) {
-    let connection = fixture.stack.amqp().await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-    for index in 0..count {
-        let body = format!(r#"{{"autoscaling-test": {index}}}"#);
-        channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-    }
-    let _ = connection.close(200, "done".into()).await;
-}
 
 async fn deployment(fixture: &Fixture, name: &str) -> Deployment {
     fixture.api::<Deployment>().get(name).await.unwrap_or_else(|error| panic!("get deployment {name}: {error}"))
@@ -221,7 +195,7 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
     assert!(refused.is_err(), "answered without a client certificate: {refused:?}");
 
     // A backlog of 30: ceil(30 / 5) = 6 replicas, capped at 4.
-    publish(&fixture, &queue, 30).await;
+    fixture.publish_non_events(&queue, 30).await;
     let backlog = Instant::now();
     assert_eq!(metric_value(&fixture, "scan").expect("metric"), "30");
     // Six HPA syncs of the test cluster.
@@ -386,7 +360,7 @@ async fn in_flight_messages_count_only_with_the_management_api() {
     assert_eq!(read().await, 0);
 
     // 7 queued, 3 of them held by a consumer that does not acknowledge.
-    publish(&fixture, &queue, 7).await;
+    fixture.publish_non_events(&queue, 7).await;
     let connection = fixture.stack.amqp().await;
     let channel = connection.create_channel().await.expect("channel");
     channel.basic_qos(3, BasicQosOptions::default()).await.expect("qos");

@@ -23,8 +23,6 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
-use lapin::BasicProperties;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use serde_json::Value;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,28 +33,6 @@ const SCALE_TIMEOUT: Duration = Duration::from_secs(90);
 fn keda_api(fixture: &Fixture, kind: &str) -> Api<DynamicObject> {
     let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("keda.sh", "v1alpha1", kind));
     Api::namespaced_with(fixture.client.clone(), &fixture.namespace, &resource)
-}
-
-async fn publish(fixture: &Fixture, queue: &str, count: usize) {
-    let connection = fixture.stack.amqp().await;
-    let channel = connection.create_channel().await.expect("channel");
-    channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
-    for index in 0..count {
-        let body = format!(r#"{{"keda-test": {index}}}"#);
-        channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                body.as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await
-            .expect("publish")
-            .await
-            .expect("confirm");
-    }
-    let _ = connection.close(200, "done".into()).await;
 }
 
 async fn replicas(fixture: &Fixture) -> Option<i32> {
@@ -167,7 +143,7 @@ async fn keda_scales_the_workers_from_zero_to_the_maximum_and_back_on_both_queue
 
     // A backlog of 30 uploads: KEDA wakes the workers, its HPA takes them to ceil(30 / 5) = 6,
     // capped at 4.
-    publish(&fixture, &queue, 30).await;
+    fixture.publish_non_events(&queue, 30).await;
     let backlog = Instant::now();
     let first = wait_replicas(&fixture, "KEDA to wake the workers", |replicas| replicas >= 1).await;
     let full = wait_replicas(&fixture, "4 replicas for a backlog of 30", |replicas| replicas == 4).await;
@@ -192,7 +168,7 @@ async fn keda_scales_the_workers_from_zero_to_the_maximum_and_back_on_both_queue
     }
 
     // A coverage request alone (a sweep's) wakes the workers too.
-    publish(&fixture, &coverage_queue, 1).await;
+    fixture.publish_non_events(&coverage_queue, 1).await;
     let woken = wait_replicas(&fixture, "a coverage request to wake the workers", |replicas| replicas >= 1).await;
     eprintln!("KEDA scale-up 0 -> 1 on the coverage queue: {woken:?}");
     let workers = start_workers(&fixture, &queue, 1).await;

@@ -16,7 +16,8 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::{Api, Resource};
-use lapin::options::QueueDeclareOptions;
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 
 pub struct Fixture {
     pub cluster: Cluster,
@@ -182,6 +183,30 @@ impl Fixture {
         let result = channel.queue_declare(queue.into(), options, Default::default()).await;
         let _ = connection.close(200, "done".into()).await;
         result.ok().map(|declared| declared.message_count())
+    }
+
+    /// Publishes `count` messages that are not S3 events straight into `queue` (default exchange,
+    /// publisher confirms): work a worker takes and dead-letters, for the autoscaling suites.
+    pub async fn publish_non_events(&self, queue: &str, count: usize) {
+        let connection = self.stack.amqp().await;
+        let channel = connection.create_channel().await.expect("channel");
+        channel.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+        for index in 0..count {
+            let body = format!(r#"{{"not-an-event": {index}}}"#);
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body.as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish")
+                .await
+                .expect("confirm");
+        }
+        let _ = connection.close(200, "done".into()).await;
     }
 
     /// Waits until `queue` holds at least `count` ready messages.
