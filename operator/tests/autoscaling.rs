@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bucket_av_testing::cluster::ApiServiceLock;
 use bucket_av_testing::kube_api::apply;
-use bucket_av_testing::{ContainerLaunch, OperatorProcess, WorkerProcess, process::free_port, wait_for};
+use bucket_av_testing::{OperatorProcess, process::free_port, wait_for};
 use common::{Fixture, condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -129,18 +129,9 @@ async fn start_serving_operator(fixture: &Fixture, extra: &[&str]) -> (OperatorP
 }
 
 async fn wait_api_service_available(fixture: &Fixture) {
-    let started = Instant::now();
-    wait_for("APIService Available", Duration::from_secs(60), POLL, async || {
-        let service = api_services(fixture).get_opt(API_SERVICE).await.map_err(|error| error.to_string())?;
-        let conditions = service.and_then(|service| service.status?.conditions).unwrap_or_default();
-        let available = conditions.iter().find(|condition| condition.type_ == "Available");
-        match available {
-            Some(condition) if condition.status == "True" => Ok(()),
-            other => Err(format!("Available: {other:?}")),
-        }
-    })
-    .await;
-    eprintln!("APIService Available after {:?}", started.elapsed());
+    let took =
+        bucket_av_testing::kube_api::wait_external_metrics_available(&fixture.client, Duration::from_secs(60)).await;
+    eprintln!("APIService Available after {took:?}");
 }
 
 /// The live queue depth through `kubectl get --raw`; a backlog scales the worker Deployment to
@@ -230,13 +221,7 @@ async fn a_backlog_scales_the_workers_up_to_the_maximum_and_draining_it_scales_t
     assert!(managers.contains("bucket-av-operator"), "{managers}");
 
     // Workers started from the Deployment's spec dead-letter the backlog; the HPA goes back to 1.
-    let launch = ContainerLaunch::from_deployment(&fixture.client, &fixture.namespace, "scan-worker", "worker").await;
-    let mut processes = Vec::new();
-    for _ in 0..2 {
-        let http = format!("127.0.0.1:{}", free_port());
-        let command = launch.local_command(&[("BAVS_HTTP_ADDR", &http), ("BAVS_LOG_FORMAT", "plain")]);
-        processes.push(WorkerProcess::from_command(command, http, &queue).await);
-    }
+    let processes = fixture.start_workers("scan-worker", &queue, 2).await;
     wait_for(&format!("the workers to drain {queue}"), Duration::from_secs(60), POLL, async || {
         let depth = fixture.queue_depth(&queue).await;
         if depth == Some(0) { Ok(()) } else { Err(format!("depth {depth:?}")) }

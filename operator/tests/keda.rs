@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bucket_av_testing::chart::{ChartOperator, Helm};
 use bucket_av_testing::cluster::ApiServiceLock;
 use bucket_av_testing::keda::Keda;
-use bucket_av_testing::{ContainerLaunch, OperatorProcess, WorkerProcess, process::free_port, wait_for};
+use bucket_av_testing::{OperatorProcess, wait_for};
 use common::{Fixture, condition};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -48,18 +48,6 @@ async fn wait_replicas(fixture: &Fixture, what: &str, wanted: impl Fn(i32) -> bo
     })
     .await;
     started.elapsed()
-}
-
-/// Workers started from the Deployment's spec, as many as `count`.
-async fn start_workers(fixture: &Fixture, queue: &str, count: usize) -> Vec<WorkerProcess> {
-    let launch = ContainerLaunch::from_deployment(&fixture.client, &fixture.namespace, "scan-worker", "worker").await;
-    let mut processes = Vec::new();
-    for _ in 0..count {
-        let http = format!("127.0.0.1:{}", free_port());
-        let command = launch.local_command(&[("BAVS_HTTP_ADDR", &http), ("BAVS_LOG_FORMAT", "plain")]);
-        processes.push(WorkerProcess::from_command(command, http, queue).await);
-    }
-    processes
 }
 
 /// An operator on `--autoscaler=auto` finds KEDA and hands the workers to it: the built-in HPA
@@ -153,7 +141,7 @@ async fn keda_scales_the_workers_from_zero_to_the_maximum_and_back_on_both_queue
     let _ = full;
 
     // Workers drain the queue (dead-lettering what is not an S3 event); KEDA goes back to zero.
-    let workers = start_workers(&fixture, &queue, 2).await;
+    let workers = fixture.start_workers("scan-worker", &queue, 2).await;
     wait_for(&format!("the workers to drain {queue}"), Duration::from_secs(60), POLL, async || {
         let depth = fixture.queue_depth(&queue).await;
         if depth == Some(0) { Ok(()) } else { Err(format!("depth {depth:?}")) }
@@ -171,7 +159,7 @@ async fn keda_scales_the_workers_from_zero_to_the_maximum_and_back_on_both_queue
     fixture.publish_non_events(&coverage_queue, 1).await;
     let woken = wait_replicas(&fixture, "a coverage request to wake the workers", |replicas| replicas >= 1).await;
     eprintln!("KEDA scale-up 0 -> 1 on the coverage queue: {woken:?}");
-    let workers = start_workers(&fixture, &queue, 1).await;
+    let workers = fixture.start_workers("scan-worker", &queue, 1).await;
     wait_for(&format!("the workers to drain {coverage_queue}"), Duration::from_secs(60), POLL, async || {
         let depth = fixture.queue_depth(&coverage_queue).await;
         if depth == Some(0) { Ok(()) } else { Err(format!("depth {depth:?}")) }

@@ -24,7 +24,7 @@ use crate::tools::{pinned_version, tools_dir};
 use crate::wait_for;
 
 const PROVISION_SCRIPT: &str = include_str!("../keda/provision.sh");
-const API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
+use crate::kube_api::EXTERNAL_METRICS_API_SERVICE as API_SERVICE;
 /// The Service names KEDA's certificates are made for (its defaults).
 const OPERATOR_SERVICE: &str = "keda-operator";
 const METRICS_SERVER_SERVICE: &str = "keda-metrics-apiserver";
@@ -137,7 +137,7 @@ impl Keda {
             .kill_on_drop(true);
         let adapter = adapter.spawn().expect("start keda-adapter");
         let keda = Self { cluster: cluster.clone(), dir, operator: Some(operator), adapter: Some(adapter), cert_dir };
-        wait_api_service_available(&client).await;
+        kube_api::wait_external_metrics_available(&client, Duration::from_secs(90)).await;
         keda
     }
 
@@ -253,19 +253,6 @@ async fn register_api_service(client: &kube::Client, namespace: &str, port: u16)
         );
     }
     kube_api::apply(&api_services, &api_service).await;
-}
-
-async fn wait_api_service_available(client: &kube::Client) {
-    let api_services: Api<APIService> = Api::all(client.clone());
-    wait_for("KEDA's APIService to be Available", Duration::from_secs(90), Duration::from_millis(250), async || {
-        let service = api_services.get_opt(API_SERVICE).await.map_err(|error| error.to_string())?;
-        let conditions = service.and_then(|service| service.status?.conditions).unwrap_or_default();
-        match conditions.iter().find(|condition| condition.type_ == "Available") {
-            Some(condition) if condition.status == "True" => Ok(()),
-            other => Err(format!("Available: {other:?}")),
-        }
-    })
-    .await;
 }
 
 async fn terminate(child: &mut Child, name: &str) {

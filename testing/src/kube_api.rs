@@ -151,3 +151,24 @@ pub async fn dry_run_policy(client: &Client, manifest: &str) -> Result<serde_jso
         Err(error) => panic!("dry run of a policy: {error}"),
     }
 }
+
+/// The cluster's one external metrics APIService.
+pub const EXTERNAL_METRICS_API_SERVICE: &str = "v1beta1.external.metrics.k8s.io";
+
+/// Waits until the external metrics APIService reports Available (the aggregator reached its
+/// server); returns how long that took.
+pub async fn wait_external_metrics_available(client: &Client, timeout: Duration) -> Duration {
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration::v1::APIService;
+    let started = std::time::Instant::now();
+    let api_services: Api<APIService> = Api::all(client.clone());
+    wait_for("the external metrics APIService to be Available", timeout, Duration::from_millis(250), async || {
+        let service = api_services.get_opt(EXTERNAL_METRICS_API_SERVICE).await.map_err(|error| error.to_string())?;
+        let conditions = service.and_then(|service| service.status?.conditions).unwrap_or_default();
+        match conditions.iter().find(|condition| condition.type_ == "Available") {
+            Some(available) if available.status == "True" => Ok(()),
+            other => Err(format!("Available: {other:?}")),
+        }
+    })
+    .await;
+    started.elapsed()
+}

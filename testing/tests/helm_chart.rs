@@ -435,15 +435,7 @@ async fn the_charts_external_metrics_api_answers_through_the_aggregator() {
     assert_eq!(launch.env("BAVS_OPERATOR_METRICS_API_ADDR"), Some(format!("0.0.0.0:{port}").as_str()));
 
     apply_policy_and_wait_ready(&client, &stack, &namespace, &bucket).await;
-    wait_for("the APIService to be Available", Duration::from_secs(60), Duration::from_millis(500), async || {
-        let service = api_services.get_opt(API_SERVICE).await.map_err(|error| error.to_string())?;
-        let conditions = service.and_then(|service| service.status?.conditions).unwrap_or_default();
-        match conditions.iter().find(|condition| condition.type_ == "Available") {
-            Some(available) if available.status == "True" => Ok(()),
-            other => Err(format!("Available: {other:?}")),
-        }
-    })
-    .await;
+    kube_api::wait_external_metrics_available(&client, Duration::from_secs(60)).await;
     let path = format!(
         "/apis/external.metrics.k8s.io/v1beta1/namespaces/{namespace}/bucketav_queue_depth?labelSelector=bucketav.dev%2Fpolicy%3Dscan"
     );

@@ -11,7 +11,8 @@ use bucket_av_crds::BucketScanPolicy;
 use bucket_av_testing::kube_api::{self, apply, delete};
 use bucket_av_testing::policy::status_text;
 pub use bucket_av_testing::policy::{AMQP_SECRET, MINIO_SECRET, condition};
-use bucket_av_testing::{Cluster, PolicyBuilder, Stack, unique_name, wait_for};
+use bucket_av_testing::process::free_port;
+use bucket_av_testing::{Cluster, ContainerLaunch, PolicyBuilder, Stack, WorkerProcess, unique_name, wait_for};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
@@ -207,6 +208,19 @@ impl Fixture {
                 .expect("confirm");
         }
         let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// `count` workers of the policy's Deployment `deployment`, started as local processes from
+    /// its pod spec (the pods themselves are kwok's and run nothing), consuming `queue`.
+    pub async fn start_workers(&self, deployment: &str, queue: &str, count: usize) -> Vec<WorkerProcess> {
+        let launch = ContainerLaunch::from_deployment(&self.client, &self.namespace, deployment, "worker").await;
+        let mut processes = Vec::new();
+        for _ in 0..count {
+            let http = format!("127.0.0.1:{}", free_port());
+            let command = launch.local_command(&[("BAVS_HTTP_ADDR", &http), ("BAVS_LOG_FORMAT", "plain")]);
+            processes.push(WorkerProcess::from_command(command, http, queue).await);
+        }
+        processes
     }
 
     /// Waits until `queue` holds at least `count` ready messages.
