@@ -3,7 +3,10 @@
 //!
 //! 1. Throughput on 256 MiB objects: raw clamd INSTREAM from memory vs the worker end to end
 //!    (MinIO GET -> clamd -> tag), as reported in the worker's own timings.
-//! 2. 4 KiB objects at concurrency 8: raw clamd scans/s vs worker objects/s from a backlog.
+//! 2. 4 KiB objects at concurrency 8, on an unversioned and a versioned bucket: worker objects/s
+//!    from a backlog (and its CPU per object) vs MinIO's ceiling for GET + PutObjectTagging of the
+//!    same tags, and on the unversioned bucket also vs MinIO's ceiling for the guarded requests
+//!    the worker must make there (GET If-Match, PutObjectTagging, HEAD If-Match).
 //! 3. The worker's peak RSS (VmHWM) while it scans a 1 GiB object.
 //! 4. Latency from PUT returning to the verdict tag being visible, with no backlog.
 
@@ -42,6 +45,12 @@ struct Args {
     /// Run only these parts (large, small, rss, latency); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Give MinIO the machine's last core to itself and run RabbitMQ, clamd, this benchmark and
+    /// the workers it starts on the others (restored at the end), as when MinIO runs on servers
+    /// of its own: the ceilings then measure MinIO, not MinIO's share of cores it splits with
+    /// the scanner. Needs `taskset` (util-linux) and at least 2 cores.
+    #[arg(long)]
+    pin_minio: bool,
 }
 
 impl Args {
@@ -57,6 +66,7 @@ async fn main() {
     let args = Args::parse();
     let stack = Stack::load();
     println!("bench-worker: stack {}, worker {}", stack.env_file.display(), args.worker.display());
+    let _pinned = args.pin_minio.then(|| PinnedMinio::pin(&stack));
     if args.runs("large") {
         throughput_large(&stack, &args).await;
     }
@@ -69,6 +79,55 @@ async fn main() {
     if args.runs("latency") {
         latency(&stack, &args).await;
     }
+}
+
+/// MinIO on a core of its own for as long as this lives (see `--pin-minio`).
+struct PinnedMinio {
+    pids: Vec<u32>,
+    all_cores: String,
+}
+
+impl PinnedMinio {
+    fn pin(stack: &Stack) -> Self {
+        let cores = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
+        assert!(cores >= 2, "--pin-minio needs at least 2 cores, this machine has {cores}");
+        let dir = stack.env_file.parent().expect("stack.env lives in the stack's directory");
+        let pid = |file: &str| -> u32 {
+            let path = dir.join(file);
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+            text.trim().parse().unwrap_or_else(|_| panic!("{}: not a process ID", path.display()))
+        };
+        let minio = pid("minio/minio.pid");
+        let others =
+            vec![pid("rabbitmq/rabbitmq.pid"), pid("rabbitmq/epmd.pid"), pid("clamd/clamd.pid"), std::process::id()];
+        let (minio_core, rest) = ((cores - 1).to_string(), format!("0-{}", cores - 2));
+        taskset(minio, &minio_core);
+        for &pid in &others {
+            taskset(pid, &rest);
+        }
+        println!(
+            "pinned: MinIO (pid {minio}) on core {minio_core}; RabbitMQ, clamd, this benchmark and its workers on cores {rest}"
+        );
+        Self { pids: [vec![minio], others].concat(), all_cores: format!("0-{}", cores - 1) }
+    }
+}
+
+impl Drop for PinnedMinio {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            taskset(pid, &self.all_cores);
+        }
+    }
+}
+
+/// Sets the CPU affinity of every thread of `pid` (children started later inherit it).
+fn taskset(pid: u32, cores: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--cpu-list", "--pid", cores, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("taskset (util-linux) runs");
+    assert!(status.success(), "taskset {cores} for pid {pid} failed: {status}");
 }
 
 fn clamd(stack: &Stack) -> Clamd {
@@ -146,6 +205,20 @@ async fn throughput_large(stack: &Stack, args: &Args) {
     );
 }
 
+/// The tags a clean verdict writes (worker/src/tags.rs): the ceilings write the same set, so that
+/// MinIO's work per tag write is the worker's.
+fn clean_verdict_tags() -> aws_sdk_s3::types::Tagging {
+    let tags = [
+        ("av-status", "clean"),
+        ("av-etag", "0123456789abcdef0123456789abcdef"),
+        ("av-scanned-at", "2026-11-30T10:00:00Z"),
+        ("av-engine", "ClamAV 1.4.6/27834/Sun Nov 29 09:25:00 2026"),
+    ];
+    let tag_set =
+        tags.iter().map(|(key, value)| aws_sdk_s3::types::Tag::builder().key(*key).value(*value).build().unwrap());
+    aws_sdk_s3::types::Tagging::builder().set_tag_set(Some(tag_set.collect())).build().unwrap()
+}
+
 async fn throughput_small(stack: &Stack, args: &Args) {
     let body = payload(4096);
     let clamd = Arc::new(clamd(stack));
@@ -159,58 +232,75 @@ async fn throughput_small(stack: &Stack, args: &Args) {
         })
         .await;
     let raw_rate = args.small_objects as f64 / started.elapsed().as_secs_f64();
-    let minio_rate = minio_get_and_tag_rate(stack, &body, args.small_objects).await;
+    println!("4 KiB objects, concurrency 8: raw clamd {raw_rate:.0} scans/s");
 
-    let worker_rate = drain_small_backlog(stack, &args.worker, &body, args.small_objects).await;
-    println!(
-        "4 KiB objects, concurrency 8: raw clamd {raw_rate:.0} scans/s; MinIO GET + PutObjectTagging alone {minio_rate:.0} objects/s; \
-         worker {worker_rate:.0} objects/s (GET, scan, tag, ack): {:.2} of the MinIO baseline (target >= 300 objects/s)",
-        worker_rate / minio_rate
-    );
-    if let Some(baseline) = &args.baseline_worker {
-        let baseline_rate = drain_small_backlog(stack, baseline, &body, args.small_objects).await;
-        println!(
-            "4 KiB objects, concurrency 8: baseline worker {} {baseline_rate:.0} objects/s ({:.2} of the MinIO baseline); \
-             the measured worker reaches {:.2} of it",
-            baseline.display(),
-            baseline_rate / minio_rate,
-            worker_rate / baseline_rate
+    for versioned in [false, true] {
+        let kind = if versioned { "versioned bucket" } else { "unversioned bucket" };
+        let ceiling = minio_ceiling(stack, &body, args.small_objects, versioned, Requests::GetAndTag).await;
+        let guarded = if versioned {
+            None
+        } else {
+            Some(minio_ceiling(stack, &body, args.small_objects, versioned, Requests::GetTagAndCheck).await)
+        };
+        let worker_rate = drain_small_backlog(stack, &args.worker, &body, args.small_objects, versioned).await;
+        print!(
+            "4 KiB objects, concurrency 8, {kind}: MinIO GET + PutObjectTagging alone {ceiling:.0} objects/s; \
+             worker {worker_rate:.0} objects/s (GET, scan, tag, ack): {:.2} of that ceiling",
+            worker_rate / ceiling
         );
+        match guarded {
+            Some(guarded) => println!(
+                "; MinIO with the worker's guard (GET If-Match + PutObjectTagging + HEAD If-Match) {guarded:.0} objects/s: {:.2} of that",
+                worker_rate / guarded
+            ),
+            None => println!(" (a named version needs no guard)"),
+        }
+        if let Some(baseline) = &args.baseline_worker {
+            let baseline_rate = drain_small_backlog(stack, baseline, &body, args.small_objects, versioned).await;
+            println!(
+                "4 KiB objects, concurrency 8, {kind}: baseline worker {} {baseline_rate:.0} objects/s ({:.2} of the MinIO ceiling); \
+                 the measured worker reaches {:.2} of it",
+                baseline.display(),
+                baseline_rate / ceiling,
+                worker_rate / baseline_rate
+            );
+        }
     }
 }
 
-/// Queues `count` uploads of `body` into a fresh unversioned bucket, then measures how fast the
-/// worker binary drains that backlog at concurrency 8.
-async fn drain_small_backlog(stack: &Stack, worker: &Path, body: &Bytes, count: usize) -> f64 {
-    let bucket = stack.watched_bucket("bench-small", false).await;
+/// Queues `count` uploads of `body` into a fresh bucket, then measures how fast the worker binary
+/// drains that backlog at concurrency 8. The rate is taken from the first verdict to the last:
+/// the ceilings it is compared with do not start a process or connect to a broker either.
+async fn drain_small_backlog(stack: &Stack, worker_binary: &Path, body: &Bytes, count: usize, versioned: bool) -> f64 {
+    let bucket = stack.watched_bucket("bench-small", versioned).await;
     let queue = unique_name("bench-small");
     let connection = stack.amqp().await;
     stack.topology(&queue, 10).declare(&connection.create_channel().await.unwrap()).await.unwrap();
-    let s3 = stack.s3();
-    futures::stream::iter(0..count)
-        .for_each_concurrent(16, |i| {
-            let (s3, bucket, body) = (s3.clone(), bucket.clone(), body.clone());
-            async move {
-                s3.put_object()
-                    .bucket(&bucket)
-                    .key(format!("small/{i:05}"))
-                    .body(ByteStream::from(body))
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        })
-        .await;
+    upload_objects(stack, &bucket, "small", body, count).await;
     let channel = connection.create_channel().await.unwrap();
     while bucket_av_amqp::topology::ready_messages(&channel, &queue).await.unwrap() < count as u32 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let started = Instant::now();
-    let worker = WorkerProcess::start(worker, stack, &queue, &["--bucket", &bucket, "--concurrency", "8"]).await;
-    while worker.metric("bucket_av_worker_scans_total{verdict=\"clean\"}").await < count as f64 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let worker = WorkerProcess::start(worker_binary, stack, &queue, &["--bucket", &bucket, "--concurrency", "8"]).await;
+    let clean = "bucket_av_worker_scans_total{verdict=\"clean\"}";
+    let mut first: Option<(Instant, f64, f64)> = None;
+    let finished = loop {
+        // Polled every 100 ms: the figure is a rate over seconds, and each poll costs both
+        // processes CPU the worker would otherwise have.
+        let (now, done) = (Instant::now(), worker.metric(clean).await);
+        if done >= count as f64 {
+            break now;
+        }
+        if first.is_none() && done > 0.0 {
+            first = Some((now, done, cpu_seconds(worker.pid())));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (started, done_at_start, cpu_at_start) = first.expect("the backlog took longer than one poll to drain");
+    let drained = count as f64 - done_at_start;
+    let rate = drained / (finished - started).as_secs_f64();
+    let cpu_per_object = (cpu_seconds(worker.pid()) - cpu_at_start) / drained;
+    println!("  {}: {:.2} ms of CPU per object", worker_binary.display(), cpu_per_object * 1000.0);
     worker.terminate(Duration::from_secs(60)).await;
     // A queue left behind stays bound to the stack's exchange and takes a copy of every later
     // event: the next figure of the same run would pay for it.
@@ -222,41 +312,99 @@ async fn drain_small_backlog(stack: &Stack, worker: &Path, body: &Bytes, count: 
     rate
 }
 
-/// The S3 work the worker must do per small object, without clamd or RabbitMQ: GET the body and
-/// write one tag, 8 at a time, on objects of a bucket no worker watches.
-async fn minio_get_and_tag_rate(stack: &Stack, body: &Bytes, count: usize) -> f64 {
+async fn upload_objects(stack: &Stack, bucket: &str, prefix: &str, body: &Bytes, count: usize) -> Vec<Option<String>> {
     let s3 = stack.s3();
-    let bucket = unique_name("bench-minio");
-    s3.create_bucket().bucket(&bucket).send().await.unwrap();
     futures::stream::iter(0..count)
-        .for_each_concurrent(16, |i| {
-            let (s3, bucket, body) = (s3.clone(), bucket.clone(), body.clone());
+        .map(|i| {
+            let (s3, body) = (s3.clone(), body.clone());
             async move {
-                s3.put_object()
-                    .bucket(&bucket)
-                    .key(format!("o/{i:05}"))
+                let put = s3
+                    .put_object()
+                    .bucket(bucket)
+                    .key(format!("{prefix}/{i:05}"))
                     .body(ByteStream::from(body))
                     .send()
                     .await
                     .unwrap();
+                put.version_id().map(str::to_owned)
             }
         })
-        .await;
+        .buffered(16)
+        .collect()
+        .await
+}
+
+/// The S3 requests of a ceiling, per object.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Requests {
+    /// GET the body and write the verdict's tags (by version on a versioned bucket): the work
+    /// any scanner must ask of MinIO.
+    GetAndTag,
+    /// The same, guarded as the worker guards an unversioned object: the GET carries `If-Match`
+    /// and a HEAD with `If-Match` follows the tag write.
+    GetTagAndCheck,
+}
+
+/// MinIO's rate for the S3 work the worker does per small object, without clamd or RabbitMQ,
+/// 8 objects at a time, on objects of a bucket no worker watches.
+async fn minio_ceiling(stack: &Stack, body: &Bytes, count: usize, versioned: bool, requests: Requests) -> f64 {
+    let s3 = stack.s3();
+    let bucket = stack.bucket("bench-minio", versioned).await;
+    let versions = upload_objects(stack, &bucket, "o", body, count).await;
+    let tagging = clean_verdict_tags();
     let started = Instant::now();
-    futures::stream::iter(0..count)
-        .for_each_concurrent(8, |i| {
-            let (s3, bucket) = (s3.clone(), bucket.clone());
+    futures::stream::iter(versions.into_iter().enumerate())
+        .for_each_concurrent(8, |(i, version)| {
+            let (s3, bucket, tagging) = (s3.clone(), bucket.clone(), tagging.clone());
             async move {
                 let key = format!("o/{i:05}");
-                let object = s3.get_object().bucket(&bucket).key(&key).send().await.unwrap();
+                let mut get = s3.get_object().bucket(&bucket).key(&key).set_version_id(version.clone());
+                if requests == Requests::GetTagAndCheck {
+                    get = get.if_match(format!("\"{}\"", body_etag()));
+                }
+                let object = get.send().await.unwrap();
                 object.body.collect().await.unwrap();
-                let tag = aws_sdk_s3::types::Tag::builder().key("av-status").value("clean").build().unwrap();
-                let tagging = aws_sdk_s3::types::Tagging::builder().tag_set(tag).build().unwrap();
-                s3.put_object_tagging().bucket(&bucket).key(&key).tagging(tagging).send().await.unwrap();
+                s3.put_object_tagging()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .set_version_id(version)
+                    .tagging(tagging)
+                    .send()
+                    .await
+                    .unwrap();
+                if requests == Requests::GetTagAndCheck {
+                    s3.head_object()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .if_match(format!("\"{}\"", body_etag()))
+                        .send()
+                        .await
+                        .unwrap();
+                }
             }
         })
         .await;
     count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// User and system CPU time of every thread of `pid` so far, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read the worker's /proc stat");
+    // Fields after the command name (which may hold spaces, so split after its closing paren):
+    // utime and stime are the 14th and 15th fields of the line, in clock ticks of 1/100 s
+    // (USER_HZ, 100 on every Linux architecture this runs on).
+    let fields: Vec<&str> = stat.rsplit_once(')').expect("stat has a command name").1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
+
+/// The ETag of [`payload`]`(4096)` as a simple PUT stores it: its MD5.
+fn body_etag() -> &'static str {
+    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ETAG.get_or_init(|| {
+        use md5::Digest;
+        hex::encode(md5::Md5::digest(payload(4096)))
+    })
 }
 
 async fn peak_rss(stack: &Stack, args: &Args) {
