@@ -28,6 +28,7 @@ pub mod kube_api;
 pub mod load;
 pub mod local_system;
 pub mod operator;
+pub mod pinning;
 pub mod pod_spec;
 pub mod policy;
 pub mod private_clamd;

@@ -50,6 +50,11 @@ struct Args {
     /// Run only these parts (sweep, backfill); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Give MinIO the machine's last core to itself; RabbitMQ, clamd, this benchmark and the
+    /// operator and workers it starts share the others (restored at the end). See
+    /// `bucket_av_testing::pinning`.
+    #[arg(long)]
+    pin_minio: bool,
 }
 
 impl Args {
@@ -65,6 +70,7 @@ const CONCURRENCY: usize = 8;
 async fn main() {
     let args = Args::parse();
     let stack = Stack::load();
+    let _pinned = args.pin_minio.then(|| bucket_av_testing::pinning::PinnedMinio::pin(&stack));
     let cluster = Cluster::load();
     let client = cluster.client().await;
     kube_api::install_crd(&client).await;
