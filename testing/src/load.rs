@@ -512,3 +512,17 @@ pub fn verify_reports(
     }
     check
 }
+
+/// The tags a clean verdict writes (worker/src/tags.rs): the ceilings write the same set, so that
+/// MinIO's work per tag write is the worker's.
+pub fn clean_verdict_tagging() -> aws_sdk_s3::types::Tagging {
+    let tags = [
+        ("av-status", "clean"),
+        ("av-etag", "0123456789abcdef0123456789abcdef"),
+        ("av-scanned-at", "2026-11-30T10:00:00Z"),
+        ("av-engine", "ClamAV 1.4.6/27834/Sun Nov 29 09:25:00 2026"),
+    ];
+    let tag_set =
+        tags.iter().map(|(key, value)| aws_sdk_s3::types::Tag::builder().key(*key).value(*value).build().unwrap());
+    aws_sdk_s3::types::Tagging::builder().set_tag_set(Some(tag_set.collect())).build().unwrap()
+}

@@ -157,20 +157,6 @@ async fn throughput_large(stack: &Stack, args: &Args) {
     );
 }
 
-/// The tags a clean verdict writes (worker/src/tags.rs): the ceilings write the same set, so that
-/// MinIO's work per tag write is the worker's.
-fn clean_verdict_tags() -> aws_sdk_s3::types::Tagging {
-    let tags = [
-        ("av-status", "clean"),
-        ("av-etag", "0123456789abcdef0123456789abcdef"),
-        ("av-scanned-at", "2026-11-30T10:00:00Z"),
-        ("av-engine", "ClamAV 1.4.6/27834/Sun Nov 29 09:25:00 2026"),
-    ];
-    let tag_set =
-        tags.iter().map(|(key, value)| aws_sdk_s3::types::Tag::builder().key(*key).value(*value).build().unwrap());
-    aws_sdk_s3::types::Tagging::builder().set_tag_set(Some(tag_set.collect())).build().unwrap()
-}
-
 async fn throughput_small(stack: &Stack, args: &Args) {
     let body = payload(4096);
     let clamd = Arc::new(clamd(stack));
@@ -303,7 +289,7 @@ async fn minio_ceiling(stack: &Stack, body: &Bytes, count: usize, versioned: boo
     let s3 = stack.s3();
     let bucket = stack.bucket("bench-minio", versioned).await;
     let versions = upload_objects(stack, &bucket, "o", body, count).await;
-    let tagging = clean_verdict_tags();
+    let tagging = bucket_av_testing::load::clean_verdict_tagging();
     let started = Instant::now();
     futures::stream::iter(versions.into_iter().enumerate())
         .for_each_concurrent(8, |(i, version)| {
