@@ -491,3 +491,67 @@ async fn uploads_get_their_verdict_while_a_coverage_backlog_waits() {
     assert!(record.objects >= BACKLOG, "{record:?}");
     stop(&fixture, workers, operator).await;
 }
+
+#[tokio::test]
+async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
+    let fixture = Fixture::new("coverage-pace", true).await;
+    let s3 = fixture.stack.s3();
+    let bucket = unique_name("pace");
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    const OBJECTS: u64 = 400;
+    put_many(&s3, &bucket, "old/", OBJECTS).await;
+
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
+    let mut policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .spec(|spec| {
+            spec.coverage.sweep_interval_seconds = 0;
+            spec.coverage.objects_per_second = 4;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    // No workers: the coverage queue's depth is what the pass has enqueued (its status counts
+    // only whole pages, and at this pace the first page would take 100 s).
+    let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
+    let amqp = fixture.stack.amqp().await;
+    let enqueued = async || {
+        let channel = amqp.create_channel().await.expect("open a channel");
+        let depth = bucket_av_amqp::topology::ready_messages(&channel, &queue).await.expect("read the queue depth");
+        let _ = channel.close(200, "done".into()).await;
+        u64::from(depth)
+    };
+    wait_for(
+        "the backfill to enqueue its first objects",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        async || match enqueued().await {
+            0 => Err(String::from("nothing enqueued yet")),
+            n => Ok(n),
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // 4 objects/s after a one-second burst: about 25 by now; the whole bucket would take 100 s.
+    let slow = enqueued().await;
+    assert!(slow < 80, "{slow} of {OBJECTS} enqueued within about 6 s at 4 objects/s: the pace was not applied");
+
+    // Nothing else changes: the pass running must follow the new pace, not finish at the old one.
+    policy.spec.coverage.objects_per_second = 100_000;
+    fixture.apply(&policy).await;
+    let changed = Instant::now();
+    wait_for("the rest enqueued at the new pace", Duration::from_secs(30), Duration::from_millis(200), async || {
+        match enqueued().await {
+            n if n >= OBJECTS => Ok(n),
+            n => Err(format!("{n} of {OBJECTS} enqueued")),
+        }
+    })
+    .await;
+    println!(
+        "  {slow} objects enqueued at 4 objects/s; the other {} within {:.1} s of the pace raised",
+        OBJECTS - slow,
+        changed.elapsed().as_secs_f64()
+    );
+    stop(&fixture, Vec::new(), operator).await;
+}

@@ -31,6 +31,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 use lapin::options::ConfirmSelectOptions;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -38,6 +39,7 @@ use tracing::{info, warn};
 use crate::context::Context;
 use crate::reconcile::{dereference, policy_key, queue_conflicts};
 
+use self::pace::Rates;
 use self::pass::{PassError, PassIo};
 use self::plan::{EventsSince, Next, Situation};
 use self::record::Recorder;
@@ -49,7 +51,7 @@ const TICK: Duration = Duration::from_secs(5);
 /// policy at a time. A pass cut short by `stop` resumes from its recorded position in the next
 /// leader.
 pub(crate) async fn run(ctx: Arc<Context>, store: Store<BucketScanPolicy>, stop: CancellationToken) {
-    let mut tasks: HashMap<String, (JoinHandle<()>, CancellationToken)> = HashMap::new();
+    let mut tasks: HashMap<String, (JoinHandle<()>, CancellationToken, watch::Sender<Rates>)> = HashMap::new();
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -57,10 +59,10 @@ pub(crate) async fn run(ctx: Arc<Context>, store: Store<BucketScanPolicy>, stop:
             () = stop.cancelled() => break,
             _ = interval.tick() => {}
         }
-        tasks.retain(|_, (task, _)| !task.is_finished());
+        tasks.retain(|_, (task, _, _)| !task.is_finished());
         let policies = store.state();
         // A deleted policy's pass stops; its queue and status go with it.
-        tasks.retain(|key, (_, cancel)| {
+        tasks.retain(|key, (_, cancel, _)| {
             let alive = policies.iter().any(|p| &policy_key(p) == key && p.metadata.deletion_timestamp.is_none());
             if !alive {
                 cancel.cancel();
@@ -71,16 +73,23 @@ pub(crate) async fn run(ctx: Arc<Context>, store: Store<BucketScanPolicy>, stop:
             let key = policy_key(policy);
             // A policy that leaves its queues to an older one must not read or fill them.
             let shares_queues = !queue_conflicts(policy, &policies).is_empty();
-            if policy.metadata.deletion_timestamp.is_some() || tasks.contains_key(&key) || shares_queues {
+            // A pace changed in the spec reaches the pass running (see `Pacer::set_rates`).
+            let rates = Rates::of(&policy.spec.coverage);
+            if let Some((_, _, running)) = tasks.get(&key) {
+                running.send_if_modified(|current| std::mem::replace(current, rates) != rates);
+                continue;
+            }
+            if policy.metadata.deletion_timestamp.is_some() || shares_queues {
                 continue;
             }
             let policy = Arc::clone(policy);
             let cancel = stop.child_token();
-            let task = tokio::spawn(look_at(Arc::clone(&ctx), policy, cancel.clone()));
-            tasks.insert(key, (task, cancel));
+            let (rates, receiver) = watch::channel(rates);
+            let task = tokio::spawn(look_at(Arc::clone(&ctx), policy, cancel.clone(), receiver));
+            tasks.insert(key, (task, cancel, rates));
         }
     }
-    for (_, (task, cancel)) in tasks.drain() {
+    for (_, (task, cancel, _)) in tasks.drain() {
         cancel.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
     }
@@ -88,7 +97,12 @@ pub(crate) async fn run(ctx: Arc<Context>, store: Store<BucketScanPolicy>, stop:
 
 /// One look at one policy: reads the signature announcements and the queue, then runs the pass
 /// it needs (to the end, or until stopped) and records the outcome.
-async fn look_at(ctx: Arc<Context>, policy: Arc<BucketScanPolicy>, stop: CancellationToken) {
+async fn look_at(
+    ctx: Arc<Context>,
+    policy: Arc<BucketScanPolicy>,
+    stop: CancellationToken,
+    rates: watch::Receiver<Rates>,
+) {
     let name = policy.name_any();
     let namespace = policy.namespace().unwrap_or_default();
     let mut recorder = Recorder::new(&ctx, &policy);
@@ -96,7 +110,7 @@ async fn look_at(ctx: Arc<Context>, policy: Arc<BucketScanPolicy>, stop: Cancell
         recorder.off("off: needs actions.tagging.enabled (verdict tags are how coverage knows what was scanned)").await;
         return;
     }
-    if let Err(error) = look(&ctx, &policy, &namespace, &mut recorder, &stop).await {
+    if let Err(error) = look(&ctx, &policy, &namespace, &mut recorder, &stop, rates).await {
         if matches!(error, LookError::Pass(PassError::Stopped)) {
             info!(policy = %name, namespace, "coverage pass stopped; the next leader resumes it");
             return;
@@ -143,6 +157,7 @@ async fn look(
     namespace: &str,
     recorder: &mut Recorder<'_>,
     stop: &CancellationToken,
+    rates: watch::Receiver<Rates>,
 ) -> Result<(), LookError> {
     let resolved = dereference(policy, namespace, ctx).await?;
     let workers_current = workers_run_current_spec(&ctx.client, namespace, &policy.worker_deployment_name()).await?;
@@ -162,7 +177,16 @@ async fn look(
             let lister = bucket_av_s3::Lister::new(&resolved.s3)?;
             let queue = policy.coverage_queue_name();
             let metrics = &ctx.metrics;
-            let io = PassIo { lister: &lister, s3: &s3, channel: publish, depth_channel: depth, queue, stop, metrics };
+            let io = PassIo {
+                lister: &lister,
+                s3: &s3,
+                channel: publish,
+                depth_channel: depth,
+                queue,
+                stop,
+                metrics,
+                rates,
+            };
             look_with(policy, announcements, &io, recorder, workers_current).await
         }
         Err(error) => Err(LookError::Amqp(error.clone())),

@@ -3,6 +3,22 @@
 
 use std::time::{Duration, Instant};
 
+/// A policy's coverage rate limits, as its spec says now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Rates {
+    pub(crate) objects_per_second: u32,
+    pub(crate) bytes_per_second: u64,
+}
+
+impl Rates {
+    pub(crate) fn of(spec: &bucket_av_crds::CoverageSpec) -> Self {
+        Self {
+            objects_per_second: spec.objects_per_second,
+            bytes_per_second: bucket_av_crds::quantity_bytes(&spec.bytes_per_second).unwrap_or(u64::MAX),
+        }
+    }
+}
+
 pub(crate) struct Pacer {
     per_object: Duration,
     bytes_per_second: u64,
@@ -20,6 +36,14 @@ impl Pacer {
             bytes_per_second: bytes_per_second.max(1),
             next_free: None,
         }
+    }
+
+    /// New limits for the objects still to go: a pace changed in the spec applies to the pass
+    /// running (one of a large bucket runs for hours), from the next object on.
+    pub(crate) fn set_rates(&mut self, rates: Rates) {
+        let next_free = self.next_free;
+        *self = Self::new(rates.objects_per_second, rates.bytes_per_second);
+        self.next_free = next_free;
     }
 
     /// How long to wait before sending an object of `size` bytes at `now`; books its share.
@@ -68,6 +92,23 @@ mod tests {
         // Ten 1 MB objects at 1 MB/s: the tenth goes 8 s after the burst's first second.
         let delay = last_delay(&mut pacer, now, 10, 1_000_000);
         assert!(delay >= Duration::from_millis(7990) && delay <= Duration::from_millis(8010), "{delay:?}");
+    }
+
+    #[test]
+    fn new_rates_apply_from_the_next_object() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let mut pacer = Pacer::new(10, u64::MAX);
+        // The burst (a second's worth, and the next right after it), then one every 100 ms...
+        assert_eq!(last_delay(&mut pacer, now, 11, 1), Duration::ZERO);
+        assert_eq!(pacer.reserve(now, 1), Duration::from_millis(100));
+        // ...until the spec says 1000/s: the next goes 1 ms after the one already booked.
+        pacer.set_rates(Rates { objects_per_second: 1000, bytes_per_second: u64::MAX });
+        assert_eq!(pacer.reserve(now, 1), Duration::from_millis(200));
+        assert_eq!(pacer.reserve(now, 1), Duration::from_millis(201));
+        // Lowered again: each later one 500 ms after the previous.
+        pacer.set_rates(Rates { objects_per_second: 2, bytes_per_second: u64::MAX });
+        assert_eq!(pacer.reserve(now, 1), Duration::from_millis(202));
+        assert_eq!(pacer.reserve(now, 1), Duration::from_millis(702));
     }
 
     #[test]

@@ -10,16 +10,17 @@ use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use bucket_av_core::coverage::{
     self, COVERAGE_CONTENT_TYPE, CoverageRequest, Currency, Listed, PassKind, Reason, RescanScope, VerdictTags,
 };
-use bucket_av_crds::{BucketScanPolicy, PassStatus, RescanScopeKind, ScopeEntry, quantity_bytes};
+use bucket_av_crds::{BucketScanPolicy, PassStatus, RescanScopeKind, ScopeEntry};
 use bucket_av_s3::{ListedObject, Lister, PageRequest, describe_error};
 use futures::{StreamExt, TryStreamExt};
 use lapin::PublisherConfirm;
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel};
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::pace::Pacer;
+use super::pace::{Pacer, Rates};
 use super::plan;
 use crate::metrics::{Metrics, ReasonLabel};
 
@@ -30,6 +31,8 @@ const TAG_READS: usize = 16;
 /// A pass stops putting work in the coverage queue while this many messages wait in it, so
 /// RabbitMQ holds at most about this many whatever the bucket size.
 const QUEUE_HIGH_WATER: u32 = 5000;
+/// Publishes of a page in flight at once (their confirms are awaited at the page's end).
+const PUBLISH_WINDOW: usize = 64;
 /// The least time between two progress records.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
@@ -82,6 +85,8 @@ pub(crate) struct PassIo<'a> {
     pub(crate) queue: String,
     pub(crate) stop: &'a CancellationToken,
     pub(crate) metrics: &'a Metrics,
+    /// The policy's rate limits as its spec says now; a change applies to the running pass.
+    pub(crate) rates: watch::Receiver<Rates>,
 }
 
 /// What a finished entry found, for its `buckets` record.
@@ -113,8 +118,9 @@ pub(crate) async fn run(
     let spec = &policy.spec.coverage;
     let kind = plan::pass_kind(&pass.kind);
     let prefix = policy.spec.actions.tagging.prefix.clone();
-    let bytes_per_second = quantity_bytes(&spec.bytes_per_second).unwrap_or(u64::MAX);
-    let mut pacer = Pacer::new(spec.objects_per_second, bytes_per_second);
+    let mut rates = io.rates.clone();
+    let started_with = *rates.borrow_and_update();
+    let mut pacer = Pacer::new(started_with.objects_per_second, started_with.bytes_per_second);
     let rescan = match spec.rescan.scope {
         RescanScopeKind::None => RescanScope::None,
         RescanScopeKind::All => RescanScope::All,
@@ -165,6 +171,10 @@ pub(crate) async fn run(
                 .await?;
 
             let mut confirms: Vec<PublisherConfirm> = Vec::new();
+            // Publishes go out in a window rather than one after the other: each waits for a
+            // hand-off to the AMQP connection's I/O thread, and awaited one at a time on a busy
+            // core they held the backfill near 200 objects/s while the queue stood empty.
+            let mut publishing = futures::stream::FuturesOrdered::new();
             for (object, reason) in assessed {
                 pass.listed += 1;
                 pass.entry_listed += 1;
@@ -174,9 +184,26 @@ pub(crate) async fn run(
                     continue;
                 };
                 let size = object.size;
-                tokio::select! {
-                    () = pacer.wait(size) => {}
-                    () = io.stop.cancelled() => return Err(PassError::Stopped),
+                if rates.has_changed().unwrap_or(false) {
+                    let now = *rates.borrow_and_update();
+                    tracing::info!(
+                        queue = %io.queue,
+                        objects_per_second = now.objects_per_second,
+                        bytes_per_second = now.bytes_per_second,
+                        "coverage pace changed in the spec; the running pass follows it"
+                    );
+                    pacer.set_rates(now);
+                }
+                // The publishes in flight carry on while the pacer holds this one back, so a
+                // paced lane sends each request at its time rather than a window at once.
+                let turn = pacer.wait(size);
+                tokio::pin!(turn);
+                loop {
+                    tokio::select! {
+                        () = &mut turn => break,
+                        () = io.stop.cancelled() => return Err(PassError::Stopped),
+                        Some(confirm) = publishing.next(), if !publishing.is_empty() => confirms.push(confirm?),
+                    }
                 }
                 let request = CoverageRequest {
                     bucket: entry.bucket.clone(),
@@ -187,7 +214,12 @@ pub(crate) async fn run(
                     pass: kind,
                     last_modified: object.last_modified.map(plan::format_time),
                 };
-                confirms.push(publish(io, &request).await?);
+                publishing.push_back(publish(io, request));
+                if publishing.len() >= PUBLISH_WINDOW
+                    && let Some(confirm) = publishing.next().await
+                {
+                    confirms.push(confirm?);
+                }
                 pass.enqueued += 1;
                 pass.entry_enqueued += 1;
                 pass.enqueued_bytes += size;
@@ -196,6 +228,9 @@ pub(crate) async fn run(
                     pass.missing += 1;
                     pass.entry_missing += 1;
                 }
+            }
+            while let Some(confirm) = publishing.next().await {
+                confirms.push(confirm?);
             }
             for confirm in confirms {
                 let confirmation = confirm
@@ -309,8 +344,8 @@ where
         .is_some_and(|code| matches!(code, "NoSuchKey" | "NotFound"))
 }
 
-async fn publish(io: &PassIo<'_>, request: &CoverageRequest) -> Result<PublisherConfirm, PassError> {
-    let body = serde_json::to_vec(request).expect("a coverage request always serializes");
+async fn publish(io: &PassIo<'_>, request: CoverageRequest) -> Result<PublisherConfirm, PassError> {
+    let body = serde_json::to_vec(&request).expect("a coverage request always serializes");
     let properties = BasicProperties::default().with_content_type(COVERAGE_CONTENT_TYPE.into()).with_delivery_mode(2);
     io.channel
         .basic_publish(
