@@ -178,7 +178,8 @@ pub struct CoverageSpec {
     #[serde(default)]
     pub rescan: RescanSpec,
 
-    /// Objects per second the operator puts in the coverage queue at most (1 to 100000).
+    /// Objects per second the operator puts in the coverage queue at most (1 to 100000). A
+    /// change applies to the pass running within 5 s, as does one to `bytesPerSecond`.
     #[serde(default = "default_objects_per_second")]
     #[schemars(range(min = 1, max = 100000))]
     pub objects_per_second: u32,
