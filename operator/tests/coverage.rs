@@ -148,6 +148,15 @@ async fn wait_record(
     .await
 }
 
+/// The messages ready in `queue`, read on a channel of its own (a failed passive declare closes
+/// the channel that made it).
+async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> Result<u32, String> {
+    let channel = amqp.create_channel().await.expect("open a channel");
+    let depth = bucket_av_amqp::topology::ready_messages(&channel, queue).await.map_err(|e| e.to_string());
+    let _ = channel.close(200, "done".into()).await;
+    depth
+}
+
 fn marker_body(seed: &str) -> Vec<u8> {
     [b"infected ", seed.as_bytes(), b" ", TEST_MARKER].concat()
 }
@@ -457,12 +466,7 @@ async fn uploads_get_their_verdict_while_a_coverage_backlog_waits() {
     fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
     let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
     let amqp = fixture.stack.amqp().await;
-    let coverage_depth = async || {
-        let channel = amqp.create_channel().await.expect("open a channel");
-        let depth = bucket_av_amqp::topology::ready_messages(&channel, &queue).await.map_err(|e| e.to_string());
-        let _ = channel.close(200, "done".into()).await;
-        depth
-    };
+    let coverage_depth = async || queue_depth(&amqp, &queue).await;
     let workers = start_workers(&fixture, 1, &[]).await;
     wait_for("a coverage backlog of 1000", Duration::from_secs(60), Duration::from_millis(200), async || {
         match coverage_depth().await? {
@@ -516,12 +520,7 @@ async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
     // only whole pages, and at this pace the first page would take 100 s).
     let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
     let amqp = fixture.stack.amqp().await;
-    let enqueued = async || {
-        let channel = amqp.create_channel().await.expect("open a channel");
-        let depth = bucket_av_amqp::topology::ready_messages(&channel, &queue).await.expect("read the queue depth");
-        let _ = channel.close(200, "done".into()).await;
-        u64::from(depth)
-    };
+    let enqueued = async || u64::from(queue_depth(&amqp, &queue).await.expect("read the queue depth"));
     wait_for(
         "the backfill to enqueue its first objects",
         Duration::from_secs(60),

@@ -271,12 +271,7 @@ async fn minio_ceilings(stack: &Stack, bucket: &str, count: usize) -> (f64, f64)
     for (round, rate) in rates.iter_mut().enumerate() {
         let guarded = round == 1;
         let started = Instant::now();
-        let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-        let mut keys = Vec::new();
-        while let Some(page) = pages.next().await {
-            keys.extend(page.expect("list").contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
-        }
-        futures::stream::iter(keys)
+        futures::stream::iter(all_keys(&s3, bucket).await)
             .map(|key| {
                 let s3 = s3.clone();
                 async move {
@@ -297,12 +292,7 @@ async fn minio_ceilings(stack: &Stack, bucket: &str, count: usize) -> (f64, f64)
     }
     // Untagged again, as uploads are: a tagged object costs the worker a tag read before its
     // tag write (it keeps the object's own tags), a request the ceilings do not make.
-    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
-    let mut keys = Vec::new();
-    while let Some(page) = pages.next().await {
-        keys.extend(page.expect("list").contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
-    }
-    futures::stream::iter(keys)
+    futures::stream::iter(all_keys(&s3, bucket).await)
         .map(|key| {
             let s3 = s3.clone();
             async move { s3.delete_object_tagging().bucket(bucket).key(&key).send().await.expect("untag") }
@@ -311,6 +301,16 @@ async fn minio_ceilings(stack: &Stack, bucket: &str, count: usize) -> (f64, f64)
         .for_each(|_| async {})
         .await;
     (rates[0], rates[1])
+}
+
+/// Every key of `bucket`, listed page by page (part of what a ceiling measures).
+async fn all_keys(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<String> {
+    let mut pages = s3.list_objects_v2().bucket(bucket).into_paginator().send();
+    let mut keys = Vec::new();
+    while let Some(page) = pages.next().await {
+        keys.extend(page.expect("list").contents.unwrap_or_default().into_iter().filter_map(|object| object.key));
+    }
+    keys
 }
 
 /// The coverage scans a worker has done.
