@@ -95,13 +95,13 @@ on-local-system bin *flags:
     @echo "The stack and the control plane keep running (target/stack/stack.env, target/cluster/cluster.env);"
     @echo "stop them with: just stack-down cluster-down"
 
-# Measure the worker against raw clamd on the same machine and bytes; see BENCHMARKS.md
+# Measure the worker against raw clamd and MinIO's ceilings on the same machine and bytes (--pin-minio: MinIO on a core of its own); see BENCHMARKS.md
 bench-worker *flags:
     @BAVS_CLAMD_STREAM_MAX_LENGTH=1100M bash testing/stack/stack-up.sh
     @cargo build --release --locked -p bucket-av-worker -p bucket-av-testing --bins
     @WORKER_LOG=warn target/release/bench-worker --worker target/release/bucket-av-worker {{ flags }}
 
-# Measure coverage: a sweep with nothing to do and a backfill, against baselines of the same run; see BENCHMARKS.md
+# Measure coverage: a sweep with nothing to do and a backfill, against baselines of the same run (--pin-minio as above); see BENCHMARKS.md
 bench-coverage *flags:
     @bash testing/stack/stack-up.sh
     @BAVS_REAL_NODE=0 bash testing/cluster/cluster-up.sh

@@ -16,6 +16,7 @@
 //!   fault and soak runs), [`real_pods`] (the chart, the operator and the workers as pods on a
 //!   real node or kind: the real-pod suite and `just demo`), [`load`] (uploads and their
 //!   verification), [`fault_injection`], [`cli`] (flags of the load binaries).
+//! - Benchmarks: [`pinning`] (MinIO on a core of its own, the rest on the others).
 
 pub mod alt_store;
 pub mod archive;
