@@ -250,7 +250,15 @@ async fn drain_small_backlog(stack: &Stack, worker_binary: &Path, body: &Bytes, 
     rate
 }
 
-async fn upload_objects(stack: &Stack, bucket: &str, prefix: &str, body: &Bytes, count: usize) -> Vec<Option<String>> {
+/// Uploads `count` copies of `body` as `<prefix>/<i>`; returns each one's version ID (versioned
+/// buckets) and ETag, as the PUT answered them.
+async fn upload_objects(
+    stack: &Stack,
+    bucket: &str,
+    prefix: &str,
+    body: &Bytes,
+    count: usize,
+) -> Vec<(Option<String>, String)> {
     let s3 = stack.s3();
     futures::stream::iter(0..count)
         .map(|i| {
@@ -264,7 +272,7 @@ async fn upload_objects(stack: &Stack, bucket: &str, prefix: &str, body: &Bytes,
                     .send()
                     .await
                     .unwrap();
-                put.version_id().map(str::to_owned)
+                (put.version_id().map(str::to_owned), put.e_tag().expect("a PUT answers its ETag").to_owned())
             }
         })
         .buffered(16)
@@ -288,17 +296,17 @@ enum Requests {
 async fn minio_ceiling(stack: &Stack, body: &Bytes, count: usize, versioned: bool, requests: Requests) -> f64 {
     let s3 = stack.s3();
     let bucket = stack.bucket("bench-minio", versioned).await;
-    let versions = upload_objects(stack, &bucket, "o", body, count).await;
+    let objects = upload_objects(stack, &bucket, "o", body, count).await;
     let tagging = bucket_av_testing::load::clean_verdict_tagging();
     let started = Instant::now();
-    futures::stream::iter(versions.into_iter().enumerate())
-        .for_each_concurrent(8, |(i, version)| {
+    futures::stream::iter(objects.into_iter().enumerate())
+        .for_each_concurrent(8, |(i, (version, etag))| {
             let (s3, bucket, tagging) = (s3.clone(), bucket.clone(), tagging.clone());
             async move {
                 let key = format!("o/{i:05}");
                 let mut get = s3.get_object().bucket(&bucket).key(&key).set_version_id(version.clone());
                 if requests == Requests::GetTagAndCheck {
-                    get = get.if_match(format!("\"{}\"", body_etag()));
+                    get = get.if_match(&etag);
                 }
                 let object = get.send().await.unwrap();
                 object.body.collect().await.unwrap();
@@ -311,13 +319,7 @@ async fn minio_ceiling(stack: &Stack, body: &Bytes, count: usize, versioned: boo
                     .await
                     .unwrap();
                 if requests == Requests::GetTagAndCheck {
-                    s3.head_object()
-                        .bucket(&bucket)
-                        .key(&key)
-                        .if_match(format!("\"{}\"", body_etag()))
-                        .send()
-                        .await
-                        .unwrap();
+                    s3.head_object().bucket(&bucket).key(&key).if_match(etag).send().await.unwrap();
                 }
             }
         })
@@ -334,15 +336,6 @@ fn cpu_seconds(pid: u32) -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(')').expect("stat has a command name").1.split_whitespace().collect();
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / 100.0
-}
-
-/// The ETag of [`payload`]`(4096)` as a simple PUT stores it: its MD5.
-fn body_etag() -> &'static str {
-    static ETAG: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ETAG.get_or_init(|| {
-        use md5::Digest;
-        hex::encode(md5::Md5::digest(payload(4096)))
-    })
 }
 
 async fn peak_rss(stack: &Stack, args: &Args) {
