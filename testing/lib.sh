@@ -13,6 +13,13 @@ source "$BAVS_REPO_ROOT/testing/output.sh"
 # Pinned tools built or downloaded once per machine, keyed by version.
 BAVS_TOOLS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/bucket-av-scanner/tools"
 
+# Every pinned Go tool links with -ldflags -w (no debug information), yet Go's compiler writes
+# DWARF for every package it compiles; not writing it made a cold promtool build 5 % faster
+# (147 s to 140 s, one A/B on 2 cores). GOFLAGS reaches every `go build` and `go install` below.
+if [[ " ${GOFLAGS:-} " != *" -gcflags=all=-dwarf=false "* ]]; then
+    export GOFLAGS="${GOFLAGS:+$GOFLAGS }-gcflags=all=-dwarf=false"
+fi
+
 # ------------------------------------------------------------- packages ----
 
 # bavs_apt_install PACKAGE...: install Debian packages (as root; otherwise fail saying what to run).
@@ -27,8 +34,13 @@ bavs_apt_install() {
     fi
     mkdir -p "$BAVS_TOOLS_DIR"
     printf 'installing Debian packages: %s (log: %s)\n' "$*" "$log"
-    if ! { DEBIAN_FRONTEND=noninteractive apt-get update &&
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"; } >"$log" 2>&1; then
+    # One apt-get at a time: `just test` provisions the Go tools in the background while the
+    # foreground may install the image builders, and apt-get fails at once on a held dpkg lock.
+    if ! (
+        flock 7
+        DEBIAN_FRONTEND=noninteractive apt-get update &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$@"
+    ) 7>"$BAVS_TOOLS_DIR/.apt.lock" >"$log" 2>&1; then
         printf 'ERROR: apt-get failed; last lines of %s:\n' "$log" >&2
         tail -n 20 "$log" >&2
         exit 1

@@ -33,6 +33,30 @@ if [[ -z ${GOCACHE:-} ]]; then
     cleanups+=('rm -rf "$GOCACHE"')
 fi
 
+# The pinned Go tools build in the background while cargo builds in the foreground: niced, they
+# take the cores cargo leaves idle (its serial phases: the largest crates, links) and their module
+# downloads overlap with cargo's work. Their output goes to a log, shown when the run waits for them.
+target_dir=${CARGO_TARGET_DIR:-$repo/target}
+mkdir -p "$target_dir"
+go_tools_log=$target_dir/go-tools.log
+step "Building the pinned Go tools in the background (log: $go_tools_log)"
+setsid nice -n 19 bash -c '
+    set -euo pipefail
+    bash testing/stack/provision.sh
+    bash testing/cluster/provision.sh
+    bash testing/s3alt/provision.sh
+    bash testing/monitoring/provision-promtool.sh
+    bash testing/keda/provision.sh
+' >"$go_tools_log" 2>&1 &
+go_tools_pid=$!
+# On exit (a failed step): stop the builds, their own process group.
+cleanups+=('kill -TERM -- "-$go_tools_pid" 2>/dev/null')
+wait_for_go_tools() {
+    step "Waiting for the pinned Go tools (MinIO, Kubernetes, etcd, kwok, helm, CoreDNS, the Versity gateway, promtool, KEDA)"
+    tail -n +1 -f --pid="$go_tools_pid" "$go_tools_log"
+    wait "$go_tools_pid" || { printf 'ERROR: building the Go tools failed (log above: %s)\n' "$go_tools_log" >&2; exit 1; }
+}
+
 step "Formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked --features services -- -D warnings
@@ -51,16 +75,11 @@ bash testing/images/build-images.sh
 step "Installing the reference Standard Webhooks verifier (PyPI standardwebhooks, pinned) the webhook tests check with"
 bash testing/webhook-verifier/provision.sh
 
-step "Building promtool (github.com/prometheus/prometheus, pinned) the chart's monitoring tests check the alert rules with"
-bash testing/monitoring/provision-promtool.sh
-
-step "Building KEDA (github.com/kedacore/keda/v2, pinned: operator, metrics API server, CRDs) the KEDA autoscaling tests run"
-bash testing/keda/provision.sh
+wait_for_go_tools
 
 step "Starting the real stack (RabbitMQ, MinIO, clamd)"
 # The binaries stack-up.sh runs are built above; built again with --bin alone, their features
 # would differ and cargo would rebuild part of the dependency tree.
-target_dir=${CARGO_TARGET_DIR:-$repo/target}
 BAVS_OPERATOR_BIN=$target_dir/debug/bucket-av-operator BAVS_STACK_PROBE_BIN=$target_dir/debug/stack-probe \
     bash testing/stack/stack-up.sh
 cleanups+=('step "Stopping the stack"; bash testing/stack/stack-down.sh')
@@ -72,7 +91,7 @@ cleanups+=('step "Stopping the second store"; bash testing/s3alt/down.sh')
 step "Starting the local cluster (etcd, kube-apiserver, controller manager, scheduler, kwok, the real node)"
 bash testing/cluster/cluster-up.sh
 cleanups+=('step "Stopping the control plane"; bash testing/cluster/cluster-down.sh')
-# Every Go tool is built by now.
+# Every Go tool is built by now (the real node's images took the Kubernetes module's pause.c).
 [[ ${GOCACHE:-} != */bucket-av-go-build.* ]] || rm -rf "$GOCACHE"
 
 step "Running every test (unit, then integration against the stack)"

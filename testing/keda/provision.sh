@@ -37,7 +37,7 @@ if [[ -x $dir/keda-operator && -x $dir/keda-adapter && -d $dir/crds ]]; then
     printf '%-16s built     %s (%s)\n' keda "$KEDA_VERSION" "$dir"
     exit 0
 fi
-export GOWORK=off CGO_ENABLED=0 GOFLAGS=-mod=mod
+export GOWORK=off CGO_ENABLED=0 GOFLAGS="${GOFLAGS:+$GOFLAGS }-mod=mod"
 jobs=()
 [[ -n ${BAVS_GO_BUILD_JOBS:-} ]] && jobs=(-p "$BAVS_GO_BUILD_JOBS")
 rm -rf "$BAVS_TOOLS_DIR/.keda-$KEDA_VERSION.build."*
