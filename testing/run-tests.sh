@@ -33,9 +33,12 @@ if [[ -z ${GOCACHE:-} ]]; then
     cleanups+=('rm -rf "$GOCACHE"')
 fi
 
-# The pinned Go tools build in the background while cargo builds in the foreground: niced, they
-# take the cores cargo leaves idle (its serial phases: the largest crates, links) and their module
-# downloads overlap with cargo's work. Their output goes to a log, shown when the run waits for them.
+# The pinned Go tools build in the background while cargo builds in the foreground, so no core
+# idles through cargo's serial phases (the largest crates, links) and the Go module downloads
+# overlap with compiling. They run in a session of their own (one process group, stopped as one
+# when a step fails), which the kernel's autogroup scheduling gives the same share of the cores as
+# the foreground (`nice` weighs only within a session): both progress. Their output goes to a
+# log, shown when the run waits for them.
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
 mkdir -p "$target_dir"
 go_tools_log=$target_dir/go-tools.log
