@@ -10,6 +10,8 @@
 //! - a requested rescan (the annotation) rescans every object, and an operator killed mid-pass
 //!   is resumed by the next one from its recorded position, without a second full listing;
 //! - uploads get their verdict while a backlog of coverage work waits;
+//! - a pace changed in the spec applies to the pass running; a slow pass records its progress
+//!   inside a listing page, and an operator killed there resumes after the last object recorded;
 //! - a store that is not MinIO and has no notifications (the Versity S3 gateway of
 //!   `testing/s3alt/`) is protected by sweeps alone: scanned, tagged, infected ones quarantined.
 //!
@@ -516,8 +518,8 @@ async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
         .build();
     fixture.apply(&policy).await;
     fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    // No workers: the coverage queue's depth is what the pass has enqueued (its status counts
-    // only whole pages, and at this pace the first page would take 100 s).
+    // No workers: the coverage queue's depth is what the pass has published, to the message (its
+    // status trails it by up to a second).
     let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
     let amqp = fixture.stack.amqp().await;
     let enqueued = async || u64::from(queue_depth(&amqp, &queue).await.expect("read the queue depth"));
@@ -552,5 +554,75 @@ async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
         OBJECTS - slow,
         changed.elapsed().as_secs_f64()
     );
+    stop(&fixture, Vec::new(), operator).await;
+}
+
+#[tokio::test]
+async fn a_slow_pass_shows_its_progress_and_resumes_inside_a_page() {
+    let fixture = Fixture::new("coverage-checkpoint", true).await;
+    let s3 = fixture.stack.s3();
+    let bucket = unique_name("checkpoint");
+    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+    // Fewer than a listing page (1000): at 4 objects/s the page lasts 100 s.
+    const OBJECTS: u64 = 400;
+    put_many(&s3, &bucket, "old/", OBJECTS).await;
+
+    let args = ["--leader-election=false"];
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
+    let mut policy = fixture
+        .policy_builder(POLICY)
+        .bucket(&bucket)
+        .spec(|spec| {
+            spec.coverage.sweep_interval_seconds = 0;
+            spec.coverage.objects_per_second = 4;
+        })
+        .build();
+    fixture.apply(&policy).await;
+    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+    // No workers: the coverage queue holds every message the passes published.
+    let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
+    let amqp = fixture.stack.amqp().await;
+    let published = async || u64::from(queue_depth(&amqp, &queue).await.expect("read the queue depth"));
+
+    // What `kubectl get bsp -o yaml` shows a user while the page is still being worked through.
+    let checkpoint = wait_for(
+        "the pass to record progress inside its first page",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let pass =
+                fixture.policy(POLICY).await.and_then(|p| p.status).and_then(|s| s.coverage).and_then(|c| c.pass);
+            match pass {
+                Some(pass) if pass.enqueued >= 8 && pass.resume_after.is_some() => Ok(pass),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    operator.kill().await;
+    let published_at_kill = published().await;
+    let after_checkpoint = published_at_kill.checked_sub(checkpoint.enqueued).unwrap_or_else(|| {
+        panic!("the status counts {} enqueued, the queue holds {published_at_kill}", checkpoint.enqueued)
+    });
+    println!(
+        "  operator killed with {} enqueued in the status (resume after {:?}), {published_at_kill} in the queue",
+        checkpoint.enqueued, checkpoint.resume_after
+    );
+    // The record trails the publishes by at most a second of the pace (plus the time to kill).
+    assert!(after_checkpoint <= 12, "{after_checkpoint} objects published after the last progress record");
+
+    policy.spec.coverage.objects_per_second = 100_000;
+    fixture.apply(&policy).await;
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
+    let record =
+        wait_record(&fixture, "the resumed backfill to complete", Duration::from_secs(60), |r| r.backfilled).await;
+    // Each object listed once over both operators, the second resuming inside the page.
+    assert_eq!(record.objects, OBJECTS, "{record:?}");
+    assert_eq!(record.enqueued, OBJECTS, "{record:?}");
+    // Published twice: only what the first operator sent after its last record.
+    let in_queue = published().await;
+    let twice = in_queue.checked_sub(OBJECTS).unwrap_or_else(|| panic!("{in_queue} of {OBJECTS} in the queue"));
+    println!("  resumed: {twice} objects published twice (the first operator's last {after_checkpoint})");
+    assert!(twice <= after_checkpoint, "{twice} published twice, {after_checkpoint} after the last record");
     stop(&fixture, Vec::new(), operator).await;
 }

@@ -5,7 +5,7 @@
 //! - `plan`: which pass a policy needs next (resume, requested rescan, backfill, rescan for a
 //!   newer signature database, sweep), its scope, and the status summary. Pure.
 //! - `pass`: one pass: lists, assesses each object's verdict tags, puts what needs a scan in the
-//!   coverage queue (`<queue>.coverage`) at the policy's pace, and records progress per page.
+//!   coverage queue (`<queue>.coverage`) at the policy's pace, and records progress every second.
 //! - `pace`: the rate limit (objects/s and bytes/s).
 //! - `record`: writes `status.coverage` (its own field manager, so reconciles never overwrite
 //!   it) and the Warning events for lost upload events.

@@ -1,8 +1,9 @@
 //! Runs one pass: lists each scope entry page by page (resuming after the last key the status
 //! recorded; on MinIO with each object's tags in the same answer, elsewhere with one tag read per
 //! object), decides per object whether its verdict is current, puts the others in the
-//! coverage queue at the policy's pace, and records progress after every page, only once the
-//! broker has confirmed that page's messages. Memory stays at one page whatever the bucket size.
+//! coverage queue at the policy's pace, and records progress after every page and every second
+//! within one, each time only once the broker has confirmed the messages before it. Memory stays at
+//! one page whatever the bucket size.
 
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use bucket_av_core::coverage::{
 };
 use bucket_av_crds::{BucketScanPolicy, PassStatus, RescanScopeKind, ScopeEntry};
 use bucket_av_s3::{ListedObject, Lister, PageRequest, describe_error};
+use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use lapin::PublisherConfirm;
 use lapin::options::BasicPublishOptions;
@@ -99,7 +101,7 @@ pub(crate) struct EntryDone {
     pub(crate) missing: u64,
 }
 
-/// Receives progress: `progress` after pages (at most every second), `entry_done` after each
+/// Receives progress: `progress` at most every second (within a page too), `entry_done` after each
 /// entry. Both persist to the policy's status, so that a new leader resumes from there.
 #[async_trait::async_trait]
 pub(crate) trait Progress: Send {
@@ -174,13 +176,15 @@ pub(crate) async fn run(
             // Publishes go out in a window rather than one after the other: each waits for a
             // hand-off to the AMQP connection's I/O thread, and awaited one at a time on a busy
             // core they held the backfill near 200 objects/s while the queue stood empty.
-            let mut publishing = futures::stream::FuturesOrdered::new();
+            let mut publishing = FuturesOrdered::new();
             for (object, reason) in assessed {
                 pass.listed += 1;
                 pass.entry_listed += 1;
                 io.metrics.coverage_listed.inc();
+                let key = object.key.clone();
                 let Some(reason) = reason else {
                     pass.entry_current += 1;
+                    checkpoint(io, &mut pass, key, &mut publishing, &mut confirms, progress, &mut last_record).await?;
                     continue;
                 };
                 let size = object.size;
@@ -228,18 +232,9 @@ pub(crate) async fn run(
                     pass.missing += 1;
                     pass.entry_missing += 1;
                 }
+                checkpoint(io, &mut pass, key, &mut publishing, &mut confirms, progress, &mut last_record).await?;
             }
-            while let Some(confirm) = publishing.next().await {
-                confirms.push(confirm?);
-            }
-            for confirm in confirms {
-                let confirmation = confirm
-                    .await
-                    .map_err(|source| PassError::Publish { queue: io.queue.clone(), source: Box::new(source) })?;
-                if !confirmation.is_ack() || confirmation.take_message().is_some() {
-                    return Err(PassError::NotConfirmed(io.queue.clone()));
-                }
-            }
+            settle(io, &mut publishing, &mut confirms).await?;
             pass.resume_after = Some(last_key);
             if !truncated {
                 break;
@@ -266,6 +261,56 @@ pub(crate) async fn run(
         last_record = Instant::now();
     }
     Ok(pass)
+}
+
+/// Records progress in the middle of a page when a second has passed since the last record: the
+/// publishes so far are confirmed first, then the pass resumes after `key` (the object just
+/// handled). At a slow pace a page of 1000 objects lasts minutes; without this its status would
+/// show nothing until the page ended, and an operator restarted meanwhile would enqueue the page's
+/// objects a second time.
+async fn checkpoint<F>(
+    io: &PassIo<'_>,
+    pass: &mut PassStatus,
+    key: String,
+    publishing: &mut FuturesOrdered<F>,
+    confirms: &mut Vec<PublisherConfirm>,
+    progress: &mut dyn Progress,
+    last_record: &mut Instant,
+) -> Result<(), PassError>
+where
+    F: Future<Output = Result<PublisherConfirm, PassError>>,
+{
+    if last_record.elapsed() < CHECKPOINT_EVERY {
+        return Ok(());
+    }
+    settle(io, publishing, confirms).await?;
+    pass.resume_after = Some(key);
+    progress.progress(pass).await?;
+    *last_record = Instant::now();
+    Ok(())
+}
+
+/// Waits until the broker has taken every message published so far: the publishes in flight,
+/// then their confirms. A message it returns (no queue to route it to) ends the pass.
+async fn settle<F>(
+    io: &PassIo<'_>,
+    publishing: &mut FuturesOrdered<F>,
+    confirms: &mut Vec<PublisherConfirm>,
+) -> Result<(), PassError>
+where
+    F: Future<Output = Result<PublisherConfirm, PassError>>,
+{
+    while let Some(confirm) = publishing.next().await {
+        confirms.push(confirm?);
+    }
+    for confirm in confirms.drain(..) {
+        let confirmation =
+            confirm.await.map_err(|source| PassError::Publish { queue: io.queue.clone(), source: Box::new(source) })?;
+        if !confirmation.is_ack() || confirmation.take_message().is_some() {
+            return Err(PassError::NotConfirmed(io.queue.clone()));
+        }
+    }
+    Ok(())
 }
 
 /// Which objects a pass leaves to their upload events.

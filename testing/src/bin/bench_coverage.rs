@@ -47,6 +47,10 @@ struct Args {
     /// How long the live uploads go on, each time.
     #[arg(long, default_value_t = 25)]
     live_seconds: u64,
+    /// Coverage paces (objects/s) the live uploads run beside, one window each in this order; the
+    /// policy's default (200) when absent. The running pass follows each change (no restart).
+    #[arg(long, value_delimiter = ',')]
+    paces: Vec<u32>,
     /// Run only these parts (sweep, backfill); all when absent.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -352,8 +356,8 @@ async fn apply_and_roll(
 /// target (no `queue_dir`) and a webhook for infected verdicts:
 /// 1. live uploads on the idle system (the fast mode's time to verdict);
 /// 2. the policy gains a bucket of `count` objects without verdicts and, with the default lanes
-///    (a quarter of the worker's slots, 200 objects/s), the same live uploads run beside its
-///    backfill: their p99 against the idle one;
+///    (a quarter of the worker's slots) at each of `--paces` (default 200 objects/s), the same
+///    live uploads run beside its backfill: their p99 against the idle one;
 /// 3. the lanes opened (every slot, no pacing): the backfill's own rate against MinIO's ceilings.
 async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, namespace: &str, args: &Args) {
     let count = args.backfill_objects;
@@ -399,25 +403,38 @@ async fn backfill(stack: &Stack, cluster: &Cluster, client: &kube::Client, names
     );
 
     policy.spec.buckets.push(BucketSpec { name: existing.clone(), prefix: None, suffix: None });
+    let paces = match args.paces.as_slice() {
+        [] => vec![policy.spec.coverage.objects_per_second],
+        paces => paces.to_vec(),
+    };
+    policy.spec.coverage.objects_per_second = paces[0];
     let worker = apply_and_roll(client, &policy, workers, ("BAVS_BUCKETS", &existing)).await;
     wait_for("the first coverage scan", Duration::from_secs(120), Duration::from_millis(20), async || {
         if coverage_scans(&worker).await >= 1.0 { Ok(()) } else { Err(String::from("none yet")) }
     })
     .await;
-    let (from, started) = (coverage_scans(&worker).await, Instant::now());
-    let beside = live_uploads(stack, &live, &receiver, "during", rate, window).await;
-    let (to, ended) = (coverage_scans(&worker).await, Instant::now());
-    let paced = (to - from) / ended.duration_since(started).as_secs_f64();
-    println!(
-        "  live uploads at {rate}/s beside the backfill with the default lanes ({} % of the slots, {} objects/s): {}",
-        policy.spec.coverage.worker_share_percent,
-        policy.spec.coverage.objects_per_second,
-        describe(&beside)
-    );
-    println!("  p99 beside the backfill / p99 idle: {:.2}", percentile(&beside, 0.99) / percentile(&idle, 0.99));
-    println!("  the backfill meanwhile: {paced:.0} objects/s");
-    if to >= count as f64 {
-        println!("  WARNING: the backfill ended before the live uploads did; raise --backfill-objects");
+    for (i, &pace) in paces.iter().enumerate() {
+        if i > 0 {
+            policy.spec.coverage.objects_per_second = pace;
+            kube_api::apply(&Api::<BucketScanPolicy>::namespaced(client.clone(), namespace), &policy).await;
+            // The coverage loop hands the running pass the spec's pace every 5 s.
+            tokio::time::sleep(Duration::from_secs(7)).await;
+        }
+        let (from, started) = (coverage_scans(&worker).await, Instant::now());
+        let beside = live_uploads(stack, &live, &receiver, "during", rate, window).await;
+        let (to, ended) = (coverage_scans(&worker).await, Instant::now());
+        let paced = (to - from) / ended.duration_since(started).as_secs_f64();
+        println!(
+            "  live uploads at {rate}/s beside the backfill at {pace} objects/s ({:.2} of list + GET + tag) with the default lanes ({} % of the slots): {}",
+            f64::from(pace) / ceiling,
+            policy.spec.coverage.worker_share_percent,
+            describe(&beside)
+        );
+        println!("  p99 beside the backfill / p99 idle: {:.2}", percentile(&beside, 0.99) / percentile(&idle, 0.99));
+        println!("  the backfill meanwhile: {paced:.0} objects/s");
+        if to >= count as f64 {
+            println!("  WARNING: the backfill ended before the live uploads did; raise --backfill-objects");
+        }
     }
 
     fast_coverage(&mut policy.spec);
