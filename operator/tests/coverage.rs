@@ -159,6 +159,52 @@ async fn queue_depth(amqp: &lapin::Connection, queue: &str) -> Result<u32, Strin
     depth
 }
 
+/// A bucket of `objects` old objects and a policy that backfills them at 4 objects/s, with no
+/// workers: the coverage queue holds every message its passes publish, to the message.
+struct SlowBackfill {
+    policy: BucketScanPolicy,
+    queue: String,
+    amqp: lapin::Connection,
+}
+
+/// The operator's arguments in the slow-backfill tests (and for an operator started again).
+const SLOW_BACKFILL_ARGS: [&str; 1] = ["--leader-election=false"];
+
+impl SlowBackfill {
+    /// Fills the bucket, starts an operator (returned) and applies the policy.
+    async fn start(fixture: &Fixture, bucket_prefix: &str, objects: u64) -> (Self, OperatorProcess) {
+        let s3 = fixture.stack.s3();
+        let bucket = unique_name(bucket_prefix);
+        s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
+        put_many(&s3, &bucket, "old/", objects).await;
+        let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &SLOW_BACKFILL_ARGS).await;
+        let policy = fixture
+            .policy_builder(POLICY)
+            .bucket(&bucket)
+            .spec(|spec| {
+                spec.coverage.sweep_interval_seconds = 0;
+                spec.coverage.objects_per_second = 4;
+            })
+            .build();
+        fixture.apply(&policy).await;
+        fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
+        let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
+        let amqp = fixture.stack.amqp().await;
+        (Self { policy, queue, amqp }, operator)
+    }
+
+    /// The messages the passes have published so far.
+    async fn published(&self) -> u64 {
+        u64::from(queue_depth(&self.amqp, &self.queue).await.expect("read the queue depth"))
+    }
+
+    /// Raises the pace so that the rest goes at once.
+    async fn open_the_pace(&mut self, fixture: &Fixture) {
+        self.policy.spec.coverage.objects_per_second = 100_000;
+        fixture.apply(&self.policy).await;
+    }
+}
+
 fn marker_body(seed: &str) -> Vec<u8> {
     [b"infected ", seed.as_bytes(), b" ", TEST_MARKER].concat()
 }
@@ -501,33 +547,14 @@ async fn uploads_get_their_verdict_while_a_coverage_backlog_waits() {
 #[tokio::test]
 async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
     let fixture = Fixture::new("coverage-pace", true).await;
-    let s3 = fixture.stack.s3();
-    let bucket = unique_name("pace");
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     const OBJECTS: u64 = 400;
-    put_many(&s3, &bucket, "old/", OBJECTS).await;
-
-    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &["--leader-election=false"]).await;
-    let mut policy = fixture
-        .policy_builder(POLICY)
-        .bucket(&bucket)
-        .spec(|spec| {
-            spec.coverage.sweep_interval_seconds = 0;
-            spec.coverage.objects_per_second = 4;
-        })
-        .build();
-    fixture.apply(&policy).await;
-    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    // No workers: the coverage queue's depth is what the pass has published, to the message (its
-    // status trails it by up to a second).
-    let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
-    let amqp = fixture.stack.amqp().await;
-    let enqueued = async || u64::from(queue_depth(&amqp, &queue).await.expect("read the queue depth"));
+    let (mut backfill, operator) = SlowBackfill::start(&fixture, "pace", OBJECTS).await;
+    // Its status trails the queue by up to a second: the queue is counted.
     wait_for(
         "the backfill to enqueue its first objects",
         Duration::from_secs(60),
         Duration::from_millis(200),
-        async || match enqueued().await {
+        async || match backfill.published().await {
             0 => Err(String::from("nothing enqueued yet")),
             n => Ok(n),
         },
@@ -535,15 +562,14 @@ async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     // 4 objects/s after a one-second burst: about 25 by now; the whole bucket would take 100 s.
-    let slow = enqueued().await;
+    let slow = backfill.published().await;
     assert!(slow < 80, "{slow} of {OBJECTS} enqueued within about 6 s at 4 objects/s: the pace was not applied");
 
     // Nothing else changes: the pass running must follow the new pace, not finish at the old one.
-    policy.spec.coverage.objects_per_second = 100_000;
-    fixture.apply(&policy).await;
+    backfill.open_the_pace(&fixture).await;
     let changed = Instant::now();
     wait_for("the rest enqueued at the new pace", Duration::from_secs(30), Duration::from_millis(200), async || {
-        match enqueued().await {
+        match backfill.published().await {
             n if n >= OBJECTS => Ok(n),
             n => Err(format!("{n} of {OBJECTS} enqueued")),
         }
@@ -560,29 +586,9 @@ async fn a_pace_changed_in_the_spec_applies_to_the_running_pass() {
 #[tokio::test]
 async fn a_slow_pass_shows_its_progress_and_resumes_inside_a_page() {
     let fixture = Fixture::new("coverage-checkpoint", true).await;
-    let s3 = fixture.stack.s3();
-    let bucket = unique_name("checkpoint");
-    s3.create_bucket().bucket(&bucket).send().await.expect("create bucket");
     // Fewer than a listing page (1000): at 4 objects/s the page lasts 100 s.
     const OBJECTS: u64 = 400;
-    put_many(&s3, &bucket, "old/", OBJECTS).await;
-
-    let args = ["--leader-election=false"];
-    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
-    let mut policy = fixture
-        .policy_builder(POLICY)
-        .bucket(&bucket)
-        .spec(|spec| {
-            spec.coverage.sweep_interval_seconds = 0;
-            spec.coverage.objects_per_second = 4;
-        })
-        .build();
-    fixture.apply(&policy).await;
-    fixture.wait_condition(POLICY, "Ready", "True", Some("Ready"), READY_TIMEOUT).await;
-    // No workers: the coverage queue holds every message the passes published.
-    let queue = fixture.policy(POLICY).await.unwrap().coverage_queue_name();
-    let amqp = fixture.stack.amqp().await;
-    let published = async || u64::from(queue_depth(&amqp, &queue).await.expect("read the queue depth"));
+    let (mut backfill, operator) = SlowBackfill::start(&fixture, "checkpoint", OBJECTS).await;
 
     // What `kubectl get bsp -o yaml` shows a user while the page is still being worked through.
     let checkpoint = wait_for(
@@ -600,7 +606,7 @@ async fn a_slow_pass_shows_its_progress_and_resumes_inside_a_page() {
     )
     .await;
     operator.kill().await;
-    let published_at_kill = published().await;
+    let published_at_kill = backfill.published().await;
     let after_checkpoint = published_at_kill.checked_sub(checkpoint.enqueued).unwrap_or_else(|| {
         panic!("the status counts {} enqueued, the queue holds {published_at_kill}", checkpoint.enqueued)
     });
@@ -611,16 +617,15 @@ async fn a_slow_pass_shows_its_progress_and_resumes_inside_a_page() {
     // The record trails the publishes by at most a second of the pace (plus the time to kill).
     assert!(after_checkpoint <= 12, "{after_checkpoint} objects published after the last progress record");
 
-    policy.spec.coverage.objects_per_second = 100_000;
-    fixture.apply(&policy).await;
-    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &args).await;
+    backfill.open_the_pace(&fixture).await;
+    let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &SLOW_BACKFILL_ARGS).await;
     let record =
         wait_record(&fixture, "the resumed backfill to complete", Duration::from_secs(60), |r| r.backfilled).await;
     // Each object listed once over both operators, the second resuming inside the page.
     assert_eq!(record.objects, OBJECTS, "{record:?}");
     assert_eq!(record.enqueued, OBJECTS, "{record:?}");
     // Published twice: only what the first operator sent after its last record.
-    let in_queue = published().await;
+    let in_queue = backfill.published().await;
     let twice = in_queue.checked_sub(OBJECTS).unwrap_or_else(|| panic!("{in_queue} of {OBJECTS} in the queue"));
     println!("  resumed: {twice} objects published twice (the first operator's last {after_checkpoint})");
     assert!(twice <= after_checkpoint, "{twice} published twice, {after_checkpoint} after the last record");
