@@ -614,8 +614,9 @@ async fn a_slow_pass_shows_its_progress_and_resumes_inside_a_page() {
         "  operator killed with {} enqueued in the status (resume after {:?}), {published_at_kill} in the queue",
         checkpoint.enqueued, checkpoint.resume_after
     );
-    // The record trails the publishes by at most a second of the pace (plus the time to kill).
-    assert!(after_checkpoint <= 12, "{after_checkpoint} objects published after the last progress record");
+    // The record trails the publishes by about a second of the pace, plus the time to read the
+    // status and kill; 5 s of it leaves room for a loaded machine (a page's records would be 100 s).
+    assert!(after_checkpoint <= 20, "{after_checkpoint} objects published after the last progress record");
 
     backfill.open_the_pace(&fixture).await;
     let operator = OperatorProcess::start(&fixture.cluster, &fixture.namespace, &SLOW_BACKFILL_ARGS).await;
